@@ -1,0 +1,1 @@
+"""Consortium configuration: schema and mapping files (TOML) and their validating loaders."""

@@ -1,0 +1,2 @@
+"""Research tooling: the synthetic consortium, partitioners, the local simulation runner,
+baselines and sweeps."""
