@@ -1,0 +1,34 @@
+# Two entry points that do all the set-up on a fresh machine (Python 3.11 + pip):
+#   make demo   — virtual environment, install, run a short federated simulation
+#   make test   — virtual environment, install with the dev extra, run the test suite
+# `make test-fast` skips the slow end-to-end tests (real Flower runtimes and processes).
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_PIN := torch==2.13.0
+
+.PHONY: venv install demo test test-fast clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+	$(PIP) install --quiet $(TORCH_PIN)
+	$(PIP) install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/fedcredit data synth --out runs/demo-data --institutions 5 --seed 7 --force
+	$(VENV)/bin/fedcredit data validate runs/demo-data/national-bank-1.csv
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf runs .pytest_cache

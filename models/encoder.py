@@ -1,0 +1,283 @@
+"""The consortium feature encoder, fitted from federated statistics.
+
+Protocol
+--------
+1. Each institution computes :func:`feature_statistics` on its own clean table: per model
+   feature a vector of counts —
+
+   * numeric: rows per histogram bin over the schema-declared edges in the *transformed* space
+     (:meth:`configs.schema.Feature.bin_edges`; values clipped into the range first);
+   * ordinal: rows per integer level; categorical: rows per declared category;
+     binary: rows with 0 and with 1.
+
+   Every row adds exactly 1 to exactly one cell of each feature's vector, so adding or
+   removing one borrower changes the whole statistics vector by L2 norm ``sqrt(F)`` (F = number
+   of features). :mod:`privacy` uses that sensitivity to answer the query with the Gaussian
+   mechanism; the encoder only ever sees (possibly noisy) sums.
+2. The server sums the vectors over institutions and calls :func:`fit_encoder_from_histograms`.
+3. The fitted :class:`FeatureEncoder` is sent to every node with the model and saved in the model
+   package; it turns a clean table into a float32 matrix.
+
+Encodings
+---------
+* numeric → *piecewise-linear encoding* (Gorishniy et al., 2022) over global quantile knots
+  ``k_0 < … < k_m`` of the transformed value ``t``: component ``j = clip((t − k_{j−1}) /
+  (k_j − k_{j−1}), 0, 1)``. A linear model over it is a piecewise-linear function of the
+  feature; knots coinciding at a mass point (e.g. many zero payments) collapse into one.
+* ordinal → thermometer: one column ``1[x ≥ l]`` per level ``l`` above the lowest.
+* categorical → one-hot over the declared categories. binary → the 0/1 value.
+
+All outputs lie in [0, 1].
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from configs.schema import Feature, Schema, apply_transform
+
+DEFAULT_KNOTS = 8
+
+
+def model_feature_list(schema: Schema, include_protected: bool = False) -> list[Feature]:
+    return schema.model_features(include_protected)
+
+
+def statistics_layout(schema: Schema, include_protected: bool = False) -> dict[str, int]:
+    """Feature name → length of its count vector, in query order."""
+    out = {}
+    for f in model_feature_list(schema, include_protected):
+        if f.kind == "numeric":
+            out[f.name] = f.bins
+        elif f.kind == "ordinal":
+            out[f.name] = len(f.levels())
+        elif f.kind == "categorical":
+            out[f.name] = len(f.categories or ())
+        else:
+            out[f.name] = 2
+    return out
+
+
+def feature_statistics(table, schema: Schema, include_protected: bool = False) -> dict[str, np.ndarray]:
+    """Exact per-feature count vectors of one institution's clean table (float64).
+
+    See the module docstring for the layout; each row contributes 1 to one cell per feature.
+    """
+    stats: dict[str, np.ndarray] = {}
+    for f in model_feature_list(schema, include_protected):
+        col = table[f.name]
+        if f.kind == "numeric":
+            edges = f.bin_edges()
+            t = apply_transform(f.transform, np.clip(col.to_numpy(dtype=float), *f.range))
+            idx = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, f.bins - 1)
+            stats[f.name] = np.bincount(idx, minlength=f.bins).astype(np.float64)
+        elif f.kind == "ordinal":
+            lo = int(f.range[0])
+            idx = col.to_numpy(dtype=float).astype(np.int64) - lo
+            stats[f.name] = np.bincount(idx, minlength=len(f.levels())).astype(np.float64)
+        elif f.kind == "categorical":
+            codes = _category_codes(col, f)
+            stats[f.name] = np.bincount(codes, minlength=len(f.categories)).astype(np.float64)
+        else:
+            idx = col.to_numpy(dtype=float).astype(np.int64)
+            stats[f.name] = np.bincount(idx, minlength=2).astype(np.float64)
+    return stats
+
+
+def sum_statistics(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Elementwise sum of several institutions' count vectors (same layout required)."""
+    if not parts:
+        raise ValueError("no statistics to sum")
+    keys = list(parts[0])
+    for p in parts[1:]:
+        if list(p) != keys or any(p[k].shape != parts[0][k].shape for k in keys):
+            raise ValueError("statistics from different schemas cannot be summed")
+    return {k: np.sum([p[k] for p in parts], axis=0) for k in keys}
+
+
+def _category_codes(col, f: Feature) -> np.ndarray:
+    lookup = {c: i for i, c in enumerate(f.categories)}
+    codes = col.map(lookup)
+    if codes.isna().any():
+        bad = col[codes.isna()].iloc[0]
+        raise ValueError(f"column {f.name}: value {bad!r} is not a declared category")
+    return codes.to_numpy(dtype=np.int64)
+
+
+def quantile_knots(counts: np.ndarray, edges: np.ndarray, n_knots: int) -> np.ndarray:
+    """Quantile knots ``k_0..k_m`` (m ≤ n_knots) from a histogram, in the histogram's space.
+
+    The CDF is taken piecewise linear inside each bin; quantiles ``j / n_knots``
+    (j = 0..n_knots) are read off it. Negative counts (from DP noise) count as zero. Knots
+    closer than 1e-9 of the range collapse. With no mass at all the range ends are returned.
+    """
+    c = np.clip(np.asarray(counts, dtype=float), 0, None)
+    total = c.sum()
+    if total <= 0:
+        return np.array([edges[0], edges[-1]], dtype=float)
+    cdf = np.concatenate([[0.0], np.cumsum(c)]) / total
+    qs = np.linspace(0.0, 1.0, n_knots + 1)
+    # For each quantile, the smallest x with CDF(x) = q (left-continuous inverse, linear in bins).
+    knots = np.empty_like(qs)
+    for j, q in enumerate(qs):
+        if q <= 0:
+            first = np.argmax(c > 0)
+            knots[j] = edges[first]
+            continue
+        i = int(np.searchsorted(cdf, q, side="left"))
+        i = min(max(i, 1), len(edges) - 1)
+        lo_c, hi_c = cdf[i - 1], cdf[i]
+        frac = 0.0 if hi_c <= lo_c else (q - lo_c) / (hi_c - lo_c)
+        knots[j] = edges[i - 1] + frac * (edges[i] - edges[i - 1])
+    tol = 1e-9 * max(1.0, float(edges[-1] - edges[0]))
+    kept = [knots[0]]
+    for k in knots[1:]:
+        if k - kept[-1] > tol:
+            kept.append(k)
+    if len(kept) == 1:  # all mass in one point: one narrow interval around it
+        kept = [kept[0] - 0.5 * (edges[1] - edges[0]), kept[0] + 0.5 * (edges[1] - edges[0])]
+    return np.asarray(kept, dtype=float)
+
+
+@dataclass
+class EncodedFeature:
+    """How one feature is encoded and where its columns sit in the output matrix."""
+
+    name: str
+    kind: str
+    transform: str = "identity"
+    knots: list[float] = field(default_factory=list)  # numeric
+    levels: list[int] = field(default_factory=list)  # ordinal
+    categories: list[str] = field(default_factory=list)  # categorical
+    value_range: list[float] = field(default_factory=list)
+    start: int = 0
+    width: int = 0
+
+    @property
+    def output_names(self) -> list[str]:
+        if self.kind == "numeric":
+            return [f"{self.name}:ple{j}" for j in range(1, len(self.knots))]
+        if self.kind == "ordinal":
+            return [f"{self.name}>={lvl}" for lvl in self.levels[1:]]
+        if self.kind == "categorical":
+            return [f"{self.name}={c}" for c in self.categories]
+        return [self.name]
+
+
+@dataclass
+class FeatureEncoder:
+    """Turns a clean table into the model's float32 input matrix (see the module docstring)."""
+
+    schema_key: str
+    features: list[EncodedFeature]
+    include_protected: bool = False
+
+    @property
+    def n_outputs(self) -> int:
+        return sum(f.width for f in self.features)
+
+    @property
+    def output_names(self) -> list[str]:
+        return [n for f in self.features for n in f.output_names]
+
+    def feature_slices(self) -> dict[str, slice]:
+        """Feature name → the columns of the encoded matrix that belong to it."""
+        return {f.name: slice(f.start, f.start + f.width) for f in self.features}
+
+    def transform(self, table) -> np.ndarray:
+        """Encode a clean table (schema columns, validated) as an ``(n, n_outputs)`` float32 matrix."""
+        n = len(table)
+        out = np.zeros((n, self.n_outputs), dtype=np.float32)
+        for f in self.features:
+            block = out[:, f.start:f.start + f.width]
+            col = table[f.name]
+            if f.kind == "numeric":
+                x = np.clip(col.to_numpy(dtype=float), *f.value_range)
+                t = apply_transform(f.transform, x)
+                k = np.asarray(f.knots)
+                block[:] = np.clip((t[:, None] - k[:-1]) / (k[1:] - k[:-1]), 0.0, 1.0)
+            elif f.kind == "ordinal":
+                x = col.to_numpy(dtype=float)
+                block[:] = x[:, None] >= np.asarray(f.levels[1:], dtype=float)
+            elif f.kind == "categorical":
+                lookup = {c: i for i, c in enumerate(f.categories)}
+                codes = col.map(lookup).to_numpy()
+                if pd.isna(codes).any():
+                    raise ValueError(f"column {f.name}: a value is not a declared category")
+                block[np.arange(n), codes.astype(np.int64)] = 1.0
+            else:
+                block[:, 0] = col.to_numpy(dtype=float)
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "format": "fedcredit-encoder/1",
+            "schema_key": self.schema_key,
+            "include_protected": self.include_protected,
+            "features": [vars(f) for f in self.features],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureEncoder":
+        if d.get("format") != "fedcredit-encoder/1":
+            raise ValueError(f"unknown encoder format {d.get('format')!r}")
+        return cls(schema_key=d["schema_key"], include_protected=bool(d["include_protected"]),
+                   features=[EncodedFeature(**f) for f in d["features"]])
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "FeatureEncoder":
+        return cls.from_dict(json.loads(text))
+
+
+def fit_encoder_from_histograms(
+    schema: Schema,
+    stats: dict[str, np.ndarray],
+    n_knots: int = DEFAULT_KNOTS,
+    include_protected: bool = False,
+) -> FeatureEncoder:
+    """Build the consortium encoder from summed (possibly noisy) count vectors.
+
+    ``stats`` must have the layout of :func:`statistics_layout`. Only numeric features use the
+    counts (for their quantile knots); the other kinds are encoded from their declarations.
+    """
+    layout = statistics_layout(schema, include_protected)
+    missing = [k for k in layout if k not in stats]
+    if missing:
+        raise ValueError(f"statistics lack features: {', '.join(missing)}")
+    encoded: list[EncodedFeature] = []
+    start = 0
+    for f in model_feature_list(schema, include_protected):
+        counts = np.asarray(stats[f.name], dtype=float)
+        if counts.shape != (layout[f.name],):
+            raise ValueError(f"statistics for {f.name}: expected {layout[f.name]} counts, got {counts.shape}")
+        e = EncodedFeature(name=f.name, kind=f.kind, transform=f.transform,
+                           value_range=[float(f.range[0]), float(f.range[1])] if f.range else [])
+        if f.kind == "numeric":
+            e.knots = [float(k) for k in quantile_knots(counts, f.bin_edges(), n_knots)]
+            e.width = len(e.knots) - 1
+        elif f.kind == "ordinal":
+            e.levels = f.levels()
+            e.width = len(e.levels) - 1
+        elif f.kind == "categorical":
+            e.categories = list(f.categories)
+            e.width = len(e.categories)
+        else:
+            e.width = 1
+        e.start = start
+        start += e.width
+        encoded.append(e)
+    return FeatureEncoder(schema_key=schema.key, features=encoded, include_protected=include_protected)
+
+
+def fit_encoder_from_tables(schema: Schema, tables: list, n_knots: int = DEFAULT_KNOTS,
+                            include_protected: bool = False) -> FeatureEncoder:
+    """Exact (non-private) fit from several clean tables — for baselines and tests."""
+    parts = [feature_statistics(t, schema, include_protected) for t in tables]
+    return fit_encoder_from_histograms(schema, sum_statistics(parts), n_knots, include_protected)
