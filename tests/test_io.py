@@ -1,0 +1,197 @@
+"""Reading institution files: delimiters, encodings, magic bytes, row shapes (clients.tabular_io)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clients.tabular_io import DataValidationError, read_table, rows_phrase, sniff_delimiter
+from configs.errors import UserError
+
+ROWS = [["id", "amount", "name"], ["1", "10", "ann"], ["2", "20.5", "bob"], ["3", "", "cy"]]
+
+
+def write(tmp_path, name, data: bytes):
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+
+def text(rows, delim=",", end="\n") -> str:
+    return end.join(delim.join(r) for r in rows) + end
+
+
+def problem_codes(exc: DataValidationError) -> list[str]:
+    return [p.code for p in exc.problems]
+
+
+@pytest.mark.parametrize("delim", [",", ";", "\t", "|"])
+def test_every_supported_delimiter_is_sniffed(tmp_path, delim):
+    p = write(tmp_path, "t.csv", text(ROWS, delim).encode())
+    raw = read_table(p)
+    assert raw.delimiter == delim
+    assert list(raw.frame.columns) == ["id", "amount", "name"]
+    assert raw.frame["amount"].tolist() == ["10", "20.5", ""]
+    assert raw.row_numbers.tolist() == [1, 2, 3]
+
+
+def test_sniffer_prefers_semicolon_when_commas_are_decimal_marks():
+    sample = "a;b;c\n1,5;2;3\n4;5,25;6\n"
+    assert sniff_delimiter(sample) == ";"
+
+
+def test_cells_are_read_as_text_exactly(tmp_path):
+    data = 'id,code,note\n007,NA,"a, quoted ""note"""\n008, 12 ,"two\nlines"\n'
+    raw = read_table(write(tmp_path, "t.csv", data.encode()))
+    f = raw.frame
+    assert f["id"].tolist() == ["007", "008"]  # leading zeros kept: no number parsing here
+    assert f["code"].tolist() == ["NA", " 12 "]  # NA is not turned into a missing value
+    assert f["note"].tolist() == ['a, quoted "note"', "two\nlines"]
+    assert raw.row_numbers.tolist() == [1, 2]  # a quoted newline does not add a data row
+
+
+def test_utf8_bom_does_not_stick_to_the_first_column(tmp_path):
+    raw = read_table(write(tmp_path, "t.csv", b"\xef\xbb\xbf" + text(ROWS).encode()))
+    assert list(raw.frame.columns)[0] == "id"
+    assert raw.encoding == "utf-8-sig"
+    assert raw.notes == []
+
+
+def test_utf16_with_bom_is_read(tmp_path):
+    raw = read_table(write(tmp_path, "t.csv", text(ROWS, "\t").encode("utf-16")))
+    assert list(raw.frame.columns) == ["id", "amount", "name"]
+    assert raw.frame["name"].tolist() == ["ann", "bob", "cy"]
+
+
+def test_cp1252_fallback_decodes_and_warns(tmp_path):
+    rows = ROWS + [["4", "5", "Zoë €"]]
+    raw = read_table(write(tmp_path, "t.csv", text(rows).encode("cp1252")))
+    assert raw.frame["name"].tolist()[-1] == "Zoë €"
+    assert raw.encoding == "cp1252"
+    (note,) = raw.notes
+    assert note.code == "encoding" and note.severity == "warning"
+    assert "line 5" in note.message and "Windows-1252" in note.message
+
+
+def test_latin1_fallback_for_bytes_undefined_in_cp1252(tmp_path):
+    data = text(ROWS).encode() + b"4,5,x\x81y\n"  # 0x81 is undefined in cp1252
+    raw = read_table(write(tmp_path, "t.csv", data))
+    assert raw.encoding == "latin-1"
+    assert raw.frame["name"].tolist()[-1] == "x\x81y"
+    assert "Latin-1" in raw.notes[0].message
+
+
+def test_header_without_trailing_newline_and_header_only(tmp_path):
+    raw = read_table(write(tmp_path, "h.csv", b"a,b,c"))
+    assert list(raw.frame.columns) == ["a", "b", "c"] and len(raw.frame) == 0
+    raw = read_table(write(tmp_path, "h2.csv", b"a,b,c\r\n1,2,3"))
+    assert raw.frame.iloc[0].tolist() == ["1", "2", "3"]
+
+
+def test_blank_lines_are_skipped_but_keep_row_numbers(tmp_path):
+    data = "a,b\n1,2\n\n3,4\n,\n5,6\n\n\n"
+    raw = read_table(write(tmp_path, "t.csv", data.encode()))
+    assert raw.frame["a"].tolist() == ["1", "3", "5"]
+    assert raw.row_numbers.tolist() == [1, 3, 5]
+    (note,) = raw.notes  # trailing blank lines are not worth a warning
+    assert note.code == "blank-row" and note.rows == [2, 4] and "data rows 2, 4" in note.message
+
+
+def test_records_with_wrong_field_counts_are_reported_and_later_rows_keep_their_numbers(tmp_path):
+    data = "a,b,c\n1,2,3\n4,5\n6,7,8,9\n10,11,12\n"
+    raw = read_table(write(tmp_path, "t.csv", data.encode()))
+    assert raw.frame["a"].tolist() == ["1", "10"]
+    assert raw.row_numbers.tolist() == [1, 4]
+    short, long = raw.problems
+    assert short.code == long.code == "bad-row"
+    assert short.rows == [2] and "data row 2 has 2 fields" in short.message and "fewer" in short.message
+    assert long.rows == [3] and "data row 3 has 4 fields" in long.message and "more fields" in long.message
+    assert raw.malformed_records == 2
+
+
+def test_truncated_last_line_is_named(tmp_path):
+    raw = read_table(write(tmp_path, "t.csv", b"a,b,c\n1,2,3\n4,5,6\n7,"))
+    (p,) = raw.problems
+    assert p.rows == [3] and "truncated" in p.message
+
+
+def test_unclosed_quote_is_reported(tmp_path):
+    raw = read_table(write(tmp_path, "t.csv", b'"a","b"\n"1","2"\n"3","4'))
+    assert any("never closed" in p.message for p in raw.problems)
+
+
+@pytest.mark.parametrize("data,needle", [
+    (b"", "0 bytes"),
+    (b"   \n\n", "only whitespace"),
+    (b"a,b\n1,\x002\n", "NUL bytes"),
+    (bytes(range(1, 32)) * 40, "binary"),
+    (b"PK\x03\x04" + b"\x00" * 60, "Excel"),
+    (b"\xd0\xcf\x11\xe0" + b"\x00" * 60, "Excel"),
+    (b"\x1f\x8b\x08\x00" + b"\x00" * 60, "gzip"),
+    (b"%PDF-1.7\n", "PDF"),
+    (b"  <!DOCTYPE html><html></html>", "HTML"),
+    (b'{"rows": [1, 2]}\n', "JSON"),
+])
+def test_unreadable_bytes_raise_a_user_error(tmp_path, data, needle):
+    p = write(tmp_path, "t.csv", data)
+    with pytest.raises(DataValidationError) as info:
+        read_table(p)
+    assert isinstance(info.value, UserError)
+    assert needle in str(info.value)
+    assert problem_codes(info.value)[0] in ("unreadable", "empty")
+    assert str(p) in str(info.value)
+
+
+def test_missing_file_and_directory(tmp_path):
+    for target in (tmp_path / "nope.csv", tmp_path):
+        with pytest.raises(DataValidationError) as info:
+            read_table(target)
+        assert problem_codes(info.value) == ["not-found"]
+
+
+def test_file_type_by_magic_bytes_then_extension(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    table = pa.table({"a": [1, 2], "b": ["x", None], "c": [1.5, float("nan")]})
+    disguised = tmp_path / "really_parquet.csv"
+    pq.write_table(table, disguised)
+    raw = read_table(disguised)  # PAR1 magic wins over the .csv extension
+    assert raw.format == "parquet"
+    assert raw.frame["a"].tolist() == [1, 2]
+    assert raw.column_types == ["int64", "string", "double"]
+    assert raw.row_numbers.tolist() == [1, 2]
+
+    fake = write(tmp_path, "fake.parquet", b"a,b\n1,2\n")
+    with pytest.raises(DataValidationError, match="not a Parquet file"):
+        read_table(fake)
+
+
+def test_corrupt_parquet_is_unreadable(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    good = tmp_path / "g.parquet"
+    pq.write_table(pa.table({"a": list(range(100))}), good)
+    cut = write(tmp_path, "cut.parquet", good.read_bytes()[:60])
+    with pytest.raises(DataValidationError) as info:
+        read_table(cut)
+    assert problem_codes(info.value) == ["unreadable"] and "Parquet" in str(info.value)
+
+
+def test_rows_phrase():
+    assert rows_phrase([3]) == "data row 3"
+    assert rows_phrase([3, 17]) == "data rows 3, 17"
+    assert rows_phrase(np.array([1, 2, 3, 4, 5, 6, 7]), 12) == "data rows 1, 2, 3, 4, 5 and 7 more"
+
+
+def test_large_file_reads_fast_enough_to_be_vectorised(tmp_path):
+    # 200k rows: a per-row Python loop would take far longer than the pytest timeout below.
+    n = 200_000
+    frame = pd.DataFrame({"a": np.arange(n), "b": np.arange(n) * 0.5, "c": ["x"] * n})
+    p = tmp_path / "big.csv"
+    frame.to_csv(p, index=False)
+    raw = read_table(p)
+    assert len(raw.frame) == n and raw.row_numbers[-1] == n
+    assert raw.frame["b"].iloc[-1] == str((n - 1) * 0.5)
