@@ -142,3 +142,29 @@ def auc_score(y: np.ndarray, pd_values: np.ndarray) -> float:
     if y.min() == y.max():
         return float("nan")
     return float(roc_auc_score(y, pd_values))
+
+
+def rebin(hist: np.ndarray, bins: int) -> np.ndarray:
+    """Merge consecutive bins of a score histogram down to ``bins`` bins (must divide its length).
+
+    Nodes that noise their evaluation release send coarser histograms; the server brings every
+    histogram to the coarsest resolution before summing.
+    """
+    h = np.asarray(hist, dtype=float)
+    if len(h) == bins:
+        return h
+    if len(h) % bins:
+        raise ValueError(f"cannot merge {len(h)} score bins into {bins}")
+    return h.reshape(bins, -1).sum(axis=1)
+
+
+def sum_evaluations(parts: list[EvaluationSums]) -> EvaluationSums:
+    """Pool several nodes' releases, bringing histograms to the coarsest common resolution."""
+    if not parts:
+        raise ValueError("nothing to pool")
+    bins = min(len(p.hist_neg) for p in parts)
+    total = EvaluationSums(hist_neg=np.zeros(bins), hist_pos=np.zeros(bins))
+    for p in parts:
+        total = total + EvaluationSums(rebin(p.hist_neg, bins), rebin(p.hist_pos, bins), p.n, p.positives,
+                                       p.sum_pd, p.brier_sum, p.logloss_sum)
+    return total

@@ -1,0 +1,345 @@
+"""What an institution's node does for each message, independent of Flower's plumbing.
+
+The node is the privacy boundary. It
+
+* loads its own table (validated exactly like ``fedcredit data validate``) and splits it into
+  training rows and a local holdout (:mod:`clients.dataset`);
+* answers the statistics query, trains and evaluates — and for every release that touches
+  borrower data it first checks its *own* lifetime budget (:class:`privacy.accountant.
+  PrivacyLedger`), persists the spend, and only then lets the numbers leave;
+* takes its budget (``max-epsilon``, ``delta``) and release policy from the **node config**;
+  the run config can only ask for less (``target-epsilon``), never for more.
+
+Node config keys (deployment, ``flower-supernode --node-config``)
+-----------------------------------------------------------------
+``data-path`` (required) · ``institution-id`` (default: file name) · ``mapping`` · ``schema``
+(default ``consumer-credit-v1``) · ``state-dir`` (required: lifetime privacy state) ·
+``max-epsilon`` (required for DP training) · ``delta`` (default: the largest power of ten
+≤ 1/(10·n)) · ``release-eval`` = ``noised`` (default) | ``exact`` | ``off`` · ``allow-non-private``
+= false (default) · ``split-seed`` (0) · ``holdout-fraction`` (0.2) · ``accountant`` = rdp | prv.
+
+Simulation: a virtual node only has ``partition-id`` / ``num-partitions``; it takes file
+``partition-id`` of the run's ``data-dir`` (sorted) or synthesises institution ``partition-id``,
+keeps its privacy state under ``state-root/<institution-id>``, its budget from
+``sim-max-epsilon``, releases exact evaluations and may train without DP (``dp = false``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clients.dataset import InstitutionSplit, labels, split_institution
+from configs.errors import UserError
+from configs.schema import Schema, load_schema
+from models.encoder import FeatureEncoder, feature_statistics
+from models.metrics import EvaluationSums
+from models.network import ModelSpec, build_model, get_weights, predict_pd, set_weights
+from models.training import LocalTrainConfig, train_local
+
+RELEASE_MODES = ("exact", "noised", "off")
+DATA_SUFFIXES = (".csv", ".parquet", ".pq", ".tsv", ".txt")
+
+
+class NodeRefusal(Exception):
+    """The node declines a request; ``reason`` is a protocol code, ``detail`` says why."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class NodePolicy:
+    institution_id: str
+    source: str  # a file path, or "synthetic:<index>/<count>"
+    mapping: str | None
+    schema: str
+    state_dir: Path
+    max_epsilon: float | None
+    delta: float | None
+    release_eval: str
+    allow_non_private: bool
+    split_seed: int
+    holdout_fraction: float
+    accountant: str
+    simulation: bool
+    synthetic_scale: float = 1.0
+    synthetic_seed: int = 0
+
+
+def _get(cfg: dict, key: str, default: Any = None) -> Any:
+    v = cfg.get(key, default)
+    return default if v == "" else v
+
+
+def policy_from_context(node_config: dict, run_config: dict, run_id: str = "") -> NodePolicy:
+    """Resolve the node's policy: node config in deployment, run config for virtual nodes."""
+    node_config = dict(node_config or {})
+    run_config = dict(run_config or {})
+    if "data-path" in node_config:
+        path = str(node_config["data-path"])
+        state = _get(node_config, "state-dir")
+        if not state:
+            raise UserError("node config: 'state-dir' is required (the node's lifetime privacy state lives there)")
+        release = str(_get(node_config, "release-eval", "noised"))
+        if release not in RELEASE_MODES:
+            raise UserError(f"node config: 'release-eval' must be one of {', '.join(RELEASE_MODES)}, got '{release}'")
+        max_eps = _get(node_config, "max-epsilon")
+        return NodePolicy(
+            institution_id=str(_get(node_config, "institution-id", Path(path).stem)),
+            source=path, mapping=_get(node_config, "mapping"),
+            schema=str(_get(node_config, "schema", "consumer-credit-v1")),
+            state_dir=Path(str(state)).expanduser(),
+            max_epsilon=float(max_eps) if max_eps is not None else None,
+            delta=float(_get(node_config, "delta")) if _get(node_config, "delta") is not None else None,
+            release_eval=release,
+            allow_non_private=str(_get(node_config, "allow-non-private", "false")).lower() == "true",
+            split_seed=int(_get(node_config, "split-seed", 0)),
+            holdout_fraction=float(_get(node_config, "holdout-fraction", 0.2)),
+            accountant=str(_get(node_config, "accountant", "rdp")), simulation=False)
+    if "partition-id" not in node_config:
+        raise UserError("node config: give 'data-path' (and 'state-dir', 'max-epsilon') for this institution")
+    index, count = int(node_config["partition-id"]), int(node_config.get("num-partitions", 1))
+    data_dir = _get(run_config, "data-dir")
+    if data_dir:
+        files = sorted(p for p in Path(data_dir).iterdir() if p.suffix.lower() in DATA_SUFFIXES)
+        if index >= len(files):
+            raise UserError(f"run config: data-dir {data_dir} has {len(files)} data file(s); "
+                            f"virtual node {index} has none (use num-supernodes ≤ {len(files)})")
+        source, inst = str(files[index]), files[index].stem
+    else:
+        from simulation.archetypes import institution_plan, load_archetypes
+
+        plan = institution_plan(count, float(_get(run_config, "synthetic-scale", 1.0)), load_archetypes())
+        source, inst = f"synthetic:{index}/{count}", plan[index].id
+    root = _get(run_config, "state-root") or str(Path(tempfile.gettempdir()) / "fedcredit-sim" / (run_id or "run"))
+    return NodePolicy(
+        institution_id=inst, source=source, mapping=_get(run_config, "mapping"),
+        schema=str(_get(run_config, "schema", "consumer-credit-v1")),
+        state_dir=Path(root) / inst, max_epsilon=float(_get(run_config, "sim-max-epsilon", 3.0)),
+        delta=None, release_eval="exact", allow_non_private=True, split_seed=0, holdout_fraction=0.2,
+        accountant="rdp", simulation=True,
+        synthetic_scale=float(_get(run_config, "synthetic-scale", 1.0)),
+        synthetic_seed=int(_get(run_config, "synthetic-seed", 0)))
+
+
+def default_delta(n_rows: int) -> float:
+    """The largest power of ten not above 1/(10·n): e.g. 4,000 rows → 1e-5."""
+    return 10.0 ** math.floor(math.log10(1.0 / (10.0 * max(n_rows, 1))))
+
+
+# ------------------------------------------------------------------------------ data
+_DATA_CACHE: dict[tuple, "NodeData"] = {}
+
+
+@dataclass
+class NodeData:
+    schema: Schema
+    split: InstitutionSplit
+    encoded: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]  # encoder hash → x/y train, x/y holdout
+
+    def matrices(self, encoder: FeatureEncoder):
+        key = hashlib.sha256(encoder.to_json().encode()).hexdigest()
+        if key not in self.encoded:
+            s = self.split
+            self.encoded.clear()  # one encoder per run; keep memory flat
+            self.encoded[key] = (encoder.transform(s.train), labels(s.train, self.schema),
+                                 encoder.transform(s.holdout), labels(s.holdout, self.schema))
+        return self.encoded[key]
+
+
+def load_node_data(policy: NodePolicy) -> NodeData:
+    """Load, validate and split the node's table (cached per process)."""
+    key = (policy.source, policy.mapping, policy.schema, policy.split_seed, policy.holdout_fraction,
+           policy.synthetic_scale, policy.synthetic_seed)
+    if key in _DATA_CACHE:
+        return _DATA_CACHE[key]
+    schema = load_schema(policy.schema)
+    if policy.source.startswith("synthetic:"):
+        table = _synthetic_table(policy, schema)
+    else:
+        from clients.validation import load_institution_table
+
+        table = load_institution_table(policy.source, schema, policy.mapping).table
+    split = split_institution(table, schema, policy.institution_id, policy.holdout_fraction, policy.split_seed)
+    data = NodeData(schema=schema, split=split, encoded={})
+    _DATA_CACHE[key] = data
+    return data
+
+
+def _synthetic_table(policy: NodePolicy, schema: Schema):
+    from simulation.archetypes import institution_plan, load_archetypes
+    from simulation.synthetic import generate_institution, institution_rng
+
+    index, count = (int(v) for v in policy.source.split(":", 1)[1].split("/"))
+    p = institution_plan(count, policy.synthetic_scale, load_archetypes())[index]
+    table, _ = generate_institution(p.archetype, p.rows, institution_rng(policy.synthetic_seed, p.index), schema,
+                                    id_prefix=f"{p.archetype.code}{p.copy}")
+    return table
+
+
+# -------------------------------------------------------------------------- privacy
+def _ledger(policy: NodePolicy, data: NodeData):
+    from privacy.accountant import PrivacyLedger
+
+    if policy.max_epsilon is None:
+        raise NodeRefusal("policy", "this node has no 'max-epsilon' in its node config, so it does not "
+                          "release anything computed from borrower data; set max-epsilon")
+    delta = policy.delta if policy.delta is not None else default_delta(len(data.split.train) + len(data.split.holdout))
+    return PrivacyLedger.open(policy.state_dir, fingerprint=data.split.fingerprint, schema_key=data.schema.key,
+                              institution_id=policy.institution_id, max_epsilon=policy.max_epsilon,
+                              delta=delta, accountant=policy.accountant)
+
+
+def _wants_dp(policy: NodePolicy, cfg: dict) -> bool:
+    """DP unless the run asks for none *and* the node allows non-private training."""
+    if bool(cfg.get("dp", True)):
+        return True
+    if not policy.allow_non_private:
+        raise NodeRefusal("policy", "the run asks for training without differential privacy; this node's "
+                          "policy (allow-non-private = false) forbids it")
+    return False
+
+
+def _noise_seed(policy: NodePolicy, cfg: dict, salt: str) -> int | None:
+    """Reproducible noise in simulation; fresh OS randomness in deployment."""
+    if not policy.simulation:
+        return None
+    blob = f"{cfg.get('seed', 0)}|{policy.institution_id}|{cfg.get('run-id', '')}|{salt}".encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little")
+
+
+# ------------------------------------------------------------------------- handlers
+def answer_statistics(policy: NodePolicy, cfg: dict) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Per-feature count vectors of the training rows; Gaussian-noised and accounted under DP."""
+    data = load_node_data(policy)
+    if cfg.get("schema-key") and cfg["schema-key"] != data.schema.key:
+        raise NodeRefusal("policy", f"the run uses schema {cfg['schema-key']}, this node's data follows {data.schema.key}")
+    stats = feature_statistics(data.split.train, data.schema)
+    metrics = {"num-examples": float(data.split.n_train)}
+    if not _wants_dp(policy, cfg):
+        return stats, metrics
+    from privacy.accountant import BudgetExceeded
+    from privacy.dp_release import STATISTICS_NOISE_MULTIPLIER, release_statistics
+
+    rng = np.random.default_rng(_noise_seed(policy, cfg, "statistics"))
+    noisy, event = release_statistics(stats, STATISTICS_NOISE_MULTIPLIER, rng)
+    event.run_id = str(cfg.get("run-id", ""))
+    with _ledger(policy, data) as ledger:
+        try:
+            spent = ledger.record([event])
+        except BudgetExceeded as exc:
+            raise NodeRefusal("budget-exhausted", str(exc)) from None
+        metrics.update({"epsilon-spent": spent, "epsilon-budget": ledger.max_epsilon, "delta": ledger.delta})
+    return noisy, metrics
+
+
+def _model_from(cfg: dict, weights: dict[str, np.ndarray]):
+    spec = ModelSpec.from_dict(json.loads(cfg["model-spec"]))
+    model = build_model(spec)
+    set_weights(model, weights)
+    return model
+
+
+def train(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict,
+          state: dict) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Local training from the global weights; DP-SGD with the node's own noise plan.
+
+    ``state`` is the node's per-run state (Flower ``context.state``), where the noise plan of
+    the run is kept so σ stays fixed across its rounds.
+    """
+    data = load_node_data(policy)
+    encoder = FeatureEncoder.from_json(cfg["encoder"])
+    if encoder.schema_key != data.schema.key:
+        raise NodeRefusal("policy", f"the run's encoder is for schema {encoder.schema_key}, "
+                          f"this node's data follows {data.schema.key}")
+    x, y, _, _ = data.matrices(encoder)
+    model = _model_from(cfg, weights)
+    tcfg = LocalTrainConfig(local_epochs=int(cfg["local-epochs"]), batch_size=int(cfg["batch-size"]),
+                            learning_rate=float(cfg["learning-rate"]), optimizer=str(cfg["optimizer"]),
+                            proximal_mu=float(cfg.get("proximal-mu", 0.0)))
+    rnd = int(cfg["server-round"])
+    seed = int(cfg.get("seed", 0)) * 100_003 + rnd
+    metrics: dict[str, float] = {"num-examples": float(len(x))}
+    if not _wants_dp(policy, cfg):
+        out = train_local(model, x, y, tcfg, seed=seed)
+        metrics["train-loss"] = out["loss"]
+        return get_weights(model), metrics
+
+    from privacy.accountant import BudgetExceeded
+    from privacy.dpsgd import DPSGDGradients
+    from privacy.planning import plan_noise, sample_rate_for
+
+    run_id = str(cfg.get("run-id", ""))
+    q = sample_rate_for(len(x), tcfg.batch_size)
+    steps = tcfg.local_epochs * tcfg.steps_per_epoch(len(x))
+    with _ledger(policy, data) as ledger:
+        plan = state.get("plan")
+        if not plan or plan.get("run-id") != run_id:
+            rounds_left = max(1, int(cfg["num-server-rounds"]) - rnd + 1)
+            cap = float(cfg.get("target-epsilon", 0.0)) or None
+            try:
+                p = plan_noise(prior_events=ledger.events, max_epsilon=ledger.max_epsilon, delta=ledger.delta,
+                               sample_rate=q, steps_per_round=steps, rounds=rounds_left,
+                               run_epsilon_cap=cap, extra_events=_planned_eval_events(policy, rounds_left),
+                               accountant=policy.accountant)
+            except BudgetExceeded as exc:
+                raise NodeRefusal("budget-exhausted", str(exc)) from None
+            plan = {"run-id": run_id, "noise-multiplier": p.noise_multiplier, "rounds": rounds_left}
+            state["plan"] = plan
+        sigma = float(plan["noise-multiplier"])
+        rule = DPSGDGradients(sigma, float(cfg["clipping-norm"]), q, seed=_noise_seed(policy, cfg, f"train-{rnd}"))
+        event = rule.events(steps, run_id, rnd)
+        try:
+            ledger.check([event])
+        except BudgetExceeded as exc:
+            raise NodeRefusal("budget-exhausted", str(exc)) from None
+        out = train_local(model, x, y, tcfg, rule, seed=seed)
+        spent = ledger.record([event])  # persisted before the update leaves the node
+        metrics.update({"train-loss": out["loss"], "epsilon-spent": spent, "epsilon-budget": ledger.max_epsilon,
+                        "delta": ledger.delta, "noise-multiplier": sigma, "sample-rate": q, "steps": float(steps)})
+    return get_weights(model), metrics
+
+
+def _planned_eval_events(policy: NodePolicy, rounds: int) -> list:
+    if policy.release_eval != "noised":
+        return []
+    from privacy.accountant import PrivacyEvent
+    from privacy.dp_release import EVALUATION_NOISE_MULTIPLIER
+
+    return [PrivacyEvent("evaluation", EVALUATION_NOISE_MULTIPLIER, 1.0, 1) for _ in range(rounds)]
+
+
+def evaluate(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict
+             ) -> tuple[dict[str, np.ndarray] | None, dict[str, float], str]:
+    """Holdout evaluation; returns (released arrays or None, metrics, release mode)."""
+    data = load_node_data(policy)
+    encoder = FeatureEncoder.from_json(cfg["encoder"])
+    _, _, xh, yh = data.matrices(encoder)
+    metrics = {"num-examples": float(len(xh))}
+    if policy.release_eval == "off":
+        return None, metrics, "off"
+    sums = EvaluationSums.from_scores(predict_pd(_model_from(cfg, weights), xh), yh)
+    if policy.release_eval == "exact":
+        return sums.to_arrays(), metrics, "exact"
+    from privacy.accountant import BudgetExceeded
+    from privacy.dp_release import EVALUATION_NOISE_MULTIPLIER, release_evaluation
+
+    rng = np.random.default_rng(_noise_seed(policy, cfg, f"eval-{cfg.get('server-round')}"))
+    noisy, event = release_evaluation(sums, EVALUATION_NOISE_MULTIPLIER, rng)
+    event.run_id, event.round = str(cfg.get("run-id", "")), int(cfg.get("server-round", 0))
+    with _ledger(policy, data) as ledger:
+        try:
+            ledger.record([event])
+        except BudgetExceeded as exc:
+            raise NodeRefusal("budget-exhausted", str(exc)) from None
+    return noisy.to_arrays(), metrics, "noised"

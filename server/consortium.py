@@ -1,0 +1,395 @@
+"""One consortium run, as the ServerApp drives it.
+
+1. **Statistics.** Every connected node answers ``query.stats`` with its per-feature count
+   vectors (DP-noised by the node when it trains privately); the sums fit the one consortium
+   encoder (:func:`models.encoder.fit_encoder_from_histograms`).
+2. **Rounds.** The strategy samples nodes; each gets the global weights and the round config
+   (which includes the encoder and the model spec). Replies are sorted into accepted updates,
+   refusals (``budget-exhausted`` …), dropouts (errors, time-outs) and rejected updates (failed
+   :mod:`server.update_checks`); the accepted ones are aggregated by the strategy. Then the
+   sampled nodes evaluate the new global model on their holdouts; the pooled histograms give the
+   global AUC/KS/Gini exactly (:mod:`models.metrics`). A checkpoint is written every round.
+3. **End.** When all rounds are done — or fewer than ``min-train-nodes`` nodes can train, which
+   stops the run cleanly with the reason — the model package, ``metrics.json`` and the resolved
+   config go to the run directory.
+
+Resume: with ``resume_from`` the run continues from the last complete checkpoint of that
+directory (weights, encoder, strategy state, round counter, history) and skips the statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from configs.errors import UserError
+from configs.schema import load_schema
+from fedcredit import protocol as P
+from models.encoder import FeatureEncoder, fit_encoder_from_histograms, sum_statistics
+from models.metrics import EvaluationSums, sum_evaluations
+from models.network import ModelSpec, build_model, get_weights
+from models.package import ModelPackage, save_package, weights_digest
+from models.scoring import ScoreScale
+from server.checkpoints import load_checkpoint, save_checkpoint
+from server.exchange import Exchange, exchange
+from server.settings import RunSettings, parse_run_config
+from server.strategies import build_strategy, restore_strategy_state, strategy_state
+from server.update_checks import check_update
+
+NODE_WAIT_POLL_S = 0.2
+
+
+class RunStopped(Exception):
+    """The run cannot go on (too few nodes); carries the reason code and detail."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class RunRecorder:
+    """Writes ``progress.jsonl`` (one event per line, as they happen) and ``metrics.json``."""
+
+    run_dir: Path
+    listeners: list[Callable[[dict], None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._progress = open(self.run_dir / "progress.jsonl", "a", buffering=1)
+
+    def event(self, kind: str, **payload: Any) -> None:
+        entry = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "event": kind, **payload}
+        self._progress.write(json.dumps(entry, default=_json_default) + "\n")
+        for listener in self.listeners:
+            listener(entry)
+
+    def write_metrics(self, metrics: dict) -> None:
+        tmp = self.run_dir / "metrics.json.tmp"
+        tmp.write_text(json.dumps(metrics, indent=2, default=_json_default))
+        tmp.replace(self.run_dir / "metrics.json")
+
+    def close(self) -> None:
+        self._progress.close()
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o).__name__)
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def resolve_run_dir(s: RunSettings, run_id: int | str) -> Path:
+    if s.run_dir:
+        return Path(s.run_dir).expanduser().resolve()
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return (Path("runs") / f"{stamp}-{run_id}").resolve()
+
+
+def write_resolved_config(run_dir: Path, s: RunSettings, run_id: int | str) -> None:
+    lines = [f"# resolved run configuration of run {run_id}", "[run-config]"]
+    for key, value in s.as_run_config().items():
+        lines.append(f"{key} = {json.dumps(value)}")
+    (run_dir / "config.resolved.toml").write_text("\n".join(lines) + "\n")
+
+
+class ConsortiumRun:
+    """State of one run; :meth:`execute` drives it end to end."""
+
+    def __init__(self, grid: Grid, run_config: dict, run_id: int | str = 0,
+                 listeners: list[Callable[[dict], None]] | None = None):
+        self.grid = grid
+        self.settings = parse_run_config(run_config)
+        self.run_id = str(run_id)
+        self.schema = load_schema(self.settings.schema)
+        self.run_dir = resolve_run_dir(self.settings, run_id)
+        self.recorder = RunRecorder(self.run_dir, list(listeners or []))
+        self.strategy = build_strategy(self.settings)
+        self.institutions: dict[int, str] = {}  # node id → institution id
+        self.history: list[dict] = []
+        self.statistics: dict = {}
+        self.encoder: FeatureEncoder | None = None
+        self.spec: ModelSpec | None = None
+        self.weights: dict[str, np.ndarray] = {}
+        self.started = time.time()
+
+    # ------------------------------------------------------------------ helpers
+    def name(self, node_id: int) -> str:
+        return self.institutions.get(node_id, f"node-{node_id}")
+
+    def _note_identity(self, node_id: int, msg: Message) -> None:
+        info = P.node_info(msg)
+        if info.get("institution-id"):
+            self.institutions[node_id] = str(info["institution-id"])
+
+    def wait_for_nodes(self) -> list[int]:
+        need = self.settings.min_available_nodes
+        deadline = time.monotonic() + self.settings.round_timeout
+        while True:
+            nodes = sorted(self.grid.get_node_ids())
+            if len(nodes) >= need:
+                return nodes
+            if time.monotonic() > deadline:
+                raise RunStopped("too-few-nodes", f"{len(nodes)} node(s) connected after "
+                                 f"{self.settings.round_timeout:.0f} s; min-available-nodes is {need}")
+            time.sleep(NODE_WAIT_POLL_S)
+
+    # --------------------------------------------------------------- statistics
+    def collect_statistics(self) -> None:
+        nodes = self.wait_for_nodes()
+        s = self.settings
+        cfg = ConfigRecord({"schema-key": self.schema.key, "run-id": self.run_id, "dp": s.dp,
+                            "target-epsilon": s.target_epsilon, "num-server-rounds": s.num_server_rounds,
+                            "local-epochs": s.local_epochs, "batch-size": s.batch_size})
+        msgs = [Message(RecordDict({P.CONFIG: cfg}), dst_node_id=n, message_type=P.STATS_MESSAGE) for n in nodes]
+        self.recorder.event("statistics-start", nodes=len(nodes))
+        ex = exchange(self.grid, msgs, s.round_timeout, on_reply=self._note_identity)
+        parts, contributors, refused, spent = [], [], {}, {}
+        for node, msg in ex.ok.items():
+            info = P.node_info(msg)
+            if info.get("refused"):
+                refused[self.name(node)] = f"{info['refused']}: {info.get('detail', '')}"
+                continue
+            parts.append(P.from_array_record(msg.content[P.STATS]))
+            contributors.append(self.name(node))
+            spent[self.name(node)] = dict(msg.content[P.METRICS])
+        dropped = {self.name(n): r for n, r in ex.errors.items()}
+        dropped.update({self.name(n): "no reply before the round timeout" for n in ex.missing})
+        self.statistics = {"contributors": contributors, "refused": refused, "dropped": dropped,
+                           "node_metrics": spent}
+        self.recorder.event("statistics-end", contributors=contributors, refused=refused, dropped=dropped)
+        if len(parts) < s.min_train_nodes:
+            raise RunStopped("too-few-nodes", f"only {len(parts)} node(s) answered the statistics query "
+                             f"(min-train-nodes is {s.min_train_nodes}); refused: {refused or 'none'}; "
+                             f"failed: {dropped or 'none'}")
+        self.encoder = fit_encoder_from_histograms(self.schema, sum_statistics(parts), s.encoder_knots)
+        self.spec = ModelSpec(s.model, self.encoder.n_outputs, s.hidden if s.model == "mlp" else ())
+        self.weights = get_weights(build_model(self.spec, s.seed))
+
+    # -------------------------------------------------------------------- rounds
+    def round_config(self, rnd: int) -> ConfigRecord:
+        s = self.settings
+        return ConfigRecord({
+            "run-id": self.run_id, "server-round": rnd, "num-server-rounds": s.num_server_rounds,
+            "local-epochs": s.local_epochs, "batch-size": s.batch_size, "learning-rate": s.learning_rate,
+            "optimizer": s.optimizer, "proximal-mu": s.proximal_mu if s.strategy == "fedprox" else 0.0,
+            "dp": s.dp, "target-epsilon": s.target_epsilon, "clipping-norm": s.clipping_norm,
+            "seed": s.seed, "encoder": self.encoder.to_json(), "model-spec": json.dumps(self.spec.to_dict()),
+        })
+
+    def train_round(self, rnd: int) -> dict:
+        s = self.settings
+        before = self.weights
+        msgs = list(self.strategy.configure_train(rnd, P.to_array_record(before), self.round_config(rnd), self.grid))
+        sampled = [m.metadata.dst_node_id for m in msgs]
+        self.recorder.event("round-start", round=rnd, sampled=len(sampled))
+        ex = exchange(self.grid, msgs, s.round_timeout, on_reply=self._note_identity)
+        accepted, refused, rejected, node_metrics = [], {}, {}, {}
+        for node, msg in ex.ok.items():
+            who = self.name(node)
+            info = P.node_info(msg)
+            metrics = dict(msg.content[P.METRICS]) if P.METRICS in msg.content.metric_records else {}
+            node_metrics[who] = metrics
+            if info.get("refused"):
+                refused[who] = {"reason": info["refused"], "detail": info.get("detail", "")}
+                continue
+            problem = check_update(msg, before, s.max_update_norm)
+            if problem:
+                rejected[who] = problem
+                continue
+            accepted.append(msg)
+        dropped = {self.name(n): r for n, r in ex.errors.items()}
+        dropped.update({self.name(n): "no reply before the round timeout" for n in ex.missing})
+        for who, why in refused.items():
+            self.recorder.event("refusal", round=rnd, institution=who, **why)
+        for who, why in dropped.items():
+            self.recorder.event("dropout", round=rnd, institution=who, reason=why)
+        for who, why in rejected.items():
+            self.recorder.event("rejected-update", round=rnd, institution=who, reason=why)
+        record = {"round": rnd, "sampled": [self.name(n) for n in sampled],
+                  "participants": [self.name(m.metadata.src_node_id) for m in accepted],
+                  "refused": refused, "dropped": dropped, "rejected": rejected,
+                  "model_sha256_before": weights_digest(before)}
+        if len(accepted) < s.min_train_nodes:
+            reasons = {r["reason"] for r in refused.values()}
+            reason = "budget-exhausted" if refused and reasons == {P.REFUSED_BUDGET} and not dropped else "too-few-nodes"
+            record["stopped"] = reason
+            self.history.append(record)
+            raise RunStopped(reason, f"round {rnd}: {len(accepted)} usable update(s), min-train-nodes is "
+                             f"{s.min_train_nodes}; refused: {sorted(refused) or 'none'}, "
+                             f"dropped: {sorted(dropped) or 'none'}, rejected: {sorted(rejected) or 'none'}")
+        agg_arrays, agg_metrics = self.strategy.aggregate_train(rnd, accepted)
+        self.weights = P.from_array_record(agg_arrays)
+        delta = np.sqrt(sum(float(np.sum((self.weights[k] - before[k]) ** 2)) for k in before))
+        record.update({
+            "model_sha256_after": weights_digest(self.weights),
+            "aggregate_update_norm": delta,
+            "train_loss": float(agg_metrics.get("train-loss", float("nan"))) if agg_metrics else None,
+            "examples": int(sum(float(m.content[P.METRICS]["num-examples"]) for m in accepted)),
+            "privacy": {who: _privacy_fields(m) for who, m in node_metrics.items() if m},
+        })
+        return record
+
+    def evaluate_round(self, rnd: int, record: dict) -> None:
+        s = self.settings
+        if s.fraction_evaluate <= 0:
+            return
+        cfg = ConfigRecord({"run-id": self.run_id, "server-round": rnd, "encoder": self.encoder.to_json(),
+                            "model-spec": json.dumps(self.spec.to_dict())})
+        msgs = list(self.strategy.configure_evaluate(rnd, P.to_array_record(self.weights), cfg, self.grid))
+        ex = exchange(self.grid, msgs, s.round_timeout, on_reply=self._note_identity)
+        parts, per_inst = [], {}
+        for node, msg in ex.ok.items():
+            if P.EVAL not in msg.content.array_records:
+                continue  # the node releases no evaluation
+            sums = EvaluationSums.from_arrays(P.from_array_record(msg.content[P.EVAL]))
+            parts.append(sums)
+            m = sums.metrics()
+            per_inst[self.name(node)] = {k: _finite_or_none(v) for k, v in m.items()}
+            per_inst[self.name(node)]["release"] = P.node_info(msg).get("release", "exact")
+        record["evaluation_failed"] = {self.name(n): r for n, r in ex.errors.items()}
+        record["institutions"] = per_inst
+        if parts:
+            pooled = sum_evaluations(parts)
+            record["global"] = {k: _finite_or_none(v) for k, v in pooled.metrics().items()}
+            record["_pooled_eval"] = pooled
+
+    def checkpoint(self, rnd: int) -> None:
+        state = {
+            "run_id": self.run_id,
+            "encoder": self.encoder.to_dict(),
+            "spec": self.spec.to_dict(),
+            "history": [_public(r) for r in self.history],
+            "statistics": self.statistics,
+            "institutions": {str(k): v for k, v in self.institutions.items()},
+            "settings": self.settings.as_run_config(),
+        }
+        save_checkpoint(self.run_dir, rnd, self.weights, strategy_state(self.strategy), state)
+
+    def resume(self, resume_from: Path) -> int:
+        ckpt = load_checkpoint(resume_from)
+        st = ckpt.state
+        self.encoder = FeatureEncoder.from_dict(st["encoder"])
+        self.spec = ModelSpec.from_dict(st["spec"])
+        self.weights = ckpt.weights
+        self.history = list(st.get("history", []))
+        self.statistics = st.get("statistics", {})
+        restore_strategy_state(self.strategy, ckpt.strategy_state)
+        if hasattr(self.strategy, "current_arrays"):
+            self.strategy.current_arrays = dict(ckpt.weights)
+        self.recorder.event("resumed", from_round=ckpt.round, checkpoint=str(ckpt.path))
+        return ckpt.round + 1
+
+    # ----------------------------------------------------------------------- run
+    def execute(self, resume_from: Path | None = None) -> dict:
+        s = self.settings
+        write_resolved_config(self.run_dir, s, self.run_id)
+        self.recorder.event("run-start", run_id=self.run_id, run_dir=str(self.run_dir),
+                            rounds=s.num_server_rounds, strategy=s.strategy)
+        status, reason, detail = "completed", "", ""
+        last_pooled = None
+        try:
+            first = self.resume(Path(resume_from)) if resume_from else 1
+            if not resume_from:
+                self.collect_statistics()
+            for rnd in range(first, s.num_server_rounds + 1):
+                t0 = time.time()
+                record = self.train_round(rnd)
+                self.evaluate_round(rnd, record)
+                last_pooled = record.pop("_pooled_eval", last_pooled)
+                record["wall_s"] = time.time() - t0
+                self.history.append(record)
+                self.checkpoint(rnd)
+                self.recorder.event("round-end", round=rnd, participants=len(record["participants"]),
+                                    auc=(record.get("global") or {}).get("auc"),
+                                    loss=record.get("train_loss"), wall_s=record["wall_s"])
+        except RunStopped as stop:
+            status, reason, detail = "stopped", stop.reason, stop.detail
+            self.recorder.event("run-stopped", reason=reason, detail=detail)
+        summary = self.finish(status, reason, detail, last_pooled)
+        self.recorder.event("run-end", status=status, reason=reason)
+        self.recorder.close()
+        return summary
+
+    def finish(self, status: str, reason: str, detail: str, pooled: EvaluationSums | None) -> dict:
+        s = self.settings
+        completed = [r for r in self.history if "model_sha256_after" in r]
+        summary = {
+            "run_id": self.run_id,
+            "run_dir": str(self.run_dir),
+            "status": status,
+            "stop_reason": reason,
+            "stop_detail": detail,
+            "rounds_planned": s.num_server_rounds,
+            "rounds_completed": len(completed),
+            "wall_s": time.time() - self.started,
+            "settings": s.as_run_config(),
+            "schema": self.schema.key,
+            "statistics": self.statistics,
+            "history": [_public(r) for r in self.history],
+            "final": (completed[-1].get("global") if completed else None),
+            "institutions": _final_institutions(self.history),
+        }
+        if pooled is not None:
+            summary["final_histograms"] = {"hist_neg": pooled.hist_neg, "hist_pos": pooled.hist_pos}
+        if self.encoder is not None and completed:
+            pkg = ModelPackage(spec=self.spec, encoder=self.encoder, weights=self.weights, schema=self.schema,
+                               scale=ScoreScale(), cutoff_pd=s.cutoff_pd,
+                               meta={"run_id": self.run_id, "rounds_completed": len(completed),
+                                     "strategy": s.strategy, "dp": s.dp, "status": status,
+                                     "final_metrics": summary["final"]})
+            save_package(self.run_dir / "model", pkg)
+            summary["model_dir"] = str(self.run_dir / "model")
+        self.recorder.write_metrics(summary)
+        return summary
+
+
+def _privacy_fields(metrics: dict) -> dict:
+    keys = ("epsilon-spent", "epsilon-budget", "epsilon-run", "delta", "noise-multiplier",
+            "sample-rate", "steps", "num-examples", "train-loss")
+    return {k.replace("-", "_"): float(metrics[k]) for k in keys if k in metrics}
+
+
+def _public(record: dict) -> dict:
+    return {k: v for k, v in record.items() if not k.startswith("_")}
+
+
+def _final_institutions(history: list[dict]) -> dict[str, dict]:
+    """Last known evaluation and privacy figures per institution."""
+    out: dict[str, dict] = {}
+    for r in history:
+        for who, m in (r.get("institutions") or {}).items():
+            out.setdefault(who, {}).update({"eval": m})
+        for who, p in (r.get("privacy") or {}).items():
+            out.setdefault(who, {}).update({"privacy": p})
+        for who, why in (r.get("refused") or {}).items():
+            out.setdefault(who, {}).update({"last_refusal": why})
+    return out
+
+
+def run_consortium(grid: Grid, run_config: dict, run_id: int | str = 0,
+                   resume_from: str | Path | None = None,
+                   listeners: list[Callable[[dict], None]] | None = None) -> dict:
+    """Run (or resume) one consortium run; returns the summary also written to metrics.json."""
+    try:
+        run = ConsortiumRun(grid, run_config, run_id, listeners)
+    except UserError:
+        raise
+    return run.execute(Path(resume_from) if resume_from else None)

@@ -1,0 +1,177 @@
+"""The run configuration: what the operator chooses for one consortium run.
+
+Flower passes it as ``context.run_config`` (kebab-case keys, from ``[tool.flwr.app.config]``
+in pyproject.toml, overridden by ``flwr run --run-config``). :data:`DEFAULTS` is the single
+source of the defaults; pyproject.toml lists the same keys and values (a test keeps them
+equal) because Flower only accepts overrides for keys the app declares.
+
+Privacy settings here are *requests*: each node caps them with its own policy (node config)
+and may refuse; see :mod:`clients.node`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from configs.errors import ConfigError
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam")
+AGGREGATIONS = ("mean", "trimmed-mean", "median", "krum", "multi-krum")
+
+#: key → default. Types are taken from the defaults (int, float, bool, str).
+DEFAULTS: dict[str, Any] = {
+    "num-server-rounds": 10,
+    "strategy": "fedavg",
+    "proximal-mu": 0.01,
+    "server-learning-rate": 0.05,
+    "aggregation": "mean",
+    "fraction-train": 1.0,
+    "fraction-evaluate": 1.0,
+    "min-train-nodes": 2,
+    "min-available-nodes": 2,
+    "local-epochs": 1,
+    "batch-size": 256,
+    "learning-rate": 0.002,
+    "optimizer": "adam",
+    "model": "mlp",
+    "hidden-layers": "64,32",
+    "encoder-knots": 8,
+    "seed": 0,
+    "dp": True,
+    "target-epsilon": 0.0,
+    "clipping-norm": 1.0,
+    "round-timeout": 600.0,
+    "cutoff-pd": 0.2,
+    "run-dir": "",
+    "resume-from": "",
+    "max-update-norm": 0.0,
+    "schema": "consumer-credit-v1",
+    # Simulation only: where virtual nodes find their data and keep their privacy state.
+    "data-dir": "",
+    "mapping": "",
+    "synthetic-scale": 1.0,
+    "synthetic-seed": 0,
+    "state-root": "",
+    "sim-max-epsilon": 3.0,
+}
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    num_server_rounds: int
+    strategy: str
+    proximal_mu: float
+    server_learning_rate: float
+    aggregation: str
+    fraction_train: float
+    fraction_evaluate: float
+    min_train_nodes: int
+    min_available_nodes: int
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
+    optimizer: str
+    model: str
+    hidden_layers: str
+    encoder_knots: int
+    seed: int
+    dp: bool
+    target_epsilon: float
+    clipping_norm: float
+    round_timeout: float
+    cutoff_pd: float
+    run_dir: str
+    resume_from: str
+    max_update_norm: float
+    schema: str
+    data_dir: str
+    mapping: str
+    synthetic_scale: float
+    synthetic_seed: int
+    state_root: str
+    sim_max_epsilon: float
+
+    @property
+    def hidden(self) -> tuple[int, ...]:
+        return tuple(int(h) for h in self.hidden_layers.split(",") if h.strip())
+
+    def as_run_config(self) -> dict[str, Any]:
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+
+def parse_run_config(run_config: dict[str, Any] | None) -> RunSettings:
+    """Defaults overlaid with ``run_config``; unknown keys and bad values raise ConfigError."""
+    merged = dict(DEFAULTS)
+    for key, value in (run_config or {}).items():
+        if key not in DEFAULTS:
+            import difflib
+
+            close = difflib.get_close_matches(key, DEFAULTS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"run config: unknown key '{key}'{hint}")
+        merged[key] = _coerce(key, value, DEFAULTS[key])
+    s = RunSettings(**{k.replace("-", "_"): v for k, v in merged.items()})
+    _check(s)
+    return s
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    kind = type(default)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"run config: '{key}' must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+            raise ConfigError(f"run config: '{key}' must be a whole number, got {value!r}")
+        return int(value)
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"run config: '{key}' must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"run config: '{key}' must be a string, got {value!r}")
+    return value
+
+
+def _check(s: RunSettings) -> None:
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"run config: '{key}' {why}")
+
+    if s.num_server_rounds < 1:
+        raise bad("num-server-rounds", "must be at least 1")
+    if s.strategy not in STRATEGIES:
+        raise bad("strategy", f"must be one of {', '.join(STRATEGIES)}, got '{s.strategy}'")
+    if s.aggregation not in AGGREGATIONS:
+        raise bad("aggregation", f"must be one of {', '.join(AGGREGATIONS)}, got '{s.aggregation}'")
+    if not 0 < s.fraction_train <= 1 or not 0 <= s.fraction_evaluate <= 1:
+        raise bad("fraction-train", "and fraction-evaluate must be in (0, 1] and [0, 1]")
+    if s.min_train_nodes < 1 or s.min_available_nodes < s.min_train_nodes:
+        raise bad("min-available-nodes", "must be ≥ min-train-nodes ≥ 1")
+    if s.local_epochs < 1 or s.batch_size < 1 or s.learning_rate <= 0:
+        raise bad("local-epochs", "batch-size and learning-rate must be positive")
+    if s.optimizer not in ("adam", "sgd"):
+        raise bad("optimizer", "must be adam or sgd")
+    if s.model not in ("mlp", "scorecard"):
+        raise bad("model", f"must be mlp or scorecard, got '{s.model}'")
+    try:
+        hidden = s.hidden
+    except ValueError:
+        raise bad("hidden-layers", f"must be comma-separated widths like '64,32', got '{s.hidden_layers}'") from None
+    if s.model == "mlp" and (not hidden or min(hidden) < 1):
+        raise bad("hidden-layers", "needs at least one positive width for the mlp")
+    if not 2 <= s.encoder_knots <= 64:
+        raise bad("encoder-knots", "must be between 2 and 64")
+    if s.target_epsilon < 0 or s.clipping_norm <= 0:
+        raise bad("target-epsilon", "must be ≥ 0 (0 = each node's remaining budget) and clipping-norm > 0")
+    if s.round_timeout <= 0:
+        raise bad("round-timeout", "must be positive (seconds)")
+    if not 0 < s.cutoff_pd < 1:
+        raise bad("cutoff-pd", "must lie strictly between 0 and 1")
+    if s.max_update_norm < 0:
+        raise bad("max-update-norm", "must be ≥ 0 (0 = no bound)")
+    if s.proximal_mu < 0 or s.server_learning_rate <= 0:
+        raise bad("proximal-mu", "must be ≥ 0 and server-learning-rate > 0")

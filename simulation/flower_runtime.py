@@ -1,0 +1,83 @@
+"""Running the consortium in Flower's simulation runtime, inside this process.
+
+``fedcredit simulate`` runs the real ServerApp and ClientApp of this repository in Flower's
+simulation engine (Ray actors for the ClientApps, the ServerApp in a thread). Flower 1.42's
+public ``run_simulation`` cannot pass a run config, so this module goes one level down, to the
+function ``run_simulation`` itself calls, with a Flower ``Run`` and a ``Context`` carrying the
+fused run config (pyproject defaults + overrides), exactly as ``flwr run`` would deliver it.
+Ray is started with the given CPUs and shut down on return, so no process is left behind.
+
+Also here: :func:`flwr_run_env`, the environment for ``flwr run .`` (isolated ``FLWR_HOME``,
+no runtime dependency installation, no telemetry) used by tests and docs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from configs.errors import UserError
+
+APP_DIR = Path(__file__).resolve().parent.parent
+
+
+def quiet_flower_environment() -> None:
+    """Environment Flower and Ray read at start-up: no telemetry, no dependency install."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def flwr_run_env(flwr_home: str | Path) -> dict[str, str]:
+    """Environment for a ``flwr run .`` subprocess with its state under ``flwr_home``."""
+    env = dict(os.environ)
+    env.update({"FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0",
+                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "RAY_USAGE_STATS_ENABLED": "0"})
+    return env
+
+
+def run_in_simulation(run_config: dict[str, Any], num_supernodes: int, *, num_cpus: int | None = None,
+                      cpus_per_client: float = 1.0, run_id: int = 1, verbose: bool = False) -> None:
+    """Run this repository's ServerApp + ClientApp with ``num_supernodes`` virtual nodes.
+
+    ``run_config`` overrides the app's ``[tool.flwr.app.config]`` defaults (unknown keys are an
+    error, as with ``flwr run --run-config``). Exceptions from the ServerApp propagate.
+    """
+    quiet_flower_environment()
+    try:
+        from flwr.app import Context, RecordDict
+        from flwr.common.config import get_fused_config_from_dir
+        from flwr.common.constant import SUPERLINK_NODE_ID
+        from flwr.simulation.run_simulation import _run_simulation
+        from flwr.supercore.constant import NOOP_FEDERATION_ID
+        from flwr.supercore.run import Run
+        from flwr.supercore.task_identity import TaskIdentity
+        from flwr.supercore.telemetry import EventType
+    except ImportError as exc:  # pragma: no cover - only with an incompatible Flower
+        raise RuntimeError(f"this Flower version lacks the simulation entry point fedcredit uses ({exc}); "
+                           "install flwr>=1.42,<2") from exc
+
+    from clients.client_app import app as client_app
+    from server.server_app import app as server_app
+
+    run = Run.create_empty(run_id=run_id)
+    run.override_config = dict(run_config)
+    run.primary_task_id = run_id + 1
+    run.federation_id = NOOP_FEDERATION_ID
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = run_id + 1, run_id, SUPERLINK_NODE_ID
+    try:
+        fused = get_fused_config_from_dir(APP_DIR, dict(run_config))
+    except Exception as exc:
+        raise UserError(f"run config: {exc}") from None
+    context = Context(run_id=run_id, node_id=0, node_config={}, state=RecordDict(), run_config=fused)
+    cpus = num_cpus or os.cpu_count() or 1
+    backend_config = {"init_args": {"num_cpus": cpus, "num_gpus": 0, "logging_level": "ERROR",
+                                    "log_to_driver": verbose, "include_dashboard": False},
+                      "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0}}
+    _run_simulation(num_supernodes=num_supernodes, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+                    client_app=client_app, server_app=server_app, app_dir=str(APP_DIR), is_app=True,
+                    run=run, server_app_context=context, backend_config=backend_config,
+                    verbose_logging=verbose)
