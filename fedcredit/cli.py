@@ -21,6 +21,8 @@ from configs.errors import UserError
 COMMANDS: list[tuple[str, str]] = [
     ("data validate", "clients.validate_command"),
     ("data synth", "simulation.synth_command"),
+    ("data partition", "simulation.partition_command"),
+    ("simulate", "simulation.simulate_command"),
 ]
 
 GROUP_HELP = {

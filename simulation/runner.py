@@ -1,0 +1,204 @@
+"""A whole simulated consortium on one machine: Flower run + baselines + summary.
+
+:func:`simulate` is what ``fedcredit simulate``, the sweeps and the benchmarks call:
+
+1. resolve the institutions (synthetic archetypes, or one file per institution in a
+   directory) and validate every file up front, so bad data stops before Flower starts;
+2. run the real ServerApp/ClientApp in Flower's simulation runtime
+   (:mod:`simulation.flower_runtime`), each virtual node keeping its privacy state under
+   ``RUN_DIR/node-state/<institution>`` (or ``--state-root``);
+3. train the centralised and local-only baselines with the run's encoder on the nodes' own
+   splits (:mod:`simulation.baselines`);
+4. merge everything into ``RUN_DIR/metrics.json`` and return the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from clients.node import DATA_SUFFIXES, NodeData, default_delta, load_node_data, policy_from_context
+from configs.errors import UserError
+from models.encoder import FeatureEncoder
+from models.network import ModelSpec
+
+
+@dataclass
+class SimulationOptions:
+    institutions: int = 5
+    rounds: int = 10
+    data_dir: str | None = None
+    schema: str = "consumer-credit-v1"
+    mapping: str | None = None
+    strategy: str = "fedavg"
+    dp: bool = True
+    epsilon: float = 3.0
+    seed: int = 0
+    scale: float = 1.0
+    out: str | None = None
+    state_root: str | None = None
+    baselines: bool = True
+    cpus: int | None = None
+    run_config: dict[str, Any] = field(default_factory=dict)  # any further run-config keys
+    verbose: bool = False
+
+
+def default_run_dir(prefix: str = "sim") -> Path:
+    return Path("runs") / f"{prefix}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+
+
+def count_data_files(data_dir: str) -> int:
+    d = Path(data_dir)
+    if not d.is_dir():
+        raise UserError(f"--data {data_dir}: not a directory (give a directory with one CSV or Parquet file per institution)")
+    files = [p for p in d.iterdir() if p.suffix.lower() in DATA_SUFFIXES]
+    if len(files) < 2:
+        raise UserError(f"--data {data_dir}: found {len(files)} data file(s); a consortium needs at least 2 "
+                        f"(one {'/'.join(DATA_SUFFIXES)} file per institution)")
+    return len(files)
+
+
+def build_run_config(o: SimulationOptions, run_dir: Path, n_nodes: int) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "num-server-rounds": o.rounds, "strategy": o.strategy, "dp": o.dp, "seed": o.seed,
+        "sim-max-epsilon": float(o.epsilon), "run-dir": str(run_dir), "schema": o.schema,
+        "state-root": str(Path(o.state_root).resolve()) if o.state_root else str(run_dir / "node-state"),
+        "synthetic-scale": float(o.scale), "synthetic-seed": o.seed,
+        "min-available-nodes": n_nodes, "min-train-nodes": min(n_nodes, max(2, n_nodes // 2)),
+    }
+    if o.data_dir:
+        cfg["data-dir"] = str(Path(o.data_dir).resolve())
+    if o.mapping:
+        cfg["mapping"] = o.mapping
+    cfg.update(o.run_config)
+    return cfg
+
+
+def load_all_nodes(run_config: dict, n_nodes: int) -> dict[str, NodeData]:
+    """Each virtual node's data exactly as its ClientApp will load it (validated, split)."""
+    out = {}
+    for k in range(n_nodes):
+        policy = policy_from_context({"partition-id": k, "num-partitions": n_nodes}, run_config)
+        out[policy.institution_id] = load_node_data(policy)
+    return out
+
+
+class ProgressTail(threading.Thread):
+    """Follows RUN_DIR/progress.jsonl while the run is going and calls ``on_event`` per entry."""
+
+    def __init__(self, path: Path, on_event: Callable[[dict], None]):
+        super().__init__(daemon=True)
+        self.path, self.on_event = path, on_event
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        pos = 0
+        while not self.stop.is_set():
+            pos = self._drain(pos)
+            self.stop.wait(0.2)
+        self._drain(pos)
+
+    def _drain(self, pos: int) -> int:
+        if not self.path.is_file():
+            return pos
+        with open(self.path) as fh:
+            fh.seek(pos)
+            for line in fh:
+                if line.endswith("\n"):
+                    try:
+                        self.on_event(json.loads(line))
+                    except json.JSONDecodeError:
+                        pass
+                    pos += len(line.encode())
+                else:
+                    break
+        return pos
+
+
+def simulate(o: SimulationOptions, on_event: Callable[[dict], None] | None = None) -> dict:
+    """Run the simulation and baselines; return the summary (also in RUN_DIR/metrics.json)."""
+    from server.settings import parse_run_config
+    from simulation.flower_runtime import run_in_simulation
+
+    n_nodes = count_data_files(o.data_dir) if o.data_dir else o.institutions
+    if n_nodes < 2:
+        raise UserError(f"--institutions must be at least 2, got {n_nodes}")
+    run_dir = Path(o.out or default_run_dir()).resolve()
+    if (run_dir / "metrics.json").exists():
+        raise UserError(f"{run_dir} already holds a finished run; choose another --out or remove it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_config = build_run_config(o, run_dir, n_nodes)
+    settings = parse_run_config(run_config)  # fail fast on bad keys/values
+    nodes = load_all_nodes(run_config, n_nodes)  # fail fast on bad data
+
+    tail = ProgressTail(run_dir / "progress.jsonl", on_event) if on_event else None
+    if tail:
+        tail.start()
+    t0 = time.time()
+    try:
+        run_in_simulation(run_config, n_nodes, num_cpus=o.cpus, verbose=o.verbose)
+    finally:
+        if tail:
+            tail.stop.set()
+            tail.join()
+    wall = time.time() - t0
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise RuntimeError(f"the Flower run ended without writing {metrics_path}; see the log above")
+    metrics = json.loads(metrics_path.read_text())
+    metrics["wall_s_flower"] = wall
+
+    if o.baselines and metrics.get("model_dir"):
+        from simulation.baselines import BaselineSettings, run_baselines
+
+        encoder = FeatureEncoder.from_json((run_dir / "model" / "encoder.json").read_text())
+        spec = ModelSpec.from_dict(json.loads((run_dir / "model" / "model.json").read_text())["spec"])
+        b = BaselineSettings(epochs=settings.num_server_rounds * settings.local_epochs,
+                             batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+                             optimizer=settings.optimizer, seed=settings.seed, dp=settings.dp,
+                             max_epsilon=float(o.epsilon), clipping_norm=settings.clipping_norm,
+                             delta_for=default_delta)
+        metrics["baselines"] = run_baselines(nodes, encoder, spec, b)
+    metrics["data"] = {k: {"rows_train": d.split.n_train, "rows_holdout": len(d.split.holdout),
+                           "rows": d.split.n_train + len(d.split.holdout),
+                           "default_rate": float(
+                               (d.split.train[d.schema.label.name].sum() + d.split.holdout[d.schema.label.name].sum())
+                               / (d.split.n_train + len(d.split.holdout))),
+                           "fingerprint": d.split.fingerprint}
+                       for k, d in nodes.items()}
+    metrics["summary"] = summarise(metrics, nodes, o)
+    metrics_path.write_text(json.dumps(metrics, indent=2, default=float))
+    return metrics["summary"]
+
+
+def summarise(metrics: dict, nodes: dict[str, NodeData], o: SimulationOptions) -> dict:
+    """The ``--json`` summary: federated vs local-only vs centralised, per institution."""
+    base = metrics.get("baselines") or {}
+    final_inst = metrics.get("institutions") or {}
+    rows = []
+    for inst, d in metrics["data"].items():
+        ev = (final_inst.get(inst) or {}).get("eval") or {}
+        pr = (final_inst.get(inst) or {}).get("privacy") or {}
+        rows.append({
+            "id": inst, "rows": d["rows"], "default_rate": d["default_rate"],
+            "auc_local_only": (base.get("local_only") or {}).get(inst, {}).get("auc"),
+            "auc_federated": ev.get("auc"),
+            "auc_centralized": (base.get("centralised") or {}).get("institutions", {}).get(inst),
+            "epsilon_spent": pr.get("epsilon_spent") if o.dp else None,
+            "epsilon_budget": pr.get("epsilon_budget") if o.dp else None,
+        })
+    final = metrics.get("final") or {}
+    return {
+        "run_dir": metrics["run_dir"], "status": metrics["status"], "stop_reason": metrics.get("stop_reason", ""),
+        "rounds": metrics["rounds_completed"], "wall_s": metrics.get("wall_s_flower"),
+        "auc_federated": final.get("auc"), "ks_federated": final.get("ks"),
+        "auc_centralized": (base.get("centralised") or {}).get("pooled_auc"),
+        "auc_local_only_mean": base.get("local_only_mean_auc"),
+        "dp": o.dp, "epsilon": o.epsilon if o.dp else None,
+        "institutions": rows,
+    }
