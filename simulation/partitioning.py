@@ -258,3 +258,78 @@ def label_skew(part: Partition, y: np.ndarray) -> float:
         local = np.array([(y[ix] == c).mean() for c in classes])
         tv += len(ix) / n * 0.5 * np.abs(local - pooled).sum()
     return float(tv)
+
+
+PARTITION_GENERATOR = "fedcredit-partition"
+
+
+def _whole_numbers(table: pd.DataFrame, schema) -> pd.DataFrame:
+    """Numeric/ordinal/binary columns holding only whole numbers as int64 (so 20000.0 → 20000)."""
+    out = table.copy()
+    for f in schema.features:
+        if f.name in out.columns and f.is_numeric_kind:
+            v = out[f.name].to_numpy(dtype=float)
+            if np.isfinite(v).all() and (np.abs(v) < 2**53).all() and np.array_equal(v, np.round(v)):
+                out[f.name] = v.astype(np.int64)
+    return out
+
+
+def write_partition(table: pd.DataFrame, out_dir, *, schema, k: int, method: str, seed: int = 0,
+                    alpha: float = DEFAULT_ALPHA, feature: str | None = None, strictness: float = 1.0,
+                    min_rows: int = DEFAULT_MIN_ROWS, source: str | None = None,
+                    force: bool = False) -> dict[str, Any]:
+    """Partition a clean ``table`` and write ``institution-<k>.csv`` files and ``manifest.json``.
+
+    Returns the manifest. Files keep the table's columns (the schema's clean columns) and the
+    source row order.
+    """
+    import json
+    import os
+    from pathlib import Path
+
+    from simulation.synthetic import file_sha256, prepare_out_dir, write_csv
+
+    label = schema.label.name
+    part = partition_table(table, k, method, seed=seed, label=label if label in table.columns else None,
+                           alpha=alpha, feature=feature, strictness=strictness, min_rows=min_rows)
+    out = Path(out_dir)
+    prepare_out_dir(out, force)
+    out.mkdir(parents=True, exist_ok=True)
+    clean = _whole_numbers(table, schema)
+    width = len(str(k))
+    y = clean[label].to_numpy() if label in clean.columns else None
+    entries = []
+    warnings_out = []
+    for i, ix in enumerate(part.indices):
+        iid = f"institution-{i + 1:0{width}d}"
+        frame = clean.iloc[ix].reset_index(drop=True)
+        write_csv(frame, out / f"{iid}.csv")
+        defaults = int((y[ix] == 1).sum()) if y is not None else None
+        entry: dict[str, Any] = {
+            "id": iid, "rows": int(len(ix)), "defaults": defaults,
+            "default_rate": (round(defaults / len(ix), 6) if defaults is not None and len(ix) else None),
+            "file": f"{iid}.csv",
+        }
+        if part.groups is not None:
+            entry["group"] = part.groups[i]
+        if len(ix) < 500 or (defaults is not None and defaults < 50):
+            warnings_out.append(f"{iid} has {len(ix)} rows and {defaults} defaults: below the DP-training "
+                                f"minimum (500 rows, 50 defaults)")
+        entries.append(entry)
+    manifest: dict[str, Any] = {
+        "generator": PARTITION_GENERATOR,
+        "schema": schema.key,
+        "source": str(source) if source is not None else None,
+        "source_sha256": file_sha256(source) if source is not None and Path(source).is_file() else None,
+        "method": part.method,
+        "seed": int(seed),
+        "params": part.params,
+        "rows": int(len(table)),
+        "label_skew": round(label_skew(part, y), 6) if y is not None else None,
+        "institutions": entries,
+        "warnings": warnings_out,
+    }
+    tmp = out / "manifest.json.partial"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, out / "manifest.json")
+    return manifest

@@ -390,13 +390,22 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def _check_out_dir(out: Path, force: bool) -> None:
+#: generators whose previous output ``--force`` may remove (files listed in their manifest only)
+OWN_GENERATORS = (GENERATOR, "fedcredit-partition")
+
+
+def prepare_out_dir(out: Path, force: bool) -> None:
+    """Refuse a non-empty output directory unless ``force``; with it, remove a previous output.
+
+    Only files that a manifest of a fedcredit generator in ``out`` lists are removed.
+    """
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory; choose another path")
     if out.is_dir() and any(out.iterdir()):
         if not force:
             raise UserError(f"--out {out} exists and is not empty; choose a new directory or pass --force "
-                            f"to overwrite the consortium files in it")
+                            f"to replace the fedcredit files in it")
         _remove_previous(out)
 
 
@@ -409,7 +418,7 @@ def _remove_previous(out: Path) -> None:
         old = json.loads(manifest.read_text())
     except (OSError, ValueError):
         return
-    if not isinstance(old, dict) or old.get("generator") != GENERATOR:
+    if not isinstance(old, dict) or old.get("generator") not in OWN_GENERATORS:
         return
     for inst in old.get("institutions", []):
         for key in ("file", "truth_file"):
@@ -444,7 +453,7 @@ def generate_consortium(out_dir: str | Path | None, *, institutions: int = 5, sc
     plan = institution_plan(institutions, scale, arch)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
-        _check_out_dir(out, force)
+        prepare_out_dir(out, force)
         (out / "truth").mkdir(parents=True, exist_ok=True)
 
     entries = []
