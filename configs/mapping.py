@@ -179,7 +179,10 @@ def _cell_text(value: Any) -> str:
     """Text form used to match recode keys: integral floats lose their '.0'."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return str(value).strip()
+    text = str(value).strip()
+    if text.endswith(".0") and text[:-2].lstrip("+-").isdigit():
+        return text[:-2]  # "2.0" written by a float-formatted CSV export is the code 2, as in Parquet
+    return text
 
 
 def scale_factor(mapping: Mapping | None, column: str) -> float:
