@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(e["id"], str(e["rows"]), str(e["defaults"]), rate, group, e["file"])
     out.print(table)
     for w in manifest["warnings"]:
-        err.print(f"[yellow]warning[/] {w}")
+        err.print(f"[yellow]warning[/] {w}", soft_wrap=True)
     if args.json:
         print(json.dumps(manifest), flush=True)
     return 0

@@ -313,8 +313,8 @@ def write_partition(table: pd.DataFrame, out_dir, *, schema, k: int, method: str
         if part.groups is not None:
             entry["group"] = part.groups[i]
         if len(ix) < 500 or (defaults is not None and defaults < 50):
-            warnings_out.append(f"{iid} has {len(ix)} rows and {defaults} defaults: below the DP-training "
-                                f"minimum (500 rows, 50 defaults)")
+            warnings_out.append(f"{iid}: {len(ix)} rows, {defaults} defaults — below the DP-training "
+                                f"minimum of 500 rows and 50 defaults")
         entries.append(entry)
     manifest: dict[str, Any] = {
         "generator": PARTITION_GENERATOR,
