@@ -23,6 +23,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("data synth", "simulation.synth_command"),
     ("data partition", "simulation.partition_command"),
     ("simulate", "simulation.simulate_command"),
+    ("score", "clients.score_command"),
 ]
 
 GROUP_HELP = {

@@ -1,0 +1,108 @@
+"""The federated training core end to end through Flower's simulation runtime."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server.settings import DEFAULTS, parse_run_config
+from configs.errors import ConfigError
+from tests.conftest import REPO, run_fedcredit
+from tests.processes import kill_pids, new_processes, processes
+
+
+def test_pyproject_run_config_defaults_match_the_code():
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert declared == DEFAULTS
+
+
+@pytest.mark.parametrize("override,key", [
+    ({"num-server-rounds": 0}, "num-server-rounds"),
+    ({"strategy": "fedsgd"}, "strategy"),
+    ({"stratgy": "fedavg"}, "stratgy"),
+    ({"dp": "maybe"}, "dp"),
+    ({"hidden-layers": "64,x"}, "hidden-layers"),
+    ({"min-available-nodes": 1, "min-train-nodes": 2}, "min-available-nodes"),
+])
+def test_run_config_mistakes_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key):
+        parse_run_config(override)
+
+
+def _summary(proc: subprocess.CompletedProcess) -> dict:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_simulate_three_institutions_two_rounds(tmp_path):
+    from clients.node import load_node_data, policy_from_context
+    from models.metrics import auc_score
+    from models.package import load_package
+    from server.checkpoints import list_checkpoints, load_checkpoint
+
+    before = processes()
+    run_dir = tmp_path / "run"
+    s = _summary(run_fedcredit("simulate", "--institutions", 3, "--rounds", 2, "--scale", 0.3, "--no-dp",
+                               "--seed", 5, "--out", run_dir, "--json", timeout=900))
+    assert new_processes(before) == {}, "the simulation left processes behind"
+    assert s["status"] == "completed" and s["rounds"] == 2
+    assert [i["id"] for i in s["institutions"]] == ["national-bank-1", "regional-bank-1", "card-issuer-1"]
+    for key in ("auc_federated", "auc_centralized", "auc_local_only_mean"):
+        assert 0.5 < s[key] < 1.0, key
+    for inst in s["institutions"]:
+        assert inst["epsilon_spent"] is None and inst["auc_federated"] is not None
+
+    # one checkpoint per round, each verifiable; the model package is the last round's weights
+    assert list_checkpoints(run_dir) == [1, 2]
+    last = load_checkpoint(run_dir, 2)
+    pkg = load_package(run_dir / "model")
+    for k in last.weights:
+        assert np.array_equal(last.weights[k], pkg.weights[k])
+    for name in ("metrics.json", "config.resolved.toml", "progress.jsonl"):
+        assert (run_dir / name).is_file(), name
+
+    # the federated AUC (from summed histograms) equals scikit-learn's on the pooled holdouts
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    run_config = tomllib.loads((run_dir / "config.resolved.toml").read_text())["run-config"]
+    ps, ys = [], []
+    for k in range(3):
+        data = load_node_data(policy_from_context({"partition-id": k, "num-partitions": 3}, run_config))
+        ps.append(pkg.predict_pd(data.split.holdout))
+        ys.append(data.split.holdout["default_next_month"].to_numpy())
+        assert metrics["institutions"][data.split.institution_id]["eval"]["auc"] == pytest.approx(
+            auc_score(ys[-1], ps[-1]), abs=1e-3)
+    assert metrics["final"]["auc"] == pytest.approx(auc_score(np.concatenate(ys), np.concatenate(ps)), abs=1e-3)
+    assert metrics["history"][1]["model_sha256_before"] == metrics["history"][0]["model_sha256_after"]
+
+
+@pytest.mark.slow
+def test_flwr_run_uses_the_repository_as_the_flower_app(tmp_path):
+    from simulation.flower_runtime import flwr_run_env
+
+    home = tmp_path / "flwr-home"
+    run_dir = tmp_path / "flwr-run"
+    before = processes()
+    flwr = str(Path(sys.executable).with_name("flwr"))
+    try:
+        proc = subprocess.run(
+            [flwr, "run", ".", "--stream", "--federation-config", "num-supernodes=3 client-resources-num-cpus=1",
+             "--run-config", f"dp=false num-server-rounds=2 synthetic-scale=0.3 min-available-nodes=3 "
+                             f"run-dir='{run_dir}'"],
+            cwd=REPO, env=flwr_run_env(home), capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert metrics["status"] == "completed" and metrics["rounds_completed"] == 2
+        assert len(metrics["institutions"]) == 3
+        assert (run_dir / "model" / "weights.safetensors").is_file()
+    finally:
+        # `flwr run` leaves a local SuperLink running in the background: stop the ones this test started.
+        started = [pid for pid, args in processes().items() if pid not in before and str(home) in args]
+        kill_pids(started)
+    assert new_processes(before, settle_s=20) == {}
