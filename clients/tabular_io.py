@@ -255,6 +255,9 @@ def _read_csv(p: Path) -> RawTable:
         data = text.encode("utf-8")
         text_head = text[:SNIFF_BYTES]
     _refuse_binary_or_markup(p, text_head)
+    if len(data) > SNIFF_BYTES and not any(c in text_head for c in "\n\r"):
+        raise unreadable(p, f"the file has no line break in its first {SNIFF_BYTES // 1024} KiB, so it has no header "
+                            f"line and is not a CSV table; export the table as CSV (UTF-8) or Parquet")
 
     delimiter = sniff_delimiter(text_head)
     header = _parse_header(text_head, delimiter)
@@ -334,7 +337,7 @@ def sniff_delimiter(text: str) -> str:
     best_delim = ","
     for rank, d in enumerate(DELIMITERS):
         try:
-            rows = [r for r in csv.reader(io.StringIO(sample), delimiter=d) if r][:50]
+            rows = [r for r in csv.reader(io.StringIO(sample, newline=""), delimiter=d) if r][:50]
         except csv.Error:
             continue
         if not rows or len(rows[0]) < 2:
@@ -349,7 +352,7 @@ def sniff_delimiter(text: str) -> str:
 
 def _parse_header(text: str, delimiter: str) -> list[str] | None:
     try:
-        for row in csv.reader(io.StringIO(text), delimiter=delimiter):
+        for row in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter):
             return row
     except csv.Error:
         return None
@@ -436,7 +439,7 @@ def _read_parquet(p: Path) -> RawTable:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(p)
+        table = pq.ParquetFile(p).read()  # (not pq.read_table: it refuses duplicate column names)
     except Exception as exc:  # pyarrow raises several types for corrupt files
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise unreadable(p, f"the Parquet file could not be read ({msg}); it may be truncated or corrupt — "

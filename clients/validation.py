@@ -556,6 +556,8 @@ class _Validator:
         lab = self.schema.label
         if self._wrong_type(col, f"the values {lab.positive!r} and {lab.negative!r}"):
             return None
+        if pd.api.types.is_bool_dtype(s.dtype):
+            s = s.astype(np.int64)  # a True/False flag is 1/0
         text = _as_text(s)
         missing = (text.isna() | (text == "")).to_numpy(dtype=bool)
         if not self.require_label and missing.all():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from clients.tabular_io import DataValidationError, read_table, rows_phrase, sniff_delimiter
 from configs.errors import UserError
@@ -195,3 +197,44 @@ def test_large_file_reads_fast_enough_to_be_vectorised(tmp_path):
     raw = read_table(p)
     assert len(raw.frame) == n and raw.row_numbers[-1] == n
     assert raw.frame["b"].iloc[-1] == str((n - 1) * 0.5)
+
+
+def test_old_mac_line_endings(tmp_path):
+    raw = read_table(write(tmp_path, "t.csv", b"a;b;c\r1;2;3\r4;5;6\r"))
+    assert list(raw.frame.columns) == ["a", "b", "c"] and raw.frame["c"].tolist() == ["3", "6"]
+
+
+def test_one_enormous_line_is_not_a_table(tmp_path):
+    with pytest.raises(DataValidationError, match="no line break"):
+        read_table(write(tmp_path, "t.csv", b"a," * 100_000))
+
+
+def test_parquet_with_duplicate_column_names_is_read_for_validation_to_report(tmp_path, schema):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from clients.validation import validate_raw
+
+    p = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array([30, 40]), pa.array([31, 41])], names=["age", "age"]), p)
+    raw = read_table(p)
+    assert list(raw.frame.columns) == ["age", "age"]
+    with pytest.raises(DataValidationError) as info:
+        validate_raw(raw, schema)
+    dup = [x for x in info.value.problems if x.code == "duplicate-column"]
+    assert len(dup) == 1 and "columns 1, 2" in dup[0].message
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(min_size=1, max_size=300).map(
+    lambda b: bytes(b'a,;"\n\r 1\t|.-eE\xe9\x00'[x % 16] for x in b)))
+def test_arbitrary_bytes_never_escape_as_anything_but_a_user_error(tmp_path, schema, data):
+    from clients.validation import load_institution_table
+
+    p = write(tmp_path, "fuzz.csv", data)
+    try:
+        result = load_institution_table(p, schema, min_rows=0, min_positives=0)
+    except DataValidationError as exc:
+        assert exc.problems and all(x.message for x in exc.problems)
+    else:  # pragma: no cover - would need every schema column
+        assert list(result.table.columns) == schema.columns

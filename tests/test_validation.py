@@ -262,6 +262,13 @@ def test_label_problems(schema, uci_mapping, uci_frame):
         "default_next_month"].iloc[0] == 1
 
 
+def test_a_boolean_label_flag_is_one_and_zero(schema, uci_mapping, uci_frame):
+    typed = uci_frame.apply(pd.to_numeric)
+    typed["default.payment.next.month"] = typed["default.payment.next.month"].astype(bool)
+    t = validate_frame(typed, schema, uci_mapping).table
+    assert t["default_next_month"].dtype == np.int64 and t["default_next_month"].sum() == 102
+
+
 def test_label_recode_in_a_mapping(tmp_path, schema, uci_frame):
     base = Path(load_mapping("uci-taiwan", schema).source).read_text()
     path = tmp_path / "m.toml"
@@ -462,16 +469,35 @@ def test_command_bad_file_and_json(tmp_path, fedcredit_cli, bad_inputs_generator
     assert r.returncode == 2 and r.stdout == "" and "non-numeric" in r.stderr
 
 
-def test_command_config_mistakes_exit_2(tmp_path, fedcredit_cli):
+def test_command_config_mistakes_exit_2_in_process(tmp_path, capsys):
+    from fedcredit.cli import main
+
     path = tmp_path / "x.csv"
     path.write_text("a,b\n1,2\n")
-    r = fedcredit_cli("data", "validate", path, "--mapping", "no-such-mapping", "--json")
-    assert r.returncode == 2 and "mapping file not found" in r.stderr and "Traceback" not in r.stderr
-    assert json.loads(r.stdout.strip().splitlines()[-1])["problems"][0]["code"] == "config"
-    r = fedcredit_cli("data", "validate", tmp_path / "missing.csv")
-    assert r.returncode == 2 and "file not found" in r.stderr and "Traceback" not in r.stderr
-    r = fedcredit_cli("data", "validate", path, "--min-rows", "-3")
-    assert r.returncode == 2 and "must be 0 or more" in r.stderr
+    assert main(["data", "validate", str(path), "--mapping", "no-such-mapping", "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert "mapping file not found" in err
+    assert json.loads(out.strip().splitlines()[-1])["problems"][0]["code"] == "config"
+    assert main(["data", "validate", str(tmp_path / "missing.csv")]) == 2
+    assert "file not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["data", "validate", str(path), "--min-rows", "-3"])
+    assert info.value.code == 2 and "must be 0 or more" in capsys.readouterr().err
+
+
+def test_command_scoring_file_with_no_label(tmp_path, capsys, bad_inputs_generator):
+    from fedcredit.cli import main
+
+    g = bad_inputs_generator
+    path = tmp_path / "applicants.csv"
+    path.write_bytes(g.csv_bytes(g.UCI_HEADER[:-1], [r[:-1] for r in g.base_rows()[:7]]))
+    assert main(["data", "validate", str(path), "--mapping", "uci-taiwan", "--no-label", "--json"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["ok"] and result["rows"] == 7 and result["default_rate"] is None
+    assert "no label column" in out
+    assert main(["data", "validate", str(path), "--mapping", "uci-taiwan"]) == 2
+    assert "missing-column" in capsys.readouterr().err
 
 
 def test_command_help_explains_checks_and_exit_codes(fedcredit_cli):
