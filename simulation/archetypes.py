@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from configs.errors import ConfigError, UserError
+from configs.errors import UserError
 from configs.toml_reader import Table, read_toml
 
 ARCHETYPES_FILE = Path(__file__).resolve().parent.parent / "configs" / "archetypes.toml"
