@@ -60,19 +60,20 @@ def _count(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE", help="the institution's table: CSV (any common delimiter) or Parquet")
-    parser.add_argument("--schema", default=None, metavar="S",
+    # SUPPRESS: no "(default: None)" in --help; run() reads these with getattr(..., default).
+    parser.add_argument("--schema", default=argparse.SUPPRESS, metavar="S",
                         help="consortium schema: a shipped name or a path (default: consumer-credit-v1)")
-    parser.add_argument("--mapping", default=None, metavar="M",
+    parser.add_argument("--mapping", default=argparse.SUPPRESS, metavar="M",
                         help="column mapping from your table to the schema: a shipped name (e.g. uci-taiwan) "
                              "or a path; without it the file must use the schema's column names and codes")
     parser.add_argument("--min-rows", type=_count, default=500, metavar="N",
                         help="fewest data rows accepted for DP training")
     parser.add_argument("--min-positives", type=_count, default=50, metavar="N",
                         help="fewest rows with the positive label (defaults) accepted for DP training")
-    parser.add_argument("--no-label", action="store_true",
+    parser.add_argument("--no-label", action="store_true", default=argparse.SUPPRESS,
                         help="validate an applicant file for scoring: the label column may be absent, and "
                              "there is no minimum of rows or defaults")
-    parser.add_argument("--json", action="store_true",
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print one JSON object (the result) as the last line of standard output")
 
 
@@ -84,17 +85,20 @@ def run(args: argparse.Namespace) -> int:
     from configs.mapping import load_mapping
     from configs.schema import load_schema
 
+    as_json = getattr(args, "json", False)
+    mapping_name = getattr(args, "mapping", None)
     try:
-        schema = load_schema(args.schema)
-        mapping = load_mapping(args.mapping, schema) if args.mapping else None
-        result = load_institution_table(args.file, schema, mapping, require_label=not args.no_label,
+        schema = load_schema(getattr(args, "schema", None))
+        mapping = load_mapping(mapping_name, schema) if mapping_name else None
+        result = load_institution_table(args.file, schema, mapping,
+                                        require_label=not getattr(args, "no_label", False),
                                         min_rows=args.min_rows, min_positives=args.min_positives)
     except DataValidationError as exc:
-        if args.json:
+        if as_json:
             print(json.dumps(exc.to_dict()), flush=True)
         raise
     except UserError as exc:
-        if args.json:
+        if as_json:
             print(json.dumps({"ok": False, "file": str(args.file), "rows": None, "default_rate": None,
                               "problems": [{"severity": "error", "code": "config", "column": None, "count": 0,
                                             "rows": [], "message": str(exc)}],
@@ -103,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
     summary = result.summary()
     _print_summary(summary, result)
-    if args.json:
+    if as_json:
         print(json.dumps({"ok": True, "file": summary["file"], "rows": summary["rows"],
                           "positives": summary["positives"], "default_rate": summary["default_rate"],
                           "schema": summary["schema"], "problems": [],

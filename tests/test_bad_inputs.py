@@ -33,7 +33,7 @@ def corpus_results(fedcredit_cli):
 
 def test_manifest_lists_every_file_and_enough_of_them():
     listed = {e["file"] for e in ENTRIES}
-    on_disk = {p.name for p in CORPUS.iterdir() if p.name != "MANIFEST.json"}
+    on_disk = {p.name for p in CORPUS.iterdir() if p.name != "MANIFEST.json" and not p.name.startswith(".")}
     assert listed == on_disk
     assert len(listed) >= 30
     for e in ENTRIES:
@@ -45,7 +45,7 @@ def test_corpus_is_reproduced_byte_for_byte(tmp_path, bad_inputs_generator):
     fresh = tmp_path / "fresh"
     bad_inputs_generator.generate(fresh)
     names = sorted(p.name for p in fresh.iterdir())
-    assert names == sorted(p.name for p in CORPUS.iterdir())
+    assert names == sorted(p.name for p in CORPUS.iterdir() if not p.name.startswith("."))
     for name in names:
         new, committed = (fresh / name).read_bytes(), (CORPUS / name).read_bytes()
         if new == committed:
