@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -108,31 +109,40 @@ def _category_codes(col, f: Feature) -> np.ndarray:
     return codes.to_numpy(dtype=np.int64)
 
 
-def quantile_knots(counts: np.ndarray, edges: np.ndarray, n_knots: int) -> np.ndarray:
-    """Quantile knots ``k_0..k_m`` (m ≤ n_knots) from a histogram, in the histogram's space.
+def histogram_quantiles(counts: np.ndarray, edges: np.ndarray, qs: np.ndarray) -> np.ndarray:
+    """Quantiles of a histogram, the CDF taken piecewise linear inside each bin.
 
-    The CDF is taken piecewise linear inside each bin; quantiles ``j / n_knots``
-    (j = 0..n_knots) are read off it. Negative counts (from DP noise) count as zero. Knots
-    closer than 1e-9 of the range collapse. With no mass at all the range ends are returned.
+    For each q, the smallest x with CDF(x) = q (q = 0 gives the left edge of the first
+    non-empty bin). Negative counts (from DP noise) count as zero; with no mass at all the
+    range ends are interpolated.
     """
     c = np.clip(np.asarray(counts, dtype=float), 0, None)
     total = c.sum()
     if total <= 0:
-        return np.array([edges[0], edges[-1]], dtype=float)
+        return edges[0] + np.asarray(qs, dtype=float) * (edges[-1] - edges[0])
     cdf = np.concatenate([[0.0], np.cumsum(c)]) / total
-    qs = np.linspace(0.0, 1.0, n_knots + 1)
-    # For each quantile, the smallest x with CDF(x) = q (left-continuous inverse, linear in bins).
-    knots = np.empty_like(qs)
+    out = np.empty(len(qs), dtype=float)
     for j, q in enumerate(qs):
         if q <= 0:
-            first = np.argmax(c > 0)
-            knots[j] = edges[first]
+            out[j] = edges[int(np.argmax(c > 0))]
             continue
-        i = int(np.searchsorted(cdf, q, side="left"))
-        i = min(max(i, 1), len(edges) - 1)
+        i = min(max(int(np.searchsorted(cdf, q, side="left")), 1), len(edges) - 1)
         lo_c, hi_c = cdf[i - 1], cdf[i]
         frac = 0.0 if hi_c <= lo_c else (q - lo_c) / (hi_c - lo_c)
-        knots[j] = edges[i - 1] + frac * (edges[i] - edges[i - 1])
+        out[j] = edges[i - 1] + frac * (edges[i] - edges[i - 1])
+    return out
+
+
+def quantile_knots(counts: np.ndarray, edges: np.ndarray, n_knots: int) -> np.ndarray:
+    """Quantile knots ``k_0..k_m`` (m ≤ n_knots) from a histogram, in the histogram's space.
+
+    Quantiles ``j / n_knots`` (j = 0..n_knots) of :func:`histogram_quantiles`; knots closer
+    than 1e-9 of the range collapse; with all mass in one point a single narrow interval
+    around it remains.
+    """
+    if np.clip(np.asarray(counts, dtype=float), 0, None).sum() <= 0:
+        return np.array([edges[0], edges[-1]], dtype=float)
+    knots = histogram_quantiles(counts, edges, np.linspace(0.0, 1.0, n_knots + 1))
     tol = 1e-9 * max(1.0, float(edges[-1] - edges[0]))
     kept = [knots[0]]
     for k in knots[1:]:
@@ -141,6 +151,15 @@ def quantile_knots(counts: np.ndarray, edges: np.ndarray, n_knots: int) -> np.nd
     if len(kept) == 1:  # all mass in one point: one narrow interval around it
         kept = [kept[0] - 0.5 * (edges[1] - edges[0]), kept[0] + 0.5 * (edges[1] - edges[0])]
     return np.asarray(kept, dtype=float)
+
+
+def inverse_transform(name: str, t: float) -> float:
+    """Inverse of :func:`configs.schema.apply_transform` for one value."""
+    if name == "log1p":
+        return float(np.expm1(t))
+    if name == "signed-log1p":
+        return float(np.sign(t) * np.expm1(abs(t)))
+    return float(t)
 
 
 @dataclass
@@ -154,6 +173,7 @@ class EncodedFeature:
     levels: list[int] = field(default_factory=list)  # ordinal
     categories: list[str] = field(default_factory=list)  # categorical
     value_range: list[float] = field(default_factory=list)
+    reference: Any = None  # the consortium's typical value (median, or most common category)
     start: int = 0
     width: int = 0
 
@@ -213,6 +233,14 @@ class FeatureEncoder:
                 block[:, 0] = col.to_numpy(dtype=float)
         return out
 
+    def reference_frame(self) -> pd.DataFrame:
+        """One row holding each feature's consortium reference value (the typical applicant)."""
+        return pd.DataFrame({f.name: [f.reference] for f in self.features})
+
+    def reference_vector(self) -> np.ndarray:
+        """The encoded typical applicant, shape ``(n_outputs,)``: the baseline for reason codes."""
+        return self.transform(self.reference_frame())[0]
+
     def to_dict(self) -> dict:
         return {
             "format": "fedcredit-encoder/1",
@@ -260,20 +288,33 @@ def fit_encoder_from_histograms(
         e = EncodedFeature(name=f.name, kind=f.kind, transform=f.transform,
                            value_range=[float(f.range[0]), float(f.range[1])] if f.range else [])
         if f.kind == "numeric":
-            e.knots = [float(k) for k in quantile_knots(counts, f.bin_edges(), n_knots)]
+            edges = f.bin_edges()
+            e.knots = [float(k) for k in quantile_knots(counts, edges, n_knots)]
             e.width = len(e.knots) - 1
+            median = histogram_quantiles(counts, edges, np.array([0.5]))[0]
+            e.reference = float(np.clip(inverse_transform(f.transform, median), *f.range))
         elif f.kind == "ordinal":
             e.levels = f.levels()
             e.width = len(e.levels) - 1
+            e.reference = int(e.levels[_median_index(counts)])
         elif f.kind == "categorical":
             e.categories = list(f.categories)
             e.width = len(e.categories)
+            e.reference = e.categories[int(np.argmax(counts))]
         else:
             e.width = 1
+            e.reference = float(np.argmax(counts))
         e.start = start
         start += e.width
         encoded.append(e)
     return FeatureEncoder(schema_key=schema.key, features=encoded, include_protected=include_protected)
+
+
+def _median_index(counts: np.ndarray) -> int:
+    c = np.clip(np.asarray(counts, dtype=float), 0, None)
+    if c.sum() <= 0:
+        return 0
+    return int(np.searchsorted(np.cumsum(c) / c.sum(), 0.5))
 
 
 def fit_encoder_from_tables(schema: Schema, tables: list, n_knots: int = DEFAULT_KNOTS,
