@@ -40,6 +40,7 @@ from clients.dataset import InstitutionSplit, labels, split_institution
 from configs.errors import UserError
 from configs.schema import Schema, load_schema
 from models.encoder import FeatureEncoder, feature_statistics
+from models.fairness import group_counts
 from models.metrics import EvaluationSums
 from models.network import ModelSpec, build_model, get_weights, predict_pd, set_weights
 from models.training import LocalTrainConfig, train_local
@@ -328,9 +329,11 @@ def evaluate(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict
     metrics = {"num-examples": float(len(xh))}
     if policy.release_eval == "off":
         return None, metrics, "off"
-    sums = EvaluationSums.from_scores(predict_pd(_model_from(cfg, weights), xh), yh)
+    pd_holdout = predict_pd(_model_from(cfg, weights), xh)
+    sums = EvaluationSums.from_scores(pd_holdout, yh)
+    groups = group_counts(data.split.holdout, pd_holdout, yh, data.schema, float(cfg.get("cutoff-pd", 0.2)))
     if policy.release_eval == "exact":
-        return sums.to_arrays(), metrics, "exact"
+        return {**sums.to_arrays(), **{f"fair/{k}": v for k, v in groups.items()}}, metrics, "exact"
     from privacy.accountant import BudgetExceeded
     from privacy.dp_release import EVALUATION_NOISE_MULTIPLIER, release_evaluation
 

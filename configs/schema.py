@@ -25,6 +25,8 @@ A schema file (``configs/schemas/*.toml``) declares
   ``bins``        number of histogram bins for federated statistics (numeric; default 64)
   ``protected``   ``true`` for attributes used only for fairness checks (not model inputs)
   ``group``       name of a ``[groups.*]`` entry (for reason codes)
+  ``bands``       fairness bands of a numeric protected feature: ascending lower bounds,
+                  e.g. ``[18, 25, 35]`` → groups 18–24, 25–34, 35+
   ``unit``        optional unit, for documentation
   ==============  ==========================================================================
 
@@ -86,6 +88,7 @@ class Feature:
     protected: bool = False
     group: str | None = None
     unit: str | None = None
+    bands: tuple[float, ...] | None = None
 
     @property
     def is_numeric_kind(self) -> bool:
@@ -274,7 +277,7 @@ def _parse_label(t: Table) -> Label:
 
 
 _FEATURE_KEYS = ["name", "kind", "description", "range", "categories", "missing", "impute",
-                 "transform", "bins", "protected", "group", "unit"]
+                 "transform", "bins", "protected", "group", "unit", "bands"]
 
 
 def _parse_feature(t: Table, groups: dict[str, str]) -> Feature:
@@ -335,6 +338,22 @@ def _parse_feature(t: Table, groups: dict[str, str]) -> Feature:
     if not 2 <= bins <= 4096:
         raise t.fail("bins", f"expected 2..4096, got {bins}")
 
+    bands = None
+    if t.has("bands"):
+        raw = t.get("bands", list)
+        if kind != "numeric":
+            raise t.fail("bands", "fairness bands apply to numeric features only (categories are their own groups)")
+        if len(raw) < 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw):
+            raise t.fail("bands", "expected at least two numbers (ascending lower bounds of the bands)")
+        if any(b >= c for b, c in zip(raw, raw[1:])):
+            raise t.fail("bands", f"lower bounds must be strictly ascending, got {raw}")
+        if raw[0] > value_range[0] or raw[-1] >= value_range[1]:
+            raise t.fail("bands", f"the first bound must be ≤ the range minimum {_fmt(value_range[0])} and the "
+                         f"last below the maximum {_fmt(value_range[1])}")
+        bands = tuple(float(v) for v in raw)
+    elif protected and kind == "numeric":
+        raise t.fail("bands", "a protected numeric feature needs fairness bands, e.g. bands = [18, 25, 35, 45]")
+
     missing = t.choice("missing", MISSING_POLICIES, "reject")
     impute = None
     if missing == "impute":
@@ -353,4 +372,4 @@ def _parse_feature(t: Table, groups: dict[str, str]) -> Feature:
 
     return Feature(name=name, kind=kind, description=description, range=value_range,
                    categories=categories, missing=missing, impute=impute, transform=transform,
-                   bins=bins, protected=protected, group=group, unit=unit)
+                   bins=bins, protected=protected, group=group, unit=unit, bands=bands)

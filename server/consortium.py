@@ -34,7 +34,8 @@ from configs.errors import UserError
 from configs.schema import load_schema
 from fedcredit import protocol as P
 from models.encoder import FeatureEncoder, fit_encoder_from_histograms, sum_statistics
-from models.metrics import EvaluationSums, sum_evaluations
+from models.fairness import fairness_metrics
+from models.metrics import EvaluationSums, rebin, sum_evaluations
 from models.network import ModelSpec, build_model, get_weights
 from models.package import ModelPackage, save_package, weights_digest
 from models.scoring import ScoreScale
@@ -45,6 +46,7 @@ from server.strategies import build_strategy, restore_strategy_state, strategy_s
 from server.update_checks import check_update
 
 NODE_WAIT_POLL_S = 0.2
+REPORT_BINS = 100  # per-institution score histograms kept in metrics.json for the report
 
 
 class RunStopped(Exception):
@@ -252,24 +254,31 @@ class ConsortiumRun:
         if s.fraction_evaluate <= 0:
             return
         cfg = ConfigRecord({"run-id": self.run_id, "server-round": rnd, "encoder": self.encoder.to_json(),
-                            "model-spec": json.dumps(self.spec.to_dict())})
+                            "model-spec": json.dumps(self.spec.to_dict()), "cutoff-pd": s.cutoff_pd})
         msgs = list(self.strategy.configure_evaluate(rnd, P.to_array_record(self.weights), cfg, self.grid))
         ex = exchange(self.grid, msgs, s.round_timeout, on_reply=self._note_identity)
-        parts, per_inst = [], {}
+        parts, per_inst, fair_parts = [], {}, []
         for node, msg in ex.ok.items():
             if P.EVAL not in msg.content.array_records:
                 continue  # the node releases no evaluation
-            sums = EvaluationSums.from_arrays(P.from_array_record(msg.content[P.EVAL]))
+            arrays = P.from_array_record(msg.content[P.EVAL])
+            sums = EvaluationSums.from_arrays(arrays)
             parts.append(sums)
+            fair_parts.append({k[5:]: v for k, v in arrays.items() if k.startswith("fair/")})
             m = sums.metrics()
             per_inst[self.name(node)] = {k: _finite_or_none(v) for k, v in m.items()}
             per_inst[self.name(node)]["release"] = P.node_info(msg).get("release", "exact")
+            per_inst[self.name(node)]["_sums"] = sums
         record["evaluation_failed"] = {self.name(n): r for n, r in ex.errors.items()}
         record["institutions"] = per_inst
         if parts:
             pooled = sum_evaluations(parts)
             record["global"] = {k: _finite_or_none(v) for k, v in pooled.metrics().items()}
             record["_pooled_eval"] = pooled
+            counts = {k: sum(fp[k] for fp in fair_parts if k in fp) for k in set().union(*fair_parts)}
+            if counts:
+                record["fairness"] = fairness_metrics(counts, self.schema)
+                record["fairness_counts"] = {k: v.tolist() for k, v in counts.items()}
 
     def checkpoint(self, rnd: int) -> None:
         state = {
@@ -349,6 +358,14 @@ class ConsortiumRun:
         }
         if pooled is not None:
             summary["final_histograms"] = {"hist_neg": pooled.hist_neg, "hist_pos": pooled.hist_pos}
+        last_eval = next((r for r in reversed(self.history) if r.get("institutions")), None)
+        if last_eval is not None:
+            summary["final_institution_histograms"] = {
+                who: {"bins": REPORT_BINS, "hist_neg": rebin(m["_sums"].hist_neg, REPORT_BINS),
+                      "hist_pos": rebin(m["_sums"].hist_pos, REPORT_BINS)}
+                for who, m in last_eval["institutions"].items()
+                if "_sums" in m and len(m["_sums"].hist_neg) % REPORT_BINS == 0}
+            summary["fairness"] = last_eval.get("fairness")
         if self.encoder is not None and completed:
             pkg = ModelPackage(spec=self.spec, encoder=self.encoder, weights=self.weights, schema=self.schema,
                                scale=ScoreScale(), cutoff_pd=s.cutoff_pd,
@@ -368,7 +385,12 @@ def _privacy_fields(metrics: dict) -> dict:
 
 
 def _public(record: dict) -> dict:
-    return {k: v for k, v in record.items() if not k.startswith("_")}
+    """A history record without in-memory objects (keys starting with '_'), JSON-ready."""
+    out = {k: v for k, v in record.items() if not k.startswith("_")}
+    if "institutions" in out:
+        out["institutions"] = {who: {k: v for k, v in m.items() if not k.startswith("_")}
+                               for who, m in out["institutions"].items()}
+    return out
 
 
 def _final_institutions(history: list[dict]) -> dict[str, dict]:
@@ -376,7 +398,7 @@ def _final_institutions(history: list[dict]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for r in history:
         for who, m in (r.get("institutions") or {}).items():
-            out.setdefault(who, {}).update({"eval": m})
+            out.setdefault(who, {}).update({"eval": {k: v for k, v in m.items() if not k.startswith("_")}})
         for who, p in (r.get("privacy") or {}).items():
             out.setdefault(who, {}).update({"privacy": p})
         for who, why in (r.get("refused") or {}).items():
