@@ -1,0 +1,101 @@
+"""Gaussian-mechanism releases besides training: feature statistics and holdout evaluation.
+
+Both are one-shot Gaussian mechanisms over the whole dataset, so each is one
+:class:`privacy.accountant.PrivacyEvent` with ``q = 1, steps = 1`` and the noise multiplier σ
+(noise std / L2 sensitivity); the node records them in the same ledger as training, and
+:func:`privacy.planning.plan_noise` reserves budget for the planned ones (``extra_events``).
+
+Defaults (node side; see docs/privacy.md)
+-----------------------------------------
+* :data:`STATISTICS_NOISE_MULTIPLIER` = 10. Alone: ε ≈ 0.38 at δ = 1e-5 (RDP). Composed with a
+  typical training plan (ε = 3 at δ = 1e-5, 10 rounds of one epoch, q = 256/16,000) it adds
+  ≈ 0.03 to the lifetime ε, because RDP composes the two mechanisms' Rényi divergences rather
+  than their ε. Noise std per count: 10·√F (F = 21 features in consumer-credit-v1 → ≈ 46 per
+  histogram cell), which moves the encoder's quantile knots of a 16,000-row institution by
+  about a percentile.
+* :data:`EVALUATION_NOISE_MULTIPLIER` = 10 with :data:`EVALUATION_BINS` = 20 score bins:
+  per-cell noise std 10·√3 ≈ 17; adds ≈ 0.03 per round (≈ 0.3 over 10 rounds) to the same
+  typical plan. Pooled over five institutions with 4,000 holdout rows each, the AUC from the
+  noised histograms is biased by about −0.02 (sd ≈ 0.015) — enough to follow training,
+  not to certify a model; certify on an exact evaluation in simulation or on a holdout the
+  operator holds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from models.metrics import EvaluationSums, rebin, score_bin_centres
+from privacy.accountant import PrivacyEvent
+
+STATISTICS_NOISE_MULTIPLIER = 10.0
+EVALUATION_NOISE_MULTIPLIER = 10.0
+EVALUATION_BINS = 20
+#: sensitivity of the evaluation release: one histogram cell, Σ PD and Σ Brier each move by ≤ 1
+EVALUATION_SENSITIVITY = math.sqrt(3.0)
+
+
+def statistics_sensitivity(stats: dict[str, np.ndarray]) -> float:
+    """L2 sensitivity of the statistics query: ``sqrt(F)``.
+
+    Each record adds exactly 1 to exactly one cell of each of the F features' count vectors
+    (:func:`models.encoder.feature_statistics`), so adding or removing one record changes the
+    concatenated vector by F unit entries: L2 norm √F.
+    """
+    if not stats:
+        raise ValueError("no statistics")
+    return math.sqrt(len(stats))
+
+
+def release_statistics(stats: dict[str, np.ndarray], noise_multiplier: float,
+                       rng: np.random.Generator) -> tuple[dict[str, np.ndarray], PrivacyEvent]:
+    """Gaussian mechanism on the count vectors: every cell + N(0, (σ·√F)²).
+
+    Returns the noised vectors (float64; may be negative or fractional — the encoder treats
+    negative counts as zero) and the event ``("statistics", σ, q=1, steps=1)``.
+    """
+    if not noise_multiplier > 0:
+        raise ValueError("noise_multiplier must be positive")
+    std = noise_multiplier * statistics_sensitivity(stats)
+    noisy = {k: np.asarray(v, dtype=np.float64) + rng.normal(0.0, std, size=np.shape(v)) for k, v in stats.items()}
+    event = PrivacyEvent("statistics", float(noise_multiplier), 1.0, 1,
+                         detail=f"{len(stats)} features, {sum(np.size(v) for v in stats.values())} counts, "
+                                f"sensitivity sqrt({len(stats)})")
+    return noisy, event
+
+
+def release_evaluation(sums: EvaluationSums, noise_multiplier: float, rng: np.random.Generator,
+                       bins: int = EVALUATION_BINS) -> tuple[EvaluationSums, PrivacyEvent]:
+    """Deployment release of a holdout evaluation with the Gaussian mechanism.
+
+    Released vector: the two class-conditional score histograms rebinned to ``bins`` bins
+    (:func:`models.metrics.rebin`), Σ PD and Σ Brier. Sensitivity (add/remove one record): the
+    record adds 1 to exactly one cell of one histogram, at most 1 to Σ PD (a PD is in [0, 1])
+    and at most 1 to Σ (PD − y)² — L2 sensitivity √3. Each of these numbers gets
+    N(0, (σ·√3)²).
+
+    Everything else is computed from the noised numbers (post-processing, no extra privacy
+    cost): ``n`` = total of both noised histograms, ``positives`` = total of the noised
+    positive histogram, and the log-loss sum is estimated from the noised histograms with
+    each bin's centre PD (negative counts as zero) — an approximation at bin resolution,
+    because the exact per-record log loss is unbounded and its sum would need heavy noise.
+
+    Returns the noised :class:`EvaluationSums` (histograms of length ``bins``) and the event
+    ``("evaluation", σ, q=1, steps=1)``.
+    """
+    if not noise_multiplier > 0:
+        raise ValueError("noise_multiplier must be positive")
+    std = noise_multiplier * EVALUATION_SENSITIVITY
+    neg = rebin(sums.hist_neg, bins) + rng.normal(0.0, std, size=bins)
+    pos = rebin(sums.hist_pos, bins) + rng.normal(0.0, std, size=bins)
+    sum_pd = float(sums.sum_pd + rng.normal(0.0, std))
+    brier = float(sums.brier_sum + rng.normal(0.0, std))
+    centre = np.clip(score_bin_centres(bins), 1e-12, 1 - 1e-12)
+    logloss = float(np.sum(np.clip(pos, 0, None) * -np.log(centre) + np.clip(neg, 0, None) * -np.log1p(-centre)))
+    out = EvaluationSums(hist_neg=neg, hist_pos=pos, n=float(neg.sum() + pos.sum()), positives=float(pos.sum()),
+                         sum_pd=sum_pd, brier_sum=brier, logloss_sum=logloss)
+    event = PrivacyEvent("evaluation", float(noise_multiplier), 1.0, 1,
+                         detail=f"{bins} score bins + sum PD + sum Brier, sensitivity sqrt(3)")
+    return out, event
