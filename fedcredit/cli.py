@@ -24,12 +24,16 @@ COMMANDS: list[tuple[str, str]] = [
     ("data partition", "simulation.partition_command"),
     ("simulate", "simulation.simulate_command"),
     ("score", "clients.score_command"),
+    ("certs", "server.certs_command"),
+    ("keys", "clients.keys_command"),
+    ("node start", "clients.node_command"),
 ]
 
 GROUP_HELP = {
     "data": "validate an institution's table; synthesise a consortium",
     "privacy": "plan, inspect and audit differential privacy",
     "ledger": "verify the signed audit ledger of a run",
+    "node": "run an institution's node (checks its data, then starts Flower's SuperNode)",
 }
 
 

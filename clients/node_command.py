@@ -1,0 +1,285 @@
+"""``fedcredit node start``: check an institution's node, then run Flower's SuperNode.
+
+Flower's ``flower-supernode`` only connects; it never opens the institution's data, so a
+broken table would surface as a refusal in the middle of a run. This command first does what
+the node will do — read the node config, load and validate the table exactly as ``fedcredit
+data validate`` does, open the lifetime privacy state in ``state-dir`` (writable, undamaged,
+not held by another running node) and check the TLS root certificate and the node key — and
+stops with the report (exit 2) when anything is wrong. Only then it replaces itself
+(``exec``) with ``flower-supernode`` and the right flags, so signals, the process id and the
+exit status are the SuperNode's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import stat
+import sys
+from pathlib import Path
+
+HELP = "check an institution's data and privacy state, then run Flower's SuperNode (flower-supernode)"
+
+DESCRIPTION = """\
+Start an institution's node: check everything the node needs, then run Flower's SuperNode.
+
+Checks, in order (any failure prints the report and exits 2 without starting Flower):
+  1. --node-config: the keys the node reads (data-path, state-dir, max-epsilon, ...) in
+     Flower's 'key=value key2=value2' syntax (strings in quotes) or a .toml file
+  2. the data: read, mapped and validated exactly like 'fedcredit data validate FILE
+     --mapping M' (every problem listed with column and row numbers)
+  3. the privacy state in state-dir: created if new, otherwise checked (not damaged, not
+     locked by another node process, delta not larger than recorded); prints ε spent/left
+  4. --root-certificates (PEM certificate) and --key (OpenSSH ECDSA private key, not readable
+     by other users)
+
+Then it runs (exec, same process id):
+  flower-supernode --superlink ADDR --root-certificates CA --auth-supernode-private-key KEY
+                   --node-config '<the node config, paths made absolute>' --port P
+
+Node config keys (see docs/institution.md):
+  data-path (required)   the institution's table (CSV or Parquet)
+  state-dir (required)   where the node keeps its lifetime privacy state (back it up)
+  max-epsilon            the institution's lifetime ε budget (required unless
+                         allow-non-private = true)
+  institution-id         name shown to the consortium (default: the file name)
+  mapping                column mapping (a shipped name such as uci-taiwan, or a path)
+  schema                 consortium schema (default consumer-credit-v1)
+  delta                  δ of the guarantee (default: largest power of ten ≤ 1/(10·rows))
+  release-eval           noised (default) | exact | off: what evaluation results leave
+  allow-non-private      false (default): refuse runs with dp = false
+  split-seed, holdout-fraction, accountant (rdp | prv)
+
+--check only runs the checks and prints the flower-supernode command. Arguments after '--'
+are passed to flower-supernode unchanged (e.g. -- --max-retries 10).
+
+Example:
+  fedcredit node start --superlink superlink.consortium.example:8000 \\
+      --root-certificates ca.crt --key keys/regional-bank-1 --port 9094 \\
+      --node-config "data-path='/data/loans.csv' mapping='uci-taiwan' \\
+                     state-dir='/var/lib/fedcredit' max-epsilon=8.0 institution-id='regional-bank-1'"
+"""
+
+PATH_KEYS = ("data-path", "state-dir")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--superlink", required=True, metavar="HOST:PORT",
+                        help="the consortium SuperLink's address (its one HTTPS port, usually 8000)")
+    parser.add_argument("--root-certificates", metavar="CA", default=None,
+                        help="the consortium CA certificate (ca.crt) that signed the SuperLink's certificate")
+    parser.add_argument("--key", metavar="KEY", default=None,
+                        help="this node's private key from 'fedcredit keys' (its .pub must be registered)")
+    parser.add_argument("--node-config", required=True, metavar="'k=v ...'",
+                        help="the node config: 'data-path=\"...\" state-dir=\"...\" max-epsilon=8.0 ...' or a .toml file")
+    parser.add_argument("--port", type=int, default=9094, metavar="P",
+                        help="local port of the SuperNode's ClientApp API (distinct per node on one host)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="connect without TLS (tests on one machine only; never across a network)")
+    parser.add_argument("--check", action="store_true",
+                        help="run the checks and print the flower-supernode command without starting it")
+    parser.add_argument("supernode_args", nargs=argparse.REMAINDER, metavar="-- ARGS",
+                        help="extra flower-supernode arguments after '--'")
+
+
+def parse_node_config(text: str) -> dict:
+    """The node config as Flower's SuperNode parses it (``k=v`` pairs in TOML syntax, or a .toml)."""
+    from configs.errors import UserError
+
+    try:
+        from flwr.common.config import parse_config_args
+
+        if text.strip().endswith(".toml") and not Path(text.strip()).expanduser().is_file():
+            raise UserError(f"--node-config: file {text.strip()} not found")
+        cfg = parse_config_args([text.strip()])
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"--node-config: cannot parse {text!r} ({getattr(exc, 'message', exc)}); write "
+                        "key=value pairs separated by spaces, strings and paths in quotes, e.g. "
+                        "\"data-path='/data/loans.csv' state-dir='/var/lib/fedcredit' max-epsilon=8.0\"") from None
+    if not cfg:
+        raise UserError(f"--node-config: no key=value pairs in {text!r}; e.g. "
+                        "\"data-path='/data/loans.csv' state-dir='/var/lib/fedcredit' max-epsilon=8.0\"")
+    known = ("data-path", "state-dir", "max-epsilon", "institution-id", "mapping", "schema", "delta", "release-eval",
+             "allow-non-private", "split-seed", "holdout-fraction", "accountant")
+    unknown = [k for k in cfg if k not in known]
+    if unknown:
+        import difflib
+
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, known, n=1)
+            hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        print(f"warning: --node-config: key(s) {', '.join(hints)} not known to this version of the node "
+              f"(known: {', '.join(known)}); they are passed on but probably ignored", file=sys.stderr)
+    return cfg
+
+
+def absolute_paths(cfg: dict) -> dict:
+    """Node config with data-path, state-dir and a mapping given as a path made absolute."""
+    out = dict(cfg)
+    for key in PATH_KEYS:
+        if key in out and isinstance(out[key], str) and out[key]:
+            out[key] = str(Path(out[key]).expanduser().resolve())
+    m = out.get("mapping")
+    if isinstance(m, str) and m and (os.sep in m or m.endswith(".toml")) and Path(m).expanduser().exists():
+        out["mapping"] = str(Path(m).expanduser().resolve())
+    return out
+
+
+def format_node_config(cfg: dict) -> str:
+    """``k=v`` pairs that Flower parses back to exactly ``cfg``."""
+    from configs.errors import UserError
+
+    parts = []
+    for k, v in cfg.items():
+        if isinstance(v, bool):
+            parts.append(f"{k}={'true' if v else 'false'}")
+        elif isinstance(v, (int, float)):
+            parts.append(f"{k}={v!r}")
+        else:
+            s = str(v)
+            if "'" not in s:
+                parts.append(f"{k}='{s}'")
+            elif '"' not in s and "\\" not in s:
+                parts.append(f'{k}="{s}"')
+            else:
+                raise UserError(f"--node-config: the value of '{k}' contains both quote characters; rename the path")
+    return " ".join(parts)
+
+
+def check_node(cfg: dict, out=print) -> dict:
+    """Checks 2 and 3; returns a summary (institution, rows, ε spent / budget)."""
+    from clients import node as N
+    from configs.errors import UserError
+
+    if "data-path" not in cfg:
+        raise UserError("--node-config: 'data-path' is required (the institution's table)")
+    if "state-dir" not in cfg:
+        raise UserError("--node-config: 'state-dir' is required (the node's lifetime privacy state lives there)")
+    policy = N.policy_from_context(cfg, {}, "")
+    if not Path(policy.source).is_file():
+        raise UserError(f"--node-config: data-path {policy.source} does not exist or is not a file")
+    data = N.load_node_data(policy)  # DataValidationError: the same report as `fedcredit data validate`
+    rows = len(data.split.train) + len(data.split.holdout)
+    out(f"data OK: {policy.source}: {rows} rows ({data.split.n_train} for training, "
+        f"{len(data.split.holdout)} holdout), schema {data.schema.key}")
+    summary = {"institution_id": policy.institution_id, "rows": rows, "data_path": policy.source,
+               "state_dir": str(policy.state_dir)}
+    state_dir = policy.state_dir
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"state-dir {state_dir}: cannot create it ({exc.strerror or exc}); give a writable "
+                        "directory (it holds the node's lifetime privacy spend — back it up)") from None
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        raise UserError(f"state-dir {state_dir}: not writable by this user; the node records every privacy "
+                        "spend there before it releases anything")
+    if policy.max_epsilon is None:
+        if not policy.allow_non_private:
+            raise UserError("--node-config: 'max-epsilon' is required — the institution's lifetime privacy budget "
+                            "(e.g. max-epsilon=8.0); without it the node refuses every DP release. Only for "
+                            "non-private test runs: allow-non-private=true")
+        out("warning: no max-epsilon: this node only takes part in runs without DP (allow-non-private = true)")
+        return summary
+    with N._ledger(policy, data) as ledger:
+        spent, budget = ledger.spent(), ledger.max_epsilon
+        summary.update({"epsilon_spent": spent, "max_epsilon": budget, "delta": ledger.delta})
+        out(f"privacy state OK: {state_dir}: ε spent {spent:.4f} of {budget:g} (δ = {ledger.delta:g}), "
+            f"{max(0.0, budget - spent):.4f} left")
+        if spent >= budget:
+            out("warning: the budget is used up; the node will refuse every release")
+    return summary
+
+
+def check_tls_and_key(root_certificates: str | None, key: str | None, insecure: bool, out=print) -> None:
+    from configs.errors import UserError
+
+    if insecure:
+        if root_certificates:
+            raise UserError("--insecure and --root-certificates exclude each other")
+        out("warning: --insecure: no TLS — the SuperLink's identity is not checked and traffic is readable")
+    else:
+        if not root_certificates:
+            raise UserError("--root-certificates CA is required: the consortium CA certificate (ca.crt) the operator "
+                            "gave you; --insecure only for tests on one machine")
+        path = Path(root_certificates).expanduser()
+        if not path.is_file():
+            raise UserError(f"--root-certificates {path}: no such file")
+        from cryptography import x509
+
+        try:
+            certs = x509.load_pem_x509_certificates(path.read_bytes())
+        except ValueError:
+            raise UserError(f"--root-certificates {path}: not a PEM certificate (expected the operator's ca.crt, "
+                            "'-----BEGIN CERTIFICATE-----')") from None
+        out(f"root certificate OK: {certs[0].subject.rfc4514_string()}")
+    if key is None:
+        out("warning: no --key: the SuperLink must run without --enable-supernode-auth to admit this node")
+        return
+    kpath = Path(key).expanduser()
+    if not kpath.is_file():
+        raise UserError(f"--key {kpath}: no such file (create it with 'fedcredit keys --out DIR --name ID')")
+    mode = stat.S_IMODE(kpath.stat().st_mode)
+    if mode & 0o077:
+        raise UserError(f"--key {kpath}: permissions {mode:04o} let other users read the private key; "
+                        f"chmod 600 {kpath}")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        k = serialization.load_ssh_private_key(kpath.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:
+        hint = " (is this the .pub file? give the private key)" if kpath.suffix == ".pub" else ""
+        raise UserError(f"--key {kpath}: not an unencrypted OpenSSH private key{hint} ({exc}); create one with "
+                        "'fedcredit keys'") from None
+    if not isinstance(k, ec.EllipticCurvePrivateKey) or k.curve.name not in ("secp256r1", "secp384r1", "secp521r1"):
+        raise UserError(f"--key {kpath}: Flower's node authentication needs an ECDSA key on a NIST curve; "
+                        "create one with 'fedcredit keys'")
+    out(f"node key OK: {kpath}")
+
+
+def supernode_command(args: argparse.Namespace, cfg: dict) -> list[str]:
+    exe = Path(sys.executable).with_name("flower-supernode")
+    binary = str(exe) if exe.exists() else shutil.which("flower-supernode")
+    if not binary:
+        from configs.errors import UserError
+
+        raise UserError("flower-supernode not found next to this Python or on PATH; install flwr in this environment")
+    cmd = [binary, "--superlink", args.superlink]
+    if args.insecure:
+        cmd.append("--insecure")
+    else:
+        cmd += ["--root-certificates", str(Path(args.root_certificates).expanduser().resolve())]
+    if args.key:
+        cmd += ["--auth-supernode-private-key", str(Path(args.key).expanduser().resolve())]
+    cmd += ["--node-config", format_node_config(cfg), "--port", str(args.port)]
+    extra = list(args.supernode_args or [])
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    return cmd + extra
+
+
+def run(args: argparse.Namespace) -> int:
+    import shlex
+
+    from configs.errors import UserError
+
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port {args.port}: must be between 1 and 65535")
+    if ":" not in args.superlink or "://" in args.superlink:
+        raise UserError(f"--superlink {args.superlink!r}: give HOST:PORT without a scheme, e.g. "
+                        "superlink.consortium.example:8000")
+    cfg = absolute_paths(parse_node_config(args.node_config))
+    check_node(cfg)
+    check_tls_and_key(args.root_certificates, args.key, args.insecure)
+    cmd = supernode_command(args, cfg)
+    print("starting: " + shlex.join(cmd), flush=True)
+    if args.check:
+        return 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(cmd[0], cmd)
+    return 0  # pragma: no cover
