@@ -27,6 +27,9 @@ COMMANDS: list[tuple[str, str]] = [
     ("certs", "server.certs_command"),
     ("keys", "clients.keys_command"),
     ("node start", "clients.node_command"),
+    ("privacy plan", "privacy.plan_command"),
+    ("privacy status", "privacy.status_command"),
+    ("privacy audit", "privacy.audit_command"),
 ]
 
 GROUP_HELP = {

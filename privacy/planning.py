@@ -116,8 +116,9 @@ def plan_noise(*, prior_events: Sequence[PrivacyEvent], max_epsilon: float, delt
                epsilon_tolerance: float = EPSILON_TOLERANCE) -> RunPlan:
     """Plan σ for ``rounds`` rounds of ``steps_per_round`` DP-SGD steps at rate ``sample_rate``.
 
-    Raises :class:`BudgetExceeded` when the prior (and reserved) events already use the budget,
-    or when even σ = 1000 would not fit.
+    Raises :class:`BudgetExceeded` when the prior (and reserved) events leave no more than the
+    planning tolerance (0.01) of the budget — a run that followed its plan ends there, so the
+    budget counts as exhausted — or when even σ = 1000 would not fit.
     """
     if rounds < 1 or steps_per_round < 1:
         raise ValueError("rounds and steps_per_round must be positive")
@@ -131,8 +132,9 @@ def plan_noise(*, prior_events: Sequence[PrivacyEvent], max_epsilon: float, delt
     total_steps = rounds * steps_per_round
     eps_prior = compute_epsilon(prior, delta, accountant)
     eps_fixed = compute_epsilon(prior + extra, delta, accountant)
-    if eps_fixed >= max_epsilon - 1e-9:
-        what = "already spent" if eps_prior >= max_epsilon - 1e-9 else "needed by the other releases of this run"
+    if eps_fixed >= max_epsilon - epsilon_tolerance:  # less than the planning tolerance left: exhausted
+        what = ("already spent" if eps_prior >= max_epsilon - epsilon_tolerance
+                else "needed by the other releases of this run")
         raise BudgetExceeded(
             f"privacy budget exhausted: ε {eps_fixed:.4f} of max {max_epsilon:g} (δ = {delta:g}) is {what} "
             f"(ε spent before this run: {eps_prior:.4f}); no training is possible on this data without raising "

@@ -1,0 +1,154 @@
+"""``fedcredit privacy plan``: the noise a node would use for a run, and ε after each round."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "plan DP-SGD noise for a run: noise multiplier, sample rate, steps and ε after each round"
+
+DESCRIPTION = """\
+Plan the differential-privacy noise of one federated run for one institution, exactly as its
+node does before the first training round (nothing is read or written; no data needed).
+
+The node trains with DP-SGD: Poisson sampling with rate q = batch-size / rows, per-example
+clipping to norm C, Gaussian noise of std σ·C per coordinate. It chooses the smallest noise
+multiplier σ such that its lifetime ε (Opacus RDP or PRV accountant, at δ) stays within its
+budget over all planned rounds, counting the other releases of the run:
+
+  - the feature-statistics release (Gaussian mechanism, σ = 10) before training, unless
+    --no-statistics (e.g. when it was already spent in an earlier run);
+  - one noised evaluation per round when the node's release-eval is 'noised' (the deployment
+    default; σ = 10), none for 'exact' (simulation only) or 'off'.
+
+With --run-epsilon the run's own ε (statistics + evaluations + training) is also capped, like
+the run config's target-epsilon.
+
+The table shows, after each round, the lifetime ε (statistics and all of the run's
+evaluations counted from the start) and the budget left. ε is computed from the planned
+events by a fresh Opacus accountant, as the node's ledger does.
+
+Exit codes: 0 plan printed; 2 invalid arguments or the budget cannot fit the run.
+With --json the last line of standard output is one JSON object:
+  {"ok", "noise_multiplier", "sample_rate", "steps_per_round", "rounds", "epsilon", "delta",
+   "accountant", "epsilon_run", "reserved_events", "table": [{"round", "noise_multiplier",
+   "sample_rate", "steps", "epsilon_after", "epsilon_remaining"}]}
+"""
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epsilon", type=_positive_float, required=True, metavar="E",
+                        help="the institution's lifetime privacy budget (max ε)")
+    parser.add_argument("--delta", type=_positive_float, default=None, metavar="D",
+                        help="δ of the guarantee (default: the largest power of ten ≤ 1/(10·rows), as the node)")
+    parser.add_argument("--rows", type=_positive_int, required=True, metavar="N",
+                        help="the institution's training rows")
+    parser.add_argument("--batch-size", type=_positive_int, default=256, metavar="B",
+                        help="expected batch size (sample rate q = B / N)")
+    parser.add_argument("--local-epochs", type=_positive_int, default=1, metavar="L",
+                        help="local epochs per round (steps per round = L · ceil(N / B))")
+    parser.add_argument("--rounds", type=_positive_int, default=10, metavar="R", help="planned training rounds")
+    parser.add_argument("--accountant", choices=("rdp", "prv"), default="rdp",
+                        help="Opacus accountant: RDP (default) or PRV (tighter, slower)")
+    parser.add_argument("--run-epsilon", type=_positive_float, default=None, metavar="E",
+                        help="cap on this run's own ε (the run config's target-epsilon)")
+    parser.add_argument("--no-statistics", action="store_true",
+                        help="do not reserve the feature-statistics release")
+    parser.add_argument("--release-eval", choices=("noised", "exact", "off"), default="noised",
+                        help="the node's evaluation release (noised: one Gaussian release per round)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object (the plan) as the last line of standard output")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from configs.errors import UserError
+
+    try:
+        return _run(args)
+    except UserError as exc:
+        if args.json:
+            print(json.dumps({"ok": False, "error": str(exc)}), flush=True)
+        raise
+
+
+def _run(args: argparse.Namespace) -> int:
+    import json
+
+    from configs.errors import UserError
+    from privacy.accountant import PrivacyEvent
+    from privacy.dp_release import EVALUATION_NOISE_MULTIPLIER, STATISTICS_NOISE_MULTIPLIER
+    from privacy.planning import default_delta, plan_noise, plan_table, sample_rate_for, steps_per_epoch
+
+    delta = args.delta if args.delta is not None else default_delta(args.rows)
+    if delta >= 1.0 / args.rows:
+        raise UserError(f"--delta {delta:g} is not below 1/rows = {1.0 / args.rows:g}: with δ ≥ 1/n a mechanism may "
+                        f"publish a record outright. Use δ ≤ 1/(10·n), e.g. {default_delta(args.rows):g}")
+    q = sample_rate_for(args.rows, args.batch_size)
+    steps = args.local_epochs * steps_per_epoch(args.rows, args.batch_size)
+    extra = []
+    if not args.no_statistics:
+        extra.append(PrivacyEvent("statistics", STATISTICS_NOISE_MULTIPLIER, 1.0, 1))
+    if args.release_eval == "noised":
+        extra += [PrivacyEvent("evaluation", EVALUATION_NOISE_MULTIPLIER, 1.0, 1) for _ in range(args.rounds)]
+    plan = plan_noise(prior_events=[], max_epsilon=args.epsilon, delta=delta, sample_rate=q, steps_per_round=steps,
+                      rounds=args.rounds, run_epsilon_cap=args.run_epsilon, extra_events=extra,
+                      accountant=args.accountant)
+    table = plan_table(plan)
+    reserved = {"statistics": 0 if args.no_statistics else 1,
+                "evaluation": args.rounds if args.release_eval == "noised" else 0}
+    _print(args, plan, table, delta, reserved)
+    if args.json:
+        print(json.dumps({"ok": True, "noise_multiplier": plan.noise_multiplier, "sample_rate": q, "steps_per_round": steps,
+                          "rounds": args.rounds, "epsilon": args.epsilon, "delta": delta,
+                          "accountant": args.accountant, "epsilon_run": plan.epsilon_run,
+                          "reserved_events": reserved, "table": table}), flush=True)
+    return 0
+
+
+def _print(args, plan, table, delta, reserved) -> None:
+    import sys
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 120, highlight=False)
+    console.print(f"budget ε = {args.epsilon:g} at δ = {delta:g} ({args.accountant.upper()} accountant); "
+                  f"{args.rows} rows, batch {args.batch_size}, {args.local_epochs} local epoch(s), {args.rounds} round(s)")
+    console.print(f"noise multiplier σ = {plan.noise_multiplier:.4f} (noise std σ·C per coordinate), "
+                  f"sample rate q = {plan.sample_rate:.5g}, {plan.steps_per_round} steps per round")
+    parts = []
+    if reserved["statistics"]:
+        parts.append("the feature-statistics release")
+    if reserved["evaluation"]:
+        parts.append(f"{reserved['evaluation']} noised evaluation(s)")
+    if parts:
+        console.print(f"reserved besides training (counted from round 1): {' and '.join(parts)}")
+    t = Table(title="lifetime ε after each round")
+    for col in ("round", "σ", "q", "steps", "ε after round", "ε remaining"):
+        t.add_column(col, justify="right")
+    for row in table:
+        t.add_row(str(row["round"]), f"{row['noise_multiplier']:.4f}", f"{row['sample_rate']:.5g}", str(row["steps"]),
+                  f"{row['epsilon_after']:.4f}", f"{row['epsilon_remaining']:.4f}")
+    console.print(t)
+    console.print(f"ε of this run's releases alone: {plan.epsilon_run:.4f}")
