@@ -79,8 +79,10 @@ def release_evaluation(sums: EvaluationSums, noise_multiplier: float, rng: np.ra
     Everything else is computed from the noised numbers (post-processing, no extra privacy
     cost): ``n`` = total of both noised histograms, ``positives`` = total of the noised
     positive histogram, and the log-loss sum is estimated from the noised histograms with
-    each bin's centre PD (negative counts as zero) — an approximation at bin resolution,
-    because the exact per-record log loss is unbounded and its sum would need heavy noise.
+    each bin's centre PD — unbiased for the binned log loss (the noised counts are used as they
+    are, negative ones included; clipping them would bias it upwards), an approximation at bin
+    resolution, because the exact per-record log loss is unbounded and releasing its sum would
+    need heavy noise.
 
     Returns the noised :class:`EvaluationSums` (histograms of length ``bins``) and the event
     ``("evaluation", σ, q=1, steps=1)``.
@@ -93,7 +95,7 @@ def release_evaluation(sums: EvaluationSums, noise_multiplier: float, rng: np.ra
     sum_pd = float(sums.sum_pd + rng.normal(0.0, std))
     brier = float(sums.brier_sum + rng.normal(0.0, std))
     centre = np.clip(score_bin_centres(bins), 1e-12, 1 - 1e-12)
-    logloss = float(np.sum(np.clip(pos, 0, None) * -np.log(centre) + np.clip(neg, 0, None) * -np.log1p(-centre)))
+    logloss = float(np.sum(pos * -np.log(centre) + neg * -np.log1p(-centre)))
     out = EvaluationSums(hist_neg=neg, hist_pos=pos, n=float(neg.sum() + pos.sum()), positives=float(pos.sum()),
                          sum_pd=sum_pd, brier_sum=brier, logloss_sum=logloss)
     event = PrivacyEvent("evaluation", float(noise_multiplier), 1.0, 1,
