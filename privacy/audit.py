@@ -9,11 +9,13 @@ higher = "more likely a member":
 * ``calibrated`` — offline LiRA with a global variance (Carlini et al. 2022, offline variant;
   equivalently difficulty calibration, Watson et al. 2022): ``K`` reference models with the
   package's architecture are trained (non-privately, ``reference_epochs`` epochs, Adam) on the
-  two halves of the non-members, ``K/2`` per half, so every row has reference models that never
-  saw it (all ``K`` for members, the ``K/2`` of the other half for non-members). Score = the
+  two halves A and B of the non-members, ``K/2`` per half. Every row, member or not, is
+  assigned to a half (non-members: their own; members: at random) and compared with the ``K/2``
+  reference models trained on the other half, which never saw it — the same number for
+  members and non-members, so that without leakage their scores are exchangeable. Score = the
   target model's logit-scaled confidence in the true label, ``φ = (2y − 1) · logit``, minus the
-  mean ``φ`` of the row's out-reference models, divided by the pooled standard deviation of
-  those out-confidences. It removes per-row difficulty (rows every model gets right or wrong)
+  mean ``φ`` of the row's reference models, divided by the pooled standard deviation of
+  those reference confidences. It removes per-row difficulty (rows every model gets right or wrong)
   that blurs the plain loss attack.
 
 For each attack the audit reports the ROC AUC (members = positives), the TPR at 0.1 % and 1 %
@@ -167,35 +169,43 @@ def _phi(logit: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _calibrated_scores(spec, xm, ym, logit_m, xn, yn, logit_n, k, epochs, batch_size, seed) -> np.ndarray:
-    """Offline-LiRA scores of members then non-members (see the module docstring)."""
+    """Offline-LiRA scores of members then non-members (see the module docstring).
+
+    Symmetric by construction: every row — member or not — is put in half A or half B, and is
+    scored against the ``k/2`` reference models trained on the *other* half of the
+    non-members. Were the target independent of membership, member and non-member scores
+    would be exchangeable; a calibration that used more reference models for members than for
+    non-members would make their score distributions differ without any leakage.
+    """
     from models.network import build_model
     from models.training import LocalTrainConfig, train_local
 
     rng = np.random.default_rng([seed, 1])
-    half_a = np.zeros(len(xn), dtype=bool)
-    half_a[rng.permutation(len(xn))[: len(xn) // 2]] = True
+    half_a_n = np.zeros(len(xn), dtype=bool)
+    half_a_n[rng.permutation(len(xn))[: len(xn) // 2]] = True
+    half_a_m = np.zeros(len(xm), dtype=bool)
+    half_a_m[rng.permutation(len(xm))[: len(xm) // 2]] = True
     cfg = LocalTrainConfig(local_epochs=max(1, int(epochs)), batch_size=max(1, min(batch_size, len(xn) // 4)))
-    sum_m = np.zeros(len(xm))
-    sum_n, cnt_n = np.zeros(len(xn)), np.zeros(len(xn))
-    out_phis_m, out_phis_n = [], []
+    phi = {"m": [], "n": []}
     for j in range(k):
-        train_on = half_a if j % 2 == 0 else ~half_a
+        trained_on_a = j % 2 == 0
+        train_rows = half_a_n if trained_on_a else ~half_a_n
         ref = build_model(spec, seed=10_000 + 101 * seed + j)
-        train_local(ref, xn[train_on], yn[train_on], cfg, seed=7919 * seed + j)
-        phi_m = _phi(_logits(ref, xm), ym)
-        phi_n = _phi(_logits(ref, xn), yn)
-        out = ~train_on
-        sum_m += phi_m
-        sum_n[out] += phi_n[out]
-        cnt_n[out] += 1
-        out_phis_m.append(phi_m)
-        out_phis_n.append((phi_n, out))
-    mu_m = sum_m / k
-    mu_n = sum_n / cnt_n
+        train_local(ref, xn[train_rows], yn[train_rows], cfg, seed=7919 * seed + j)
+        phi["m"].append((_phi(_logits(ref, xm), ym), ~half_a_m if trained_on_a else half_a_m))
+        phi["n"].append((_phi(_logits(ref, xn), yn), ~half_a_n if trained_on_a else half_a_n))
+    scores, resid = [], []
+    for key, logit, y in (("m", logit_m, ym), ("n", logit_n, yn)):
+        total, count = np.zeros(len(y)), np.zeros(len(y))
+        for p, use in phi[key]:
+            total[use] += p[use]
+            count[use] += 1
+        mu = total / count
+        resid += [(p - mu)[use] for p, use in phi[key]]
+        scores.append(_phi(logit, y) - mu)
     # pooled ("global") standard deviation of the out-confidences around each row's mean
-    resid = [p - mu_m for p in out_phis_m] + [(p - mu_n)[o] for p, o in out_phis_n]
     sd = float(np.sqrt(np.mean(np.concatenate(resid) ** 2))) or 1.0
-    return np.concatenate([(_phi(logit_m, ym) - mu_m) / sd, (_phi(logit_n, yn) - mu_n) / sd])
+    return np.concatenate(scores) / sd
 
 
 # ----------------------------------------------------------------------------- statistics
