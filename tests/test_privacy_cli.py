@@ -1,0 +1,123 @@
+"""``fedcredit privacy plan | status | audit``: exit 0 on success, 2 with one clear message on user mistakes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fedcredit.cli import main
+from privacy.accountant import PrivacyEvent, PrivacyLedger
+from privacy.dp_release import EVALUATION_NOISE_MULTIPLIER, STATISTICS_NOISE_MULTIPLIER
+from privacy.planning import plan_noise
+
+FP = "0f" * 32
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run(capsys, *args):
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse errors
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_plan_prints_the_node_plan(capsys):
+    code, out, err = run(capsys, "privacy", "plan", "--epsilon", 3, "--rows", 16000, "--batch-size", 256,
+                         "--local-epochs", 2, "--rounds", 4, "--delta", 1e-5, "--json")
+    assert code == 0, err
+    assert "noise multiplier σ" in out and "ε after round" in out
+    plan = last_json(out)
+    expected = plan_noise(prior_events=[], max_epsilon=3.0, delta=1e-5, sample_rate=256 / 16000, steps_per_round=126,
+                          rounds=4, extra_events=[PrivacyEvent("statistics", STATISTICS_NOISE_MULTIPLIER, 1.0, 1)]
+                          + [PrivacyEvent("evaluation", EVALUATION_NOISE_MULTIPLIER, 1.0, 1)] * 4)
+    assert plan["ok"] and plan["noise_multiplier"] == expected.noise_multiplier
+    assert plan["steps_per_round"] == 126 and plan["sample_rate"] == 0.016
+    eps = [row["epsilon_after"] for row in plan["table"]]
+    assert len(eps) == 4 and eps == sorted(eps) and 2.99 <= eps[-1] <= 3.0
+    assert plan["reserved_events"] == {"statistics": 1, "evaluation": 4}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epsilon", "0.01", "--rows", "16000"], "exhausted"),
+    (["--epsilon", "1", "--rows", "100", "--delta", "0.5"], "not below 1/rows"),
+    (["--epsilon", "-1", "--rows", "100"], "positive"),
+    (["--epsilon", "1", "--rows", "many"], "whole number"),
+    (["--rows", "100"], "--epsilon"),
+])
+def test_plan_user_mistakes_exit_2(capsys, args, message):
+    code, out, err = run(capsys, "privacy", "plan", *args)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_plan_json_on_error(capsys):
+    code, out, err = run(capsys, "privacy", "plan", "--epsilon", "0.01", "--rows", "16000", "--json")
+    assert code == 2 and last_json(out) == {"ok": False, "error": err.strip().removeprefix("error: ")}
+
+
+def test_status_shows_spend_and_detects_damage(capsys, tmp_path):
+    with PrivacyLedger.open(tmp_path, fingerprint=FP, schema_key="consumer-credit-v1@1", institution_id="bank-z",
+                            max_epsilon=2.0, delta=1e-5) as ledger:
+        spent = ledger.record([PrivacyEvent("statistics", 10.0, 1.0, 1, run_id="run-1"),
+                               PrivacyEvent("train", 1.2, 0.02, 40, run_id="run-1", round=1)])
+    code, out, err = run(capsys, "privacy", "status", "--state-dir", tmp_path, "--json")
+    assert code == 0, err
+    assert "bank-z" in out and "statistics" in out
+    (d,) = last_json(out)["datasets"]
+    assert d["epsilon_spent"] == spent and d["max_epsilon"] == 2.0 and d["delta"] == 1e-5
+    assert d["epsilon_remaining"] == pytest.approx(2.0 - spent) and len(d["events"]) == 2
+    state = tmp_path / "privacy" / f"{FP}.json"
+    state.write_text(state.read_text()[:100])
+    code, out, err = run(capsys, "privacy", "status", "--state-dir", tmp_path)
+    assert code == 2 and "damaged" in err and str(state) in err
+    code, out, err = run(capsys, "privacy", "status", "--state-dir", tmp_path / "nope")
+    assert code == 2 and "no such directory" in err
+
+
+def test_audit_command(capsys, tmp_path, schema):
+    from tests.test_privacy_audit import make_package, random_table, write_sets
+
+    from models.training import LocalTrainConfig, train_local
+
+    t = random_table(schema, 160, 7)
+    members, non = t.iloc[:80].reset_index(drop=True), t.iloc[80:].reset_index(drop=True)
+    pkg = make_package(tmp_path, schema, members,
+                       lambda net, x, y: train_local(net, x, y, LocalTrainConfig(local_epochs=2, batch_size=32)), (16,))
+    m, n = write_sets(tmp_path, schema, members, non)
+    code, out, err = run(capsys, "privacy", "audit", "--model", pkg, "--members", m, "--non-members", n,
+                         "--reference-models", 2, "--reference-epochs", 2, "--json")
+    assert code == 0, err
+    report = last_json(out)
+    assert report["ok"] and [a["name"] for a in report["attacks"]] == ["loss-threshold", "calibrated"]
+    assert "membership-inference attacks" in out
+    code, out, err = run(capsys, "privacy", "audit", "--model", tmp_path / "nothing", "--members", m,
+                         "--non-members", n)
+    assert code == 2 and "model.json" in err
+    code, out, err = run(capsys, "privacy", "audit", "--model", pkg, "--members", m, "--non-members", n,
+                         "--reference-models", 3)
+    assert code == 2 and "even" in err
+
+
+def test_real_command_help_and_exit_codes(fedcredit_cli, tmp_path):
+    res = fedcredit_cli("privacy", "--help")
+    assert res.returncode == 0
+    for name in ("plan", "status", "audit"):
+        assert name in res.stdout
+    res = fedcredit_cli("privacy", "status", "--state-dir", tmp_path)
+    assert res.returncode == 2 and "no privacy state" in res.stderr and "Traceback" not in res.stderr
