@@ -258,6 +258,10 @@ def train(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict,
     ``state`` is the node's per-run state (Flower ``context.state``), where the noise plan of
     the run is kept so σ stays fixed across its rounds.
     """
+    if cfg.get("ledger-head"):  # keep the audit ledger head we were shown (clients.ledger_heads)
+        from clients.ledger_heads import record_ledger_head
+
+        record_ledger_head(policy.state_dir, str(cfg.get("run-id", "")), int(cfg["server-round"]), cfg["ledger-head"])
     data = load_node_data(policy)
     encoder = FeatureEncoder.from_json(cfg["encoder"])
     if encoder.schema_key != data.schema.key:

@@ -9,7 +9,8 @@ Messages (server → node, node → server)
 ``query.stats``  config ``stats-config`` (schema key) →
                  arrays ``stats`` (per-feature count vectors, possibly DP-noised),
                  metrics ``metrics`` (num-examples, epsilon-spent, …), config ``node`` (identity).
-``train``        arrays ``arrays`` (global weights), config ``config`` (round config, encoder) →
+``train``        arrays ``arrays`` (global weights), config ``config`` (round config, encoder,
+                 ``ledger-head``: the audit ledger's head hash, which the node stores) →
                  arrays ``arrays`` (updated weights) + metrics ``metrics`` — or, when the node
                  refuses (budget exhausted, policy), no arrays and ``node.refused`` = reason.
 ``evaluate``     arrays ``arrays`` + config ``config`` →
@@ -32,6 +33,17 @@ METRICS = "metrics"
 STATS = "stats"
 EVAL = "eval"
 NODE = "node"
+
+# Secure aggregation (server/secure_aggregation.py): one round of Flower's SecAgg+ protocol. The
+# node's train handler gets the legacy ``fitins.*`` records with these extra config keys and
+# answers in the legacy ``fitres.*`` layout: its *update* (not its weights), num_examples, and
+# the ``node``/``metrics`` fields in ``fitres.metrics`` (plus SECAGG_CLIPPED).
+SECAGG_QUANTIZATION_RANGE = 2**22
+SECAGG_ARRAY_NAMES = "array-names"  # JSON list: the names of the arrays, in order
+SECAGG_MAX_WEIGHT = "secagg-max-weight"  # M: the node's weight is num_examples / M
+SECAGG_CLIPPING = "secagg-clipping-range"  # c: each coordinate of the weighted update is clipped to ±c
+SECAGG_CLIPPED = "secagg-clipped-fraction"  # node → server: fraction of coordinates the clipping changed
+REFUSED_INVALID_UPDATE = "invalid-update"  # the node withholds a non-finite update (weight 0)
 
 REFUSED_BUDGET = "budget-exhausted"
 REFUSED_POLICY = "policy"

@@ -41,6 +41,7 @@ from models.package import ModelPackage, save_package, weights_digest
 from models.scoring import ScoreScale
 from server.checkpoints import load_checkpoint, save_checkpoint
 from server.exchange import Exchange, exchange
+from server.ledger import RunLedger
 from server.settings import RunSettings, parse_run_config
 from server.strategies import build_strategy, restore_strategy_state, strategy_state
 from server.update_checks import check_update
@@ -130,6 +131,7 @@ class ConsortiumRun:
         self.encoder: FeatureEncoder | None = None
         self.spec: ModelSpec | None = None
         self.weights: dict[str, np.ndarray] = {}
+        self.audit: RunLedger | None = None  # the signed audit ledger, opened by execute()
         self.started = time.time()
 
     # ------------------------------------------------------------------ helpers
@@ -177,6 +179,8 @@ class ConsortiumRun:
         self.statistics = {"contributors": contributors, "refused": refused, "dropped": dropped,
                            "node_metrics": spent}
         self.recorder.event("statistics-end", contributors=contributors, refused=refused, dropped=dropped)
+        if self.audit is not None:
+            self.audit.statistics(self.statistics)
         if len(parts) < s.min_train_nodes:
             raise RunStopped("too-few-nodes", f"only {len(parts)} node(s) answered the statistics query "
                              f"(min-train-nodes is {s.min_train_nodes}); refused: {refused or 'none'}; "
@@ -194,6 +198,7 @@ class ConsortiumRun:
             "optimizer": s.optimizer, "proximal-mu": s.proximal_mu if s.strategy == "fedprox" else 0.0,
             "dp": s.dp, "target-epsilon": s.target_epsilon, "clipping-norm": s.clipping_norm,
             "seed": s.seed, "encoder": self.encoder.to_json(), "model-spec": json.dumps(self.spec.to_dict()),
+            "ledger-head": self.audit.head if self.audit is not None else "",
         })
 
     def train_round(self, rnd: int) -> dict:
@@ -202,7 +207,16 @@ class ConsortiumRun:
         msgs = list(self.strategy.configure_train(rnd, P.to_array_record(before), self.round_config(rnd), self.grid))
         sampled = [m.metadata.dst_node_id for m in msgs]
         self.recorder.event("round-start", round=rnd, sampled=len(sampled))
-        ex = exchange(self.grid, msgs, s.round_timeout, on_reply=self._note_identity)
+        secure = None
+        if s.secure_aggregation:  # SecAgg+: replies carry no arrays; the server gets only the mean update
+            from server.secure_aggregation import max_weight_from, secure_exchange
+
+            ex, secure = secure_exchange(self.grid, msgs, rnd, before, timeout=s.round_timeout,
+                                         clipping_range=s.secagg_clipping_range, run_id=self.run_id,
+                                         max_weight=max_weight_from(self.statistics, self.history),
+                                         on_reply=self._note_identity)
+        else:
+            ex = exchange(self.grid, msgs, s.round_timeout, on_reply=self._note_identity)
         accepted, refused, rejected, node_metrics = [], {}, {}, {}
         for node, msg in ex.ok.items():
             who = self.name(node)
@@ -212,7 +226,7 @@ class ConsortiumRun:
             if info.get("refused"):
                 refused[who] = {"reason": info["refused"], "detail": info.get("detail", "")}
                 continue
-            problem = check_update(msg, before, s.max_update_norm)
+            problem = "" if secure else check_update(msg, before, s.max_update_norm)
             if problem:
                 rejected[who] = problem
                 continue
@@ -237,7 +251,8 @@ class ConsortiumRun:
             raise RunStopped(reason, f"round {rnd}: {len(accepted)} usable update(s), min-train-nodes is "
                              f"{s.min_train_nodes}; refused: {sorted(refused) or 'none'}, "
                              f"dropped: {sorted(dropped) or 'none'}, rejected: {sorted(rejected) or 'none'}")
-        agg_arrays, agg_metrics = self.strategy.aggregate_train(rnd, accepted)
+        agg_arrays, agg_metrics = self.strategy.aggregate_train(
+            rnd, secure.strategy_replies(before, accepted) if secure else accepted)
         self.weights = P.from_array_record(agg_arrays)
         delta = np.sqrt(sum(float(np.sum((self.weights[k] - before[k]) ** 2)) for k in before))
         record.update({
@@ -247,6 +262,8 @@ class ConsortiumRun:
             "examples": int(sum(float(m.content[P.METRICS]["num-examples"]) for m in accepted)),
             "privacy": {who: _privacy_fields(m) for who, m in node_metrics.items() if m},
         })
+        if secure:
+            record["secure_aggregation"] = secure.summary(self.name)
         return record
 
     def evaluate_round(self, rnd: int, record: dict) -> None:
@@ -303,13 +320,19 @@ class ConsortiumRun:
         restore_strategy_state(self.strategy, ckpt.strategy_state)
         if hasattr(self.strategy, "current_arrays"):
             self.strategy.current_arrays = dict(ckpt.weights)
+        if self.audit is not None:
+            self.audit.resumed(ckpt.round, weights_digest(ckpt.weights), self.history, str(ckpt.path), self.run_id)
         self.recorder.event("resumed", from_round=ckpt.round, checkpoint=str(ckpt.path))
         return ckpt.round + 1
 
     # ----------------------------------------------------------------------- run
     def execute(self, resume_from: Path | None = None) -> dict:
         s = self.settings
+        # a broken ledger (here or in resume_from) stops before anything is written
+        self.audit = RunLedger.open(self.run_dir, s.ledger_key, Path(resume_from) if resume_from else None)
+        self.recorder.listeners.append(self.audit.on_event)
         write_resolved_config(self.run_dir, s, self.run_id)
+        self.audit.run_start(self.run_id, self.run_dir / "config.resolved.toml", s.as_run_config(), resume_from)
         self.recorder.event("run-start", run_id=self.run_id, run_dir=str(self.run_dir),
                             rounds=s.num_server_rounds, strategy=s.strategy)
         status, reason, detail = "completed", "", ""
@@ -326,6 +349,7 @@ class ConsortiumRun:
                 record["wall_s"] = time.time() - t0
                 self.history.append(record)
                 self.checkpoint(rnd)
+                self.audit.round(record)
                 self.recorder.event("round-end", round=rnd, participants=len(record["participants"]),
                                     auc=(record.get("global") or {}).get("auc"),
                                     loss=record.get("train_loss"), wall_s=record["wall_s"])
@@ -333,8 +357,9 @@ class ConsortiumRun:
             status, reason, detail = "stopped", stop.reason, stop.detail
             self.recorder.event("run-stopped", reason=reason, detail=detail)
         summary = self.finish(status, reason, detail, last_pooled)
-        self.recorder.event("run-end", status=status, reason=reason)
+        self.recorder.event("run-end", status=status, reason=reason, ledger_head=summary.get("ledger_head"))
         self.recorder.close()
+        self.audit.close()
         return summary
 
     def finish(self, status: str, reason: str, detail: str, pooled: EvaluationSums | None) -> dict:
@@ -374,6 +399,12 @@ class ConsortiumRun:
                                      "final_metrics": summary["final"]})
             save_package(self.run_dir / "model", pkg)
             summary["model_dir"] = str(self.run_dir / "model")
+        if self.audit is not None:
+            summary["ledger_head"] = self.audit.run_end(
+                status, reason, len(completed), weights_digest(self.weights) if self.weights else None,
+                Path(summary["model_dir"]) if "model_dir" in summary else None, summary["final"])
+            summary["ledger"] = {"path": str(self.audit.path), "key_id": self.audit.ledger.key_id,
+                                 "entries": self.audit.ledger.next_index}
         self.recorder.write_metrics(summary)
         return summary
 

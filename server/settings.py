@@ -12,6 +12,7 @@ and may refuse; see :mod:`clients.node`.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from configs.errors import ConfigError
@@ -45,7 +46,10 @@ DEFAULTS: dict[str, Any] = {
     "cutoff-pd": 0.2,
     "run-dir": "",
     "resume-from": "",
+    "ledger-key": "",
     "max-update-norm": 0.0,
+    "secure-aggregation": False,
+    "secagg-clipping-range": 8.0,
     "schema": "consumer-credit-v1",
     # Simulation only: where virtual nodes find their data and keep their privacy state.
     "data-dir": "",
@@ -83,7 +87,10 @@ class RunSettings:
     cutoff_pd: float
     run_dir: str
     resume_from: str
+    ledger_key: str  # operator's Ed25519 private key (PEM) that signs the audit ledger; "" = one per run
     max_update_norm: float
+    secure_aggregation: bool
+    secagg_clipping_range: float
     schema: str
     data_dir: str
     mapping: str
@@ -171,7 +178,23 @@ def _check(s: RunSettings) -> None:
         raise bad("round-timeout", "must be positive (seconds)")
     if not 0 < s.cutoff_pd < 1:
         raise bad("cutoff-pd", "must lie strictly between 0 and 1")
+    if s.ledger_key and not Path(s.ledger_key).expanduser().is_file():
+        raise bad("ledger-key", f"names {s.ledger_key}, which is not a file; give the operator's Ed25519 "
+                  "private key (PEM, 'fedcredit ledger keygen' makes one) or leave it empty")
     if s.max_update_norm < 0:
         raise bad("max-update-norm", "must be ≥ 0 (0 = no bound)")
+    if s.secagg_clipping_range <= 0:
+        raise bad("secagg-clipping-range", "must be positive (each coordinate of a weighted update is clipped to ±it)")
+    if s.secure_aggregation:
+        why = "the server sees only the sum of the updates under secure aggregation"
+        if s.aggregation != "mean":
+            raise bad("aggregation", f"must be 'mean' with secure-aggregation = true ({why}; robust rules need "
+                      "each update)")
+        if s.max_update_norm > 0:
+            raise bad("max-update-norm", f"must be 0 with secure-aggregation = true ({why}, so it cannot check "
+                      "each update's norm; each coordinate is bounded by secagg-clipping-range instead)")
+        if s.min_train_nodes < 2:
+            raise bad("min-train-nodes", "must be at least 2 with secure-aggregation = true (one update cannot be "
+                      "hidden in a sum of one)")
     if s.proximal_mu < 0 or s.server_learning_rate <= 0:
         raise bad("proximal-mu", "must be ≥ 0 and server-learning-rate > 0")

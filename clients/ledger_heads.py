@@ -1,0 +1,77 @@
+"""The node's copy of the audit ledger's head: what makes a rewritten history detectable.
+
+Every training round the server sends the head hash of its signed audit ledger (round config
+``ledger-head``). The node appends ``{"run_id", "round", "head", "time"}`` to
+``STATE_DIR/ledger-heads.jsonl``. Later, anyone holding that file can check a published
+ledger against it (``fedcredit ledger verify LEDGER --heads-file STATE_DIR/ledger-heads.jsonl``):
+if the operator rewrote or truncated the history after showing the node a head, that head is
+no longer on the chain.
+
+The file is replaced atomically (written beside it, fsynced, renamed), so a crash never
+leaves a torn line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+from configs.errors import UserError
+
+HEADS_FILE = "ledger-heads.jsonl"
+
+
+def _is_hash(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+def record_ledger_head(state_dir: str | Path, run_id: str, server_round: int, head: str) -> Path:
+    """Append the head shown for ``server_round`` of ``run_id`` to ``STATE_DIR/ledger-heads.jsonl``.
+
+    A repeated (run, round, head) is not written twice. A head that is not a sha256 hex digest
+    raises :class:`UserError` (the node refuses the round).
+    """
+    head = str(head)
+    if not _is_hash(head):
+        raise UserError(f"the round config's ledger-head {head[:80]!r} is not a sha256 hex digest; "
+                        "this node does not train for a server that does not show a valid ledger head")
+    d = Path(state_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / HEADS_FILE
+    old = path.read_bytes() if path.is_file() else b""
+    for line in old.splitlines():
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if e.get("run_id") == str(run_id) and e.get("round") == int(server_round) and e.get("head") == head:
+            return path
+    if old and not old.endswith(b"\n"):
+        old += b"\n"
+    entry = {"run_id": str(run_id), "round": int(server_round), "head": head,
+             "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+    tmp = path.with_name(f".{HEADS_FILE}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(old + json.dumps(entry, sort_keys=True).encode() + b"\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return path
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path
+
+
+def read_ledger_heads(state_dir: str | Path) -> list[dict]:
+    """The heads this node stored (oldest first); [] when it has none."""
+    path = Path(state_dir) / HEADS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
