@@ -312,7 +312,9 @@ class DPSGDGradients:
         dpopt.zero_grad(set_to_none=False)
         logits = gsm(x).reshape(-1)
         loss = F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype))
-        loss.backward()
+        with warnings.catch_warnings():  # "full backward hook firing ... no inputs require gradients": expected
+            warnings.simplefilter("ignore", UserWarning)
+            loss.backward()
         dpopt.pre_step()  # clip_and_accumulate, add_noise, scale_grad → p.grad
         return float(loss.detach())
 
