@@ -3,6 +3,14 @@
 A refusal (exhausted budget, node policy, invalid data) is a normal reply that carries the
 reason and no weights, so the server can record it and go on; the node process is never
 crashed by bad data.
+
+Secure aggregation (run config ``secure-aggregation = true``, :mod:`server.secure_aggregation`):
+the train handler runs behind Flower's ``secaggplus_mod`` for the messages of the SecAgg+
+protocol (they carry the ``secaggplus_configs`` record); the mod answers the key-exchange and
+unmasking stages itself and calls the handler once per round, with the legacy ``fitins.*``
+records. The handler then replies in the legacy ``fitres.*`` layout with the node's *update*
+(new weights − global weights), which the mod masks; a refusal is a zero update with weight 0.
+Ordinary train messages pass the mod untouched.
 """
 
 from __future__ import annotations
@@ -28,14 +36,16 @@ def _institution(context: Context) -> str:
         return str(context.node_config.get("institution-id", f"node-{context.node_id}"))
 
 
-def _refusal(msg: Message, context: Context, exc: Exception) -> Message:
+def _reason(exc: Exception) -> tuple[str, str]:
     if isinstance(exc, N.NodeRefusal):
-        reason, detail = exc.reason, exc.detail
-    else:
-        from clients.validation import DataValidationError
+        return exc.reason, exc.detail
+    from clients.validation import DataValidationError
 
-        reason = P.REFUSED_DATA if isinstance(exc, DataValidationError) else P.REFUSED_POLICY
-        detail = str(exc)
+    return (P.REFUSED_DATA if isinstance(exc, DataValidationError) else P.REFUSED_POLICY), str(exc)
+
+
+def _refusal(msg: Message, context: Context, exc: Exception) -> Message:
+    reason, detail = _reason(exc)
     return P.reply(msg, institution_id=_institution(context), metrics={"num-examples": 0.0},
                    refused=reason, detail=detail[:4000])
 
@@ -66,8 +76,20 @@ def statistics(msg: Message, context: Context) -> Message:
     return P.reply(msg, institution_id=policy.institution_id, arrays_key=P.STATS, arrays=stats, metrics=metrics)
 
 
-@app.train()
+def _secagg_when_asked(msg: Message, context: Context, call_next) -> Message:
+    """Flower's SecAgg+ mod for the protocol's messages; other train messages pass straight through."""
+    from flwr.client.mod import secaggplus_mod
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+    if RECORD_KEY_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+@app.train(mods=[_secagg_when_asked])
 def train(msg: Message, context: Context) -> Message:
+    if "fitins.parameters" in msg.content.array_records:
+        return _train_secure(msg, context)
     try:
         policy = _policy(context)
         state = {"plan": _plan_state(context)}
@@ -76,6 +98,48 @@ def train(msg: Message, context: Context) -> Message:
     except (N.NodeRefusal, UserError) as exc:
         return _refusal(msg, context, exc)
     return P.reply(msg, institution_id=policy.institution_id, arrays_key=P.ARRAYS, arrays=weights, metrics=metrics)
+
+
+def _train_secure(msg: Message, context: Context) -> Message:
+    """One SecAgg+ round: train as usual, reply with the update (legacy ``fitres.*`` layout)."""
+    import json
+
+    import numpy as np
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+    cfg = dict(fitins.config)
+    names = json.loads(str(cfg.pop(P.SECAGG_ARRAY_NAMES)))
+    max_weight, clip = float(cfg.pop(P.SECAGG_MAX_WEIGHT)), float(cfg.pop(P.SECAGG_CLIPPING))
+    before = dict(zip(names, parameters_to_ndarrays(fitins.parameters)))
+    update = {k: np.zeros_like(v) for k, v in before.items()}
+    info = {"institution-id": _institution(context), "refused": "", "detail": ""}
+    metrics: dict = {}
+    try:
+        policy = _policy(context)
+        state = {"plan": _plan_state(context)}
+        weights, metrics = N.train(policy, before, cfg, state)
+        _save_plan_state(context, state.get("plan") or {})
+        delta = {k: (weights[k] - before[k]).astype(before[k].dtype) for k in names}
+        if all(np.all(np.isfinite(d)) for d in delta.values()):
+            update = delta
+        else:
+            info.update(refused=P.REFUSED_INVALID_UPDATE, detail="local training produced NaN or infinite weights")
+    except (N.NodeRefusal, UserError) as exc:
+        reason, detail = _reason(exc)
+        info.update(refused=reason, detail=detail[:4000])
+    n = 0 if info["refused"] else int(metrics.get("num-examples", 0))
+    # the mod sends round(n/M · 2²²)/2²² · Δ, clipped to ±c: report how much the clipping changed
+    ratio = round(n / max_weight * P.SECAGG_QUANTIZATION_RANGE) / P.SECAGG_QUANTIZATION_RANGE
+    size = sum(d.size for d in update.values()) or 1
+    clipped = sum(int(np.sum(np.abs(d * ratio) > clip)) for d in update.values()) / size
+    out = {k: float(v) for k, v in metrics.items() if k != "num-examples"}
+    out.update(info)
+    out[P.SECAGG_CLIPPED] = float(clipped)
+    fitres = FitRes(status=Status(code=Code.OK, message=info["refused"] or "ok"),
+                    parameters=ndarrays_to_parameters([update[k] for k in names]), num_examples=n, metrics=out)
+    return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
 
 
 @app.evaluate()

@@ -222,6 +222,10 @@ def check_tls_and_key(root_certificates: str | None, key: str | None, insecure: 
     kpath = Path(key).expanduser()
     if not kpath.is_file():
         raise UserError(f"--key {kpath}: no such file (create it with 'fedcredit keys --out DIR --name ID')")
+    head = kpath.read_bytes()[:64]
+    if head.startswith((b"ecdsa-sha2-", b"ssh-")):
+        raise UserError(f"--key {kpath}: this is a public key; give the private key (the file without .pub, "
+                        "an OpenSSH private key)")
     mode = stat.S_IMODE(kpath.stat().st_mode)
     if mode & 0o077:
         raise UserError(f"--key {kpath}: permissions {mode:04o} let other users read the private key; "

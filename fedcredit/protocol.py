@@ -73,7 +73,7 @@ def reply(msg: Message, *, institution_id: str, arrays_key: str | None = None,
 
 
 def node_info(msg: Message) -> dict:
-    """The ``node`` record of a reply as a plain dict ({} when absent)."""
-    if NODE not in msg.content.config_records:
+    """The ``node`` record of a reply as a plain dict ({} when absent, or for an error reply)."""
+    if msg.has_error() or NODE not in msg.content.config_records:
         return {}
     return dict(msg.content.config_records[NODE])

@@ -1,0 +1,234 @@
+"""Deployment on loopback with real processes: TLS, SuperNode authentication, DP training.
+
+``test_deploy_two_dp_rounds_with_tls_and_node_auth`` does what docs/operator.md and
+docs/institution.md describe: ``fedcredit certs`` → ``flower-superlink`` (TLS,
+``--enable-supernode-auth``, persistent ``--database``) → ``fedcredit keys`` per institution →
+``flwr supernode register`` → ``fedcredit node start`` per institution → ``flwr run .
+<connection> --stream`` → ``flwr ls`` / ``flwr log``; then it checks the model package and every
+node's lifetime privacy state, and that a node with an unregistered key is refused. Every
+process has its own ``FLWR_HOME`` under the test's temporary directory, and only the processes
+the test started are stopped (by PID).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, run_fedcredit
+from tests.processes import kill_pids, new_processes, processes
+
+BIN = Path(sys.executable).parent
+MAX_EPSILON = 4.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def flower_env(home: Path, threads: int | None = None) -> dict[str, str]:
+    home.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.update({"FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
+                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONIOENCODING": "utf-8",
+                "COLUMNS": "200"})
+    if threads:
+        # three nodes share this machine's cores: one torch thread each avoids oversubscription
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"process exited with {proc.returncode} before listening:\n{log.read_text()[-3000:]}")
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    pytest.fail(f"nothing listens on {port} after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def start(cmd: list[str], env: dict, log: Path, cwd: Path | None = None) -> subprocess.Popen:
+    return subprocess.Popen(cmd, env=env, cwd=cwd or log.parent, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+
+
+def flwr(args: list, home: Path, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "flwr"), *map(str, args)], cwd=cwd or home, env=flower_env(home),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def node_config(data: Path, state: Path, inst: str) -> str:
+    return (f"data-path='{data}' state-dir='{state}' max-epsilon={MAX_EPSILON} institution-id='{inst}' "
+            "release-eval='noised'")
+
+
+def test_node_start_with_invalid_data_exits_2_with_the_validation_report(tmp_path):
+    bad = tmp_path / "loans.csv"
+    bad.write_text("borrower_id,credit_limit\nA1,1000\nA2,lots\n")
+    before = processes()
+    proc = run_fedcredit("node", "start", "--superlink", "127.0.0.1:9", "--insecure", "--node-config",
+                         f"data-path='{bad}' state-dir='{tmp_path / 'state'}' max-epsilon=4.0", timeout=120)
+    validate = run_fedcredit("data", "validate", bad)
+    assert proc.returncode == 2 and validate.returncode == 2
+    assert "the table was not accepted" in proc.stderr
+    assert "'lots'" in proc.stderr or "lots" in proc.stderr
+    # the same report as `fedcredit data validate`
+    assert validate.stderr.strip() in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "starting:" not in proc.stdout  # Flower was never started
+    assert new_processes(before, settle_s=0) == {}
+
+
+def test_node_start_checks_config_key_and_certificate(tmp_path):
+    run_fedcredit("keys", "--out", tmp_path / "keys", "--name", "bank")
+    assert run_fedcredit("certs", "--out", tmp_path / "certs", "--hosts", "localhost,127.0.0.1").returncode == 0
+    data = tmp_path / "data"
+    assert run_fedcredit("data", "synth", "--out", data, "--institutions", 1, "--scale", 0.3).returncode == 0
+    csv = next(data.glob("*.csv"))
+    good = f"data-path='{csv}' state-dir='{tmp_path / 'st'}' max-epsilon=4.0"
+    common = ["node", "start", "--superlink", "127.0.0.1:9", "--root-certificates", tmp_path / "certs" / "ca.crt"]
+
+    ok = run_fedcredit(*common, "--key", tmp_path / "keys" / "bank", "--node-config", good, "--check", "--port", 9123)
+    assert ok.returncode == 0, ok.stderr
+    assert "ε spent 0.0000 of 4" in ok.stdout
+    assert "--auth-supernode-private-key" in ok.stdout and "--port 9123" in ok.stdout
+
+    cases = [
+        (["--key", tmp_path / "keys" / "bank.pub", "--node-config", good], "this is a public key"),
+        (["--key", tmp_path / "keys" / "bank", "--node-config", f"data-path='{csv}' max-epsilon=4.0"], "state-dir"),
+        (["--key", tmp_path / "keys" / "bank", "--node-config", f"data-path={csv}"], "in quotes"),
+        (["--key", tmp_path / "keys" / "bank", "--node-config", f"data-path='{csv}' state-dir='{tmp_path}/s2'"],
+         "max-epsilon"),
+    ]
+    for extra, message in cases:
+        proc = run_fedcredit(*common, *extra, "--check")
+        assert proc.returncode == 2 and message in proc.stderr, (extra, proc.stderr)
+    os.chmod(tmp_path / "keys" / "bank", 0o644)
+    proc = run_fedcredit(*common, "--key", tmp_path / "keys" / "bank", "--node-config", good, "--check")
+    assert proc.returncode == 2 and "chmod 600" in proc.stderr
+
+
+@pytest.mark.slow
+def test_deploy_two_dp_rounds_with_tls_and_node_auth(tmp_path):
+    from models.package import load_package
+    from privacy.accountant import read_state
+
+    t_start = time.monotonic()
+    before = processes()
+    started: list[subprocess.Popen] = []
+    work = tmp_path
+    certs, keys, data, run_dir = work / "certs", work / "keys", work / "data", work / "run"
+    try:
+        # --- operator: CA and SuperLink certificate; institutions: data and keys
+        assert run_fedcredit("certs", "--out", certs, "--hosts", "localhost,127.0.0.1").returncode == 0
+        synth = run_fedcredit("data", "synth", "--out", data, "--institutions", 3, "--scale", 0.3, "--seed", 11,
+                              "--json", timeout=300)
+        assert synth.returncode == 0, synth.stderr
+        institutions = [i["id"] for i in json.loads(synth.stdout.strip().splitlines()[-1])["institutions"]]
+        for name in [*institutions, "intruder"]:
+            assert run_fedcredit("keys", "--out", keys, "--name", name).returncode == 0
+
+        # --- operator: SuperLink with TLS, node authentication and a persistent database
+        port = free_port()
+        link_log = work / "superlink.log"
+        link = start([str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
+                      "--ssl-certfile", str(certs / "server.crt"), "--ssl-keyfile", str(certs / "server.key"),
+                      "--enable-supernode-auth", "--database", str(work / "superlink.db"),
+                      "--host", "127.0.0.1", "--port", str(port)],
+                     flower_env(work / "home-link"), link_log)
+        started.append(link)
+        wait_for_port(port, link, link_log)
+
+        # --- operator's CLI connection (config.toml of its FLWR_HOME) and node registration
+        cli_home = work / "home-cli"
+        cli_home.mkdir()
+        (cli_home / "config.toml").write_text(
+            '[superlink]\ndefault = "consortium"\n\n[superlink.consortium]\n'
+            f'address = "127.0.0.1:{port}"\nroot-certificates = "{certs / "ca.crt"}"\n')
+        for name in institutions:
+            reg = flwr(["supernode", "register", keys / f"{name}.pub", "consortium", "--format", "json"], cli_home)
+            assert reg.returncode == 0 and json.loads(reg.stdout)["success"], reg.stdout + reg.stderr
+
+        # --- institutions: fedcredit node start (checks, then exec flower-supernode)
+        for k, name in enumerate(institutions):
+            log = work / f"node-{name}.log"
+            cmd = [sys.executable, "-m", "fedcredit", "node", "start", "--superlink", f"127.0.0.1:{port}",
+                   "--root-certificates", str(certs / "ca.crt"), "--key", str(keys / name),
+                   "--port", str(free_port()),
+                   "--node-config", node_config(data / f"{name}.csv", work / f"state-{name}", name)]
+            started.append(start(cmd, flower_env(work / f"home-{name}", threads=1), log, cwd=REPO))
+
+        # --- a node whose key was never registered is refused within seconds
+        t0 = time.monotonic()
+        intruder_log = work / "node-intruder.log"
+        intruder = start([sys.executable, "-m", "fedcredit", "node", "start", "--superlink", f"127.0.0.1:{port}",
+                          "--root-certificates", str(certs / "ca.crt"), "--key", str(keys / "intruder"),
+                          "--port", str(free_port()),
+                          "--node-config", node_config(data / f"{institutions[0]}.csv", work / "state-intruder",
+                                                       "intruder")],
+                         flower_env(work / "home-intruder"), intruder_log, cwd=REPO)
+        started.append(intruder)
+        rc = intruder.wait(timeout=60)
+        refused_after = time.monotonic() - t0
+        text = intruder_log.read_text()
+        assert rc != 0, text
+        assert "activate" in text.lower(), text
+        assert refused_after < 30
+
+        # --- operator: the run, streamed to the end
+        run_config = (f"num-server-rounds=2 min-available-nodes=3 min-train-nodes=3 round-timeout=240.0 "
+                      f"run-dir='{run_dir}' dp=true local-epochs=1 batch-size=128 seed=3")
+        t_run = time.monotonic()
+        proc = flwr(["run", ".", "consortium", "--stream", "--run-config", run_config], cli_home, timeout=900,
+                    cwd=REPO)
+        run_s = time.monotonic() - t_run
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-4000:]
+        listing = flwr(["ls", "consortium", "--format", "json"], cli_home)
+        runs = json.loads(listing.stdout)["runs"]
+        assert len(runs) == 1 and runs[0]["status"] == "finished:completed", listing.stdout
+        log = flwr(["log", runs[0]["run-id"], "consortium", "--show"], cli_home)
+        assert log.returncode == 0
+
+        # --- the run directory: completed, two rounds, a loadable model package
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert metrics["status"] == "completed" and metrics["rounds_completed"] == 2, metrics.get("stop_detail")
+        assert sorted(metrics["history"][-1]["participants"]) == sorted(institutions)
+        pkg = load_package(run_dir / "model")
+        assert pkg.meta["dp"] is True and pkg.meta["rounds_completed"] == 2
+
+        # --- every node's lifetime privacy state: spent, and within its own budget
+        for name in institutions:
+            states = read_state(work / f"state-{name}")
+            assert len(states) == 1
+            spent = states[0]["epsilon_spent"]
+            assert 0 < spent <= MAX_EPSILON + 1e-9, (name, spent)
+            kinds = {e["kind"] for e in states[0]["events"]}
+            assert "statistics" in kinds and len(states[0]["events"]) >= 3, kinds
+            reported = metrics["institutions"][name]["privacy"]["epsilon_spent"]  # after training round 2
+            assert 0 < reported <= spent + 1e-9
+        print(f"\ndeploy: run {run_s:.1f} s, test {time.monotonic() - t_start:.1f} s, "
+              f"intruder refused after {refused_after:.1f} s")
+    finally:
+        for p in reversed(started):
+            if p.poll() is None:
+                kill_pids([p.pid])
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+    left = new_processes(before, settle_s=20)
+    assert left == {}, f"processes left behind: {left}"
