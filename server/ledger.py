@@ -622,6 +622,8 @@ class RunLedger:
                         "fairness": record.get("fairness")},
             "evaluation_failed": record.get("evaluation_failed", {}),
         })
+        if record.get("secure_aggregation") is not None:  # SecAgg+: the server saw only the sum
+            payload["secure_aggregation"] = record["secure_aggregation"]
         if recovered:
             payload["recovered_from_checkpoint"] = True
         return self.ledger.append("round", payload)

@@ -505,3 +505,55 @@ def test_resumed_simulated_run_continues_the_same_ledger(simulated_run, tmp_path
     assert [p["round"] for p in _check_round_chain(entries)] == [1, 2, 3]
     assert json.loads((run_dir / "metrics.json").read_text())["ledger_head"] == entries[-1]["hash"]
     _check_node_heads(run_dir, entries, [1, 2, 3])
+
+
+# ------------------------------------------- the real round driver, in process (no Ray)
+def _inprocess_run(tmp_path, tag: str, fail=None, **overrides) -> tuple[dict, Path]:
+    from clients.client_app import app
+    from server.consortium import run_consortium
+    from tests.inprocess_grid import InProcessGrid
+
+    run_dir = tmp_path / tag
+    rc = {"num-server-rounds": 2, "min-available-nodes": 3, "min-train-nodes": 2, "run-dir": str(run_dir),
+          "dp": False, "synthetic-scale": 0.3, "fraction-evaluate": 0.0, "state-root": str(tmp_path / f"{tag}-state"),
+          "round-timeout": 1.0, "seed": 3, **overrides}
+    grid = InProcessGrid(app, {11 + k: {"partition-id": k, "num-partitions": 3} for k in range(3)}, rc, fail=fail)
+    return run_consortium(grid, rc, run_id=7), run_dir
+
+
+def test_dropouts_become_signed_entries_in_round_order_and_nodes_store_heads(tmp_path):
+    summary, run_dir = _inprocess_run(tmp_path, "drop", fail={13: {"train"}})
+    assert summary["status"] == "completed"
+    assert verify_ledger(run_dir / LEDGER_FILE, load_public_key(run_dir / PUBLIC_KEY_FILE)).ok
+    entries = read_ledger(run_dir / LEDGER_FILE)
+    assert [(e["kind"], e["payload"].get("round")) for e in entries] == [
+        ("run-start", None), ("statistics", None), ("dropout", 1), ("round", 1), ("dropout", 2), ("round", 2),
+        ("run-end", None)]
+    dropped = entries[2]["payload"]["institution"]
+    assert all(dropped not in e["payload"]["participants"] for e in entries if e["kind"] == "round")
+    assert summary["ledger_head"] == entries[-1]["hash"]
+    _check_round_chain(entries)
+    heads = {f.parent.name: [h["head"] for h in read_ledger_heads(f.parent)]
+             for f in (tmp_path / "drop-state").glob(f"*/{HEADS_FILE}")}
+    assert dropped not in heads and len(heads) == 2, "only nodes that got the round store its head"
+    for stored in heads.values():
+        assert stored == [entries[1]["hash"], entries[3]["hash"]]
+
+
+def test_rejected_updates_and_a_stopped_run_are_recorded(tmp_path):
+    summary, run_dir = _inprocess_run(tmp_path, "reject", **{"max-update-norm": 1e-9})
+    assert summary["status"] == "stopped"
+    r = verify_ledger(run_dir / LEDGER_FILE)
+    assert r.ok
+    kinds = [e["kind"] for e in r.chain]
+    assert kinds == ["run-start", "statistics", "rejected-update", "rejected-update", "rejected-update",
+                     "run-stopped", "run-end"]
+    assert r.chain[-1]["payload"]["status"] == "stopped" and r.chain[-1]["payload"]["rounds_completed"] == 0
+    assert "norm" in r.chain[2]["payload"]["reason"]
+
+
+def test_secure_aggregation_rounds_say_so_in_the_ledger(tmp_path):
+    summary, run_dir = _inprocess_run(tmp_path, "secagg", **{"secure-aggregation": True, "num-server-rounds": 1})
+    assert summary["status"] == "completed"
+    (rnd,) = [e["payload"] for e in verify_ledger(run_dir / LEDGER_FILE).chain if e["kind"] == "round"]
+    assert sorted(rnd["secure_aggregation"]["contributors"]) == sorted(rnd["participants"])
