@@ -30,6 +30,7 @@ With --json the last line of standard output is one JSON object:
   {"ok", "package", "members", "non_members", "confidence", "delta", "model", "attacks": [{"name",
    "auc", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", "epsilon_lower_bound", "test"}], "auc",
    "epsilon_lower_bound", "notes"}
+On a failure (exit 2) it is {"ok": false, "error"}.
 """
 
 

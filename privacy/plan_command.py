@@ -32,6 +32,7 @@ With --json the last line of standard output is one JSON object:
   {"ok", "noise_multiplier", "sample_rate", "steps_per_round", "rounds", "epsilon", "delta",
    "accountant", "epsilon_run", "reserved_events", "table": [{"round", "noise_multiplier",
    "sample_rate", "steps", "epsilon_after", "epsilon_remaining"}]}
+On a failure (exit 2) it is {"ok": false, "error"}.
 """
 
 

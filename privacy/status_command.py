@@ -20,6 +20,7 @@ or missing (restore it from the node's backup — the node refuses to train unti
 With --json the last line of standard output is one JSON object:
   {"ok", "state_dir", "datasets": [{"fingerprint", "institution_id", "schema_key", "accountant",
    "delta", "max_epsilon", "epsilon_spent", "epsilon_remaining", "events", "policy_history"}]}
+On a failure (exit 2) it is {"ok": false, "error"}.
 """
 
 
