@@ -55,10 +55,6 @@ from privacy.accountant import PrivacyEvent
 ENGINES = ("vectorised", "opacus")
 
 
-def _silu_grad(z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    return s * (1 + z * (1 - s))
-
-
 class _LinearStack:
     """A parsed Linear stack: ``layers`` (Linear, activation-or-None) pairs; last has 1 output."""
 
@@ -107,39 +103,37 @@ class _LinearStack:
 
     @torch.no_grad()
     def manual_grads(self, x: torch.Tensor, y: torch.Tensor):
-        """Inputs ``a_l`` and per-example output gradients ``g_l`` of Σ_i BCE_i; and the logits."""
-        acts, pre, post = [], [], []
+        """Inputs ``a_l`` and per-example output gradients ``g_l`` of Σ_i BCE_i; and the logits.
+
+        The backward pass uses ATen's own activation-backward kernels (the ones autograd runs).
+        """
+        acts, saved = [], []
         h = x
         for lin, act in self.pairs:
             acts.append(h)
             z = torch.addmm(lin.bias, h, lin.weight.t()) if lin.bias is not None else h @ lin.weight.t()
             if act is None:
                 h = z
-                pre.append(z)
-                post.append(None)
             elif isinstance(act, nn.SiLU):
-                s = torch.sigmoid(z)
-                h = z * s
-                pre.append(z)
-                post.append(s)
+                h = F.silu(z)
             else:
                 h = act(z)
-                pre.append(z)
-                post.append(h)
+            saved.append(z if isinstance(act, nn.SiLU) else h)
         logits = h[:, 0]
         g = (torch.sigmoid(logits) - y).unsqueeze(1)  # d BCE_i / d logit_i
         gs = [g]
+        aten = torch.ops.aten
         for l in range(len(self.pairs) - 2, -1, -1):
             g = g @ self.pairs[l + 1][0].weight
-            act, z, o = self.pairs[l][1], pre[l], post[l]
+            act, t = self.pairs[l][1], saved[l]
             if isinstance(act, nn.SiLU):
-                g = g * _silu_grad(z, o)
+                g = aten.silu_backward(g, t)
             elif isinstance(act, nn.ReLU):
-                g = g * (z > 0).to(g.dtype)
+                g = aten.threshold_backward(g, t, 0)
             elif isinstance(act, nn.Tanh):
-                g = g * (1 - o * o)
+                g = aten.tanh_backward(g, t)
             else:  # Sigmoid
-                g = g * (o * (1 - o))
+                g = aten.sigmoid_backward(g, t)
             gs.append(g)
         gs.reverse()
         return acts, gs, logits
@@ -257,11 +251,12 @@ class DPSGDGradients:
         clip = self.clip_factors(stack, acts, gs)
         k = 0
         for a, g, lin in zip(acts, gs, stack.linears):
-            gc = g * clip.unsqueeze(1)
-            lin.weight.grad = torch.addmm(noise[k].view_as(lin.weight), gc.t(), a, beta=inv, alpha=inv)
+            # (noise + Σ_i c_i g_i a_iᵀ) / (q·n), and (noise + Σ_i c_i g_i) / (q·n) for the bias
+            lin.weight.grad = torch.addmm(noise[k].view_as(lin.weight), (g * clip.unsqueeze(1)).t(), a,
+                                          beta=inv, alpha=inv)
             k += 1
             if lin.bias is not None:
-                lin.bias.grad = (noise[k] + gc.sum(0)).mul_(inv)
+                lin.bias.grad = torch.addmv(noise[k], g.t(), clip, beta=inv, alpha=inv)
                 k += 1
         return float(F.binary_cross_entropy_with_logits(logits, y))
 
@@ -269,12 +264,14 @@ class DPSGDGradients:
         """``min(1, C / (‖g_i‖ + 1e-6))`` from the ghost norms ``Σ_l ‖g_il‖² (‖a_il‖² + 1[bias])``."""
         sq = None
         for a, g, lin in zip(acts, gs, stack.linears):
-            an = torch.linalg.vecdot(a, a)
-            if lin.bias is not None:
-                an += 1.0
-            term = torch.linalg.vecdot(g, g).mul_(an)
-            sq = term if sq is None else sq.add_(term)
-        return (self.max_grad_norm / sq.sqrt_().add_(1e-6)).clamp_(max=1.0)
+            gn, an = torch.linalg.vecdot(g, g), torch.linalg.vecdot(a, a)
+            if sq is None:
+                sq = torch.addcmul(gn, gn, an) if lin.bias is not None else gn.mul_(an)
+            else:
+                if lin.bias is not None:
+                    sq.add_(gn)
+                sq.addcmul_(gn, an)
+        return torch.div(self.max_grad_norm, sq.sqrt_().add_(1e-6)).clamp_(max=1.0)
 
     def per_sample_norms(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-example gradient norms ‖g_i‖₂ (ghost norms), for tests and diagnostics."""
