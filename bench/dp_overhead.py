@@ -12,7 +12,7 @@ Data: one synthetic institution (``simulation.synthetic``) of ``--rows`` rows, e
 encoder fitted exactly on it. Each repeat runs one epoch of every variant in a rotated order;
 the figures are medians over repeats (interleaving spreads machine noise over all variants).
 
-Prints ONE JSON line: {"rows", "inputs", "params", "batch_size", "threads", "repeats",
+Prints ONE JSON line: {"rows", "inputs", "params", "batch_size", "optimizer", "threads", "repeats",
 "plain_epoch_s", "dp_epoch_s", "ratio", "opacus_epoch_s", "opacus_ratio", "target_ratio",
 "plain_epoch_cpu_s", "dp_epoch_cpu_s", "ratio_cpu", "load_avg_1min", "ok"}. ``ratio`` is
 wall-clock (the requirement: ≤ 1.3); ``ratio_cpu`` uses process CPU time, which other load on
@@ -58,6 +58,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (0: torch's default = all cores); 1 is steadiest on a shared machine")
     ap.add_argument("--no-opacus", action="store_true", help="skip the Opacus hooks reference")
+    ap.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
+                    help="client optimiser (the default network trains with Adam)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -73,7 +75,7 @@ def main(argv=None) -> int:
 
     x, y = _data(args.rows, args.seed)
     spec = ModelSpec("mlp", x.shape[1], (64, 32))
-    cfg = LocalTrainConfig(local_epochs=1, batch_size=args.batch_size)
+    cfg = LocalTrainConfig(local_epochs=1, batch_size=args.batch_size, optimizer=args.optimizer)
     q = sample_rate_for(len(x), args.batch_size)
 
     def variant(name):
@@ -107,7 +109,7 @@ def main(argv=None) -> int:
     out = {
         "rows": len(x), "inputs": int(x.shape[1]),
         "params": sum(p.numel() for p in build_model(spec).parameters()),
-        "batch_size": args.batch_size, "threads": torch.get_num_threads(), "repeats": args.repeats,
+        "batch_size": args.batch_size, "optimizer": args.optimizer, "threads": torch.get_num_threads(), "repeats": args.repeats,
         "plain_epoch_s": round(med["plain"], 5), "dp_epoch_s": round(med["dp"], 5),
         "ratio": round(med["dp"] / med["plain"], 3),
         "opacus_epoch_s": round(med["opacus"], 5) if "opacus" in med else None,
