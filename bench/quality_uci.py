@@ -31,6 +31,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from server.settings import DEFAULTS  # noqa: E402
+
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "UCI_Credit_Card.csv"
 
 
@@ -64,8 +66,8 @@ def main() -> None:
     ap.add_argument("--epsilons", default="1,3,8", help="comma-separated budgets ε ('' for none)")
     ap.add_argument("--institutions", type=int, default=5)
     ap.add_argument("--partition", default="feature", choices=["feature", "dirichlet", "iid", "quantity"])
-    ap.add_argument("--rounds", type=int, default=20)
-    ap.add_argument("--dp-rounds", type=int, default=10, help="rounds of the DP runs")
+    ap.add_argument("--rounds", type=int, default=DEFAULTS["num-server-rounds"])
+    ap.add_argument("--dp-rounds", type=int, default=DEFAULTS["num-server-rounds"], help="rounds of the DP runs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", metavar="DIR", help="keep the partition and run directories here")
     args = ap.parse_args()

@@ -22,7 +22,7 @@ AGGREGATIONS = ("mean", "trimmed-mean", "median", "krum", "multi-krum")
 
 #: key → default. Types are taken from the defaults (int, float, bool, str).
 DEFAULTS: dict[str, Any] = {
-    "num-server-rounds": 10,
+    "num-server-rounds": 20,
     "strategy": "fedavg",
     "proximal-mu": 0.01,
     "server-learning-rate": 0.05,
@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "min-available-nodes": 2,
     "local-epochs": 1,
     "batch-size": 256,
-    "learning-rate": 0.002,
+    "learning-rate": 0.01,
     "optimizer": "adam",
     "model": "mlp",
     "hidden-layers": "64,32",

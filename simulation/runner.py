@@ -9,7 +9,8 @@
    ``RUN_DIR/node-state/<institution>`` (or ``--state-root``);
 3. train the centralised and local-only baselines with the run's encoder on the nodes' own
    splits (:mod:`simulation.baselines`);
-4. merge everything into ``RUN_DIR/metrics.json`` and return the summary.
+4. merge everything into ``RUN_DIR/metrics.json``, write ``report.html`` and the model card
+   (:mod:`server.report`, :mod:`server.model_card`) and return the summary.
 """
 
 from __future__ import annotations
@@ -26,18 +27,19 @@ from clients.node import DATA_SUFFIXES, NodeData, default_delta, load_node_data,
 from configs.errors import UserError
 from models.encoder import FeatureEncoder
 from models.network import ModelSpec
+from server.settings import DEFAULTS
 
 
 @dataclass
 class SimulationOptions:
     institutions: int = 5
-    rounds: int = 10
+    rounds: int = DEFAULTS["num-server-rounds"]
     data_dir: str | None = None
     schema: str = "consumer-credit-v1"
     mapping: str | None = None
     strategy: str = "fedavg"
     dp: bool = True
-    epsilon: float = 3.0
+    epsilon: float = DEFAULTS["sim-max-epsilon"]
     seed: int = 0
     scale: float = 1.0
     out: str | None = None
@@ -172,7 +174,11 @@ def simulate(o: SimulationOptions, on_event: Callable[[dict], None] | None = Non
                            "fingerprint": d.split.fingerprint}
                        for k, d in nodes.items()}
     metrics["summary"] = summarise(metrics, nodes, o)
+    metrics["summary"].update({"report": str(run_dir / "report.html"), "model_card": str(run_dir / "model_card.md")})
     metrics_path.write_text(json.dumps(metrics, indent=2, default=float))
+    from server.report import write_report
+
+    write_report(run_dir)  # report.html + model_card.md/.json, from the metrics.json just written
     return metrics["summary"]
 
 

@@ -29,27 +29,29 @@ Exit codes: 0 run finished (also when it stopped cleanly, e.g. budgets exhausted
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from server.settings import DEFAULTS as D
+
     src = p.add_mutually_exclusive_group()
     src.add_argument("--synthetic", action="store_true", help="simulate synthetic institutions (default)")
     src.add_argument("--data", metavar="DIR", help="directory with one CSV/Parquet file per institution")
     p.add_argument("--institutions", type=int, default=5, metavar="N", help="number of synthetic institutions")
     p.add_argument("--scale", type=float, default=1.0, help="size multiplier of the synthetic institutions")
-    p.add_argument("--rounds", type=int, default=10, metavar="R", help="training rounds")
+    p.add_argument("--rounds", type=int, default=D["num-server-rounds"], metavar="R", help="training rounds")
     p.add_argument("--schema", default="consumer-credit-v1", help="schema name or path")
     p.add_argument("--mapping", help="column mapping for --data files (name or path)")
     p.add_argument("--strategy", choices=["fedavg", "fedprox", "fedadam"], default="fedavg")
     dp = p.add_mutually_exclusive_group()
-    dp.add_argument("--epsilon", type=float, default=3.0, metavar="E",
+    dp.add_argument("--epsilon", type=float, default=D["sim-max-epsilon"], metavar="E",
                     help="each institution's lifetime privacy budget ε (DP-SGD)")
     dp.add_argument("--no-dp", action="store_true", help="train without differential privacy (research only)")
-    p.add_argument("--seed", type=int, default=0, help="seed of data synthesis, initialisation and sampling")
+    p.add_argument("--seed", type=int, default=D["seed"], help="seed of data synthesis, initialisation and sampling")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/sim-<time>)")
     p.add_argument("--state-root", metavar="DIR",
                    help="keep the institutions' privacy state here across runs (default RUN_DIR/node-state)")
-    p.add_argument("--local-epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--learning-rate", type=float, default=0.002)
-    p.add_argument("--model", choices=["mlp", "scorecard"], default="mlp")
+    p.add_argument("--local-epochs", type=int, default=D["local-epochs"])
+    p.add_argument("--batch-size", type=int, default=D["batch-size"])
+    p.add_argument("--learning-rate", type=float, default=D["learning-rate"])
+    p.add_argument("--model", choices=["mlp", "scorecard"], default=D["model"])
     p.add_argument("--run-config", action="append", default=[], metavar="KEY=VALUE",
                    help="any further run-config key (see docs/operator.md); repeatable")
     p.add_argument("--no-baselines", action="store_true", help="skip the centralised and local-only baselines")
@@ -149,6 +151,7 @@ def print_table(s: dict) -> None:
     t.add_section()
     t.add_row("all (pooled holdouts)", str(sum(r["rows"] for r in s["institutions"])), "",
               f(s["auc_local_only_mean"]) + " (mean)", f(s["auc_federated"]), f(s["auc_centralized"]), "")
-    Console().print(t)
+    console = Console() if sys.stdout.isatty() else Console(width=132)
+    console.print(t)
     print(f"run directory: {s['run_dir']}")
     sys.stdout.flush()
