@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,11 +132,6 @@ def policy_from_context(node_config: dict, run_config: dict, run_id: str = "") -
         synthetic_seed=int(_get(run_config, "synthetic-seed", 0)))
 
 
-def default_delta(n_rows: int) -> float:
-    """The largest power of ten not above 1/(10·n): e.g. 4,000 rows → 1e-5."""
-    return 10.0 ** math.floor(math.log10(1.0 / (10.0 * max(n_rows, 1))))
-
-
 # ------------------------------------------------------------------------------ data
 _DATA_CACHE: dict[tuple, "NodeData"] = {}
 
@@ -191,6 +185,7 @@ def _synthetic_table(policy: NodePolicy, schema: Schema):
 # -------------------------------------------------------------------------- privacy
 def _ledger(policy: NodePolicy, data: NodeData):
     from privacy.accountant import PrivacyLedger
+    from privacy.planning import default_delta
 
     if policy.max_epsilon is None:
         raise NodeRefusal("policy", "this node has no 'max-epsilon' in its node config, so it does not "
