@@ -24,6 +24,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("data partition", "simulation.partition_command"),
     ("simulate", "simulation.simulate_command"),
     ("score", "clients.score_command"),
+    ("report", "server.report_command"),
     ("certs", "server.certs_command"),
     ("keys", "clients.keys_command"),
     ("node start", "clients.node_command"),

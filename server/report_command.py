@@ -1,0 +1,53 @@
+"""``fedcredit report``: the HTML report and the model card of a finished run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "write a run's report.html and model card (model_card.md / .json)"
+DESCRIPTION = """\
+Write one self-contained HTML report of a finished run (RUN_DIR/report.html, or --out FILE):
+summary table, training curves, ROC and KS of the global model, calibration, score
+distribution per institution, federated vs local-only and centralised AUC, privacy spend vs
+budget, fairness by group, participation per round and the model card. Plots are embedded
+PNGs; the file needs nothing else to open, offline.
+
+Also (re)writes the model card, RUN_DIR/model_card.md and model_card.json, unless --no-card.
+`fedcredit simulate` does both at the end of every run; use this command for runs started
+with `flwr run` or in deployment, or after a simulation's privacy state was updated.
+
+Exit codes: 0 written; 2 a user mistake (no metrics.json in RUN_DIR, unwritable output).
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="directory of a finished run (holds metrics.json)")
+    p.add_argument("--out", metavar="FILE", help="where to write the HTML report (default RUN_DIR/report.html)")
+    p.add_argument("--no-card", action="store_true", help="do not (re)write model_card.md / model_card.json")
+    p.add_argument("--json", action="store_true", help="print the written paths as JSON (last line of stdout)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from configs.errors import UserError
+    from server.report import write_report
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: not a directory; give the run directory (it holds metrics.json)")
+    try:
+        report = write_report(run_dir, args.out, write_card=not args.no_card)
+    except PermissionError as exc:
+        raise UserError(f"{exc.filename}: cannot write ({exc.strerror}); choose another --out") from None
+    out = {"report": str(report)}
+    if not args.no_card:
+        out.update({"model_card_md": str(run_dir.resolve() / "model_card.md"),
+                    "model_card_json": str(run_dir.resolve() / "model_card.json")})
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k}: {v}")
+    return 0
