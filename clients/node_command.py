@@ -47,7 +47,7 @@ Node config keys (see docs/institution.md):
   mapping                column mapping (a shipped name such as uci-taiwan, or a path)
   schema                 consortium schema (default consumer-credit-v1)
   delta                  δ of the guarantee (default: largest power of ten ≤ 1/(10·rows))
-  release-eval           noised (default) | exact | off: what evaluation results leave
+  release-eval           noised (default) | off: what evaluation results leave
   allow-non-private      false (default): refuse runs with dp = false
   split-seed, holdout-fraction, accountant (rdp | prv)
 
@@ -280,9 +280,10 @@ def run(args: argparse.Namespace) -> int:
     check_node(cfg)
     check_tls_and_key(args.root_certificates, args.key, args.insecure)
     cmd = supernode_command(args, cfg)
-    print("starting: " + shlex.join(cmd), flush=True)
     if args.check:
+        print("checks passed; would run: " + shlex.join(cmd), flush=True)
         return 0
+    print("starting: " + shlex.join(cmd), flush=True)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(cmd[0], cmd)

@@ -171,12 +171,12 @@ def test_deploy_two_dp_rounds_with_tls_and_node_auth(tmp_path):
                    "--node-config", node_config(data / f"{name}.csv", work / f"state-{name}", name)]
             started.append(start(cmd, flower_env(work / f"home-{name}", threads=1), log, cwd=REPO))
 
-        # --- a node whose key was never registered is refused within seconds
+        # --- a node whose key was never registered is refused within seconds (raw flower-supernode)
         t0 = time.monotonic()
         intruder_log = work / "node-intruder.log"
-        intruder = start([sys.executable, "-m", "fedcredit", "node", "start", "--superlink", f"127.0.0.1:{port}",
-                          "--root-certificates", str(certs / "ca.crt"), "--key", str(keys / "intruder"),
-                          "--port", str(free_port()),
+        intruder = start([str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{port}",
+                          "--root-certificates", str(certs / "ca.crt"),
+                          "--auth-supernode-private-key", str(keys / "intruder"), "--port", str(free_port()),
                           "--node-config", node_config(data / f"{institutions[0]}.csv", work / "state-intruder",
                                                        "intruder")],
                          flower_env(work / "home-intruder"), intruder_log, cwd=REPO)
@@ -190,7 +190,7 @@ def test_deploy_two_dp_rounds_with_tls_and_node_auth(tmp_path):
 
         # --- operator: the run, streamed to the end
         run_config = (f"num-server-rounds=2 min-available-nodes=3 min-train-nodes=3 round-timeout=240.0 "
-                      f"run-dir='{run_dir}' dp=true local-epochs=1 batch-size=128 seed=3")
+                      f"run-dir='{run_dir}' dp=true local-epochs=1 batch-size=128 seed=3 target-epsilon=2.0")
         t_run = time.monotonic()
         proc = flwr(["run", ".", "consortium", "--stream", "--run-config", run_config], cli_home, timeout=900,
                     cwd=REPO)
@@ -220,8 +220,28 @@ def test_deploy_two_dp_rounds_with_tls_and_node_auth(tmp_path):
             assert "statistics" in kinds and len(states[0]["events"]) >= 3, kinds
             reported = metrics["institutions"][name]["privacy"]["epsilon_spent"]  # after training round 2
             assert 0 < reported <= spent + 1e-9
-        print(f"\ndeploy: run {run_s:.1f} s, test {time.monotonic() - t_start:.1f} s, "
-              f"intruder refused after {refused_after:.1f} s")
+        # --- a second run on the same deployment, with secure aggregation (SecAgg+) and DP: the
+        # nodes' lifetime ledgers go on from the first run's spend
+        spent_before = {name: read_state(work / f"state-{name}")[0]["epsilon_spent"] for name in institutions}
+        run2 = work / "run-secagg"
+        t_run2 = time.monotonic()
+        proc = flwr(["run", ".", "consortium", "--stream", "--run-config",
+                     f"num-server-rounds=1 min-available-nodes=3 min-train-nodes=3 round-timeout=240.0 "
+                     f"run-dir='{run2}' dp=true batch-size=128 seed=4 target-epsilon=1.0 fraction-evaluate=0.0 "
+                     "secure-aggregation=true"], cli_home, timeout=900, cwd=REPO)
+        run2_s = time.monotonic() - t_run2
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+        m2 = json.loads((run2 / "metrics.json").read_text())
+        assert m2["status"] == "completed", m2.get("stop_detail")
+        rec = m2["history"][0]
+        assert sorted(rec["secure_aggregation"]["contributors"]) == sorted(institutions)
+        assert sorted(rec["participants"]) == sorted(institutions)
+        for name in institutions:
+            after = read_state(work / f"state-{name}")[0]["epsilon_spent"]
+            assert spent_before[name] < after <= MAX_EPSILON + 1e-9, (name, spent_before[name], after)
+            assert rec["privacy"][name]["epsilon_spent"] == pytest.approx(after, rel=1e-6)
+        print(f"\ndeploy: run {run_s:.1f} s, secure-aggregation run {run2_s:.1f} s, "
+              f"test {time.monotonic() - t_start:.1f} s, intruder refused after {refused_after:.1f} s")
     finally:
         for p in reversed(started):
             if p.poll() is None:
