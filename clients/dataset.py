@@ -1,10 +1,11 @@
 """An institution's data as its node uses it: clean table → training rows and local holdout.
 
-The holdout is chosen by the data itself, not by the run: each row's position in a seeded
-permutation is derived from a hash of its content (or its borrower id) and the node's
-``split-seed``, and the split is stratified by label. So every run, every baseline and every
-benchmark sees the same training rows for the same file, and a coordinator cannot move
-borrowers between holdout and training by changing the run config.
+The holdout is chosen by the data itself, not by the run: a row is in the holdout when a hash
+of its content and the node's ``split-seed`` falls below the holdout fraction. So every run,
+every baseline and every benchmark sees the same training rows for the same file, a
+coordinator cannot move borrowers between holdout and training by changing the run config,
+and each borrower's side depends on that borrower alone (parallel composition of training
+and evaluation releases in the privacy ledger).
 
 :func:`data_fingerprint` identifies the institution's dataset for lifetime privacy accounting:
 sha256 over the schema key and the sorted per-row hashes of the clean table, so row order
@@ -39,22 +40,25 @@ def data_fingerprint(table: pd.DataFrame, schema: Schema) -> str:
 
 def holdout_mask(table: pd.DataFrame, schema: Schema, fraction: float = DEFAULT_HOLDOUT_FRACTION,
                  seed: int = 0) -> np.ndarray:
-    """Boolean mask of holdout rows: ``round(fraction · n_class)`` rows of each label class.
+    """Boolean mask of holdout rows: each row is in the holdout when a hash of (its content,
+    seed), read as a number in [0, 1), is below ``fraction``.
 
-    Within a class, rows are ranked by a hash of (row hash, seed); the lowest ranks form the
-    holdout. Deterministic for the same data and seed, independent of row order.
+    Each row's side depends on that row alone — adding or removing a borrower never moves
+    another one between training and holdout — which is what lets the privacy ledger compose
+    training and evaluation releases in parallel (:func:`privacy.accountant.disjoint_sides`).
+    The holdout is ≈ ``fraction`` of each class (not exactly: it is a per-row draw).
+    Deterministic for the same data and seed, independent of row order.
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError("holdout fraction must be in (0, 1)")
-    salted = _mix64(row_hashes(table) ^ np.uint64(_mix64(np.array([seed + 0x9E3779B9], dtype=np.uint64))[0]))
-    y = table[schema.label.name].to_numpy()
-    mask = np.zeros(len(table), dtype=bool)
-    for cls in np.unique(y):
-        idx = np.flatnonzero(y == cls)
-        k = int(round(fraction * len(idx)))
-        order = idx[np.lexsort((idx, salted[idx]))]
-        mask[order[:k]] = True
-    return mask
+    salt = _mix64(np.array([seed + 0x9E3779B9], dtype=np.uint64))[0]
+    u = _mix64(row_hashes(table) ^ salt).astype(np.float64) / 2.0**64
+    return u < fraction
+
+
+def split_id(fraction: float, seed: int) -> str:
+    """Identity of the split rule and its parameters (recorded with every privacy event)."""
+    return f"row-hash/v1 fraction={fraction:g} seed={seed}"
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -77,6 +81,7 @@ class InstitutionSplit:
     train: pd.DataFrame
     holdout: pd.DataFrame
     fingerprint: str
+    split: str = ""
 
     @property
     def n_train(self) -> int:
@@ -91,6 +96,7 @@ def split_institution(table: pd.DataFrame, schema: Schema, institution_id: str,
         train=table.loc[~mask].reset_index(drop=True),
         holdout=table.loc[mask].reset_index(drop=True),
         fingerprint=data_fingerprint(table, schema),
+        split=split_id(fraction, seed),
     )
 
 

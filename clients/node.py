@@ -15,7 +15,7 @@ Node config keys (deployment, ``flower-supernode --node-config``)
 ``data-path`` (required) · ``institution-id`` (default: file name) · ``mapping`` · ``schema``
 (default ``consumer-credit-v1``) · ``state-dir`` (required: lifetime privacy state) ·
 ``max-epsilon`` (required for DP training) · ``delta`` (default: the largest power of ten
-≤ 1/(10·n)) · ``release-eval`` = ``noised`` (default) | ``exact`` | ``off`` · ``allow-non-private``
+≤ 1/(10·n)) · ``release-eval`` = ``noised`` (default) | ``off`` · ``allow-non-private``
 = false (default) · ``split-seed`` (0) · ``holdout-fraction`` (0.2) · ``accountant`` = rdp | prv.
 
 Simulation: a virtual node only has ``partition-id`` / ``num-partitions``; it takes file
@@ -44,7 +44,7 @@ from models.metrics import EvaluationSums
 from models.network import ModelSpec, build_model, get_weights, predict_pd, set_weights
 from models.training import LocalTrainConfig, train_local
 
-RELEASE_MODES = ("exact", "noised", "off")
+DEPLOYMENT_RELEASE_MODES = ("noised", "off")
 DATA_SUFFIXES = (".csv", ".parquet", ".pq", ".tsv", ".txt")
 
 
@@ -91,8 +91,10 @@ def policy_from_context(node_config: dict, run_config: dict, run_id: str = "") -
         if not state:
             raise UserError("node config: 'state-dir' is required (the node's lifetime privacy state lives there)")
         release = str(_get(node_config, "release-eval", "noised"))
-        if release not in RELEASE_MODES:
-            raise UserError(f"node config: 'release-eval' must be one of {', '.join(RELEASE_MODES)}, got '{release}'")
+        if release not in DEPLOYMENT_RELEASE_MODES:
+            hint = " (exact evaluation releases are for simulation only)" if release == "exact" else ""
+            raise UserError(f"node config: 'release-eval' must be one of {', '.join(DEPLOYMENT_RELEASE_MODES)}, "
+                            f"got '{release}'{hint}")
         max_eps = _get(node_config, "max-epsilon")
         return NodePolicy(
             institution_id=str(_get(node_config, "institution-id", Path(path).stem)),
@@ -191,9 +193,11 @@ def _ledger(policy: NodePolicy, data: NodeData):
         raise NodeRefusal("policy", "this node has no 'max-epsilon' in its node config, so it does not "
                           "release anything computed from borrower data; set max-epsilon")
     delta = policy.delta if policy.delta is not None else default_delta(len(data.split.train) + len(data.split.holdout))
-    return PrivacyLedger.open(policy.state_dir, fingerprint=data.split.fingerprint, schema_key=data.schema.key,
-                              institution_id=policy.institution_id, max_epsilon=policy.max_epsilon,
-                              delta=delta, accountant=policy.accountant)
+    ledger = PrivacyLedger.open(policy.state_dir, fingerprint=data.split.fingerprint, schema_key=data.schema.key,
+                                institution_id=policy.institution_id, max_epsilon=policy.max_epsilon,
+                                delta=delta, accountant=policy.accountant)
+    ledger.node_split = data.split.split
+    return ledger
 
 
 def _wants_dp(policy: NodePolicy, cfg: dict) -> bool:
@@ -229,9 +233,11 @@ def answer_statistics(policy: NodePolicy, cfg: dict) -> tuple[dict[str, np.ndarr
 
     rng = np.random.default_rng(_noise_seed(policy, cfg, "statistics"))
     noisy, event = release_statistics(stats, STATISTICS_NOISE_MULTIPLIER, rng)
-    event.run_id = str(cfg.get("run-id", ""))
+    event.run_id, event.rows, event.split = str(cfg.get("run-id", "")), "train", data.split.split
     with _ledger(policy, data) as ledger:
         try:
+            if "num-server-rounds" in cfg:  # do not spend on statistics for a run we cannot train in
+                _plan_run(policy, ledger, data.split.n_train, cfg, first_round=1, pending=[event])
             spent = ledger.record([event])
         except BudgetExceeded as exc:
             raise NodeRefusal("budget-exhausted", str(exc)) from None
@@ -277,7 +283,7 @@ def train(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict,
 
     from privacy.accountant import BudgetExceeded
     from privacy.dpsgd import DPSGDGradients
-    from privacy.planning import plan_noise, sample_rate_for
+    from privacy.planning import sample_rate_for
 
     run_id = str(cfg.get("run-id", ""))
     q = sample_rate_for(len(x), tcfg.batch_size)
@@ -285,20 +291,16 @@ def train(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict,
     with _ledger(policy, data) as ledger:
         plan = state.get("plan")
         if not plan or plan.get("run-id") != run_id:
-            rounds_left = max(1, int(cfg["num-server-rounds"]) - rnd + 1)
-            cap = float(cfg.get("target-epsilon", 0.0)) or None
             try:
-                p = plan_noise(prior_events=ledger.events, max_epsilon=ledger.max_epsilon, delta=ledger.delta,
-                               sample_rate=q, steps_per_round=steps, rounds=rounds_left,
-                               run_epsilon_cap=cap, extra_events=_planned_eval_events(policy, rounds_left),
-                               accountant=policy.accountant)
+                p = _plan_run(policy, ledger, len(x), cfg, first_round=rnd)
             except BudgetExceeded as exc:
                 raise NodeRefusal("budget-exhausted", str(exc)) from None
-            plan = {"run-id": run_id, "noise-multiplier": p.noise_multiplier, "rounds": rounds_left}
+            plan = {"run-id": run_id, "noise-multiplier": p.noise_multiplier, "rounds": p.rounds}
             state["plan"] = plan
         sigma = float(plan["noise-multiplier"])
         rule = DPSGDGradients(sigma, float(cfg["clipping-norm"]), q, seed=_noise_seed(policy, cfg, f"train-{rnd}"))
         event = rule.events(steps, run_id, rnd)
+        event.rows, event.split = "train", data.split.split
         try:
             ledger.check([event])
         except BudgetExceeded as exc:
@@ -310,13 +312,43 @@ def train(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict,
     return get_weights(model), metrics
 
 
-def _planned_eval_events(policy: NodePolicy, rounds: int) -> list:
+def _plan_run(policy: NodePolicy, ledger, n_train: int, cfg: dict, first_round: int, pending=()):
+    """The noise plan for the rest of this run, from the node's own ledger.
+
+    Rounds ``first_round..num-server-rounds`` of ``local-epochs`` epochs at the announced batch
+    size must fit the node's lifetime budget together with every earlier release; this run's
+    releases (its statistics, ``pending`` ones, planned noised evaluations) must also fit the
+    run's ``target-epsilon`` when the operator asks for less. Raises ``BudgetExceeded``.
+    """
+    from privacy.planning import plan_noise, sample_rate_for, steps_per_epoch
+
+    run_id = str(cfg.get("run-id", ""))
+    batch = int(cfg["batch-size"])
+    rounds_left = max(1, int(cfg["num-server-rounds"]) - first_round + 1)
+    this_run = [e for e in ledger.events if e.run_id == run_id] + list(pending)
+    return plan_noise(prior_events=[e for e in ledger.events if e.run_id != run_id],
+                      max_epsilon=ledger.max_epsilon, delta=ledger.delta,
+                      sample_rate=sample_rate_for(n_train, batch),
+                      steps_per_round=int(cfg["local-epochs"]) * steps_per_epoch(n_train, batch),
+                      rounds=rounds_left, run_epsilon_cap=float(cfg.get("target-epsilon", 0.0)) or None,
+                      extra_events=this_run + _planned_eval_events(policy, rounds_left, ledger_split(ledger)),
+                      accountant=policy.accountant, rows="train", split=ledger_split(ledger))
+
+
+def ledger_split(ledger) -> str:
+    """The split id the node's releases are recorded under (set on the ledger by ``_ledger``)."""
+    return getattr(ledger, "node_split", "")
+
+
+def _planned_eval_events(policy: NodePolicy, rounds: int, split: str = "") -> list:
     if policy.release_eval != "noised":
         return []
     from privacy.accountant import PrivacyEvent
     from privacy.dp_release import EVALUATION_NOISE_MULTIPLIER
 
-    return [PrivacyEvent("evaluation", EVALUATION_NOISE_MULTIPLIER, 1.0, 1) for _ in range(rounds)]
+    # per round: the evaluation release and the fairness group counts (see evaluate())
+    return [PrivacyEvent("evaluation", EVALUATION_NOISE_MULTIPLIER, 1.0, 1, rows="holdout", split=split)
+            for _ in range(2 * rounds)]
 
 
 def evaluate(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict
@@ -337,11 +369,13 @@ def evaluate(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict
     from privacy.dp_release import EVALUATION_NOISE_MULTIPLIER, release_evaluation
 
     rng = np.random.default_rng(_noise_seed(policy, cfg, f"eval-{cfg.get('server-round')}"))
-    noisy, event = release_evaluation(sums, EVALUATION_NOISE_MULTIPLIER, rng)
+    noisy, noisy_groups, event = release_evaluation(sums, EVALUATION_NOISE_MULTIPLIER, rng, groups=groups)
+    arrays = {**noisy.to_arrays(), **{f"fair/{k}": v for k, v in noisy_groups.items()}}
     event.run_id, event.round = str(cfg.get("run-id", "")), int(cfg.get("server-round", 0))
+    event.rows, event.split = "holdout", data.split.split
     with _ledger(policy, data) as ledger:
         try:
-            ledger.record([event])
+            ledger.record([event])  # persisted before the numbers leave the node
         except BudgetExceeded as exc:
             raise NodeRefusal("budget-exhausted", str(exc)) from None
-    return noisy.to_arrays(), metrics, "noised"
+    return arrays, metrics, "noised"

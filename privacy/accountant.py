@@ -113,6 +113,8 @@ class PrivacyEvent:
     round: int | None = None
     time: str = ""
     detail: str = ""
+    rows: str = ""   # which disjoint part of the dataset it read: "train", "holdout", or "" (all rows)
+    split: str = ""  # identity of the train/holdout split that defines those parts
 
     def __post_init__(self) -> None:
         problem = _event_problem(self)
@@ -152,6 +154,29 @@ def _event_problem(e: PrivacyEvent) -> str:
 
 
 # ----------------------------------------------------------------------------- accounting
+ROW_SETS = ("train", "holdout")
+
+
+def disjoint_sides(events: Sequence[PrivacyEvent]) -> dict[str, list[PrivacyEvent]] | None:
+    """The events grouped by the disjoint row set they read, when parallel composition applies.
+
+    A node splits its table into training rows and a holdout by a rule that puts each record on
+    one side by its own content alone (:func:`clients.dataset.holdout_mask`), so adding or
+    removing one record changes one side only. Releases that read only the training rows
+    (statistics, DP-SGD) and releases that read only the holdout (evaluation) then compose in
+    *parallel*: a record is protected by the releases of its own side. That holds when every
+    event names its side (``rows``) and all name the same ``split``; otherwise this returns
+    None and everything composes sequentially (the conservative default, e.g. for events
+    recorded before sides were tracked or after the node changed its split).
+    """
+    if not events:
+        return None
+    splits = {e.split for e in events}
+    if len(splits) != 1 or "" in splits or any(e.rows not in ROW_SETS for e in events):
+        return None
+    return {side: [e for e in events if e.rows == side] for side in ROW_SETS}
+
+
 def accountant_history(events: Iterable[PrivacyEvent]) -> list[tuple[float, float, int]]:
     """Opacus history entries ``(σ, q, steps)``: events with equal (σ, q) merged, first-seen order."""
     merged: dict[tuple[float, float], int] = {}
@@ -163,6 +188,10 @@ def accountant_history(events: Iterable[PrivacyEvent]) -> list[tuple[float, floa
 
 def compute_epsilon(events: Sequence[PrivacyEvent], delta: float, accountant: str = "rdp") -> float:
     """ε at ``delta`` of all ``events`` composed, as a fresh Opacus accountant reports it; 0.0 for none.
+
+    When the events read disjoint row sets of one split (:func:`disjoint_sides`), ε is the
+    larger of the two sides' ε, each computed by a fresh accountant from that side's events
+    (parallel composition); otherwise all events compose sequentially.
 
     ``accountant``:
 
@@ -181,6 +210,9 @@ def compute_epsilon(events: Sequence[PrivacyEvent], delta: float, accountant: st
         raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1), got {delta}")
+    sides = disjoint_sides(events)
+    if sides is not None:  # parallel composition over disjoint rows: the worse side counts
+        return max(epsilon_of_history(accountant_history(v), delta, accountant) for v in sides.values())
     return epsilon_of_history(accountant_history(events), delta, accountant)
 
 

@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 
 from privacy.accountant import (
     BudgetExceeded,
+    disjoint_sides,
     PrivacyEvent,
     accountant_history,
     compute_epsilon,
@@ -113,8 +114,13 @@ class _Infeasible(Exception):
 def plan_noise(*, prior_events: Sequence[PrivacyEvent], max_epsilon: float, delta: float, sample_rate: float,
                steps_per_round: int, rounds: int, run_epsilon_cap: float | None = None,
                extra_events: Sequence[PrivacyEvent] = (), accountant: str = "rdp",
-               epsilon_tolerance: float = EPSILON_TOLERANCE) -> RunPlan:
+               epsilon_tolerance: float = EPSILON_TOLERANCE, rows: str = "", split: str = "") -> RunPlan:
     """Plan σ for ``rounds`` rounds of ``steps_per_round`` DP-SGD steps at rate ``sample_rate``.
+
+    ``rows``/``split`` name the row set the training reads (see
+    :func:`privacy.accountant.disjoint_sides`): when all events allow parallel composition, σ is
+    searched against the training side's events only, and the other side must fit the budget
+    on its own.
 
     Raises :class:`BudgetExceeded` when the prior (and reserved) events leave no more than the
     planning tolerance (0.01) of the budget — a run that followed its plan ends there, so the
@@ -130,6 +136,9 @@ def plan_noise(*, prior_events: Sequence[PrivacyEvent], max_epsilon: float, delt
         run_epsilon_cap = None
     prior, extra = list(prior_events), list(extra_events)
     total_steps = rounds * steps_per_round
+    template = PrivacyEvent("train", 1.0, sample_rate, steps_per_round, rows=rows, split=split)
+    sides = disjoint_sides(prior + extra + [template])
+    same_side = (lambda evs: [e for e in evs if e.rows == rows]) if sides is not None else (lambda evs: evs)
     eps_prior = compute_epsilon(prior, delta, accountant)
     eps_fixed = compute_epsilon(prior + extra, delta, accountant)
     if eps_fixed >= max_epsilon - epsilon_tolerance:  # less than the planning tolerance left: exhausted
@@ -146,8 +155,8 @@ def plan_noise(*, prior_events: Sequence[PrivacyEvent], max_epsilon: float, delt
             f"(ε {compute_epsilon(extra, delta, accountant):.4f}); ask for a larger target-epsilon",
             budget=max_epsilon, spent=eps_prior, epsilon_if=eps_fixed)
 
-    base_hist = accountant_history(prior + extra)
-    extra_hist = accountant_history(extra)
+    base_hist = accountant_history(same_side(prior + extra))
+    extra_hist = accountant_history(same_side(extra))
 
     def with_plan(hist, sigma):
         return epsilon_of_history(_merge(hist, (sigma, sample_rate, total_steps)), delta, accountant)
@@ -172,14 +181,16 @@ def plan_noise(*, prior_events: Sequence[PrivacyEvent], max_epsilon: float, delt
             budget=max_epsilon, spent=eps_prior, epsilon_if=float("inf")) from None
     sigma = max(sigmas)
     # verify with the ledger's own computation: never plan above the budget
-    planned = [PrivacyEvent("train", sigma, sample_rate, steps_per_round) for _ in range(rounds)]
+    planned = [PrivacyEvent("train", sigma, sample_rate, steps_per_round, rows=rows, split=split)
+               for _ in range(rounds)]
     for _ in range(60):
         life = compute_epsilon(prior + extra + planned, delta, accountant)
         run = compute_epsilon(extra + planned, delta, accountant)
         if life <= max_epsilon and (run_epsilon_cap is None or run <= run_epsilon_cap):
             break
         sigma *= 1.001
-        planned = [PrivacyEvent("train", sigma, sample_rate, steps_per_round) for _ in range(rounds)]
+        planned = [PrivacyEvent("train", sigma, sample_rate, steps_per_round, rows=rows, split=split)
+                   for _ in range(rounds)]
     else:  # pragma: no cover - numerical pathology
         raise BudgetExceeded("could not find a noise multiplier that fits the budget",
                              budget=max_epsilon, spent=eps_prior, epsilon_if=float("inf"))

@@ -103,12 +103,13 @@ def test_evaluation_release_rebins_noises_and_derives_counts():
     p = rng.uniform(0.01, 0.6, 5000)
     y = (rng.random(5000) < p).astype(float)
     sums = EvaluationSums.from_scores(p, y)
-    out, event = release_evaluation(sums, 2.0, np.random.default_rng(2))
+    out, groups, event = release_evaluation(sums, 2.0, np.random.default_rng(2))
+    assert groups == {}
     assert len(out.hist_neg) == len(out.hist_pos) == EVALUATION_BINS
     assert out.n == pytest.approx(out.hist_neg.sum() + out.hist_pos.sum())
     assert out.positives == pytest.approx(out.hist_pos.sum())
     assert (event.kind, event.noise_multiplier, event.sample_rate, event.steps) == ("evaluation", 2.0, 1.0, 1)
-    # noise std σ·√3 on every released number
+    # noise std σ·√3 on every released number (no fairness groups)
     draws = [release_evaluation(sums, 2.0, np.random.default_rng(s))[0] for s in range(300)]
     from models.metrics import rebin
 
@@ -123,3 +124,19 @@ def test_evaluation_release_rebins_noises_and_derives_counts():
     assert abs(noisy["brier"] - exact["brier"]) < 0.02
     # log loss from the noised histograms: unbiased up to the bin approximation
     assert np.mean([d.logloss_sum / d.n for d in draws]) == pytest.approx(exact["log_loss"], abs=0.015)
+
+
+def test_evaluation_release_with_fairness_groups_widens_the_noise():
+    rng = np.random.default_rng(4)
+    p = rng.uniform(0.01, 0.6, 3000)
+    y = (rng.random(3000) < p).astype(float)
+    sums = EvaluationSums.from_scores(p, y)
+    counts = {"sex": np.array([[1500.0, 200, 100, 60], [1500.0, 180, 90, 50]]),
+              "age": np.ones((6, 4)) * 100}
+    resid = []
+    for seed in range(200):
+        _, g, event = release_evaluation(sums, 2.0, np.random.default_rng(seed), groups=counts)
+        resid.append(np.concatenate([(g[k] - counts[k]).ravel() for k in counts]))
+    # sensitivity sqrt(3 + 4·2): one record moves one score cell, two sums and four counts per attribute
+    assert np.std(resid) == pytest.approx(2.0 * math.sqrt(11), rel=0.05)
+    assert "fairness counts of 2" in event.detail

@@ -1,0 +1,204 @@
+"""The node owns the budget: what the node enforces whatever the coordinator asks.
+
+These tests call the node's handlers (clients.node — what the ClientApp runs for each message)
+with a deployment-style node config and a real file and privacy state dir; the Flower-level
+checks are in tests/test_simulation.py and tests/test_deploy.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from clients import node as N
+from configs.errors import UserError
+from configs.schema import load_schema
+from models.encoder import fit_encoder_from_tables
+from models.network import ModelSpec, build_model, get_weights
+from privacy.accountant import compute_epsilon, read_state
+
+
+@pytest.fixture(scope="module")
+def bank_file(tmp_path_factory):
+    from simulation.archetypes import load_archetypes
+    from simulation.synthetic import generate_institution, institution_rng, write_csv
+
+    a = next(x for x in load_archetypes() if x.id == "regional-bank")
+    table, _ = generate_institution(a, 2500, institution_rng(11, 0), load_schema())
+    path = tmp_path_factory.mktemp("bank") / "bank.csv"
+    write_csv(table, path)
+    return path
+
+
+def policy(bank_file, state_dir, **extra):
+    cfg = {"data-path": str(bank_file), "state-dir": str(state_dir), "institution-id": "bank", "max-epsilon": 1.0}
+    cfg.update(extra)
+    return N.policy_from_context(cfg, {})
+
+
+def round_config(p, rnd: int, rounds: int, **extra) -> dict:
+    data = N.load_node_data(p)
+    enc = fit_encoder_from_tables(data.schema, [data.split.train])
+    spec = ModelSpec("mlp", enc.n_outputs, (16,))
+    cfg = {"run-id": "r1", "server-round": rnd, "num-server-rounds": rounds, "local-epochs": 1, "batch-size": 256,
+           "learning-rate": 0.01, "optimizer": "adam", "proximal-mu": 0.0, "dp": True, "target-epsilon": 0.0,
+           "clipping-norm": 1.0, "seed": 0, "encoder": enc.to_json(), "model-spec": json.dumps(spec.to_dict()),
+           "cutoff-pd": 0.2}
+    cfg.update(extra)
+    return cfg, get_weights(build_model(spec))
+
+
+def spent(state_dir) -> float:
+    (entry,) = read_state(state_dir)
+    return float(entry["epsilon_spent"])
+
+
+def test_run_config_cannot_raise_the_nodes_epsilon(bank_file, tmp_path):
+    p = policy(bank_file, tmp_path / "state")
+    state: dict = {}
+    for rnd in (1, 2, 3):
+        cfg, w = round_config(p, rnd, 3, **{"target-epsilon": 50.0})  # the run asks for far more
+        _, metrics = N.train(p, w, cfg, state)
+        assert metrics["epsilon-budget"] == 1.0
+        assert metrics["epsilon-spent"] <= 1.0 + 1e-9
+    assert 0.9 < spent(tmp_path / "state") <= 1.0 + 1e-9
+    # the coordinator asks for a 4th round the node did not plan: refused, nothing more spent
+    before = spent(tmp_path / "state")
+    cfg, w = round_config(p, 4, 3)
+    with pytest.raises(N.NodeRefusal) as exc:
+        N.train(p, w, cfg, state)
+    assert exc.value.reason == "budget-exhausted"
+    assert spent(tmp_path / "state") == before
+
+
+def test_target_epsilon_lowers_what_one_run_spends(bank_file, tmp_path):
+    p = policy(bank_file, tmp_path / "state", **{"max-epsilon": 4.0})
+    state: dict = {}
+    for rnd in (1, 2):
+        cfg, w = round_config(p, rnd, 2, **{"target-epsilon": 0.5})
+        N.train(p, w, cfg, state)
+    assert 0.4 < spent(tmp_path / "state") <= 0.5 + 1e-9
+
+
+def test_reported_epsilon_equals_a_recomputation_from_the_stored_events(bank_file, tmp_path):
+    from privacy.accountant import PrivacyEvent
+
+    p = policy(bank_file, tmp_path / "state", **{"max-epsilon": 2.0})
+    cfg, w = round_config(p, 1, 2)
+    _, metrics = N.answer_statistics(p, cfg)
+    _, metrics = N.train(p, w, cfg, {})
+    (entry,) = read_state(tmp_path / "state")
+    events = [PrivacyEvent.from_dict(e) for e in entry["events"]]
+    assert [e.kind for e in events] == ["statistics", "train"]
+    assert metrics["epsilon-spent"] == pytest.approx(compute_epsilon(events, entry["delta"]), rel=1e-9)
+
+
+def test_no_budget_in_node_config_means_no_release(bank_file, tmp_path):
+    p = N.policy_from_context({"data-path": str(bank_file), "state-dir": str(tmp_path / "s")}, {})
+    cfg, w = round_config(p, 1, 2)
+    with pytest.raises(N.NodeRefusal, match="max-epsilon"):
+        N.train(p, w, cfg, {})
+    with pytest.raises(N.NodeRefusal, match="max-epsilon"):
+        N.answer_statistics(p, cfg)
+
+
+def test_non_private_training_needs_the_nodes_consent(bank_file, tmp_path):
+    p = policy(bank_file, tmp_path / "state")
+    cfg, w = round_config(p, 1, 2, dp=False)
+    with pytest.raises(N.NodeRefusal, match="allow-non-private") as exc:
+        N.train(p, w, cfg, {})
+    assert exc.value.reason == "policy"
+    allowed = policy(bank_file, tmp_path / "state2", **{"allow-non-private": "true"})
+    _, metrics = N.train(allowed, w, cfg, {})
+    assert "epsilon-spent" not in metrics
+
+
+def test_deployment_nodes_release_noised_or_no_evaluation(bank_file, tmp_path):
+    with pytest.raises(UserError, match="simulation only"):
+        policy(bank_file, tmp_path / "s", **{"release-eval": "exact"})
+    p = policy(bank_file, tmp_path / "s", **{"max-epsilon": 3.0})
+    assert p.release_eval == "noised"
+    cfg, w = round_config(p, 1, 2)
+    arrays, _, mode = N.evaluate(p, w, cfg)
+    assert mode == "noised"
+    assert len(arrays["hist-neg"]) < 8000  # coarse, noised histograms
+    assert {"fair/sex", "fair/age"} <= set(arrays)
+    kinds = [e["kind"] for e in read_state(tmp_path / "s")[0]["events"]]
+    assert kinds == ["evaluation"]  # histograms, sums and group counts: one accounted release
+    off = policy(bank_file, tmp_path / "s2", **{"release-eval": "off"})
+    arrays, _, mode = N.evaluate(off, w, cfg)
+    assert arrays is None and mode == "off"
+
+
+def test_statistics_are_refused_when_no_training_would_fit(bank_file, tmp_path):
+    p = policy(bank_file, tmp_path / "state", **{"max-epsilon": 1.0})
+    state: dict = {}
+    for rnd in (1, 2):
+        cfg, w = round_config(p, rnd, 2)
+        N.train(p, w, cfg, state)
+    before = spent(tmp_path / "state")
+    cfg, _ = round_config(p, 1, 2, **{"run-id": "r2"})
+    with pytest.raises(N.NodeRefusal) as exc:
+        N.answer_statistics(p, cfg)
+    assert exc.value.reason == "budget-exhausted"
+    assert spent(tmp_path / "state") == before
+
+
+def _fresh_rdp(events, delta) -> float:
+    from opacus.accountants import RDPAccountant
+
+    acc = RDPAccountant()
+    acc.history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in events]
+    return acc.get_epsilon(delta) if events else 0.0
+
+
+def test_training_and_holdout_releases_compose_in_parallel(bank_file, tmp_path):
+    """Training reads only training rows, evaluation only the holdout: a record is on one side,
+    so its ε is that side's; the ledger reports the worse side, each from a fresh accountant."""
+    p = policy(bank_file, tmp_path / "state", **{"max-epsilon": 3.0})
+    state: dict = {}
+    cfg, w = round_config(p, 1, 2)
+    N.answer_statistics(p, cfg)
+    for rnd in (1, 2):
+        cfg, w = round_config(p, rnd, 2)
+        N.train(p, w, cfg, state)
+        N.evaluate(p, w, cfg)
+    (entry,) = read_state(tmp_path / "state")
+    train_side = [e for e in entry["events"] if e["rows"] == "train"]
+    holdout_side = [e for e in entry["events"] if e["rows"] == "holdout"]
+    assert [e["kind"] for e in train_side] == ["statistics", "train", "train"]
+    assert [e["kind"] for e in holdout_side] == ["evaluation", "evaluation"]
+    assert len({e["split"] for e in entry["events"]}) == 1
+    expected = max(_fresh_rdp(train_side, entry["delta"]), _fresh_rdp(holdout_side, entry["delta"]))
+    assert entry["epsilon_spent"] == pytest.approx(expected, rel=1e-6)
+    assert entry["epsilon_spent"] < _fresh_rdp(entry["events"], entry["delta"])  # sequential would be larger
+
+
+def test_events_of_different_splits_compose_sequentially():
+    from privacy.accountant import PrivacyEvent, disjoint_sides
+
+    a = PrivacyEvent("train", 1.0, 0.1, 100, rows="train", split="row-hash/v1 fraction=0.2 seed=0")
+    b = PrivacyEvent("evaluation", 5.0, 1.0, 1, rows="holdout", split="row-hash/v1 fraction=0.2 seed=0")
+    c = PrivacyEvent("evaluation", 5.0, 1.0, 1, rows="holdout", split="row-hash/v1 fraction=0.2 seed=1")
+    legacy = PrivacyEvent("train", 1.0, 0.1, 100)
+    assert disjoint_sides([a, b]) is not None
+    for events in ([a, b, c], [a, b, legacy]):
+        assert disjoint_sides(events) is None
+        assert compute_epsilon(events, 1e-5) == pytest.approx(
+            _fresh_rdp([e.to_dict() for e in events], 1e-5), rel=1e-6)
+    assert compute_epsilon([a, b], 1e-5) == pytest.approx(
+        max(compute_epsilon([a], 1e-5), compute_epsilon([b], 1e-5)))
+
+
+def test_holdout_membership_depends_on_the_row_alone(bank_file):
+    """Adding or removing borrowers never moves another borrower between training and holdout."""
+    from clients.dataset import holdout_mask
+
+    data = N.load_node_data(policy(bank_file, "/tmp/unused-state"))
+    table = __import__("pandas").concat([data.split.train, data.split.holdout], ignore_index=True)
+    full = holdout_mask(table, data.schema)
+    part = holdout_mask(table.iloc[100:], data.schema)
+    assert np.array_equal(full[100:], part)
+    assert 0.17 < full.mean() < 0.23
