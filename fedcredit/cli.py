@@ -25,6 +25,8 @@ COMMANDS: list[tuple[str, str]] = [
     ("simulate", "simulation.simulate_command"),
     ("score", "clients.score_command"),
     ("report", "server.report_command"),
+    ("ledger verify", "server.ledger_command"),
+    ("ledger keygen", "server.ledger_keygen_command"),
     ("certs", "server.certs_command"),
     ("keys", "clients.keys_command"),
     ("node start", "clients.node_command"),
@@ -36,7 +38,7 @@ COMMANDS: list[tuple[str, str]] = [
 GROUP_HELP = {
     "data": "validate an institution's table; synthesise a consortium",
     "privacy": "plan, inspect and audit differential privacy",
-    "ledger": "verify the signed audit ledger of a run",
+    "ledger": "verify the signed audit ledger of a run; create the operator's signing key",
     "node": "run an institution's node (checks its data, then starts Flower's SuperNode)",
 }
 
