@@ -38,6 +38,7 @@ import numpy as np
 from clients.dataset import InstitutionSplit, labels, split_institution
 from configs.errors import UserError
 from configs.schema import Schema, load_schema
+from fedcredit.protocol import evaluation_rounds
 from models.encoder import FeatureEncoder, feature_statistics
 from models.fairness import group_counts
 from models.metrics import EvaluationSums
@@ -331,7 +332,10 @@ def _plan_run(policy: NodePolicy, ledger, n_train: int, cfg: dict, first_round: 
                       sample_rate=sample_rate_for(n_train, batch),
                       steps_per_round=int(cfg["local-epochs"]) * steps_per_epoch(n_train, batch),
                       rounds=rounds_left, run_epsilon_cap=float(cfg.get("target-epsilon", 0.0)) or None,
-                      extra_events=this_run + _planned_eval_events(policy, rounds_left, ledger_split(ledger)),
+                      extra_events=this_run + _planned_eval_events(
+                          policy, 1 + len(evaluation_rounds(first_round, int(cfg["num-server-rounds"]),
+                                                            int(cfg.get("evaluate-every", 1)))),
+                          ledger_split(ledger)),
                       accountant=policy.accountant, rows="train", split=ledger_split(ledger))
 
 
@@ -341,14 +345,15 @@ def ledger_split(ledger) -> str:
 
 
 def _planned_eval_events(policy: NodePolicy, rounds: int, split: str = "") -> list:
+    """The noised evaluation releases the node will make in ``rounds`` evaluations (the scheduled
+    ones and the final evaluation of the recalibrated model, see ``server.consortium``)."""
     if policy.release_eval != "noised":
         return []
     from privacy.accountant import PrivacyEvent
     from privacy.dp_release import EVALUATION_NOISE_MULTIPLIER
 
-    # per round: the evaluation release and the fairness group counts (see evaluate())
     return [PrivacyEvent("evaluation", EVALUATION_NOISE_MULTIPLIER, 1.0, 1, rows="holdout", split=split)
-            for _ in range(2 * rounds)]
+            for _ in range(rounds)]
 
 
 def evaluate(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict
@@ -375,7 +380,7 @@ def evaluate(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict
     event.rows, event.split = "holdout", data.split.split
     with _ledger(policy, data) as ledger:
         try:
-            ledger.record([event])  # persisted before the numbers leave the node
+            metrics["epsilon-spent"] = ledger.record([event])  # persisted before the numbers leave the node
         except BudgetExceeded as exc:
             raise NodeRefusal("budget-exhausted", str(exc)) from None
     return arrays, metrics, "noised"

@@ -22,8 +22,12 @@ Every reply carries the ConfigRecord ``node`` with ``institution-id`` and, on re
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+if TYPE_CHECKING:  # Flower types; imported where used so the node code can use the constants alone
+    from flwr.app import ArrayRecord, Message
 
 STATS_MESSAGE = "query.stats"
 
@@ -50,18 +54,30 @@ REFUSED_POLICY = "policy"
 REFUSED_DATA = "invalid-data"
 
 
-def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+def evaluation_rounds(first: int, last: int, every: int) -> list[int]:
+    """Rounds in [first, last] after which the nodes evaluate: every ``every``-th and the last.
+
+    The server follows it and the nodes plan their noised evaluation releases with it.
+    """
+    return [r for r in range(first, last + 1) if r % every == 0 or r == last]
+
+
+def to_array_record(arrays: dict[str, np.ndarray]) -> "ArrayRecord":
+    from flwr.app import Array, ArrayRecord
+
     return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
 
 
-def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+def from_array_record(record: "ArrayRecord") -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in record.items()}
 
 
-def reply(msg: Message, *, institution_id: str, arrays_key: str | None = None,
+def reply(msg: "Message", *, institution_id: str, arrays_key: str | None = None,
           arrays: dict[str, np.ndarray] | None = None, metrics: dict[str, float] | None = None,
-          refused: str = "", detail: str = "", extra: dict | None = None) -> Message:
+          refused: str = "", detail: str = "", extra: dict | None = None) -> "Message":
     """Build a node's reply with the common ``node`` identity record."""
+    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
     content = RecordDict()
     if arrays is not None and arrays_key:
         content[arrays_key] = to_array_record(arrays)
@@ -72,7 +88,7 @@ def reply(msg: Message, *, institution_id: str, arrays_key: str | None = None,
     return Message(content, reply_to=msg)
 
 
-def node_info(msg: Message) -> dict:
+def node_info(msg: "Message") -> dict:
     """The ``node`` record of a reply as a plain dict ({} when absent, or for an error reply)."""
     if msg.has_error() or NODE not in msg.content.config_records:
         return {}

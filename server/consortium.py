@@ -33,6 +33,7 @@ from flwr.serverapp import Grid
 from configs.errors import UserError
 from configs.schema import load_schema
 from fedcredit import protocol as P
+from models.calibration import binned_calibration_summary, calibrate_weights, fit_platt
 from models.encoder import FeatureEncoder, fit_encoder_from_histograms, sum_statistics
 from models.fairness import fairness_metrics
 from models.metrics import EvaluationSums, rebin, sum_evaluations
@@ -161,7 +162,8 @@ class ConsortiumRun:
         s = self.settings
         cfg = ConfigRecord({"schema-key": self.schema.key, "run-id": self.run_id, "dp": s.dp,
                             "target-epsilon": s.target_epsilon, "num-server-rounds": s.num_server_rounds,
-                            "local-epochs": s.local_epochs, "batch-size": s.batch_size})
+                            "local-epochs": s.local_epochs, "batch-size": s.batch_size,
+                            "evaluate-every": s.evaluate_every})
         msgs = [Message(RecordDict({P.CONFIG: cfg}), dst_node_id=n, message_type=P.STATS_MESSAGE) for n in nodes]
         self.recorder.event("statistics-start", nodes=len(nodes))
         ex = exchange(self.grid, msgs, s.round_timeout, on_reply=self._note_identity)
@@ -197,6 +199,7 @@ class ConsortiumRun:
             "local-epochs": s.local_epochs, "batch-size": s.batch_size, "learning-rate": s.learning_rate,
             "optimizer": s.optimizer, "proximal-mu": s.proximal_mu if s.strategy == "fedprox" else 0.0,
             "dp": s.dp, "target-epsilon": s.target_epsilon, "clipping-norm": s.clipping_norm,
+            "evaluate-every": s.evaluate_every,
             "seed": s.seed, "encoder": self.encoder.to_json(), "model-spec": json.dumps(self.spec.to_dict()),
             "ledger-head": self.audit.head if self.audit is not None else "",
         })
@@ -266,13 +269,15 @@ class ConsortiumRun:
             record["secure_aggregation"] = secure.summary(self.name)
         return record
 
-    def evaluate_round(self, rnd: int, record: dict) -> None:
+    def evaluate_round(self, rnd: int, record: dict, weights: dict[str, np.ndarray] | None = None) -> None:
+        """Sampled nodes evaluate ``weights`` (default: the current global model) on their holdouts."""
         s = self.settings
         if s.fraction_evaluate <= 0:
             return
         cfg = ConfigRecord({"run-id": self.run_id, "server-round": rnd, "encoder": self.encoder.to_json(),
                             "model-spec": json.dumps(self.spec.to_dict()), "cutoff-pd": s.cutoff_pd})
-        msgs = list(self.strategy.configure_evaluate(rnd, P.to_array_record(self.weights), cfg, self.grid))
+        msgs = list(self.strategy.configure_evaluate(
+            rnd, P.to_array_record(self.weights if weights is None else weights), cfg, self.grid))
         ex = exchange(self.grid, msgs, s.round_timeout, on_reply=self._note_identity)
         parts, per_inst, fair_parts = [], {}, []
         for node, msg in ex.ok.items():
@@ -285,6 +290,10 @@ class ConsortiumRun:
             m = sums.metrics()
             per_inst[self.name(node)] = {k: _finite_or_none(v) for k, v in m.items()}
             per_inst[self.name(node)]["release"] = P.node_info(msg).get("release", "exact")
+            reply_metrics = msg.content[P.METRICS] if P.METRICS in msg.content.metric_records else {}
+            if "epsilon-spent" in reply_metrics:  # a noised release moved the node's lifetime ε
+                record.setdefault("privacy_after_evaluation", {})[self.name(node)] = float(
+                    reply_metrics["epsilon-spent"])
             per_inst[self.name(node)]["_sums"] = sums
         record["evaluation_failed"] = {self.name(n): r for n, r in ex.errors.items()}
         record["institutions"] = per_inst
@@ -344,8 +353,10 @@ class ConsortiumRun:
             for rnd in range(first, s.num_server_rounds + 1):
                 t0 = time.time()
                 record = self.train_round(rnd)
-                self.evaluate_round(rnd, record)
-                last_pooled = record.pop("_pooled_eval", last_pooled)
+                if rnd in P.evaluation_rounds(rnd, s.num_server_rounds, s.evaluate_every):
+                    self.evaluate_round(rnd, record)
+                if "_pooled_eval" in record:
+                    last_pooled = (rnd, record.pop("_pooled_eval"))
                 record["wall_s"] = time.time() - t0
                 self.history.append(record)
                 self.checkpoint(rnd)
@@ -356,15 +367,43 @@ class ConsortiumRun:
         except RunStopped as stop:
             status, reason, detail = "stopped", stop.reason, stop.detail
             self.recorder.event("run-stopped", reason=reason, detail=detail)
-        summary = self.finish(status, reason, detail, last_pooled)
+        completed = [r["round"] for r in self.history if "model_sha256_after" in r]
+        final_record = None
+        if last_pooled and completed and last_pooled[0] == completed[-1]:
+            final_record = self.final_evaluation(completed[-1], last_pooled[1])
+        summary = self.finish(status, reason, detail, final_record)
         self.recorder.event("run-end", status=status, reason=reason, ledger_head=summary.get("ledger_head"))
         self.recorder.close()
         self.audit.close()
         return summary
 
-    def finish(self, status: str, reason: str, detail: str, pooled: EvaluationSums | None) -> dict:
+    def final_evaluation(self, rnd: int, pooled: EvaluationSums) -> dict:
+        """Recalibrate the final model (:mod:`models.calibration`) and evaluate what is exported.
+
+        The Platt fit uses the pooled histograms of round ``rnd``'s evaluation; the calibrated
+        network is then evaluated once more, so the final metrics, fairness figures and
+        histograms describe exactly the model in the package. The nodes reserve budget for this
+        one extra (noised) evaluation in their plan.
+        """
+        cal = fit_platt(pooled.hist_neg, pooled.hist_pos)
+        weights = calibrate_weights(self.weights, self.spec, cal)
+        record = {"round": rnd, "final": True, "weights": weights,
+                  "calibration": {**cal.to_dict(), "fitted_on": f"pooled holdout score histograms after round {rnd}",
+                                  **binned_calibration_summary(pooled.hist_neg, pooled.hist_pos, cal)}}
+        self.recorder.event("final-evaluation", round=rnd, slope=cal.slope, intercept=cal.intercept)
+        try:
+            self.evaluate_round(rnd, record, weights=weights)
+        except RunStopped:  # pragma: no cover - nodes vanished at the very end: keep the calibrated model
+            pass
+        return record
+
+    def finish(self, status: str, reason: str, detail: str, final_record: dict | None) -> dict:
         s = self.settings
         completed = [r for r in self.history if "model_sha256_after" in r]
+        last_eval = next((r for r in reversed(self.history) if r.get("institutions")), None)
+        if final_record is not None and final_record.get("global"):
+            last_eval = final_record
+        pooled = (last_eval or {}).get("_pooled_eval")
         summary = {
             "run_id": self.run_id,
             "run_dir": str(self.run_dir),
@@ -378,12 +417,15 @@ class ConsortiumRun:
             "schema": self.schema.key,
             "statistics": self.statistics,
             "history": [_public(r) for r in self.history],
-            "final": (completed[-1].get("global") if completed else None),
-            "institutions": _final_institutions(self.history),
+            "final": (last_eval or {}).get("global") or (completed[-1].get("global") if completed else None),
+            "institutions": _final_institutions(self.history + ([last_eval] if last_eval is final_record
+                                                                  and last_eval is not None else [])),
         }
+        if final_record is not None:
+            summary["calibration"] = final_record["calibration"]
+            summary["final_evaluation"] = {k: v for k, v in _public(final_record).items() if k != "weights"}
         if pooled is not None:
             summary["final_histograms"] = {"hist_neg": pooled.hist_neg, "hist_pos": pooled.hist_pos}
-        last_eval = next((r for r in reversed(self.history) if r.get("institutions")), None)
         if last_eval is not None:
             summary["final_institution_histograms"] = {
                 who: {"bins": REPORT_BINS, "hist_neg": rebin(m["_sums"].hist_neg, REPORT_BINS),
@@ -391,8 +433,9 @@ class ConsortiumRun:
                 for who, m in last_eval["institutions"].items()
                 if "_sums" in m and len(m["_sums"].hist_neg) % REPORT_BINS == 0}
             summary["fairness"] = last_eval.get("fairness")
+        export_weights = final_record["weights"] if final_record is not None else self.weights
         if self.encoder is not None and completed:
-            pkg = ModelPackage(spec=self.spec, encoder=self.encoder, weights=self.weights, schema=self.schema,
+            pkg = ModelPackage(spec=self.spec, encoder=self.encoder, weights=export_weights, schema=self.schema,
                                scale=ScoreScale(), cutoff_pd=s.cutoff_pd,
                                meta={"run_id": self.run_id, "rounds_completed": len(completed),
                                      "strategy": s.strategy, "dp": s.dp, "status": status,
@@ -401,7 +444,7 @@ class ConsortiumRun:
             summary["model_dir"] = str(self.run_dir / "model")
         if self.audit is not None:
             summary["ledger_head"] = self.audit.run_end(
-                status, reason, len(completed), weights_digest(self.weights) if self.weights else None,
+                status, reason, len(completed), weights_digest(export_weights) if export_weights else None,
                 Path(summary["model_dir"]) if "model_dir" in summary else None, summary["final"])
             summary["ledger"] = {"path": str(self.audit.path), "key_id": self.audit.ledger.key_id,
                                  "entries": self.audit.ledger.next_index}
@@ -431,7 +474,9 @@ def _final_institutions(history: list[dict]) -> dict[str, dict]:
         for who, m in (r.get("institutions") or {}).items():
             out.setdefault(who, {}).update({"eval": {k: v for k, v in m.items() if not k.startswith("_")}})
         for who, p in (r.get("privacy") or {}).items():
-            out.setdefault(who, {}).update({"privacy": p})
+            out.setdefault(who, {}).update({"privacy": dict(p)})
+        for who, eps in (r.get("privacy_after_evaluation") or {}).items():
+            out.setdefault(who, {}).setdefault("privacy", {})["epsilon_spent"] = eps
         for who, why in (r.get("refused") or {}).items():
             out.setdefault(who, {}).update({"last_refusal": why})
     return out

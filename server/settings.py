@@ -29,6 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "aggregation": "mean",
     "fraction-train": 1.0,
     "fraction-evaluate": 1.0,
+    "evaluate-every": 1,
     "min-train-nodes": 2,
     "min-available-nodes": 2,
     "local-epochs": 1,
@@ -70,6 +71,7 @@ class RunSettings:
     aggregation: str
     fraction_train: float
     fraction_evaluate: float
+    evaluate_every: int
     min_train_nodes: int
     min_available_nodes: int
     local_epochs: int
@@ -156,6 +158,8 @@ def _check(s: RunSettings) -> None:
         raise bad("aggregation", f"must be one of {', '.join(AGGREGATIONS)}, got '{s.aggregation}'")
     if not 0 < s.fraction_train <= 1 or not 0 <= s.fraction_evaluate <= 1:
         raise bad("fraction-train", "and fraction-evaluate must be in (0, 1] and [0, 1]")
+    if s.evaluate_every < 1:
+        raise bad("evaluate-every", "must be at least 1 (evaluate every N rounds; the last round always)")
     if s.min_train_nodes < 1 or s.min_available_nodes < s.min_train_nodes:
         raise bad("min-available-nodes", "must be ≥ min-train-nodes ≥ 1")
     if s.local_epochs < 1 or s.batch_size < 1 or s.learning_rate <= 0:

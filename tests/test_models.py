@@ -192,3 +192,31 @@ def test_model_package_round_trip_and_tamper_detection(schema, tmp_path):
     (d / "weights.safetensors").write_bytes(bytes(raw))
     with pytest.raises(UserError, match="weights.safetensors"):
         load_package(d)
+
+
+def test_platt_recalibration_from_histograms_restores_the_mean_pd(schema):
+    from models.calibration import binned_calibration_summary, calibrate_weights, fit_platt
+
+    rng = np.random.default_rng(7)
+    true_logit = rng.normal(-2.0, 1.2, 20000)
+    y = (rng.random(20000) < 1 / (1 + np.exp(-true_logit))).astype(int)
+    shrunk = 1 / (1 + np.exp(-(0.6 * true_logit - 1.5)))  # ranks right, PD far too low
+    sums = EvaluationSums.from_scores(shrunk, y)
+    cal = fit_platt(sums.hist_neg, sums.hist_pos)
+    assert cal.slope == pytest.approx(1 / 0.6, rel=0.08)
+    fixed = cal.apply(shrunk)
+    assert fixed.mean() == pytest.approx(y.mean(), abs=0.005)
+    assert roc_auc_score(y, fixed) == pytest.approx(roc_auc_score(y, shrunk), abs=1e-12)
+    summary = binned_calibration_summary(sums.hist_neg, sums.hist_pos, cal)
+    assert summary["after"]["brier"] < summary["before"]["brier"]
+    # folded into the network's last layer, the model outputs the calibrated PD
+    t = random_table(schema, 300, 8)
+    enc = fit_encoder_from_tables(schema, [t])
+    spec = ModelSpec("mlp", enc.n_outputs, (8,))
+    net = build_model(spec, seed=2)
+    x = enc.transform(t)
+    calibrated = build_model(spec)
+    from models.network import set_weights
+
+    set_weights(calibrated, calibrate_weights(get_weights(net), spec, cal))
+    assert np.allclose(predict_pd(calibrated, x), cal.apply(predict_pd(net, x)), atol=1e-6)

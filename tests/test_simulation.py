@@ -59,17 +59,23 @@ def test_simulate_three_institutions_two_rounds(tmp_path):
     for inst in s["institutions"]:
         assert inst["epsilon_spent"] is None and inst["auc_federated"] is not None
 
-    # one checkpoint per round, each verifiable; the model package is the last round's weights
+    # one checkpoint per round, each verifiable; the model package is the last round's network with
+    # the Platt recalibration (fitted on the pooled final histograms) folded into its output layer
     assert list_checkpoints(run_dir) == [1, 2]
     last = load_checkpoint(run_dir, 2)
     pkg = load_package(run_dir / "model")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    from models.calibration import Calibration, calibrate_weights
+
+    cal = Calibration(metrics["calibration"]["slope"], metrics["calibration"]["intercept"])
+    assert cal.slope > 0
+    expected = calibrate_weights(last.weights, pkg.spec, cal)
     for k in last.weights:
-        assert np.array_equal(last.weights[k], pkg.weights[k])
+        assert np.allclose(expected[k], pkg.weights[k], atol=1e-6)
     for name in ("metrics.json", "config.resolved.toml", "progress.jsonl"):
         assert (run_dir / name).is_file(), name
 
     # the federated AUC (from summed histograms) equals scikit-learn's on the pooled holdouts
-    metrics = json.loads((run_dir / "metrics.json").read_text())
     run_config = tomllib.loads((run_dir / "config.resolved.toml").read_text())["run-config"]
     ps, ys = [], []
     for k in range(3):
