@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from clients.node import DATA_SUFFIXES, NodeData, default_delta, load_node_data, policy_from_context
+from clients.node import DATA_SUFFIXES, NodeData, load_node_data, policy_from_context
 from configs.errors import UserError
 from models.encoder import FeatureEncoder
 from models.network import ModelSpec
@@ -156,6 +156,7 @@ def simulate(o: SimulationOptions, on_event: Callable[[dict], None] | None = Non
     metrics["wall_s_flower"] = wall
 
     if o.baselines and metrics.get("model_dir"):
+        from privacy.planning import default_delta
         from simulation.baselines import BaselineSettings, run_baselines
 
         encoder = FeatureEncoder.from_json((run_dir / "model" / "encoder.json").read_text())
