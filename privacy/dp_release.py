@@ -18,8 +18,8 @@ Defaults (node side; see docs/privacy.md)
   attributes: sensitivity √11, per-cell noise std 20·√11 ≈ 66. Evaluation reads only the
   holdout, which is disjoint from the training rows, so its events compose in parallel with
   training (:func:`privacy.accountant.disjoint_sides`): they spend the holdout side's
-  budget, not the training side's. Four evaluations (``evaluate-every = 5`` over 20 rounds)
-  cost ε ≈ 0.5 at δ = 1e-5 on the holdout side; twenty cost ≈ 1.1. The AUC from noised
+  budget, not the training side's. Five evaluations (``evaluate-every = 5`` over 20 rounds,
+  plus the final one) cost ε ≈ 0.42 at δ = 1e-5 on the holdout side; twenty-one ≈ 0.92. The AUC from noised
   histograms is for following training, not for certifying a model; certify on an exact
   evaluation in simulation or on a holdout the operator holds.
 """
