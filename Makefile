@@ -1,5 +1,5 @@
 # Two entry points that do all the set-up on a fresh machine (Python 3.11 + pip):
-#   make demo   — virtual environment, install, run a short federated simulation
+#   make demo   — virtual environment, install, a short federated simulation with DP (runs/demo)
 #   make test   — virtual environment, install with the dev extra, run the test suite
 # `make test-fast` skips the slow end-to-end tests (real Flower runtimes and processes).
 
@@ -21,8 +21,9 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/fedcredit data synth --out runs/demo-data --institutions 5 --seed 7 --force
-	$(VENV)/bin/fedcredit data validate runs/demo-data/national-bank-1.csv
+	rm -rf runs/demo
+	$(VENV)/bin/fedcredit simulate --institutions 5 --rounds 10 --epsilon 3 --seed 7 --out runs/demo
+	@echo "open runs/demo/report.html; the model package is in runs/demo/model"
 
 test: install
 	$(PY) -m pytest -q
