@@ -445,7 +445,8 @@ class ConsortiumRun:
         if self.audit is not None:
             summary["ledger_head"] = self.audit.run_end(
                 status, reason, len(completed), weights_digest(export_weights) if export_weights else None,
-                Path(summary["model_dir"]) if "model_dir" in summary else None, summary["final"])
+                Path(summary["model_dir"]) if "model_dir" in summary else None, summary["final"],
+                weights_digest(self.weights) if self.weights else None, summary.get("calibration"))
             summary["ledger"] = {"path": str(self.audit.path), "key_id": self.audit.ledger.key_id,
                                  "entries": self.audit.ledger.next_index}
         self.recorder.write_metrics(summary)

@@ -635,9 +635,15 @@ class RunLedger:
             self.ledger.append(kind, {k: v for k, v in event.items() if k not in ("event", "time")})
 
     def run_end(self, status: str, reason: str, rounds_completed: int, model_sha256: str | None,
-                model_dir: Path | None = None, final_metrics: dict | None = None) -> str:
+                model_dir: Path | None = None, final_metrics: dict | None = None,
+                last_round_model_sha256: str | None = None, calibration: dict | None = None) -> str:
+        """``model_sha256`` is the exported model; when it was derived from the last round's global
+        model (recalibration), ``last_round_model_sha256`` and ``calibration`` say from what and how."""
         payload: dict[str, Any] = {"status": status, "reason": reason, "rounds_completed": rounds_completed,
-                                   "model_sha256": model_sha256, "final_metrics": final_metrics}
+                                   "model_sha256": model_sha256, "final_metrics": final_metrics,
+                                   "last_round_model_sha256": last_round_model_sha256 or model_sha256}
+        if calibration is not None:
+            payload["calibration"] = calibration
         meta = Path(model_dir) / "model.json" if model_dir else None
         if meta is not None and meta.is_file():
             m = json.loads(meta.read_text())

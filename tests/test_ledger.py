@@ -475,9 +475,12 @@ def test_simulated_run_writes_a_verifiable_ledger_that_nodes_hold_heads_of(simul
     for p in rounds:
         assert len(p["participants"]) == 3 and set(p["epsilon_spent"]) == set(p["participants"])
         assert p["aggregate_update_norm"] > 0 and 0.5 < p["metrics"]["global"]["auc"] < 1
-    final = weights_digest(load_checkpoint(run_dir, 2).weights)
-    assert rounds[-1]["model_sha256_after"] == final == end["model_sha256"]
-    assert end["model_package"]["weights_sha256"] == weights_digest(load_package(run_dir / "model").weights)
+    last_round = weights_digest(load_checkpoint(run_dir, 2).weights)
+    assert rounds[-1]["model_sha256_after"] == last_round == end["last_round_model_sha256"]
+    exported = weights_digest(load_package(run_dir / "model").weights)
+    assert end["model_sha256"] == end["model_package"]["weights_sha256"] == exported
+    if exported != last_round:  # the exported model was recalibrated from the last round's
+        assert end["calibration"] is not None
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["ledger_head"] == entries[-1]["hash"] == r.head
 
