@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from fedcredit.cli import number
+
 HELP = "check an institution's table against the consortium schema (locally; nothing is sent)"
 
 DESCRIPTION = """\
@@ -48,16 +50,6 @@ With --json the last line of standard output is one JSON object:
 """
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE", help="the institution's table: CSV (any common delimiter) or Parquet")
     # SUPPRESS: no "(default: None)" in --help; run() reads these with getattr(..., default).
@@ -66,9 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mapping", default=argparse.SUPPRESS, metavar="M",
                         help="column mapping from your table to the schema: a shipped name (e.g. uci-taiwan) "
                              "or a path; without it the file must use the schema's column names and codes")
-    parser.add_argument("--min-rows", type=_count, default=500, metavar="N",
+    parser.add_argument("--min-rows", type=number(int, minimum=0), default=500, metavar="N",
                         help="fewest data rows accepted for DP training")
-    parser.add_argument("--min-positives", type=_count, default=50, metavar="N",
+    parser.add_argument("--min-positives", type=number(int, minimum=0), default=50, metavar="N",
                         help="fewest rows with the positive label (defaults) accepted for DP training")
     parser.add_argument("--no-label", action="store_true", default=argparse.SUPPRESS,
                         help="validate an applicant file for scoring: the label column may be absent, and "
@@ -96,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     except DataValidationError as exc:
         if as_json:
             print(json.dumps(exc.to_dict()), flush=True)
+            exc.json_reported = True
         raise
     except UserError as exc:
         if as_json:
@@ -103,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
                               "problems": [{"severity": "error", "code": "config", "column": None, "count": 0,
                                             "rows": [], "message": str(exc)}],
                               "warnings": [], "features": {}}), flush=True)
+            exc.json_reported = True
         raise
 
     summary = result.summary()

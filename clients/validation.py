@@ -430,18 +430,11 @@ class _Validator:
                            f"{name} is {f.kind}: its values must be {levels}, but {int(frac.sum())} "
                            f"value{_s(frac)} {_are(frac)} not whole ({self.rows_of(frac)}), e.g. {', '.join(shown)}. "
                            f"Round them to the level they stand for.")
-        n_missing = int(missing.sum())
-        self.missing_counts[f.name] = n_missing
-        if n_missing:
-            if f.missing == "reject":
-                ok = False
-                self._report_missing(f.name, missing, f"this feature does not accept missing values "
-                                                       f"(missing = \"reject\" in the schema) — fill them in or "
-                                                       f"remove those rows")
-            else:
-                values = values.copy()
-                values[missing] = float(f.impute)
-                self.imputed_counts[f.name] = n_missing
+        if self._missing(f, missing, "fill them in or remove those rows"):
+            ok = False
+        elif missing.any():
+            values = values.copy()
+            values[missing] = float(f.impute)
         if not ok:
             return None
         return pd.Series(values.astype(np.float64, copy=False))
@@ -478,6 +471,22 @@ class _Validator:
                    f"({self.rows_of(bad)}), e.g. {', '.join(shown)}. {hint}Write plain numbers: digits, an "
                    f"optional sign and '.' as the decimal point (e.g. 1234.5).")
 
+    def _missing(self, f: Feature, missing: np.ndarray, fix: str) -> bool:
+        """Count a feature's missing cells; True (and an error) when its policy rejects them.
+
+        With ``missing = "impute"`` the caller fills the cells with ``f.impute``.
+        """
+        n_missing = int(missing.sum())
+        self.missing_counts[f.name] = n_missing
+        if not n_missing:
+            return False
+        if f.missing == "reject":
+            self._report_missing(f.name, missing, f"this feature does not accept missing values "
+                                                  f"(missing = \"reject\" in the schema) — {fix}")
+            return True
+        self.imputed_counts[f.name] = n_missing
+        return False
+
     def _report_missing(self, col: str, missing: np.ndarray, fix: str) -> None:
         k = int(missing.sum())
         self.error("missing-value", col, missing,
@@ -507,17 +516,10 @@ class _Validator:
                        f"{self.colname(f.name)}: {int(unknown.sum())} value{_s(unknown)} {_are(unknown)} not valid "
                        f"categories ({self.rows_of(unknown)}): {listed}. Valid values: {f.valid_values()}."
                        f"{case_hint} {fix}")
-        n_missing = int(missing.sum())
-        self.missing_counts[f.name] = n_missing
-        if n_missing:
-            if f.missing == "reject":
-                ok = False
-                self._report_missing(f.name, missing, f"this feature does not accept missing values "
-                                                       f"(missing = \"reject\" in the schema) — fill them in "
-                                                       f"({f.valid_values()}) or remove those rows")
-            else:
-                text = text.where(~missing, str(f.impute))
-                self.imputed_counts[f.name] = n_missing
+        if self._missing(f, missing, f"fill them in ({f.valid_values()}) or remove those rows"):
+            ok = False
+        elif missing.any():
+            text = text.where(~missing, str(f.impute))
         if not ok:
             return None
         return pd.Series(text.to_numpy(dtype=object), dtype=object)

@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from configs.errors import ConfigError
 from configs.schema import Schema
-from configs.toml_reader import Table, read_toml
+from configs.toml_reader import Table, read_toml, resolve_config_file
 
 MAPPING_DIR = Path(__file__).resolve().parent / "mappings"
 
@@ -54,15 +53,8 @@ class Mapping:
 
 
 def resolve_mapping_path(name_or_path: str | Path) -> Path:
-    p = Path(name_or_path)
-    if p.is_file():
-        return p
-    stem = p.name[:-5] if p.name.endswith(".toml") else p.name
-    shipped = MAPPING_DIR / f"{stem}.toml"
-    if shipped.is_file() and p.parent == Path("."):
-        return shipped
-    known = ", ".join(sorted(x.stem for x in MAPPING_DIR.glob("*.toml")))
-    raise ConfigError(f"mapping file not found: {name_or_path} (shipped mappings: {known}; or give a path)")
+    """A mapping given by path, or by name of a file in ``configs/mappings`` (``.toml`` optional)."""
+    return resolve_config_file(name_or_path, MAPPING_DIR, "mapping")
 
 
 def load_mapping(name_or_path: str | Path, schema: Schema) -> Mapping:

@@ -43,8 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from configs.errors import ConfigError
-from configs.toml_reader import Table, read_toml
+from configs.toml_reader import Table, read_toml, resolve_config_file
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 DEFAULT_SCHEMA = "consumer-credit-v1"
@@ -206,17 +205,7 @@ def _fmt(x: float) -> str:
 
 def resolve_schema_path(name_or_path: str | Path | None) -> Path:
     """A schema given by path, or by name of a file in ``configs/schemas`` (``.toml`` optional)."""
-    if name_or_path is None:
-        name_or_path = DEFAULT_SCHEMA
-    p = Path(name_or_path)
-    if p.is_file():
-        return p
-    stem = p.name[:-5] if p.name.endswith(".toml") else p.name
-    shipped = SCHEMA_DIR / f"{stem}.toml"
-    if shipped.is_file() and p.parent == Path("."):
-        return shipped
-    known = ", ".join(sorted(x.stem for x in SCHEMA_DIR.glob("*.toml")))
-    raise ConfigError(f"schema file not found: {name_or_path} (shipped schemas: {known}; or give a path)")
+    return resolve_config_file(DEFAULT_SCHEMA if name_or_path is None else name_or_path, SCHEMA_DIR, "schema")
 
 
 def load_schema(name_or_path: str | Path | None = None) -> Schema:

@@ -30,6 +30,23 @@ def read_toml(path: str | Path, what: str = "configuration") -> dict[str, Any]:
         raise ConfigError(f"{path}: not a UTF-8 text file; save it as UTF-8 TOML") from None
 
 
+def resolve_config_file(name_or_path: str | Path, directory: Path, what: str) -> Path:
+    """A config file given by path, or by the name of a file shipped in ``directory``.
+
+    A bare name (``consumer-credit-v1`` or ``consumer-credit-v1.toml``) that is not a file here
+    resolves to ``directory/<name>.toml``; anything else must exist as given.
+    """
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    stem = p.name[:-5] if p.name.endswith(".toml") else p.name
+    shipped = directory / f"{stem}.toml"
+    if shipped.is_file() and p.parent == Path("."):
+        return shipped
+    known = ", ".join(sorted(x.stem for x in directory.glob("*.toml")))
+    raise ConfigError(f"{what} file not found: {name_or_path} (shipped {what}s: {known}; or give a path)")
+
+
 def _suggest(key: str, allowed: Iterable[str]) -> str:
     close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""

@@ -5,14 +5,21 @@ Each command is a module with ``HELP`` (one line), ``DESCRIPTION`` (the ``--help
 Flower) inside ``run`` so that ``--help`` stays instant.
 
 User mistakes raise :class:`configs.errors.UserError`; they are printed as one message without
-a traceback and the command exits with code 2. Any other exception is a bug and keeps its
-traceback.
+a traceback and the command exits with code 2 — and, for a command run with ``--json``, also
+as ``{"ok": false, "error": MESSAGE}`` on the last line of standard output, unless the command
+already printed its own JSON report (it sets ``json_reported`` on the exception). Any other
+exception is a bug and keeps its traceback.
+
+:func:`number` builds the argparse types the commands share (whole or real numbers within
+bounds), so every command words its range errors the same way.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import math
 import sys
 
 from configs.errors import UserError
@@ -80,6 +87,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def number(kind: type = float, *, minimum: float | None = None, maximum: float | None = None,
+           open_minimum: bool = False, open_maximum: bool = False):
+    """An argparse ``type``: a whole (``int``) or real (``float``) number within the bounds."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+        low_bad = minimum is not None and (value <= minimum if open_minimum else value < minimum)
+        high_bad = maximum is not None and (value >= maximum if open_maximum else value > maximum)
+        if low_bad or high_bad:
+            raise argparse.ArgumentTypeError(f"must be {_range_words(minimum, maximum, open_minimum, open_maximum)}, "
+                                             f"got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def _range_words(lo, hi, open_lo, open_hi) -> str:
+    if lo == 0 and hi is None:
+        return "a positive number" if open_lo else "0 or more"
+    if lo is not None and hi is not None:
+        return f"between {lo:g} and {hi:g}" + (" (exclusive)" if open_lo or open_hi else "")
+    if lo is not None:
+        return f"above {lo:g}" if open_lo else f"at least {lo:g}"
+    return f"below {hi:g}" if open_hi else f"at most {hi:g}"
+
+
 def _version() -> str:
     try:
         from importlib.metadata import version
@@ -99,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(run(args) or 0)
     except UserError as exc:
+        if getattr(args, "json", False) and not getattr(exc, "json_reported", False):
+            print(json.dumps({"ok": False, "error": str(exc)}), flush=True)
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from fedcredit.cli import number
+
 HELP = "membership-inference audit: how much does a trained model leak about its training rows?"
 
 DESCRIPTION = """\
@@ -34,16 +36,6 @@ On a failure (exit 2) it is {"ok": false, "error"}.
 """
 
 
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < v < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return v
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="DIR", help="the model package (RUN_DIR/model)")
     parser.add_argument("--members", required=True, metavar="FILE", help="rows the model was trained on (CSV/Parquet)")
@@ -51,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rows of the same population the model never saw (CSV/Parquet)")
     parser.add_argument("--mapping", default=None, metavar="M",
                         help="column mapping of both files to the schema (shipped name or path)")
-    parser.add_argument("--confidence", type=_fraction, default=0.95, help="confidence of the ε lower bound")
+    parser.add_argument("--confidence", type=number(float, minimum=0, maximum=1, open_minimum=True, open_maximum=True),
+                        default=0.95, help="confidence of the ε lower bound")
     parser.add_argument("--delta", type=float, default=1e-5, help="δ used in the ε lower bound")
     parser.add_argument("--reference-models", type=int, default=4, metavar="K",
                         help="reference models of the calibrated attack (even; 0 skips the attack)")
@@ -63,19 +56,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    from configs.errors import UserError
-
-    try:
-        return _run(args)
-    except UserError as exc:
-        if args.json:
-            print(json.dumps({"ok": False, "error": str(exc)}), flush=True)
-        raise
-
-
-def _run(args: argparse.Namespace) -> int:
     import json
     import warnings
 

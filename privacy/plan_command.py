@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from fedcredit.cli import number
+
 HELP = "plan DP-SGD noise for a run: noise multiplier, sample rate, steps and ε after each round"
 
 DESCRIPTION = """\
@@ -36,41 +38,21 @@ On a failure (exit 2) it is {"ok": false, "error"}.
 """
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v > 0 or v != v or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--epsilon", type=_positive_float, required=True, metavar="E",
+    parser.add_argument("--epsilon", type=number(float, minimum=0, open_minimum=True), required=True, metavar="E",
                         help="the institution's lifetime privacy budget (max ε)")
-    parser.add_argument("--delta", type=_positive_float, default=None, metavar="D",
+    parser.add_argument("--delta", type=number(float, minimum=0, open_minimum=True), default=None, metavar="D",
                         help="δ of the guarantee (default: the largest power of ten ≤ 1/(10·rows), as the node)")
-    parser.add_argument("--rows", type=_positive_int, required=True, metavar="N",
+    parser.add_argument("--rows", type=number(int, minimum=1), required=True, metavar="N",
                         help="the institution's training rows")
-    parser.add_argument("--batch-size", type=_positive_int, default=256, metavar="B",
+    parser.add_argument("--batch-size", type=number(int, minimum=1), default=256, metavar="B",
                         help="expected batch size (sample rate q = B / N)")
-    parser.add_argument("--local-epochs", type=_positive_int, default=1, metavar="L",
+    parser.add_argument("--local-epochs", type=number(int, minimum=1), default=1, metavar="L",
                         help="local epochs per round (steps per round = L · ceil(N / B))")
-    parser.add_argument("--rounds", type=_positive_int, default=10, metavar="R", help="planned training rounds")
+    parser.add_argument("--rounds", type=number(int, minimum=1), default=10, metavar="R", help="planned training rounds")
     parser.add_argument("--accountant", choices=("rdp", "prv"), default="rdp",
                         help="Opacus accountant: RDP (default) or PRV (tighter, slower)")
-    parser.add_argument("--run-epsilon", type=_positive_float, default=None, metavar="E",
+    parser.add_argument("--run-epsilon", type=number(float, minimum=0, open_minimum=True), default=None, metavar="E",
                         help="cap on this run's own ε (the run config's target-epsilon)")
     parser.add_argument("--no-statistics", action="store_true",
                         help="do not reserve the feature-statistics release")
@@ -81,19 +63,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    from configs.errors import UserError
-
-    try:
-        return _run(args)
-    except UserError as exc:
-        if args.json:
-            print(json.dumps({"ok": False, "error": str(exc)}), flush=True)
-        raise
-
-
-def _run(args: argparse.Namespace) -> int:
     import json
 
     from configs.errors import UserError

@@ -35,19 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from configs.errors import UserError
-
-    try:
-        return _run(args)
-    except UserError as exc:
-        if args.json:
-            print(json.dumps({"ok": False, "error": str(exc)}), flush=True)
-        raise
-
-
-def _run(args: argparse.Namespace) -> int:
-    import json
-
     from privacy.accountant import read_state
 
     datasets = read_state(args.state_dir)

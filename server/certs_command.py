@@ -231,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'reused' if args.reuse_ca else 'new'} consortium CA  {out / CA_CERT}  (key {out / CA_KEY}, keep offline)")
     print(f"  SHA-256 fingerprint {ca_fp}")
     print("  send ca.crt to every institution; they can check this fingerprint with")
-    print(f"  openssl x509 -in ca.crt -noout -fingerprint -sha256")
+    print("  openssl x509 -in ca.crt -noout -fingerprint -sha256")
     print(f"SuperLink certificate {out / SERVER_CERT}  (key {out / SERVER_KEY})")
     print(f"  hosts: {', '.join(hosts)}; valid until {not_after:%Y-%m-%d}")
     print(f"  flower-superlink --ssl-ca-certfile {out / CA_CERT} --ssl-certfile {out / SERVER_CERT} "

@@ -41,7 +41,7 @@ from models.network import ModelSpec, build_model, get_weights
 from models.package import ModelPackage, save_package, weights_digest
 from models.scoring import ScoreScale
 from server.checkpoints import load_checkpoint, save_checkpoint
-from server.exchange import Exchange, exchange
+from server.exchange import exchange
 from server.ledger import RunLedger
 from server.settings import RunSettings, parse_run_config
 from server.strategies import build_strategy, restore_strategy_state, strategy_state

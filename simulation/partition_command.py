@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from fedcredit.cli import number
+
 HELP = "split one table into K institutions (iid, Dirichlet label skew, quantity skew, by a feature)"
 
 DESCRIPTION = """\
@@ -37,37 +39,22 @@ With --json the last line of standard output is the manifest as one JSON object.
 """
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    return value
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from simulation.partitioning import DEFAULT_ALPHA, DEFAULT_MIN_ROWS, METHODS
 
     parser.add_argument("file", metavar="FILE", help="the table to split: CSV or Parquet")
-    parser.add_argument("--institutions", "-k", type=_count, required=True, metavar="K",
+    parser.add_argument("--institutions", "-k", type=number(int), required=True, metavar="K",
                         help="number of institutions")
     parser.add_argument("--by", choices=METHODS, default="iid", help="partition method")
-    parser.add_argument("--alpha", type=_number, default=DEFAULT_ALPHA, metavar="A",
+    parser.add_argument("--alpha", type=number(float), default=DEFAULT_ALPHA, metavar="A",
                         help="Dirichlet concentration for --by dirichlet / quantity (small = skewed)")
     parser.add_argument("--feature", default=None, metavar="NAME",
                         help="schema column for --by feature (e.g. credit_limit, education)")
-    parser.add_argument("--strictness", type=_number, default=1.0, metavar="S",
+    parser.add_argument("--strictness", type=number(float), default=1.0, metavar="S",
                         help="--by feature on a numeric column: 1 = pure quantile bands, 0 = IID")
-    parser.add_argument("--min-rows", type=_count, default=DEFAULT_MIN_ROWS, metavar="N",
+    parser.add_argument("--min-rows", type=number(int), default=DEFAULT_MIN_ROWS, metavar="N",
                         help="fewest rows per institution for --by dirichlet / quantity")
-    parser.add_argument("--seed", type=_count, default=0, metavar="S", help="random seed")
+    parser.add_argument("--seed", type=number(int), default=0, metavar="S", help="random seed")
     parser.add_argument("--schema", default=None, metavar="S",
                         help="consortium schema: a shipped name or a path (default: consumer-credit-v1)")
     parser.add_argument("--mapping", default=None, metavar="M",

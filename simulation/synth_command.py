@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from fedcredit.cli import number
+
 HELP = "synthesise a consortium of lenders (one CSV per institution, true PDs kept aside)"
 
 
@@ -63,28 +65,14 @@ With --json the last line of standard output is a JSON summary:
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="directory to write the consortium to (new or empty; see --force)")
-    parser.add_argument("--institutions", type=_positive_int, default=5, metavar="N",
+    parser.add_argument("--institutions", type=number(int), default=5, metavar="N",
                         help="number of institutions (cycles through the archetypes)")
-    parser.add_argument("--scale", type=_number, default=1.0, metavar="X",
+    parser.add_argument("--scale", type=number(float), default=1.0, metavar="X",
                         help="size multiplier (1.0 ≈ 40,000 rows for 5 institutions)")
-    parser.add_argument("--seed", type=_positive_int, default=0, metavar="S",
+    parser.add_argument("--seed", type=number(int), default=0, metavar="S",
                         help="random seed (same seed → byte-identical files)")
     parser.add_argument("--schema", default=None, metavar="S",
                         help="consortium schema: a shipped name or a path (default: consumer-credit-v1)")
