@@ -167,11 +167,12 @@ class ConsortiumRun:
         msgs = [Message(RecordDict({P.CONFIG: cfg}), dst_node_id=n, message_type=P.STATS_MESSAGE) for n in nodes]
         self.recorder.event("statistics-start", nodes=len(nodes))
         ex = exchange(self.grid, msgs, s.round_timeout, on_reply=self._note_identity)
-        parts, contributors, refused, spent = [], [], {}, {}
+        parts, contributors, refused, spent, codes = [], [], {}, {}, set()
         for node, msg in ex.ok.items():
             info = P.node_info(msg)
             if info.get("refused"):
                 refused[self.name(node)] = f"{info['refused']}: {info.get('detail', '')}"
+                codes.add(info["refused"])
                 continue
             parts.append(P.from_array_record(msg.content[P.STATS]))
             contributors.append(self.name(node))
@@ -184,7 +185,7 @@ class ConsortiumRun:
         if self.audit is not None:
             self.audit.statistics(self.statistics)
         if len(parts) < s.min_train_nodes:
-            raise RunStopped("too-few-nodes", f"only {len(parts)} node(s) answered the statistics query "
+            raise RunStopped(_stop_reason(codes, dropped), f"only {len(parts)} node(s) answered the statistics query "
                              f"(min-train-nodes is {s.min_train_nodes}); refused: {refused or 'none'}; "
                              f"failed: {dropped or 'none'}")
         self.encoder = fit_encoder_from_histograms(self.schema, sum_statistics(parts), s.encoder_knots)
@@ -247,8 +248,7 @@ class ConsortiumRun:
                   "refused": refused, "dropped": dropped, "rejected": rejected,
                   "model_sha256_before": weights_digest(before)}
         if len(accepted) < s.min_train_nodes:
-            reasons = {r["reason"] for r in refused.values()}
-            reason = "budget-exhausted" if refused and reasons == {P.REFUSED_BUDGET} and not dropped else "too-few-nodes"
+            reason = _stop_reason({r["reason"] for r in refused.values()}, dropped)
             record["stopped"] = reason
             self.history.append(record)
             raise RunStopped(reason, f"round {rnd}: {len(accepted)} usable update(s), min-train-nodes is "
@@ -451,6 +451,11 @@ class ConsortiumRun:
                                  "entries": self.audit.ledger.next_index}
         self.recorder.write_metrics(summary)
         return summary
+
+
+def _stop_reason(refusal_codes: set[str], dropped: dict) -> str:
+    """``budget-exhausted`` when every missing node said so (and none failed), else ``too-few-nodes``."""
+    return P.REFUSED_BUDGET if refusal_codes == {P.REFUSED_BUDGET} and not dropped else "too-few-nodes"
 
 
 def _privacy_fields(metrics: dict) -> dict:

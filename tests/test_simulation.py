@@ -112,3 +112,27 @@ def test_flwr_run_uses_the_repository_as_the_flower_app(tmp_path):
         started = [pid for pid, args in processes().items() if pid not in before and str(home) in args]
         kill_pids(started)
     assert new_processes(before, settle_s=20) == {}
+
+
+@pytest.mark.slow
+def test_a_second_run_on_an_exhausted_budget_is_refused_and_the_server_stops_cleanly(tmp_path):
+    from privacy.accountant import read_state
+
+    state = tmp_path / "node-state"
+    common = ("--institutions", 3, "--rounds", 2, "--scale", 0.3, "--epsilon", 1, "--state-root", state,
+              "--no-baselines", "--json")
+    first = _summary(run_fedcredit("simulate", *common, "--out", tmp_path / "run1", timeout=900))
+    assert first["status"] == "completed"
+    spent = {d.name: read_state(d)[0]["epsilon_spent"] for d in state.iterdir()}
+    assert len(spent) == 3 and all(0.9 < e <= 1.0 + 1e-9 for e in spent.values())
+
+    proc = run_fedcredit("simulate", *common, "--out", tmp_path / "run2", timeout=900)
+    second = _summary(proc)
+    assert second["status"] == "stopped" and second["stop_reason"] == "budget-exhausted"
+    assert second["rounds"] == 0
+    assert "budget" in proc.stderr and "Traceback" not in proc.stderr
+    # refusing cost nothing: every institution's lifetime spend is unchanged
+    assert {d.name: read_state(d)[0]["epsilon_spent"] for d in state.iterdir()} == spent
+    metrics = json.loads((tmp_path / "run2" / "metrics.json").read_text())
+    assert set(metrics["statistics"]["refused"]) == set(spent)
+    assert all("budget" in why for why in metrics["statistics"]["refused"].values())
