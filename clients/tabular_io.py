@@ -237,7 +237,8 @@ def _read_csv(p: Path) -> RawTable:
         raise unreadable(p, "the file contains only whitespace; export the table again with a header line and data rows",
                          code="empty")
     try:
-        data.decode("utf-8")
+        if not data.isascii():  # ASCII is UTF-8; checking that is ~10x cheaper than decoding
+            data.decode("utf-8")
         text_head = data[:SNIFF_BYTES].decode("utf-8", errors="ignore")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
@@ -383,7 +384,8 @@ def _parse_records(p: Path, data: bytes, delimiter: str, n_cols: int) -> tuple[p
                                            block_size=1 << 24),
             parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
                                              ignore_empty_lines=False, invalid_row_handler=on_bad),
-            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in placeholders},
+            # large_string is what pandas' string columns hold: the frame then shares Arrow's buffers
+            convert_options=pacsv.ConvertOptions(column_types={c: pa.large_string() for c in placeholders},
                                                  strings_can_be_null=False, quoted_strings_can_be_null=False),
         )
     except (pa.ArrowInvalid, pa.ArrowException) as exc:

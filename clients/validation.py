@@ -231,7 +231,7 @@ class _Validator:
 
         if self.errors:
             raise self.fail()
-        table = pd.DataFrame({c: clean[c] for c in self.schema.columns if c in clean})
+        table = pd.DataFrame({c: clean[c] for c in self.schema.columns if c in clean}, copy=False)  # no 2-D copy
         if label_values is not None:
             table[label] = label_values
         table.index = pd.RangeIndex(len(table))

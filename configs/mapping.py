@@ -159,12 +159,41 @@ def apply_mapping(frame, mapping: Mapping | None):
         if col not in out.columns or isinstance(out[col], type(out)):
             continue  # missing or duplicated columns are reported by validation
         keys = {str(k).strip(): v for k, v in table.items()}
-        text = out[col].map(_cell_text)
-        hit = text.isin(keys.keys())
-        if hit.any():
-            out[col] = out[col].astype(object)
-            out.loc[hit, col] = text[hit].map(keys)
+        recoded = _recode_column(out[col], keys)
+        if recoded is not None:
+            out[col] = recoded
     return out
+
+
+def _recode_column(column, keys: dict[str, Any]):
+    """``column`` with every cell whose text form is a key of ``keys`` replaced (object dtype);
+    None when no cell matches.
+
+    The text form is computed once per distinct value (a column of a million cells holds a
+    handful of codes), then spread back to the cells. Object columns, whose distinct values
+    may compare equal across types (``1 == 1.0 == True``), are matched cell by cell.
+    """
+    import numpy as np
+    import pandas as pd
+
+    if column.dtype == object:
+        text = column.map(_cell_text)
+        hit = text.isin(keys.keys()).to_numpy(dtype=bool)
+        if not hit.any():
+            return None
+        values = column.to_numpy(dtype=object, copy=True)
+        values[hit] = text[hit].map(keys).to_numpy(dtype=object)
+        return pd.Series(values, index=column.index, dtype=object)
+    codes, uniques = pd.factorize(column, use_na_sentinel=False)
+    unique_values = np.asarray(uniques, dtype=object)
+    texts = [_cell_text(v) for v in unique_values]
+    unique_hit = np.array([t in keys for t in texts], dtype=bool)
+    if not unique_hit.any():
+        return None
+    replaced = unique_values.copy()
+    for i in np.flatnonzero(unique_hit):
+        replaced[i] = keys[texts[i]]
+    return pd.Series(replaced[codes], index=column.index, dtype=object)
 
 
 def _cell_text(value: Any) -> str:

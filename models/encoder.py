@@ -42,6 +42,8 @@ import pandas as pd
 from configs.schema import Feature, Schema, apply_transform
 
 DEFAULT_KNOTS = 8
+#: rows encoded at a time by :meth:`FeatureEncoder.transform` (keeps intermediates cache-sized)
+TRANSFORM_ROWS_PER_BLOCK = 8192
 
 
 def model_feature_list(schema: Schema, include_protected: bool = False) -> list[Feature]:
@@ -209,28 +211,49 @@ class FeatureEncoder:
         return {f.name: slice(f.start, f.start + f.width) for f in self.features}
 
     def transform(self, table) -> np.ndarray:
-        """Encode a clean table (schema columns, validated) as an ``(n, n_outputs)`` float32 matrix."""
+        """Encode a clean table (schema columns, validated) as an ``(n, n_outputs)`` float32 matrix.
+
+        Each column is read once; the matrix is then filled in blocks of
+        :data:`TRANSFORM_ROWS_PER_BLOCK` rows, so the float64 intermediates of the
+        piecewise-linear encoding stay small (cache-sized) whatever the number of rows.
+        """
         n = len(table)
         out = np.zeros((n, self.n_outputs), dtype=np.float32)
+        columns = []  # (feature, per-row values, what the encoding compares them with)
         for f in self.features:
-            block = out[:, f.start:f.start + f.width]
             col = table[f.name]
             if f.kind == "numeric":
                 x = np.clip(col.to_numpy(dtype=float), *f.value_range)
-                t = apply_transform(f.transform, x)
-                k = np.asarray(f.knots)
-                block[:] = np.clip((t[:, None] - k[:-1]) / (k[1:] - k[:-1]), 0.0, 1.0)
+                k = np.asarray(f.knots, dtype=float)
+                columns.append((f, apply_transform(f.transform, x), (k[:-1], k[1:] - k[:-1])))
             elif f.kind == "ordinal":
-                x = col.to_numpy(dtype=float)
-                block[:] = x[:, None] >= np.asarray(f.levels[1:], dtype=float)
+                columns.append((f, col.to_numpy(dtype=float), np.asarray(f.levels[1:], dtype=float)))
             elif f.kind == "categorical":
+                codes, uniques = pd.factorize(col)  # one dictionary look-up per distinct value
                 lookup = {c: i for i, c in enumerate(f.categories)}
-                codes = col.map(lookup).to_numpy()
-                if pd.isna(codes).any():
+                index = np.array([lookup.get(u, -1) for u in uniques], dtype=np.int64)
+                if (codes < 0).any() or (index < 0).any():
                     raise ValueError(f"column {f.name}: a value is not a declared category")
-                block[np.arange(n), codes.astype(np.int64)] = 1.0
+                columns.append((f, index[codes], None))
             else:
-                block[:, 0] = col.to_numpy(dtype=float)
+                columns.append((f, col.to_numpy(dtype=float), None))
+        for start in range(0, n, TRANSFORM_ROWS_PER_BLOCK):
+            stop = min(n, start + TRANSFORM_ROWS_PER_BLOCK)
+            rows = out[start:stop]
+            for f, values, against in columns:
+                block = rows[:, f.start:f.start + f.width]
+                if f.kind == "numeric":
+                    lower, width = against
+                    part = np.subtract(values[start:stop, None], lower)
+                    np.divide(part, width, out=part)
+                    np.clip(part, 0.0, 1.0, out=part)
+                    block[:] = part
+                elif f.kind == "ordinal":
+                    block[:] = values[start:stop, None] >= against
+                elif f.kind == "categorical":
+                    block[np.arange(stop - start), values[start:stop]] = 1.0
+                else:
+                    block[:, 0] = values[start:stop]
         return out
 
     def reference_frame(self) -> pd.DataFrame:
