@@ -30,6 +30,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("data synth", "simulation.synth_command"),
     ("data partition", "simulation.partition_command"),
     ("simulate", "simulation.simulate_command"),
+    ("sweep", "simulation.sweep_command"),
     ("score", "clients.score_command"),
     ("report", "server.report_command"),
     ("ledger verify", "server.ledger_command"),

@@ -36,7 +36,9 @@ def run_plain(run_config: dict, n_nodes: int, evaluate_every_round: bool = True)
     policies = [N.policy_from_context({"partition-id": k, "num-partitions": n_nodes}, run_config, "plain")
                 for k in range(n_nodes)]
     cfg_base = {"run-id": "plain", "schema-key": None, "dp": s.dp, "seed": s.seed,
-                "target-epsilon": s.target_epsilon, "num-server-rounds": s.num_server_rounds}
+                "target-epsilon": s.target_epsilon, "num-server-rounds": s.num_server_rounds,
+                # what the statistics query announces, so that nodes plan the run's budget (server.consortium)
+                "local-epochs": s.local_epochs, "batch-size": s.batch_size, "evaluate-every": s.evaluate_every}
     parts = [N.answer_statistics(p, cfg_base)[0] for p in policies]
     schema_key = N.load_node_data(policies[0]).schema.key
     from configs.schema import load_schema
@@ -46,6 +48,7 @@ def run_plain(run_config: dict, n_nodes: int, evaluate_every_round: bool = True)
     spec = ModelSpec(s.model, encoder.n_outputs, s.hidden if s.model == "mlp" else ())
     weights = get_weights(build_model(spec, s.seed))
     states = [dict() for _ in policies]
+    node_metrics: dict[str, dict] = {}  # institution → its last training reply's metrics (ε spent …)
     history = []
     t_rounds = time.time()
     for rnd in range(1, s.num_server_rounds + 1):
@@ -58,6 +61,7 @@ def run_plain(run_config: dict, n_nodes: int, evaluate_every_round: bool = True)
         for p, st in zip(policies, states):
             w, m = N.train(p, weights, cfg, st)
             updates.append((w, m["num-examples"]))
+            node_metrics[p.institution_id] = m
         weights = fedavg(updates)
         record = {"round": rnd}
         if evaluate_every_round or rnd == s.num_server_rounds:
@@ -66,4 +70,4 @@ def run_plain(run_config: dict, n_nodes: int, evaluate_every_round: bool = True)
         history.append(record)
     return {"history": history, "final": history[-1].get("global"), "wall_s": time.time() - t0,
             "setup_s": t_rounds - t0, "rounds_s": time.time() - t_rounds,
-            "encoder": encoder, "spec": spec, "weights": weights}
+            "encoder": encoder, "spec": spec, "weights": weights, "node_metrics": node_metrics}

@@ -156,24 +156,12 @@ def simulate(o: SimulationOptions, on_event: Callable[[dict], None] | None = Non
     metrics["wall_s_flower"] = wall
 
     if o.baselines and metrics.get("model_dir"):
-        from privacy.planning import default_delta
-        from simulation.baselines import BaselineSettings, run_baselines
+        from simulation.baselines import run_baselines
 
         encoder = FeatureEncoder.from_json((run_dir / "model" / "encoder.json").read_text())
         spec = ModelSpec.from_dict(json.loads((run_dir / "model" / "model.json").read_text())["spec"])
-        b = BaselineSettings(epochs=settings.num_server_rounds * settings.local_epochs,
-                             batch_size=settings.batch_size, learning_rate=settings.learning_rate,
-                             optimizer=settings.optimizer, seed=settings.seed, dp=settings.dp,
-                             max_epsilon=float(o.epsilon), clipping_norm=settings.clipping_norm,
-                             delta_for=default_delta)
-        metrics["baselines"] = run_baselines(nodes, encoder, spec, b)
-    metrics["data"] = {k: {"rows_train": d.split.n_train, "rows_holdout": len(d.split.holdout),
-                           "rows": d.split.n_train + len(d.split.holdout),
-                           "default_rate": float(
-                               (d.split.train[d.schema.label.name].sum() + d.split.holdout[d.schema.label.name].sum())
-                               / (d.split.n_train + len(d.split.holdout))),
-                           "fingerprint": d.split.fingerprint}
-                       for k, d in nodes.items()}
+        metrics["baselines"] = run_baselines(nodes, encoder, spec, baseline_settings(settings, o.epsilon))
+    metrics["data"] = data_summary(nodes)
     metrics["summary"] = summarise(metrics, nodes, o)
     metrics["summary"].update({"report": str(run_dir / "report.html"), "model_card": str(run_dir / "model_card.md")})
     metrics_path.write_text(json.dumps(metrics, indent=2, default=float))
@@ -181,6 +169,30 @@ def simulate(o: SimulationOptions, on_event: Callable[[dict], None] | None = Non
 
     write_report(run_dir)  # report.html + model_card.md/.json, from the metrics.json just written
     return metrics["summary"]
+
+
+def data_summary(nodes: dict[str, NodeData]) -> dict[str, dict]:
+    """Rows (training, holdout), default rate and data fingerprint of each institution."""
+    return {k: {"rows_train": d.split.n_train, "rows_holdout": len(d.split.holdout),
+                "rows": d.split.n_train + len(d.split.holdout),
+                "default_rate": float(
+                    (d.split.train[d.schema.label.name].sum() + d.split.holdout[d.schema.label.name].sum())
+                    / (d.split.n_train + len(d.split.holdout))),
+                "fingerprint": d.split.fingerprint}
+            for k, d in nodes.items()}
+
+
+def baseline_settings(settings, epsilon: float):
+    """The baselines' training settings for a run: the same optimiser, rounds × local epochs,
+    DP at the institutions' budget ``epsilon`` when the run is private."""
+    from privacy.planning import default_delta
+    from simulation.baselines import BaselineSettings
+
+    return BaselineSettings(epochs=settings.num_server_rounds * settings.local_epochs,
+                            batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+                            optimizer=settings.optimizer, seed=settings.seed, dp=settings.dp,
+                            max_epsilon=float(epsilon), clipping_norm=settings.clipping_norm,
+                            delta_for=default_delta)
 
 
 def summarise(metrics: dict, nodes: dict[str, NodeData], o: SimulationOptions) -> dict:
