@@ -40,8 +40,13 @@ def _reason(exc: Exception) -> tuple[str, str]:
     if isinstance(exc, N.NodeRefusal):
         return exc.reason, exc.detail
     from clients.validation import DataValidationError
+    from privacy.accountant import PrivacyStateError
 
-    return (P.REFUSED_DATA if isinstance(exc, DataValidationError) else P.REFUSED_POLICY), str(exc)
+    if isinstance(exc, DataValidationError):
+        return P.REFUSED_DATA, str(exc)
+    if isinstance(exc, PrivacyStateError):  # unwritable, damaged or locked state: nothing was released
+        return P.REFUSED_STATE, str(exc)
+    return P.REFUSED_POLICY, str(exc)
 
 
 def _refusal(msg: Message, context: Context, exc: Exception) -> Message:
@@ -70,7 +75,9 @@ def _save_plan_state(context: Context, plan: dict) -> None:
 def statistics(msg: Message, context: Context) -> Message:
     try:
         policy = _policy(context)
-        stats, metrics = N.answer_statistics(policy, _config(msg))
+        state = {"plan": _plan_state(context)}
+        stats, metrics = N.answer_statistics(policy, _config(msg), state)
+        _save_plan_state(context, state.get("plan") or {})
     except (N.NodeRefusal, UserError) as exc:
         return _refusal(msg, context, exc)
     return P.reply(msg, institution_id=policy.institution_id, arrays_key=P.STATS, arrays=stats, metrics=metrics)

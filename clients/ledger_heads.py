@@ -38,8 +38,18 @@ def record_ledger_head(state_dir: str | Path, run_id: str, server_round: int, he
         raise UserError(f"the round config's ledger-head {head[:80]!r} is not a sha256 hex digest; "
                         "this node does not train for a server that does not show a valid ledger head")
     d = Path(state_dir)
-    d.mkdir(parents=True, exist_ok=True)
     path = d / HEADS_FILE
+    try:
+        return _append_head(d, path, str(run_id), int(server_round), head)
+    except OSError as exc:
+        from privacy.accountant import PrivacyStateError
+
+        raise PrivacyStateError(f"{path}: cannot store the audit ledger's head ({exc.strerror or exc}); the node "
+                                "does not train until its 'state-dir' is writable") from None
+
+
+def _append_head(d: Path, path: Path, run_id: str, server_round: int, head: str) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
     old = path.read_bytes() if path.is_file() else b""
     for line in old.splitlines():
         try:
@@ -53,11 +63,15 @@ def record_ledger_head(state_dir: str | Path, run_id: str, server_round: int, he
     entry = {"run_id": str(run_id), "round": int(server_round), "head": head,
              "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
     tmp = path.with_name(f".{HEADS_FILE}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(old + json.dumps(entry, sort_keys=True).encode() + b"\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(old + json.dumps(entry, sort_keys=True).encode() + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     try:
         fd = os.open(d, os.O_RDONLY)
     except OSError:  # pragma: no cover - platforms without directory fds

@@ -220,8 +220,15 @@ def _noise_seed(policy: NodePolicy, cfg: dict, salt: str) -> int | None:
 
 
 # ------------------------------------------------------------------------- handlers
-def answer_statistics(policy: NodePolicy, cfg: dict) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Per-feature count vectors of the training rows; Gaussian-noised and accounted under DP."""
+def answer_statistics(policy: NodePolicy, cfg: dict, state: dict | None = None
+                      ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Per-feature count vectors of the training rows; Gaussian-noised and accounted under DP.
+
+    Under DP the node first plans the run's noise (it spends nothing on a run it cannot train
+    in); the plan is kept in ``state`` (the node's per-run state), so that the first training
+    round uses it instead of planning again when nothing changed in between (planning searches
+    σ with the accountant: about a second per node).
+    """
     data = load_node_data(policy)
     if cfg.get("schema-key") and cfg["schema-key"] != data.schema.key:
         raise NodeRefusal("policy", f"the run uses schema {cfg['schema-key']}, this node's data follows {data.schema.key}")
@@ -237,11 +244,16 @@ def answer_statistics(policy: NodePolicy, cfg: dict) -> tuple[dict[str, np.ndarr
     event.run_id, event.rows, event.split = str(cfg.get("run-id", "")), "train", data.split.split
     with _ledger(policy, data) as ledger:
         try:
+            p = None
             if "num-server-rounds" in cfg:  # do not spend on statistics for a run we cannot train in
-                _plan_run(policy, ledger, data.split.n_train, cfg, first_round=1, pending=[event])
+                p = _plan_run(policy, ledger, data.split.n_train, cfg, first_round=1, pending=[event])
             spent = ledger.record([event])
         except BudgetExceeded as exc:
             raise NodeRefusal("budget-exhausted", str(exc)) from None
+        if p is not None and state is not None and "batch-size" in cfg and "local-epochs" in cfg:
+            state["plan"] = {"run-id": event.run_id, "noise-multiplier": p.noise_multiplier, "rounds": p.rounds,
+                             "planned-at": "statistics", "ledger-events": len(ledger.events),
+                             "shape": _plan_shape(data.split.n_train, cfg, 1)}
         metrics.update({"epsilon-spent": spent, "epsilon-budget": ledger.max_epsilon, "delta": ledger.delta})
     return noisy, metrics
 
@@ -291,6 +303,12 @@ def train(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict,
     steps = tcfg.local_epochs * tcfg.steps_per_epoch(len(x))
     with _ledger(policy, data) as ledger:
         plan = state.get("plan")
+        if plan and plan.get("planned-at") == "statistics":  # planned when answering the statistics query:
+            if (plan.get("ledger-events") == len(ledger.events)  # the same ledger, the same run shape
+                    and plan.get("shape") == _plan_shape(len(x), cfg, rnd) and plan.get("run-id") == run_id):
+                plan = state["plan"] = {k: plan[k] for k in ("run-id", "noise-multiplier", "rounds")}
+            else:
+                plan = None
         if not plan or plan.get("run-id") != run_id:
             try:
                 p = _plan_run(policy, ledger, len(x), cfg, first_round=rnd)
@@ -299,7 +317,11 @@ def train(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict,
             plan = {"run-id": run_id, "noise-multiplier": p.noise_multiplier, "rounds": p.rounds}
             state["plan"] = plan
         sigma = float(plan["noise-multiplier"])
-        rule = DPSGDGradients(sigma, float(cfg["clipping-norm"]), q, seed=_noise_seed(policy, cfg, f"train-{rnd}"))
+        # a round trained again (its first reply was lost with a crashed server) draws fresh noise:
+        # the same draws at another σ would let the two releases be combined to remove the noise
+        replays = sum(1 for e in ledger.events if e.kind == "train" and e.run_id == run_id and e.round == rnd)
+        salt = f"train-{rnd}" + (f"-replay-{replays}" if replays else "")
+        rule = DPSGDGradients(sigma, float(cfg["clipping-norm"]), q, seed=_noise_seed(policy, cfg, salt))
         event = rule.events(steps, run_id, rnd)
         event.rows, event.split = "train", data.split.split
         try:
@@ -311,6 +333,12 @@ def train(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict,
         metrics.update({"train-loss": out["loss"], "epsilon-spent": spent, "epsilon-budget": ledger.max_epsilon,
                         "delta": ledger.delta, "noise-multiplier": sigma, "sample-rate": q, "steps": float(steps)})
     return get_weights(model), metrics
+
+
+def _plan_shape(n_train: int, cfg: dict, first_round: int) -> str:
+    """What :func:`_plan_run` depends on besides the ledger (to reuse a plan only when equal)."""
+    keys = ("run-id", "num-server-rounds", "local-epochs", "batch-size", "evaluate-every", "target-epsilon")
+    return json.dumps([n_train, first_round] + [str(cfg.get(k, "")) for k in keys])
 
 
 def _plan_run(policy: NodePolicy, ledger, n_train: int, cfg: dict, first_round: int, pending=()):

@@ -52,6 +52,7 @@ REFUSED_INVALID_UPDATE = "invalid-update"  # the node withholds a non-finite upd
 REFUSED_BUDGET = "budget-exhausted"
 REFUSED_POLICY = "policy"
 REFUSED_DATA = "invalid-data"
+REFUSED_STATE = "node-state"  # the node's state dir (privacy ledger, ledger heads) cannot be read or written
 
 
 def evaluation_rounds(first: int, last: int, every: int) -> list[int]:

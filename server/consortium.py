@@ -40,12 +40,13 @@ from models.metrics import EvaluationSums, rebin, sum_evaluations
 from models.network import ModelSpec, build_model, get_weights
 from models.package import ModelPackage, save_package, weights_digest
 from models.scoring import ScoreScale
-from server.checkpoints import load_checkpoint, save_checkpoint
+from server.checkpoints import Checkpoint, load_checkpoint, resume_source, save_checkpoint
 from server.exchange import exchange
 from server.ledger import RunLedger
 from server.settings import RunSettings, parse_run_config
-from server.strategies import build_strategy, restore_strategy_state, strategy_state
-from server.update_checks import check_update
+from server.strategies import (aggregate_updates, build_strategy, restore_strategy_state, snapshot_grid,
+                               strategy_state)
+from server.update_checks import check_update, clip_update
 
 NODE_WAIT_POLL_S = 0.2
 REPORT_BINS = 100  # per-institution score histograms kept in metrics.json for the report
@@ -122,6 +123,9 @@ class ConsortiumRun:
         self.grid = grid
         self.settings = parse_run_config(run_config)
         self.run_id = str(run_id)
+        # the run id the nodes see: a resumed run goes on under the id of the run it continues, so
+        # each node's privacy ledger shows one run and target-epsilon caps the whole of it
+        self.node_run_id = self.run_id
         self.schema = load_schema(self.settings.schema)
         self.run_dir = resolve_run_dir(self.settings, run_id)
         self.recorder = RunRecorder(self.run_dir, list(listeners or []))
@@ -144,23 +148,26 @@ class ConsortiumRun:
         if info.get("institution-id"):
             self.institutions[node_id] = str(info["institution-id"])
 
-    def wait_for_nodes(self) -> list[int]:
-        need = self.settings.min_available_nodes
+    def wait_for_nodes(self, need: int | None = None) -> list[int]:
+        """Connected nodes, once at least ``need`` (default min-available-nodes) are; waits up to
+        round-timeout, then stops the run with ``too-few-nodes``."""
+        need = self.settings.min_available_nodes if need is None else need
         deadline = time.monotonic() + self.settings.round_timeout
         while True:
             nodes = sorted(self.grid.get_node_ids())
             if len(nodes) >= need:
                 return nodes
             if time.monotonic() > deadline:
+                what = "min-available-nodes" if need == self.settings.min_available_nodes else "min-train-nodes"
                 raise RunStopped("too-few-nodes", f"{len(nodes)} node(s) connected after "
-                                 f"{self.settings.round_timeout:.0f} s; min-available-nodes is {need}")
+                                 f"{self.settings.round_timeout:.0f} s; {what} is {need}")
             time.sleep(NODE_WAIT_POLL_S)
 
     # --------------------------------------------------------------- statistics
     def collect_statistics(self) -> None:
         nodes = self.wait_for_nodes()
         s = self.settings
-        cfg = ConfigRecord({"schema-key": self.schema.key, "run-id": self.run_id, "dp": s.dp,
+        cfg = ConfigRecord({"schema-key": self.schema.key, "run-id": self.node_run_id, "dp": s.dp,
                             "target-epsilon": s.target_epsilon, "num-server-rounds": s.num_server_rounds,
                             "local-epochs": s.local_epochs, "batch-size": s.batch_size,
                             "evaluate-every": s.evaluate_every})
@@ -196,7 +203,7 @@ class ConsortiumRun:
     def round_config(self, rnd: int) -> ConfigRecord:
         s = self.settings
         return ConfigRecord({
-            "run-id": self.run_id, "server-round": rnd, "num-server-rounds": s.num_server_rounds,
+            "run-id": self.node_run_id, "server-round": rnd, "num-server-rounds": s.num_server_rounds,
             "local-epochs": s.local_epochs, "batch-size": s.batch_size, "learning-rate": s.learning_rate,
             "optimizer": s.optimizer, "proximal-mu": s.proximal_mu if s.strategy == "fedprox" else 0.0,
             "dp": s.dp, "target-epsilon": s.target_epsilon, "clipping-norm": s.clipping_norm,
@@ -208,7 +215,11 @@ class ConsortiumRun:
     def train_round(self, rnd: int) -> dict:
         s = self.settings
         before = self.weights
-        msgs = list(self.strategy.configure_train(rnd, P.to_array_record(before), self.round_config(rnd), self.grid))
+        # sample from the nodes connected now: a node that died is not waited for (Flower's own
+        # sampler would wait for min-available-nodes forever); fewer than min-train-nodes stops the run
+        nodes = self.wait_for_nodes(s.min_train_nodes)
+        msgs = list(self.strategy.configure_train(rnd, P.to_array_record(before), self.round_config(rnd),
+                                                  snapshot_grid(self.grid, nodes)))
         sampled = [m.metadata.dst_node_id for m in msgs]
         self.recorder.event("round-start", round=rnd, sampled=len(sampled))
         secure = None
@@ -222,7 +233,8 @@ class ConsortiumRun:
         else:
             ex = exchange(self.grid, msgs, s.round_timeout, on_reply=self._note_identity)
         accepted, refused, rejected, node_metrics = [], {}, {}, {}
-        for node, msg in ex.ok.items():
+        # in institution order, not arrival order: the aggregate (a float sum) is then reproducible
+        for node, msg in sorted(ex.ok.items(), key=lambda item: (self.name(item[0]), item[0])):
             who = self.name(node)
             info = P.node_info(msg)
             metrics = dict(msg.content[P.METRICS]) if P.METRICS in msg.content.metric_records else {}
@@ -254,8 +266,18 @@ class ConsortiumRun:
             raise RunStopped(reason, f"round {rnd}: {len(accepted)} usable update(s), min-train-nodes is "
                              f"{s.min_train_nodes}; refused: {sorted(refused) or 'none'}, "
                              f"dropped: {sorted(dropped) or 'none'}, rejected: {sorted(rejected) or 'none'}")
-        agg_arrays, agg_metrics = self.strategy.aggregate_train(
-            rnd, secure.strategy_replies(before, accepted) if secure else accepted)
+        if s.clip_update_norm > 0 and not secure:  # server-side clipping of each update's delta
+            record["clipped"] = {}
+            for m in accepted:
+                norm = clip_update(m, before, s.clip_update_norm)
+                if norm is not None:
+                    record["clipped"][self.name(m.metadata.src_node_id)] = norm
+        agg_arrays, agg_metrics, rule = aggregate_updates(
+            self.strategy, s, rnd, secure.strategy_replies(before, accepted) if secure else accepted)
+        if s.aggregation != "mean":
+            if "selected" in rule:
+                rule["selected"] = [record["participants"][i] for i in rule["selected"]]
+            record["aggregation"] = rule
         self.weights = P.from_array_record(agg_arrays)
         delta = np.sqrt(sum(float(np.sum((self.weights[k] - before[k]) ** 2)) for k in before))
         record.update({
@@ -274,10 +296,14 @@ class ConsortiumRun:
         s = self.settings
         if s.fraction_evaluate <= 0:
             return
-        cfg = ConfigRecord({"run-id": self.run_id, "server-round": rnd, "encoder": self.encoder.to_json(),
+        cfg = ConfigRecord({"run-id": self.node_run_id, "server-round": rnd, "encoder": self.encoder.to_json(),
                             "model-spec": json.dumps(self.spec.to_dict()), "cutoff-pd": s.cutoff_pd})
+        nodes = sorted(self.grid.get_node_ids())
+        if len(nodes) < max(1, self.strategy.min_evaluate_nodes):
+            record["evaluation_failed"] = {"*": f"only {len(nodes)} node(s) connected; evaluation skipped"}
+            return
         msgs = list(self.strategy.configure_evaluate(
-            rnd, P.to_array_record(self.weights if weights is None else weights), cfg, self.grid))
+            rnd, P.to_array_record(self.weights if weights is None else weights), cfg, snapshot_grid(self.grid, nodes)))
         ex = exchange(self.grid, msgs, s.round_timeout, on_reply=self._note_identity)
         parts, per_inst, fair_parts = [], {}, []
         for node, msg in ex.ok.items():
@@ -296,6 +322,7 @@ class ConsortiumRun:
                     reply_metrics["epsilon-spent"])
             per_inst[self.name(node)]["_sums"] = sums
         record["evaluation_failed"] = {self.name(n): r for n, r in ex.errors.items()}
+        record["evaluation_failed"].update({self.name(n): "no reply before the round timeout" for n in ex.missing})
         record["institutions"] = per_inst
         if parts:
             pooled = sum_evaluations(parts)
@@ -309,6 +336,7 @@ class ConsortiumRun:
     def checkpoint(self, rnd: int) -> None:
         state = {
             "run_id": self.run_id,
+            "node_run_id": self.node_run_id,
             "encoder": self.encoder.to_dict(),
             "spec": self.spec.to_dict(),
             "history": [_public(r) for r in self.history],
@@ -318,9 +346,11 @@ class ConsortiumRun:
         }
         save_checkpoint(self.run_dir, rnd, self.weights, strategy_state(self.strategy), state)
 
-    def resume(self, resume_from: Path) -> int:
-        ckpt = load_checkpoint(resume_from)
+    def resume(self, ckpt: Checkpoint) -> int:
+        """Continue from a verified checkpoint; returns the first round to train."""
         st = ckpt.state
+        self.node_run_id = str(st.get("node_run_id") or st.get("run_id") or self.run_id)
+        self.institutions.update({int(k): v for k, v in (st.get("institutions") or {}).items()})
         self.encoder = FeatureEncoder.from_dict(st["encoder"])
         self.spec = ModelSpec.from_dict(st["spec"])
         self.weights = ckpt.weights
@@ -331,14 +361,27 @@ class ConsortiumRun:
             self.strategy.current_arrays = dict(ckpt.weights)
         if self.audit is not None:
             self.audit.resumed(ckpt.round, weights_digest(ckpt.weights), self.history, str(ckpt.path), self.run_id)
-        self.recorder.event("resumed", from_round=ckpt.round, checkpoint=str(ckpt.path))
+        now = self.settings.as_run_config()
+        changed = {k: {"was": v, "now": now.get(k)} for k, v in (st.get("settings") or {}).items()
+                   if now.get(k) != v and k not in ("run-dir", "resume-from")}
+        self.recorder.event("resumed", from_round=ckpt.round, checkpoint=str(ckpt.path), node_run_id=self.node_run_id,
+                            settings_changed=changed)
         return ckpt.round + 1
 
     # ----------------------------------------------------------------------- run
     def execute(self, resume_from: Path | None = None) -> dict:
         s = self.settings
+        source, rnd = resume_source(resume_from) if resume_from else (None, None)
         # a broken ledger (here or in resume_from) stops before anything is written
-        self.audit = RunLedger.open(self.run_dir, s.ledger_key, Path(resume_from) if resume_from else None)
+        self.audit = RunLedger.open(self.run_dir, s.ledger_key, source)
+        ckpt = None
+        if source is not None:  # so does a damaged checkpoint: it is reported, never loaded
+            try:
+                ckpt = load_checkpoint(source, rnd)
+            except UserError:
+                self.audit.close()
+                self.recorder.close()
+                raise
         self.recorder.listeners.append(self.audit.on_event)
         write_resolved_config(self.run_dir, s, self.run_id)
         self.audit.run_start(self.run_id, self.run_dir / "config.resolved.toml", s.as_run_config(), resume_from)
@@ -347,8 +390,8 @@ class ConsortiumRun:
         status, reason, detail = "completed", "", ""
         last_pooled = None
         try:
-            first = self.resume(Path(resume_from)) if resume_from else 1
-            if not resume_from:
+            first = self.resume(ckpt) if ckpt else 1
+            if not ckpt:
                 self.collect_statistics()
             for rnd in range(first, s.num_server_rounds + 1):
                 t0 = time.time()

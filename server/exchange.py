@@ -10,6 +10,7 @@ soon as its last reply arrives. Replies are matched to the sent messages by
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -76,7 +77,11 @@ def _short_reason(reason: str | None) -> str:
     """The last meaningful line of an error reason (simulation reasons carry a traceback)."""
     if not reason:
         return "unknown error"
-    lines = [ln.strip() for ln in str(reason).strip().splitlines() if ln.strip()]
+    reason = str(reason).strip()
+    m = re.match(r"<class '([\w.]+)'>:<'(.*)'>$", reason, re.S)  # "<class 'X'>:<'message'>" (SuperNode)
+    if m:
+        reason = f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}"
+    lines = [ln.strip() for ln in reason.splitlines() if ln.strip()]
     for ln in reversed(lines):
         if "Error" in ln or "Exception" in ln or "error" in ln:
             return ln[:500]

@@ -622,6 +622,9 @@ class RunLedger:
                         "fairness": record.get("fairness")},
             "evaluation_failed": record.get("evaluation_failed", {}),
         })
+        for key in ("aggregation", "clipped"):  # the robust rule's choices; updates clipped by the server
+            if record.get(key) is not None:
+                payload[key] = record[key]
         if record.get("secure_aggregation") is not None:  # SecAgg+: the server saw only the sum
             payload["secure_aggregation"] = record["secure_aggregation"]
         if recovered:

@@ -19,6 +19,22 @@ from configs.errors import ConfigError
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 AGGREGATIONS = ("mean", "trimmed-mean", "median", "krum", "multi-krum")
+#: why each robust rule needs the number of updates :func:`robust_min_updates` gives (f = max-malicious-nodes)
+ROBUST_NEEDS = {
+    "trimmed-mean": "f updates are dropped from each end of every coordinate, and one must remain: 2f + 1",
+    "median": "the coordinate-wise median is an honest value only when honest updates are a majority: 2f + 1",
+    "krum": "Krum scores each update by its n − f − 2 nearest neighbours and needs n ≥ 2f + 3",
+    "multi-krum": "Multi-Krum scores each update by its n − f − 2 nearest neighbours and needs n ≥ 2f + 3",
+}
+
+
+def robust_min_updates(aggregation: str, f: int) -> int:
+    """Fewest usable updates a round needs for ``aggregation`` with ``f`` malicious nodes."""
+    if aggregation in ("krum", "multi-krum"):
+        return 2 * f + 3
+    if aggregation in ("trimmed-mean", "median"):
+        return 2 * f + 1
+    return 1
 
 #: key → default. Types are taken from the defaults (int, float, bool, str).
 DEFAULTS: dict[str, Any] = {
@@ -49,6 +65,8 @@ DEFAULTS: dict[str, Any] = {
     "resume-from": "",
     "ledger-key": "",
     "max-update-norm": 0.0,
+    "clip-update-norm": 0.0,
+    "max-malicious-nodes": 1,
     "secure-aggregation": False,
     "secagg-clipping-range": 8.0,
     "schema": "consumer-credit-v1",
@@ -91,6 +109,8 @@ class RunSettings:
     resume_from: str
     ledger_key: str  # operator's Ed25519 private key (PEM) that signs the audit ledger; "" = one per run
     max_update_norm: float
+    clip_update_norm: float  # server-side L2 clipping of each update's delta; 0 = off
+    max_malicious_nodes: int  # f the robust aggregation rules are sized for
     secure_aggregation: bool
     secagg_clipping_range: float
     schema: str
@@ -187,6 +207,17 @@ def _check(s: RunSettings) -> None:
                   "private key (PEM, 'fedcredit ledger keygen' makes one) or leave it empty")
     if s.max_update_norm < 0:
         raise bad("max-update-norm", "must be ≥ 0 (0 = no bound)")
+    if s.clip_update_norm < 0:
+        raise bad("clip-update-norm", "must be ≥ 0 (0 = no server-side clipping)")
+    if s.max_malicious_nodes < 0:
+        raise bad("max-malicious-nodes", "must be ≥ 0")
+    if s.aggregation != "mean":
+        need = robust_min_updates(s.aggregation, s.max_malicious_nodes)
+        if s.min_train_nodes < need:
+            raise bad("min-train-nodes", f"must be at least {need} with aggregation = {s.aggregation} and "
+                      f"max-malicious-nodes = {s.max_malicious_nodes} ({ROBUST_NEEDS[s.aggregation]}); "
+                      f"got {s.min_train_nodes}. Raise min-train-nodes (and min-available-nodes) or lower "
+                      "max-malicious-nodes")
     if s.secagg_clipping_range <= 0:
         raise bad("secagg-clipping-range", "must be positive (each coordinate of a weighted update is clipped to ±it)")
     if s.secure_aggregation:
@@ -194,6 +225,9 @@ def _check(s: RunSettings) -> None:
         if s.aggregation != "mean":
             raise bad("aggregation", f"must be 'mean' with secure-aggregation = true ({why}; robust rules need "
                       "each update)")
+        if s.clip_update_norm > 0:
+            raise bad("clip-update-norm", f"must be 0 with secure-aggregation = true ({why}, so it cannot clip "
+                      "each update; each coordinate is bounded by secagg-clipping-range instead)")
         if s.max_update_norm > 0:
             raise bad("max-update-norm", f"must be 0 with secure-aggregation = true ({why}, so it cannot check "
                       "each update's norm; each coordinate is bounded by secagg-clipping-range instead)")

@@ -1,22 +1,63 @@
 """The aggregation strategy of a run, built on Flower's Message-API strategies.
 
-``fedavg`` → :class:`flwr.serverapp.strategy.FedAvg`; ``fedprox`` → ``FedProx`` (it adds
-``proximal-mu`` to the train config, the nodes add the proximal term); ``fedadam`` →
-``FedAdam`` with the run's server learning rate (its moments are strategy state that
-checkpoints save and resume restores).
+``strategy`` chooses how the global model moves:
+
+* ``fedavg`` → :class:`flwr.serverapp.strategy.FedAvg`;
+* ``fedprox`` → ``FedProx`` (it adds ``proximal-mu`` to the train config, the nodes add the
+  proximal term);
+* ``fedadam`` → ``FedAdam`` with the run's server learning rate (its moments are strategy
+  state that checkpoints save and resume restores).
+
+``aggregation`` chooses how the round's updates are combined; the robust rules are Flower's own
+strategies (all FedAvg subclasses), sized by ``max-malicious-nodes`` = f:
+
+* ``mean`` — the weighted mean (weights = number of examples);
+* ``trimmed-mean`` → ``FedTrimmedAvg``: per coordinate, drop the f largest and f smallest
+  values, average the rest (unweighted);
+* ``median`` → ``FedMedian``: coordinate-wise median (unweighted);
+* ``krum`` → ``Krum``: the one update with the smallest sum of squared distances to its
+  n − f − 2 nearest neighbours;
+* ``multi-krum`` → ``MultiKrum``: the n − f updates with the best Krum scores, averaged
+  (weighted by examples).
+
+How the two combine: with ``fedavg`` the robust strategy is used as is; with ``fedprox`` and
+``fedadam`` a class is composed from both (``FedProx`` + rule: the nodes' proximal term and the
+robust combination; ``FedAdam`` + rule: the robust aggregate takes the place of the mean, so
+the pseudo-gradient FedAdam feeds its moments with is *robust aggregate − global weights*).
+Python's method resolution does this with Flower's classes unchanged: ``FedAdam.aggregate_train``
+calls ``super().aggregate_train``, which is the robust rule's.
 
 The round driver in :mod:`server.consortium` uses a strategy for what Flower does well —
 sampling nodes (``configure_train`` / ``configure_evaluate``) and aggregating weights
-(``aggregate_train``) — and does the message exchange, refusal handling and update checks
-itself.
+(:func:`aggregate_updates`) — and does the message exchange, refusal handling, update checks
+and server-side clipping itself. It checks node availability itself too, so the strategy is
+built with ``min_available_nodes = 1`` (Flower's sampler would otherwise wait forever for a
+node that died).
 """
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
+from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, MultiKrum
 
 from server.settings import RunSettings
+
+ROBUST_RULES: dict[str, type[FedAvg]] = {
+    "trimmed-mean": FedTrimmedAvg, "median": FedMedian, "krum": Krum, "multi-krum": MultiKrum}
+
+
+def strategy_class(strategy: str, aggregation: str) -> type[FedAvg]:
+    """The Flower strategy class for ``strategy`` combined with ``aggregation``."""
+    base = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam}[strategy]
+    if aggregation == "mean":
+        return base
+    rule = ROBUST_RULES[aggregation]
+    if base is FedAvg:
+        return rule
+    return type(f"{base.__name__}With{rule.__name__}", (base, rule), {})
 
 
 def build_strategy(s: RunSettings) -> FedAvg:
@@ -25,13 +66,48 @@ def build_strategy(s: RunSettings) -> FedAvg:
         fraction_evaluate=s.fraction_evaluate,
         min_train_nodes=s.min_train_nodes,
         min_evaluate_nodes=min(s.min_train_nodes, s.min_available_nodes) if s.fraction_evaluate > 0 else 0,
-        min_available_nodes=s.min_available_nodes,
+        min_available_nodes=1,  # the driver waits for nodes itself (ConsortiumRun.wait_for_nodes)
     )
-    if s.strategy == "fedprox":
-        return FedProx(proximal_mu=s.proximal_mu, **common)
-    if s.strategy == "fedadam":
-        return FedAdam(eta=s.server_learning_rate, eta_l=s.learning_rate, **common)
-    return FedAvg(**common)
+    cls = strategy_class(s.strategy, s.aggregation)
+    if issubclass(cls, FedProx):
+        strategy = cls(proximal_mu=s.proximal_mu, **common)
+    elif issubclass(cls, FedAdam):
+        strategy = cls(eta=s.server_learning_rate, eta_l=s.learning_rate, **common)
+    else:
+        strategy = cls(**common)
+    if isinstance(strategy, MultiKrum):
+        strategy.num_malicious_nodes = s.max_malicious_nodes
+    return strategy
+
+
+def aggregate_updates(strategy: FedAvg, s: RunSettings, rnd: int, replies: list[Message]
+                      ) -> tuple[ArrayRecord | None, MetricRecord | None, dict]:
+    """Aggregate the accepted replies of round ``rnd``; returns (arrays, metrics, what the rule did).
+
+    The robust rules are sized per round from the number n of updates: trimmed-mean drops
+    f = ``max-malicious-nodes`` values from each end of every coordinate, multi-krum keeps n − f.
+    """
+    n, f = len(replies), s.max_malicious_nodes
+    info: dict = {"rule": s.aggregation, "updates": n}
+    if isinstance(strategy, FedTrimmedAvg):
+        strategy.beta = min(f / n + 1e-9, 0.4999999) if f else 0.0  # Flower trims int(beta · n) per end
+        info["trimmed_per_end"] = int(strategy.beta * n)
+    elif isinstance(strategy, MultiKrum):
+        strategy.num_malicious_nodes = f
+        if not isinstance(strategy, Krum):
+            strategy.num_nodes_to_select = max(1, n - f)
+        info["selected"] = _krum_selection(replies, f, strategy.num_nodes_to_select)
+    arrays, metrics = strategy.aggregate_train(rnd, replies)
+    return arrays, metrics, info
+
+
+def _krum_selection(replies: list[Message], f: int, m: int) -> list[int]:
+    """Indices (into ``replies``) of the updates (Multi-)Krum keeps — the same choice Flower makes."""
+    from flwr.serverapp.strategy.multikrum import select_multikrum
+
+    contents = [r.content for r in replies]
+    chosen = select_multikrum(contents, num_malicious_nodes=f, num_nodes_to_select=m)
+    return sorted(next(i for i, c in enumerate(contents) if c is x) for x in chosen)
 
 
 def strategy_state(strategy: FedAvg) -> dict[str, np.ndarray]:
@@ -48,3 +124,23 @@ def restore_strategy_state(strategy: FedAvg, state: dict[str, np.ndarray]) -> No
         part = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(attr + "/")}
         if part:
             setattr(strategy, attr, part)
+
+
+def snapshot_grid(grid, node_ids: Iterable[int]):
+    """``grid`` whose ``get_node_ids`` returns ``node_ids`` — what a strategy samples from.
+
+    The driver decides which nodes are available; Flower's sampler then cannot block on a node
+    that disappeared between that decision and the sampling.
+    """
+    return _SnapshotGrid(grid, list(node_ids))
+
+
+class _SnapshotGrid:
+    def __init__(self, grid, node_ids: list[int]):
+        self._grid, self._nodes = grid, node_ids
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._nodes)
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)

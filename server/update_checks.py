@@ -5,6 +5,11 @@ An update is rejected — the node is recorded and the round goes on with the ot
 * its arrays do not have exactly the global model's names, shapes and float dtype;
 * any value is NaN or infinite;
 * its L2 distance from the global model exceeds ``max-update-norm`` (when that bound is set).
+
+An accepted update may then be clipped (:func:`clip_update`, run config ``clip-update-norm``):
+its delta from the global model is scaled down to that L2 norm, so no single node can move the
+model further than the bound in one round. The nodes' DP guarantee does not depend on it (it is
+post-processing of what they released); it bounds the influence of a faulty or malicious node.
 """
 
 from __future__ import annotations
@@ -45,3 +50,20 @@ def check_update(msg: Message, global_weights: dict[str, np.ndarray], max_norm: 
     if max_norm > 0 and norm > max_norm:
         return f"update norm {norm:.4g} exceeds the bound max-update-norm = {max_norm:g}"
     return ""
+
+
+def clip_update(msg: Message, global_weights: dict[str, np.ndarray], clip_norm: float) -> float | None:
+    """Scale the delta of ``msg``'s update down to L2 norm ``clip_norm`` in place.
+
+    Returns the norm before clipping when the update was clipped, else None (norm within bound).
+    """
+    update = P.from_array_record(msg.content[P.ARRAYS])
+    norm = float(np.sqrt(sum(float(np.sum((update[k].astype(np.float64) - ref) ** 2))
+                             for k, ref in global_weights.items())))
+    if clip_norm <= 0 or norm <= clip_norm:
+        return None
+    scale = clip_norm / norm
+    clipped = {k: (ref + scale * (update[k].astype(np.float64) - ref)).astype(update[k].dtype)
+               for k, ref in global_weights.items()}
+    msg.content[P.ARRAYS] = P.to_array_record(clipped)
+    return norm

@@ -41,11 +41,14 @@ def flwr_run_env(flwr_home: str | Path) -> dict[str, str]:
 
 
 def run_in_simulation(run_config: dict[str, Any], num_supernodes: int, *, num_cpus: int | None = None,
-                      cpus_per_client: float = 1.0, run_id: int = 1, verbose: bool = False) -> None:
+                      cpus_per_client: float = 1.0, run_id: int = 1, verbose: bool = False,
+                      client_app=None) -> None:
     """Run this repository's ServerApp + ClientApp with ``num_supernodes`` virtual nodes.
 
     ``run_config`` overrides the app's ``[tool.flwr.app.config]`` defaults (unknown keys are an
     error, as with ``flwr run --run-config``). Exceptions from the ServerApp propagate.
+    ``client_app`` replaces the ClientApp for this simulation only — e.g. one with injected
+    faults (:mod:`simulation.faults`) or a malicious node (``bench/poisoning.py``).
     """
     quiet_flower_environment()
     try:
@@ -61,8 +64,10 @@ def run_in_simulation(run_config: dict[str, Any], num_supernodes: int, *, num_cp
         raise RuntimeError(f"this Flower version lacks the simulation entry point fedcredit uses ({exc}); "
                            "install flwr>=1.42,<2") from exc
 
-    from clients.client_app import app as client_app
     from server.server_app import app as server_app
+
+    if client_app is None:
+        from clients.client_app import app as client_app
 
     run = Run.create_empty(run_id=run_id)
     run.override_config = dict(run_config)

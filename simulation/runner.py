@@ -48,6 +48,7 @@ class SimulationOptions:
     cpus: int | None = None
     run_config: dict[str, Any] = field(default_factory=dict)  # any further run-config keys
     verbose: bool = False
+    faults: list[str] = field(default_factory=list)  # injected node faults (simulation.faults), e.g. "0:fail@1"
 
 
 def default_run_dir(prefix: str = "sim") -> Path:
@@ -137,13 +138,16 @@ def simulate(o: SimulationOptions, on_event: Callable[[dict], None] | None = Non
     run_config = build_run_config(o, run_dir, n_nodes)
     settings = parse_run_config(run_config)  # fail fast on bad keys/values
     nodes = load_all_nodes(run_config, n_nodes)  # fail fast on bad data
+    from simulation.faults import client_app_with_faults
+
+    client_app = client_app_with_faults(o.faults, n_nodes=n_nodes) if o.faults else None  # bad specs stop here
 
     tail = ProgressTail(run_dir / "progress.jsonl", on_event) if on_event else None
     if tail:
         tail.start()
     t0 = time.time()
     try:
-        run_in_simulation(run_config, n_nodes, num_cpus=o.cpus, verbose=o.verbose)
+        run_in_simulation(run_config, n_nodes, num_cpus=o.cpus, verbose=o.verbose, client_app=client_app)
     finally:
         if tail:
             tail.stop.set()
@@ -154,6 +158,8 @@ def simulate(o: SimulationOptions, on_event: Callable[[dict], None] | None = Non
         raise RuntimeError(f"the Flower run ended without writing {metrics_path}; see the log above")
     metrics = json.loads(metrics_path.read_text())
     metrics["wall_s_flower"] = wall
+    if o.faults:
+        metrics["injected_faults"] = list(o.faults)
 
     if o.baselines and metrics.get("model_dir"):
         from simulation.baselines import run_baselines

@@ -23,9 +23,24 @@ Writes RUN_DIR/: metrics.json (rounds, per-institution figures, baselines), mode
 checkpoints/, progress.jsonl, config.resolved.toml, node-state/ (each institution's privacy
 ledger). With --json the summary is the last line of stdout.
 
+Resume: --resume RUN_DIR continues a simulation that was killed (or stopped) from its last
+checkpoint, with the settings in RUN_DIR/config.resolved.toml (same data, state root, budgets);
+RUN_DIR/checkpoints/round-NNNN resumes from that earlier checkpoint. A checkpoint or audit
+ledger that fails verification is reported and nothing is loaded (exit 2).
+
+Fault injection (rehearsal): --inject-fault NODE:KIND[@ROUNDS] makes virtual node NODE (0-based,
+the order of the table) fail (KIND=fail) or answer after the round timeout (KIND=straggle) in
+the given training rounds (default: all), e.g. --inject-fault 0:fail@1 --inject-fault
+2:straggle@2. Simulation only: a deployed node runs the app's ClientApp, which has no faults.
+
 Exit codes: 0 run finished (also when it stopped cleanly, e.g. budgets exhausted — see
-"status"); 2 a user mistake (bad options or data).
+"status"); 2 a user mistake (bad options or data, a damaged checkpoint).
 """
+
+#: options --resume takes from the run it continues, not from the command line
+RESUME_TAKES_FROM_RUN = ("synthetic", "data", "institutions", "scale", "rounds", "schema", "mapping", "strategy",
+                         "epsilon", "no_dp", "seed", "out", "state_root", "local_epochs", "batch_size",
+                         "learning_rate", "model", "run_config")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,6 +71,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="any further run-config key (see docs/operator.md); repeatable")
     p.add_argument("--no-baselines", action="store_true", help="skip the centralised and local-only baselines")
     p.add_argument("--cpus", type=int, help="CPUs for the simulation runtime (default: all)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the killed or stopped simulation in RUN_DIR (or from RUN_DIR/checkpoints/round-NNNN) "
+                        "with its own settings")
+    p.add_argument("--inject-fault", action="append", default=[], metavar="NODE:KIND[@ROUNDS]",
+                   help="simulation only: virtual node NODE fails (fail) or straggles past the round timeout "
+                        "(straggle) in those training rounds; repeatable")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (last line of stdout)")
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
 
@@ -92,14 +113,30 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{name} must be at least {low}, got {value}")
     if args.scale <= 0 or (not args.no_dp and args.epsilon <= 0):
         raise UserError("--scale and --epsilon must be positive")
-    extra = parse_key_values(args.run_config)
-    extra.update({"local-epochs": args.local_epochs, "batch-size": args.batch_size,
-                  "learning-rate": args.learning_rate, "model": args.model})
-    opts = SimulationOptions(institutions=args.institutions, rounds=args.rounds, data_dir=args.data,
-                             schema=args.schema, mapping=args.mapping, strategy=args.strategy, dp=not args.no_dp,
-                             epsilon=args.epsilon, seed=args.seed, scale=args.scale, out=args.out,
-                             state_root=args.state_root, baselines=not args.no_baselines, cpus=args.cpus,
-                             run_config=extra, verbose=args.verbose)
+    resumed_at = ""
+    if args.resume:
+        from datetime import datetime, timezone
+
+        from simulation.resume import resume_options
+
+        defaults = argparse.ArgumentParser()
+        add_arguments(defaults)
+        given = [name for name in RESUME_TAKES_FROM_RUN if getattr(args, name) != defaults.get_default(name)]
+        if given:
+            raise UserError(f"--resume takes the run's own settings from its config.resolved.toml; drop "
+                            f"{', '.join('--' + g.replace('_', '-') for g in given)}")
+        opts = resume_options(args.resume, cpus=args.cpus, baselines=not args.no_baselines, verbose=args.verbose,
+                              faults=args.inject_fault)
+        resumed_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    else:
+        extra = parse_key_values(args.run_config)
+        extra.update({"local-epochs": args.local_epochs, "batch-size": args.batch_size,
+                      "learning-rate": args.learning_rate, "model": args.model})
+        opts = SimulationOptions(institutions=args.institutions, rounds=args.rounds, data_dir=args.data,
+                                 schema=args.schema, mapping=args.mapping, strategy=args.strategy, dp=not args.no_dp,
+                                 epsilon=args.epsilon, seed=args.seed, scale=args.scale, out=args.out,
+                                 state_root=args.state_root, baselines=not args.no_baselines, cpus=args.cpus,
+                                 run_config=extra, verbose=args.verbose, faults=args.inject_fault)
     if not args.verbose:
         from flwr.common.logger import FLOWER_LOGGER
 
@@ -107,9 +144,11 @@ def run(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err, transient=False) as bar:
-        task = bar.add_task("starting Flower simulation", total=args.rounds, info="")
+        task = bar.add_task("starting Flower simulation", total=opts.rounds, info="")
 
         def on_event(e: dict) -> None:
+            if resumed_at and str(e.get("time", "")) < resumed_at:
+                return  # the progress of the run before it was killed
             kind = e.get("event")
             if kind == "statistics-end":
                 bar.update(task, description="training", info=f"statistics from {len(e.get('contributors', []))} nodes")
@@ -120,6 +159,9 @@ def run(args: argparse.Namespace) -> int:
             elif kind in ("refusal", "dropout", "rejected-update"):
                 err.print(f"  round {e.get('round')}: {kind} — {e.get('institution')}: "
                           f"{e.get('reason')} {e.get('detail', '')[:160]}")
+            elif kind == "resumed":
+                bar.update(task, description="training (resumed)", completed=e.get("from_round", 0),
+                           info=f"from checkpoint round {e.get('from_round')}")
             elif kind == "run-stopped":
                 err.print(f"[yellow]run stopped: {e.get('reason')} — {e.get('detail')}")
 
