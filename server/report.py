@@ -54,6 +54,9 @@ SECTIONS: list[tuple[str, str]] = [
 
 NAVY, TEAL, ORANGE, GOLD, GREY, RED = "#1f3a5f", "#2a9d8f", "#e76f51", "#e9c46a", "#8d99ae", "#c0392b"
 CALIBRATION_BANDS = 10
+#: at most this many per-institution panels in the score-distribution figure (a consortium of
+#: hundreds would make a figure hundreds of panels tall); the largest holdouts are shown
+MAX_DISTRIBUTION_PANELS = 24
 
 CSS = """
 :root { --ink:#1d2733; --muted:#5b6676; --line:#dfe3ea; --bg:#f5f7fa; --accent:#1f3a5f; --warn:#fff4e5; --warnline:#f0a04b; }
@@ -367,6 +370,14 @@ def section_distribution(metrics: dict, scale, cutoff_pd: float | None, order: l
 
     plt = _plt()
     names = [i for i in (order or []) if i in ih] + [i for i in ih if i not in (order or [])]
+    shown_note = ""
+    if len(names) > MAX_DISTRIBUTION_PANELS:
+        size = {i: float(np.sum(ih[i]["hist_neg"]) + np.sum(ih[i]["hist_pos"])) for i in names}
+        keep = set(sorted(names, key=lambda i: -size[i])[:MAX_DISTRIBUTION_PANELS])
+        shown_note = (f" The {MAX_DISTRIBUTION_PANELS} institutions with the largest holdouts are shown, of "
+                      f"{len(names)}; every institution's histogram is in metrics.json "
+                      "(final_institution_histograms).")
+        names = [i for i in names if i in keep]
     cols = min(3, len(names))
     rows = -(-len(names) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.6 * rows), squeeze=False)
@@ -409,6 +420,7 @@ def section_distribution(metrics: dict, scale, cutoff_pd: float | None, order: l
                "declined." if cut is not None else "")
     return ('<p class="explain">Each institution\'s holdout by score (higher score = lower PD), stacked by '
             f"outcome. Portfolios differ: the same model places each institution's borrowers differently.{cut_txt}"
+            f"{shown_note}"
             "</p>" + _figure(fig, "score distribution per institution"))
 
 

@@ -39,7 +39,8 @@ def run_plain(run_config: dict, n_nodes: int, evaluate_every_round: bool = True)
                 "target-epsilon": s.target_epsilon, "num-server-rounds": s.num_server_rounds,
                 # what the statistics query announces, so that nodes plan the run's budget (server.consortium)
                 "local-epochs": s.local_epochs, "batch-size": s.batch_size, "evaluate-every": s.evaluate_every}
-    parts = [N.answer_statistics(p, cfg_base)[0] for p in policies]
+    states = [dict() for _ in policies]  # each node's per-run state (its noise plan), as Flower's context.state
+    parts = [N.answer_statistics(p, cfg_base, st)[0] for p, st in zip(policies, states)]
     schema_key = N.load_node_data(policies[0]).schema.key
     from configs.schema import load_schema
 
@@ -47,7 +48,6 @@ def run_plain(run_config: dict, n_nodes: int, evaluate_every_round: bool = True)
     assert encoder.schema_key == schema_key
     spec = ModelSpec(s.model, encoder.n_outputs, s.hidden if s.model == "mlp" else ())
     weights = get_weights(build_model(spec, s.seed))
-    states = [dict() for _ in policies]
     node_metrics: dict[str, dict] = {}  # institution → its last training reply's metrics (ε spent …)
     history = []
     t_rounds = time.time()

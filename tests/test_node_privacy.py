@@ -202,3 +202,39 @@ def test_holdout_membership_depends_on_the_row_alone(bank_file):
     part = holdout_mask(table.iloc[100:], data.schema)
     assert np.array_equal(full[100:], part)
     assert 0.17 < full.mean() < 0.23
+
+
+def test_plan_made_for_the_statistics_is_reused_by_the_first_round_only_when_nothing_changed(
+        bank_file, tmp_path, monkeypatch):
+    """The statistics query plans the run's σ (to refuse a run it cannot train in); the first
+    training round takes that plan instead of searching σ again — the same σ — unless the
+    ledger or the run's shape changed in between."""
+    from privacy import planning
+
+    calls = []
+    real = planning.plan_noise
+    monkeypatch.setattr(planning, "plan_noise", lambda **kw: calls.append(kw) or real(**kw))
+
+    def stats_then_train(state_dir, first_round=1, **changed):
+        p = policy(bank_file, state_dir)
+        cfg, w = round_config(p, first_round, 3)
+        stats_cfg = {k: cfg[k] for k in ("run-id", "num-server-rounds", "local-epochs", "batch-size", "dp",
+                                         "target-epsilon")}
+        state: dict = {}
+        N.answer_statistics(p, stats_cfg, state)
+        assert state["plan"]["planned-at"] == "statistics"
+        _, metrics = N.train(p, w, dict(cfg, **changed), state)
+        return metrics["noise-multiplier"], state
+
+    calls.clear()
+    sigma, state = stats_then_train(tmp_path / "a")
+    assert len(calls) == 1 and "planned-at" not in state["plan"]  # planned once, adopted by round 1
+    fresh = real(**calls[0])
+    assert sigma == fresh.noise_multiplier
+
+    calls.clear()
+    stats_then_train(tmp_path / "b", **{"batch-size": 128})  # another shape: planned again
+    assert len(calls) == 2
+    calls.clear()
+    stats_then_train(tmp_path / "c", first_round=2)  # first trained in round 2: planned for the rounds left
+    assert len(calls) == 2
