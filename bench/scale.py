@@ -133,14 +133,23 @@ def run_one(n: int, args, work: Path) -> dict:
            "--json"] + (["--cpus", str(args.cpus)] if args.cpus else [])
     log = open(work / f"simulate-{n}.log", "w")
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True)
+    # its own session: on a time-out the command and every process it started (Ray) are ended
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
     sampler = TreeSampler(proc.pid, args.interval)
     sampler.start()
     try:
         stdout, _ = proc.communicate(timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    except BaseException:
+        import signal
+
+        for pid in reversed(process_tree(proc.pid)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         stdout, _ = proc.communicate()
+        if not isinstance(sys.exc_info()[1], subprocess.TimeoutExpired):
+            raise
     wall = time.perf_counter() - t0
     sampler.stop.set()
     sampler.join()
@@ -186,6 +195,9 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=7200, help="seconds allowed per consortium size")
     ap.add_argument("--keep", metavar="DIR", help="keep data and run directories here")
     args = ap.parse_args(argv)
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # terminated: end the simulation's processes too
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fedcredit-scale-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -51,6 +51,11 @@ class SimulationOptions:
     faults: list[str] = field(default_factory=list)  # injected node faults (simulation.faults), e.g. "0:fail@1"
 
 
+#: simulation: seconds of round time-out per virtual node (DP planning, training and evaluation of
+#: a ~1,000-row institution take well under a second each on one CPU; generous for loaded machines)
+SIM_ROUND_SECONDS_PER_NODE = 3.0
+
+
 def default_run_dir(prefix: str = "sim") -> Path:
     return Path("runs") / f"{prefix}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
 
@@ -73,6 +78,9 @@ def build_run_config(o: SimulationOptions, run_dir: Path, n_nodes: int) -> dict[
         "state-root": str(Path(o.state_root).resolve()) if o.state_root else str(run_dir / "node-state"),
         "synthetic-scale": float(o.scale), "synthetic-seed": o.seed,
         "min-available-nodes": n_nodes, "min-train-nodes": min(n_nodes, max(2, n_nodes // 2)),
+        # the virtual nodes take turns on a few CPUs, so a round lasts longer the more nodes there are:
+        # a time-out sized for a deployment would drop the last nodes of a large simulated consortium
+        "round-timeout": max(float(DEFAULTS["round-timeout"]), SIM_ROUND_SECONDS_PER_NODE * n_nodes),
     }
     if o.data_dir:
         cfg["data-dir"] = str(Path(o.data_dir).resolve())
