@@ -6,15 +6,23 @@
 2. **Rounds.** The strategy samples nodes; each gets the global weights and the round config
    (which includes the encoder and the model spec). Replies are sorted into accepted updates,
    refusals (``budget-exhausted`` …), dropouts (errors, time-outs) and rejected updates (failed
-   :mod:`server.update_checks`); the accepted ones are aggregated by the strategy. Then the
+   :mod:`server.update_checks`); the accepted ones (optionally clipped, ``clip-update-norm``)
+   are aggregated by the strategy — the weighted mean or a robust rule. Then the
    sampled nodes evaluate the new global model on their holdouts; the pooled histograms give the
    global AUC/KS/Gini exactly (:mod:`models.metrics`). A checkpoint is written every round.
 3. **End.** When all rounds are done — or fewer than ``min-train-nodes`` nodes can train, which
    stops the run cleanly with the reason — the model package, ``metrics.json`` and the resolved
    config go to the run directory.
 
-Resume: with ``resume_from`` the run continues from the last complete checkpoint of that
-directory (weights, encoder, strategy state, round counter, history) and skips the statistics.
+Each round samples from the nodes connected at that moment, so a node that died is not
+waited for; one that errs or misses ``round-timeout`` is a dropout of that round (recorded in
+the history and the audit ledger) and the run goes on while ``min-train-nodes`` updates arrive.
+
+Resume: with ``resume_from`` (a run directory, or one of its ``checkpoints/round-NNNN``) the
+run verifies that checkpoint — a damaged one is reported and never loaded — and continues from
+it (weights, encoder, strategy state, round counter, history), skipping the statistics. The
+nodes keep seeing the run id of the run being continued (``node_run_id``), so their privacy
+ledgers show one run and they re-plan their noise for the remaining rounds.
 """
 
 from __future__ import annotations
@@ -391,7 +399,9 @@ class ConsortiumRun:
         last_pooled = None
         try:
             first = self.resume(ckpt) if ckpt else 1
-            if not ckpt:
+            if ckpt:
+                self.wait_for_nodes()  # a resumed run, too, starts once min-available-nodes are connected
+            else:
                 self.collect_statistics()
             for rnd in range(first, s.num_server_rounds + 1):
                 t0 = time.time()

@@ -47,12 +47,12 @@ def _grid(rc: dict, n: int = 3, app=None, fail=None, grid_cls=InProcessGrid) -> 
                     fail=fail)
 
 
-def _execute(rc: dict, grid, *, crash_at: int | None = None, monkeypatch=None, resume_from=None):
+def _execute(rc: dict, grid, *, crash_at: int | None = None, monkeypatch=None, resume_from=None, run_id: int = 7):
     """Run (or resume) in process; with ``crash_at`` the 'process dies' in that round after the nodes
     replied, before the checkpoint and the ledger's round entry. Returns (summary or None, run)."""
     from server.consortium import ConsortiumRun
 
-    run = ConsortiumRun(grid, rc, run_id=7)
+    run = ConsortiumRun(grid, rc, run_id=run_id)
     if crash_at is not None:
         original = ConsortiumRun.checkpoint
 
@@ -232,7 +232,7 @@ def test_a_round_in_flight_when_the_server_died_is_paid_once_and_replanned(tmp_p
     lost_sigma = {who: st["events"][2]["noise_multiplier"] for who, st in before.items()}
 
     rc["resume-from"] = rc["run-dir"]
-    resumed, _ = _execute(rc, _grid(rc), resume_from=rc["run-dir"])
+    resumed, _ = _execute(rc, _grid(rc), resume_from=rc["run-dir"], run_id=8)  # a new Flower run, as in deployment
     assert resumed["status"] == "completed" and resumed["rounds_completed"] == 3
     for who, record in ((w, r) for r in resumed["history"] for w in r["participants"]):
         assert record["privacy"][who]["epsilon_spent"] <= 2.0 + 1e-9
@@ -241,6 +241,7 @@ def test_a_round_in_flight_when_the_server_died_is_paid_once_and_replanned(tmp_p
         events = st["events"]
         assert [(e["kind"], e["round"]) for e in events] == [
             ("statistics", None), ("train", 1), ("train", 2), ("train", 2), ("train", 3)]
+        assert {e["run_id"] for e in events} == {"7"}, "the nodes see one run: the one that was resumed"
         assert events[:3] == before[d.name]["events"], "the lost round's spend is kept"
         from privacy.accountant import PrivacyEvent
 
@@ -406,3 +407,296 @@ def test_an_unwritable_state_dir_makes_the_node_refuse_without_losing_or_doublin
     eps = compute_epsilon([PrivacyEvent.from_dict(e) for e in after["events"]], after["delta"])
     assert after["epsilon_spent"] == pytest.approx(eps)
     assert float(reply.content[P.METRICS]["epsilon-spent"]) == pytest.approx(eps)
+
+
+# ------------------------------------------------------------------------- real processes
+SIMULATION_SCRIPT = """
+import json, sys
+from simulation.faults import client_app_with_faults
+from simulation.flower_runtime import run_in_simulation
+rc = json.loads(sys.argv[1])
+run_in_simulation(rc, int(sys.argv[2]), num_cpus=2, client_app=client_app_with_faults(sys.argv[3:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def three_institutions(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("faults-data") / "data"
+    proc = run_fedcredit("data", "synth", "--out", data, "--institutions", 3, "--scale", 0.3, "--seed", 11,
+                         timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return data
+
+
+@pytest.mark.slow
+def test_simulation_with_failing_straggling_and_invalid_nodes_goes_on(three_institutions, tmp_path):
+    """Flower's simulation runtime, four virtual nodes: card-issuer-1 fails in round 1 (injected),
+    national-bank-1 answers after the round timeout in round 2 (injected), and zz-lender's file is
+    invalid (bypassing ``fedcredit simulate``'s up-front validation, as a real node's file would)."""
+    from tests.test_bad_inputs import CORPUS
+
+    data = tmp_path / "data"
+    shutil.copytree(three_institutions, data)
+    shutil.copy(CORPUS / "unknown_sex_values.csv", data / "zz-lender.csv")
+    run_dir = tmp_path / "run"
+    rc = {"data-dir": str(data), "num-server-rounds": 2, "min-available-nodes": 4, "min-train-nodes": 2,
+          "round-timeout": 25.0, "dp": False, "run-dir": str(run_dir), "state-root": str(tmp_path / "state"),
+          "seed": 2}
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-c", SIMULATION_SCRIPT, json.dumps(rc), "4", "0:fail@1", "1:straggle@2"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        left = left_behind(proc.pid)
+    wall = time.monotonic() - t0
+    assert proc.returncode == 0, err[-3000:]
+    assert left == {}, "the simulation left processes behind"
+
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["status"] == "completed" and m["rounds_completed"] == 2, m.get("stop_detail")
+    assert m["statistics"]["refused"]["zz-lender"].startswith("invalid-data:")
+    assert "'Male' should be 'male'" in m["statistics"]["refused"]["zz-lender"]
+    r1, r2 = m["history"]
+    assert sorted(r1["participants"]) == ["national-bank-1", "regional-bank-1"]
+    assert list(r1["dropped"]) == ["card-issuer-1"] and "injected fault" in r1["dropped"]["card-issuer-1"]
+    assert sorted(r2["participants"]) == ["card-issuer-1", "regional-bank-1"]
+    assert r2["dropped"] == {"national-bank-1": "no reply before the round timeout"}
+    for r in (r1, r2):
+        assert r["refused"]["zz-lender"]["reason"] == "invalid-data"
+
+    res = verify_ledger(run_dir / LEDGER_FILE)
+    assert res.ok, res.reason
+    events = [(e["kind"], e["payload"].get("round"), e["payload"].get("institution")) for e in res.chain
+              if e["kind"] in ("dropout", "refusal")]
+    assert sorted(events) == sorted([("dropout", 1, "card-issuer-1"), ("refusal", 1, "zz-lender"),
+                                     ("dropout", 2, "national-bank-1"), ("refusal", 2, "zz-lender")])
+    print(f"\nsimulation with faults: {wall:.1f} s")
+
+
+def session_processes(sid: int) -> dict[int, str]:
+    """Live processes of session ``sid`` (a test starts its command with ``start_new_session``: the
+    command's pid is the session id, and Ray's and Flower's children stay in it)."""
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,sid=,stat=,args="], capture_output=True, text=True).stdout
+    found = {}
+    for line in out.splitlines():
+        parts = line.split(None, 3)
+        if len(parts) == 4 and int(parts[1]) == sid and not parts[2].startswith("Z"):
+            found[int(parts[0])] = parts[3]
+    return found
+
+
+def left_behind(sid: int, settle_s: float = 20.0) -> dict[int, str]:
+    """Processes of session ``sid`` still alive after ``settle_s``; they are then killed (by pid)."""
+    deadline = time.monotonic() + settle_s
+    while (left := session_processes(sid)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return left
+
+
+def _train_rounds(state_root: Path) -> dict[str, list[int]]:
+    from privacy.accountant import read_state
+
+    out = {}
+    for d in sorted(state_root.iterdir()) if state_root.is_dir() else []:
+        with contextlib.suppress(Exception):
+            out[d.name] = [e["round"] for e in read_state(d)[0]["events"] if e["kind"] == "train"]
+    return out
+
+
+@pytest.mark.slow
+def test_simulate_killed_with_sigkill_resumes_and_finishes(tmp_path):
+    """``fedcredit simulate`` (DP) is killed with SIGKILL once checkpoint 2 exists and two nodes have
+    spent round 3 (the third is made slow in round 3); ``fedcredit simulate --resume`` finishes
+    the planned rounds, the ledger verifies, and every node's ε is what its ledger holds for the
+    releases it made — the round in flight counted once for the lost release, once for the new one."""
+    from models.package import load_package, weights_digest
+    from privacy.accountant import PrivacyEvent, compute_epsilon, read_state
+    from server.checkpoints import list_checkpoints, load_checkpoint
+
+    run_dir, state = tmp_path / "run", tmp_path / "run" / "node-state"
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "fedcredit", "simulate", "--institutions", "3", "--rounds", "6",
+                             "--scale", "0.3", "--epsilon", "2", "--seed", "4", "--out", str(run_dir),
+                             "--no-baselines", "--cpus", "2", "--inject-fault", "0:straggle=4@3"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "first.log", "w"), start_new_session=True)
+    in_flight, seen_at = False, None
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = list_checkpoints(run_dir)
+            if done and done[-1] >= 2:
+                # node 0 is slow in round 3 (4 s), so the others have spent round 3 while it is in flight:
+                # kill then (or within 3 s in any case)
+                seen_at = seen_at or time.monotonic()
+                in_flight = any(done[-1] + 1 in r for r in _train_rounds(state).values())
+                if in_flight or time.monotonic() - seen_at > 3:
+                    break
+            time.sleep(0.01)
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        os.kill(proc.pid, signal.SIGKILL)  # the crash
+        proc.wait()
+        in_flight = in_flight and max(list_checkpoints(run_dir)) == done[-1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        time.sleep(2)
+        left_behind(proc.pid, settle_s=0)  # Ray's helpers outlive a SIGKILLed driver for a while
+    killed_at = max(list_checkpoints(run_dir))
+    assert not (run_dir / "metrics.json").exists()
+    spent_before = _train_rounds(state)
+
+    resumed = subprocess.Popen([sys.executable, "-m", "fedcredit", "simulate", "--resume", str(run_dir),
+                                "--no-baselines", "--cpus", "2", "--json"], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = resumed.communicate(timeout=600)
+    finally:
+        if resumed.poll() is None:
+            resumed.kill()
+            resumed.wait()
+        left = left_behind(resumed.pid)
+    wall = time.monotonic() - t0
+    assert resumed.returncode == 0, err[-3000:]
+    assert "Traceback" not in err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["status"] == "completed" and summary["rounds"] == 6
+    assert left == {}, "the resumed simulation left processes behind"
+
+    assert list_checkpoints(run_dir) == [1, 2, 3, 4, 5, 6]
+    res = verify_ledger(run_dir / LEDGER_FILE)
+    assert res.ok, res.reason
+    kinds = [(e["kind"], e["payload"].get("round")) for e in res.chain]
+    assert kinds[:2] == [("run-start", None), ("statistics", None)]
+    assert ("resume", None) in kinds and kinds[-1] == ("run-end", None)
+    rounds = [e["payload"] for e in res.chain if e["kind"] == "round"]
+    assert [p["round"] for p in rounds] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(rounds, rounds[1:]):
+        assert a["model_sha256_after"] == b["model_sha256_before"]
+    assert rounds[-1]["model_sha256_after"] == weights_digest(load_checkpoint(run_dir, 6).weights)
+    assert load_package(run_dir / "model").meta["rounds_completed"] == 6
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for d in sorted(state.iterdir()):
+        (st,) = read_state(d)
+        trained = [e["round"] for e in st["events"] if e["kind"] == "train"]
+        # every round once, plus the round in flight when the server died (spent, then trained again)
+        assert sorted(set(trained)) == [1, 2, 3, 4, 5, 6]
+        assert trained[:len(spent_before[d.name])] == spent_before[d.name], "no spend was lost"
+        assert len(trained) == 6 + sum(1 for r in spent_before[d.name] if r > killed_at)
+        eps = compute_epsilon([PrivacyEvent.from_dict(e) for e in st["events"]], st["delta"])
+        assert st["epsilon_spent"] == pytest.approx(eps) and eps <= 2.0 + 1e-9
+        assert metrics["institutions"][d.name]["privacy"]["epsilon_spent"] == pytest.approx(eps)
+    assert in_flight, "the kill was meant to catch round 3 in flight"
+    print(f"\nkill + resume: {wall:.1f} s; killed after checkpoint {killed_at}, round {killed_at + 1} in flight")
+
+
+@pytest.mark.slow
+def test_deployment_goes_on_when_a_supernode_is_killed_mid_round(tmp_path):
+    """Real SuperLink (TLS, node authentication) and three SuperNodes on loopback; one node is killed
+    with SIGKILL while it works on round 1. The round goes on with the other two, the dropout is
+    recorded in metrics.json and the signed ledger, and the run finishes its rounds."""
+    from privacy.accountant import read_state
+    from tests.test_deploy import BIN, MAX_EPSILON, flower_env, flwr, free_port, node_config, wait_for_port
+
+    started: list[subprocess.Popen] = []
+
+    def start(cmd: list[str], env: dict, log: Path, cwd: Path = tmp_path) -> subprocess.Popen:
+        p = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+        started.append(p)
+        return p
+
+    certs, keys, data, run_dir = tmp_path / "certs", tmp_path / "keys", tmp_path / "data", tmp_path / "run"
+    t0 = time.monotonic()
+    left: dict[int, str] = {}
+    try:
+        assert run_fedcredit("certs", "--out", certs, "--hosts", "localhost,127.0.0.1").returncode == 0
+        synth = run_fedcredit("data", "synth", "--out", data, "--institutions", 3, "--scale", 0.3, "--seed", 11,
+                              "--json", timeout=300)
+        assert synth.returncode == 0, synth.stderr
+        names = [i["id"] for i in json.loads(synth.stdout.strip().splitlines()[-1])["institutions"]]
+        for name in names:
+            assert run_fedcredit("keys", "--out", keys, "--name", name).returncode == 0
+
+        port = free_port()
+        link = start([str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
+                      "--ssl-certfile", str(certs / "server.crt"), "--ssl-keyfile", str(certs / "server.key"),
+                      "--enable-supernode-auth", "--host", "127.0.0.1", "--port", str(port)],
+                     flower_env(tmp_path / "home-link"), tmp_path / "superlink.log")
+        wait_for_port(port, link, tmp_path / "superlink.log")
+        cli_home = tmp_path / "home-cli"
+        cli_home.mkdir()
+        (cli_home / "config.toml").write_text(
+            '[superlink]\ndefault = "consortium"\n\n[superlink.consortium]\n'
+            f'address = "127.0.0.1:{port}"\nroot-certificates = "{certs / "ca.crt"}"\n')
+        for name in names:
+            reg = flwr(["supernode", "register", keys / f"{name}.pub", "consortium", "--format", "json"], cli_home)
+            assert reg.returncode == 0, reg.stdout + reg.stderr
+        nodes = {}
+        for name in names:
+            nodes[name] = start([sys.executable, "-m", "fedcredit", "node", "start", "--superlink", f"127.0.0.1:{port}",
+                                 "--root-certificates", str(certs / "ca.crt"), "--key", str(keys / name),
+                                 "--port", str(free_port()),
+                                 "--node-config", node_config(data / f"{name}.csv", tmp_path / f"state-{name}", name)],
+                                flower_env(tmp_path / f"home-{name}", threads=1), tmp_path / f"node-{name}.log",
+                                cwd=REPO)
+
+        victim = names[-1]
+        run = start([str(BIN / "flwr"), "run", ".", "consortium", "--stream", "--run-config",
+                     f"num-server-rounds=2 min-available-nodes=3 min-train-nodes=2 round-timeout=40.0 "
+                     f"run-dir='{run_dir}' dp=true batch-size=128 seed=3 target-epsilon=2.0 evaluate-every=2"],
+                    flower_env(cli_home), tmp_path / "flwr-run.log", cwd=REPO)
+        # the victim is killed once it has taken up round 1 (it stores the ledger head it was shown first)
+        heads = tmp_path / f"state-{victim}" / "ledger-heads.jsonl"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and run.poll() is None:
+            if heads.is_file() and '"round": 1' in heads.read_text():
+                break
+            time.sleep(0.05)
+        assert heads.is_file(), (tmp_path / "flwr-run.log").read_text()[-3000:]
+        killed_after = time.monotonic() - t0
+        os.kill(nodes[victim].pid, signal.SIGKILL)
+        nodes[victim].wait()
+        assert run.wait(timeout=600) == 0, (tmp_path / "flwr-run.log").read_text()[-3000:]
+        listing = flwr(["ls", "consortium", "--format", "json"], cli_home)
+        assert json.loads(listing.stdout)["runs"][0]["status"] == "finished:completed", listing.stdout
+    finally:
+        for p in reversed(started):
+            if p.poll() is None:
+                p.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(timeout=10)
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for p in started:
+            left.update(left_behind(p.pid))
+    assert left == {}, f"processes left behind: {left}"
+
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["status"] == "completed" and m["rounds_completed"] == 2, m.get("stop_detail")
+    r1, r2 = m["history"]
+    assert victim in r1["dropped"] and sorted(r1["participants"]) == sorted(names[:2])
+    assert sorted(r2["participants"]) == sorted(names[:2])
+    assert victim not in r2["sampled"] or victim in r2["dropped"]
+    res = verify_ledger(run_dir / LEDGER_FILE)
+    assert res.ok, res.reason
+    assert ("dropout", 1, victim) in [(e["kind"], e["payload"].get("round"), e["payload"].get("institution"))
+                                      for e in res.chain]
+    assert m["final"]["auc"] is not None
+    for name in names:  # the killed node never overspent; the others' spend is what they reported
+        (st,) = read_state(tmp_path / f"state-{name}")
+        assert st["epsilon_spent"] <= MAX_EPSILON + 1e-9
+        if name != victim:
+            assert m["history"][-1]["privacy"][name]["epsilon_spent"] <= st["epsilon_spent"] + 1e-9
+    print(f"\ndeployment with a killed node: {time.monotonic() - t0:.1f} s (killed after {killed_after:.1f} s); "
+          f"round 1 dropout: {r1['dropped'][victim]!r}; round 2 dropped: {r2['dropped']}")

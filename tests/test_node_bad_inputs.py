@@ -1,0 +1,58 @@
+"""The bad-input corpus at the node: every malformed file makes the institution's ClientApp refuse
+with ``invalid-data`` and a message naming the problem — it never crashes and releases nothing.
+
+The handlers of ``clients/client_app.py`` get a Flower Message and a Context with a
+deployment-style node config pointing at the corpus file, as a SuperNode would hand them over.
+(The Flower-level run with one invalid institution is ``test_faults.py::
+test_simulation_with_failing_straggling_and_invalid_nodes_goes_on``.)
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from flwr.app import ConfigRecord, Context, RecordDict
+
+from clients import client_app as CA
+from fedcredit import protocol as P
+from tests.test_bad_inputs import CORPUS, ENTRIES
+from tests.test_faults import _message
+
+
+def _context(entry: dict, state) -> Context:
+    node_config = {"data-path": str(CORPUS / entry["file"]), "state-dir": str(state), "max-epsilon": 3.0,
+                   "institution-id": "lender-x"}
+    if entry["mapping"]:
+        node_config["mapping"] = entry["mapping"]
+    return Context(run_id=1, node_id=5, node_config=node_config, state=RecordDict(), run_config={})
+
+
+def _refusal(reply) -> dict:
+    info = P.node_info(reply)
+    assert not reply.has_error(), reply.error
+    assert not reply.content.array_records, "a refusal releases no arrays"
+    return info
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[e["file"] for e in ENTRIES])
+def test_node_refuses_a_bad_file_with_invalid_data_and_the_problem(entry, tmp_path):
+    cfg = ConfigRecord({"schema-key": "consumer-credit-v1", "run-id": "1", "dp": True, "num-server-rounds": 2,
+                        "local-epochs": 1, "batch-size": 64, "target-epsilon": 0.0, "evaluate-every": 1})
+    reply = CA.statistics(_message(RecordDict({P.CONFIG: cfg}), P.STATS_MESSAGE), _context(entry, tmp_path / "st"))
+    info = _refusal(reply)
+    assert info["refused"] == P.REFUSED_DATA, info
+    assert info["institution-id"] == "lender-x"
+    assert entry["contains"] in info["detail"], info["detail"]
+    assert "Traceback" not in info["detail"]
+    assert not (tmp_path / "st" / "privacy").exists(), "nothing was accounted for a file that was never read"
+
+
+def test_train_and_evaluate_refuse_a_bad_file_too(tmp_path):
+    entry = next(e for e in ENTRIES if e["file"] == "nan_strings.csv")
+    ctx = _context(entry, tmp_path / "st")
+    cfg = ConfigRecord({"run-id": "1", "server-round": 1, "encoder": json.dumps({}), "model-spec": "{}"})
+    for message_type, handler in (("train", CA.train), ("evaluate", CA.evaluate)):
+        content = RecordDict({P.ARRAYS: P.to_array_record({}), P.CONFIG: cfg})
+        info = _refusal(handler(_message(content, message_type), ctx))
+        assert info["refused"] == P.REFUSED_DATA and entry["contains"] in info["detail"], (message_type, info)
