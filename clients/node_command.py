@@ -286,5 +286,8 @@ def run(args: argparse.Namespace) -> int:
     print("starting: " + shlex.join(cmd), flush=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(cmd[0], cmd)
+    from simulation.flower_runtime import with_flower_tools_on_path
+
+    # flower-supernode starts flower-superexec by name: keep this environment's tools on PATH
+    os.execve(cmd[0], cmd, with_flower_tools_on_path(dict(os.environ)))
     return 0  # pragma: no cover

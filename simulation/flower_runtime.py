@@ -32,9 +32,25 @@ def quiet_flower_environment() -> None:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 
+def with_flower_tools_on_path(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with this Python's scripts directory first on PATH.
+
+    Flower's processes start their companions by name (``flwr run`` → ``flower-superlink`` →
+    ``flower-superexec``; ``flower-supernode`` → ``flower-superexec``), so they must be found
+    on PATH even when this virtual environment is not activated.
+    """
+    import sys
+
+    tools = str(Path(sys.executable).parent)
+    path = env.get("PATH", "")
+    if tools not in path.split(os.pathsep):
+        env["PATH"] = tools + (os.pathsep + path if path else "")
+    return env
+
+
 def flwr_run_env(flwr_home: str | Path) -> dict[str, str]:
-    """Environment for a ``flwr run .`` subprocess with its state under ``flwr_home``."""
-    env = dict(os.environ)
+    """Environment for a Flower CLI or process with its state under ``flwr_home``."""
+    env = with_flower_tools_on_path(dict(os.environ))
     env.update({"FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0",
                 "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "RAY_USAGE_STATS_ENABLED": "0"})
     return env

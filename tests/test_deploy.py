@@ -36,11 +36,11 @@ def free_port() -> int:
 
 
 def flower_env(home: Path, threads: int | None = None) -> dict[str, str]:
+    from simulation.flower_runtime import flwr_run_env
+
     home.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env.update({"FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
-                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONIOENCODING": "utf-8",
-                "COLUMNS": "200"})
+    env = flwr_run_env(home)
+    env.update({"PYTHONIOENCODING": "utf-8", "COLUMNS": "200"})
     if threads:
         # three nodes share this machine's cores: one torch thread each avoids oversubscription
         env["OMP_NUM_THREADS"] = str(threads)
