@@ -175,14 +175,10 @@ def load_node_data(policy: NodePolicy) -> NodeData:
 
 
 def _synthetic_table(policy: NodePolicy, schema: Schema):
-    from simulation.archetypes import institution_plan, load_archetypes
-    from simulation.synthetic import generate_institution, institution_rng
+    from simulation.synthetic import consortium_member
 
     index, count = (int(v) for v in policy.source.split(":", 1)[1].split("/"))
-    p = institution_plan(count, policy.synthetic_scale, load_archetypes())[index]
-    table, _ = generate_institution(p.archetype, p.rows, institution_rng(policy.synthetic_seed, p.index), schema,
-                                    id_prefix=f"{p.archetype.code}{p.copy}")
-    return table
+    return consortium_member(index, count, policy.synthetic_scale, policy.synthetic_seed, schema)[1]
 
 
 # -------------------------------------------------------------------------- privacy

@@ -176,6 +176,8 @@ def simulate(o: SimulationOptions, on_event: Callable[[dict], None] | None = Non
         spec = ModelSpec.from_dict(json.loads((run_dir / "model" / "model.json").read_text())["spec"])
         metrics["baselines"] = run_baselines(nodes, encoder, spec, baseline_settings(settings, o.epsilon))
     metrics["data"] = data_summary(nodes)
+    if not o.data_dir:
+        metrics["oracle"] = oracle_aucs(nodes, o, n_nodes)
     metrics["summary"] = summarise(metrics, nodes, o)
     metrics["summary"].update({"report": str(run_dir / "report.html"), "model_card": str(run_dir / "model_card.md")})
     metrics_path.write_text(json.dumps(metrics, indent=2, default=float))
@@ -209,6 +211,30 @@ def baseline_settings(settings, epsilon: float):
                             delta_for=default_delta)
 
 
+def oracle_aucs(nodes: dict[str, NodeData], o: SimulationOptions, n_nodes: int) -> dict:
+    """AUC of the *true* PD on the holdouts of a synthetic consortium: the ceiling any model has.
+
+    The generator knows each borrower's PD; it is looked up by borrower id for the holdout rows
+    (the nodes never see it).
+    """
+    import numpy as np
+
+    from models.metrics import auc_score
+    from simulation.synthetic import consortium_member
+
+    per, all_pd, all_y = {}, [], []
+    for k in range(n_nodes):
+        inst, table, true_pd = consortium_member(k, n_nodes, o.scale, o.seed)
+        d = nodes[inst]
+        lookup = dict(zip(table[d.schema.id_column], true_pd))
+        p = d.split.holdout[d.schema.id_column].map(lookup).to_numpy(dtype=float)
+        y = d.split.holdout[d.schema.label.name].to_numpy()
+        per[inst] = auc_score(y, p)
+        all_pd.append(p)
+        all_y.append(y)
+    return {"pooled_auc": auc_score(np.concatenate(all_y), np.concatenate(all_pd)), "institutions": per}
+
+
 def summarise(metrics: dict, nodes: dict[str, NodeData], o: SimulationOptions) -> dict:
     """The ``--json`` summary: federated vs local-only vs centralised, per institution."""
     base = metrics.get("baselines") or {}
@@ -224,6 +250,7 @@ def summarise(metrics: dict, nodes: dict[str, NodeData], o: SimulationOptions) -
             "auc_centralized": (base.get("centralised") or {}).get("institutions", {}).get(inst),
             "epsilon_spent": pr.get("epsilon_spent") if o.dp else None,
             "epsilon_budget": pr.get("epsilon_budget") if o.dp else None,
+            "auc_oracle": (metrics.get("oracle") or {}).get("institutions", {}).get(inst),
         })
     final = metrics.get("final") or {}
     return {
@@ -232,6 +259,7 @@ def summarise(metrics: dict, nodes: dict[str, NodeData], o: SimulationOptions) -
         "auc_federated": final.get("auc"), "ks_federated": final.get("ks"),
         "auc_centralized": (base.get("centralised") or {}).get("pooled_auc"),
         "auc_local_only_mean": base.get("local_only_mean_auc"),
+        "auc_oracle": (metrics.get("oracle") or {}).get("pooled_auc"),
         "dp": o.dp, "epsilon": o.epsilon if o.dp else None,
         "institutions": rows,
     }

@@ -13,7 +13,8 @@ machine: federated statistics → encoder, then ROUNDS rounds of local training 
 default, each institution enforcing its own budget), exact federated evaluation, a checkpoint
 per round and the model package at the end. Then the same network and encoder are trained
 centralised (pooled data, non-private) and local-only (each institution alone, DP at the same
-budget) on the same splits, and a table compares them per institution.
+budget) on the same splits, and a table compares them per institution. On synthetic data the
+table also shows the oracle AUC: the AUC of each borrower's true PD, the ceiling for any model.
 
 Data: --synthetic (default) simulates the archetype consortium (see `fedcredit data synth
 --help`); --data DIR takes one CSV/Parquet file per institution (as `data synth` writes them, or
@@ -182,17 +183,19 @@ def print_table(s: dict) -> None:
 
     t = Table(title=f"fedcredit simulation — {s['rounds']} round(s), status {s['status']}"
                     + (f" ({s['stop_reason']})" if s.get("stop_reason") else ""))
+    oracle = s.get("auc_oracle") is not None
     for col in ("institution", "rows", "default rate", "AUC local-only", "AUC federated", "AUC centralised",
-                "ε spent / budget"):
+                *(("AUC oracle",) if oracle else ()), "ε spent / budget"):
         t.add_column(col, justify="left" if col == "institution" else "right")
     for r in s["institutions"]:
         eps = "no DP" if r["epsilon_budget"] is None and not s["dp"] else \
             f"{f(r['epsilon_spent'], '{:.3f}')} / {f(r['epsilon_budget'], '{:.2f}')}"
         t.add_row(r["id"], str(r["rows"]), f(r["default_rate"], "{:.3f}"), f(r["auc_local_only"]),
-                  f(r["auc_federated"]), f(r["auc_centralized"]), eps)
+                  f(r["auc_federated"]), f(r["auc_centralized"]), *((f(r["auc_oracle"]),) if oracle else ()), eps)
     t.add_section()
     t.add_row("all (pooled holdouts)", str(sum(r["rows"] for r in s["institutions"])), "",
-              f(s["auc_local_only_mean"]) + " (mean)", f(s["auc_federated"]), f(s["auc_centralized"]), "")
+              f(s["auc_local_only_mean"]) + " (mean)", f(s["auc_federated"]), f(s["auc_centralized"]),
+              *((f(s["auc_oracle"]),) if oracle else ()), "")
     console = Console() if sys.stdout.isatty() else Console(width=132)
     console.print(t)
     print(f"run directory: {s['run_dir']}")

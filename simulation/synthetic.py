@@ -350,6 +350,21 @@ def generate_institution(archetype: Archetype, rows: int, rng: np.random.Generat
     return to_clean_table(sim, schema, id_prefix or archetype.code), sim["true_pd"]
 
 
+def consortium_member(index: int, institutions: int, scale: float, seed: int,
+                      schema: Schema | None = None) -> tuple[str, pd.DataFrame, np.ndarray]:
+    """Institution ``index`` of the consortium ``generate_consortium`` would write: (id, table, true PD).
+
+    The same rows as the file ``data synth`` writes for it, generated in memory — what a
+    virtual node of a synthetic simulation trains on.
+    """
+    from simulation.archetypes import institution_plan, load_archetypes
+
+    p = institution_plan(institutions, scale, load_archetypes())[index]
+    table, true_pd = generate_institution(p.archetype, p.rows, institution_rng(seed, p.index), schema,
+                                          id_prefix=f"{p.archetype.code}{p.copy}")
+    return p.id, table, true_pd
+
+
 def institution_rng(seed: int, index: int) -> np.random.Generator:
     """The random stream of institution ``index`` of a consortium with ``seed``.
 

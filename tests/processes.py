@@ -1,18 +1,62 @@
-"""Helpers for tests that start real processes: find and stop only what the test started."""
+"""Helpers for tests that start real processes: find and stop only what the test started.
+
+Other work may run Flower and Ray on the same machine at the same time, so "new since the test
+began" is not enough to know what a test started. :func:`tagged` puts a unique tag into the
+environment for the duration of a test; every process the test starts — and everything those
+start (SuperExec, Ray's daemons and workers) — inherits it, and :func:`processes` with
+``tag=`` keeps only the processes whose environment carries it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
+import uuid
+
+import pytest
+
+TAG_VARIABLE = "FEDCREDIT_TEST_TAG"
+
+
+@contextlib.contextmanager
+def tagged():
+    """Set a fresh process tag in this process's environment; yields the tag."""
+    tag = uuid.uuid4().hex
+    old = os.environ.get(TAG_VARIABLE)
+    os.environ[TAG_VARIABLE] = tag
+    try:
+        yield tag
+    finally:
+        if old is None:
+            os.environ.pop(TAG_VARIABLE, None)
+        else:
+            os.environ[TAG_VARIABLE] = old
+
+
+@pytest.fixture
+def process_tag():
+    """A test's process tag (see :func:`tagged`), set for the whole test."""
+    with tagged() as tag:
+        yield tag
+
+
+def _has_tag(pid: int, tag: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return f"{TAG_VARIABLE}={tag}".encode() in fh.read().split(b"\0")
+    except OSError:  # gone, or not ours to read
+        return False
 
 FLOWER_AND_RAY = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-simulation",
                   "flwr-serverapp", "flwr-clientapp", "raylet", "gcs_server", "ray::", "default_worker.py")
 
 
-def processes(markers=FLOWER_AND_RAY) -> dict[int, str]:
-    """pid → command line of live processes whose command line contains one of ``markers``."""
+def processes(markers=FLOWER_AND_RAY, tag: str | None = None) -> dict[int, str]:
+    """pid → command line of live processes whose command line contains one of ``markers``
+    (and, with ``tag``, whose environment carries that test tag)."""
     out = subprocess.run(["ps", "-ww", "-eo", "pid=,stat=,args="], capture_output=True, text=True).stdout
     found = {}
     for line in out.splitlines():
@@ -20,16 +64,17 @@ def processes(markers=FLOWER_AND_RAY) -> dict[int, str]:
         if len(parts) < 3 or parts[1].startswith("Z"):
             continue  # zombies are reaped by their parent
         pid, args = int(parts[0]), parts[2]
-        if pid != os.getpid() and any(m in args for m in markers):
+        if pid != os.getpid() and any(m in args for m in markers) and (tag is None or _has_tag(pid, tag)):
             found[pid] = args
     return found
 
 
-def new_processes(before: dict[int, str], settle_s: float = 10.0) -> dict[int, str]:
-    """Processes present now but not in ``before``; waits up to ``settle_s`` for them to exit."""
+def new_processes(before: dict[int, str], settle_s: float = 10.0, tag: str | None = None) -> dict[int, str]:
+    """Processes present now but not in ``before`` (with ``tag``: only the test's own);
+    waits up to ``settle_s`` for them to exit."""
     deadline = time.monotonic() + settle_s
     while True:
-        extra = {p: a for p, a in processes().items() if p not in before}
+        extra = {p: a for p, a in processes(tag=tag).items() if p not in before}
         if not extra or time.monotonic() > deadline:
             return extra
         time.sleep(0.5)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, run_fedcredit
-from tests.processes import kill_pids, new_processes, processes
+from tests.processes import kill_pids, new_processes, process_tag, processes  # noqa: F401 (fixture)
 
 BIN = Path(sys.executable).parent
 MAX_EPSILON = 4.0
@@ -75,7 +75,7 @@ def node_config(data: Path, state: Path, inst: str) -> str:
             "release-eval='noised'")
 
 
-def test_node_start_with_invalid_data_exits_2_with_the_validation_report(tmp_path):
+def test_node_start_with_invalid_data_exits_2_with_the_validation_report(tmp_path, process_tag):
     bad = tmp_path / "loans.csv"
     bad.write_text("borrower_id,credit_limit\nA1,1000\nA2,lots\n")
     before = processes()
@@ -89,7 +89,7 @@ def test_node_start_with_invalid_data_exits_2_with_the_validation_report(tmp_pat
     assert validate.stderr.strip() in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "starting:" not in proc.stdout  # Flower was never started
-    assert new_processes(before, settle_s=0) == {}
+    assert new_processes(before, settle_s=0, tag=process_tag) == {}
 
 
 def test_node_start_checks_config_key_and_certificate(tmp_path):
@@ -122,7 +122,7 @@ def test_node_start_checks_config_key_and_certificate(tmp_path):
 
 
 @pytest.mark.slow
-def test_deploy_two_dp_rounds_with_tls_and_node_auth(tmp_path):
+def test_deploy_two_dp_rounds_with_tls_and_node_auth(tmp_path, process_tag):
     from models.package import load_package
     from privacy.accountant import read_state
 
@@ -250,5 +250,5 @@ def test_deploy_two_dp_rounds_with_tls_and_node_auth(tmp_path):
                     p.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     pass
-    left = new_processes(before, settle_s=20)
+    left = new_processes(before, settle_s=20, tag=process_tag)
     assert left == {}, f"processes left behind: {left}"

@@ -14,6 +14,8 @@ import shutil
 import numpy as np
 import pytest
 
+from tests.processes import process_tag  # noqa: F401 (fixture)
+
 from configs.errors import ConfigError
 from server.settings import parse_run_config
 from tests.conftest import run_fedcredit
@@ -168,7 +170,7 @@ def test_secure_aggregation_config_mistakes_name_the_key(override, key):
 
 
 @pytest.mark.slow
-def test_secure_aggregation_in_flower_simulation_matches_fedavg(tmp_path):
+def test_secure_aggregation_in_flower_simulation_matches_fedavg(tmp_path, process_tag):
     from models.package import load_package
     from simulation.flower_runtime import run_in_simulation
     from tests.processes import new_processes, processes
@@ -187,4 +189,4 @@ def test_secure_aggregation_in_flower_simulation_matches_fedavg(tmp_path):
         if secure:
             record = metrics["history"][0]
     assert 0 < _max_diff(weights[True], weights[False]) <= _bound(record)
-    assert new_processes(before, settle_s=20) == {}
+    assert new_processes(before, settle_s=20, tag=process_tag) == {}

@@ -14,7 +14,7 @@ import pytest
 from server.settings import DEFAULTS, parse_run_config
 from configs.errors import ConfigError
 from tests.conftest import REPO, run_fedcredit
-from tests.processes import kill_pids, new_processes, processes
+from tests.processes import kill_pids, new_processes, process_tag, processes  # noqa: F401 (fixture)
 
 
 def test_pyproject_run_config_defaults_match_the_code():
@@ -41,7 +41,7 @@ def _summary(proc: subprocess.CompletedProcess) -> dict:
 
 
 @pytest.mark.slow
-def test_simulate_three_institutions_two_rounds(tmp_path):
+def test_simulate_three_institutions_two_rounds(tmp_path, process_tag):
     from clients.node import load_node_data, policy_from_context
     from models.metrics import auc_score
     from models.package import load_package
@@ -51,11 +51,12 @@ def test_simulate_three_institutions_two_rounds(tmp_path):
     run_dir = tmp_path / "run"
     s = _summary(run_fedcredit("simulate", "--institutions", 3, "--rounds", 2, "--scale", 0.3, "--no-dp",
                                "--seed", 5, "--out", run_dir, "--json", timeout=900))
-    assert new_processes(before) == {}, "the simulation left processes behind"
+    assert new_processes(before, tag=process_tag) == {}, "the simulation left processes behind"
     assert s["status"] == "completed" and s["rounds"] == 2
     assert [i["id"] for i in s["institutions"]] == ["national-bank-1", "regional-bank-1", "card-issuer-1"]
-    for key in ("auc_federated", "auc_centralized", "auc_local_only_mean"):
+    for key in ("auc_federated", "auc_centralized", "auc_local_only_mean", "auc_oracle"):
         assert 0.5 < s[key] < 1.0, key
+    assert s["auc_oracle"] > s["auc_federated"]  # the true PD is the ceiling
     for inst in s["institutions"]:
         assert inst["epsilon_spent"] is None and inst["auc_federated"] is not None
 
@@ -89,7 +90,7 @@ def test_simulate_three_institutions_two_rounds(tmp_path):
 
 
 @pytest.mark.slow
-def test_flwr_run_uses_the_repository_as_the_flower_app(tmp_path):
+def test_flwr_run_uses_the_repository_as_the_flower_app(tmp_path, process_tag):
     from simulation.flower_runtime import flwr_run_env
 
     home = tmp_path / "flwr-home"
@@ -109,9 +110,9 @@ def test_flwr_run_uses_the_repository_as_the_flower_app(tmp_path):
         assert (run_dir / "model" / "weights.safetensors").is_file()
     finally:
         # `flwr run` leaves a local SuperLink running in the background: stop the ones this test started.
-        started = [pid for pid, args in processes().items() if pid not in before and str(home) in args]
+        started = [pid for pid, args in processes(tag=process_tag).items() if pid not in before and str(home) in args]
         kill_pids(started)
-    assert new_processes(before, settle_s=20) == {}
+    assert new_processes(before, settle_s=20, tag=process_tag) == {}
 
 
 @pytest.mark.slow
