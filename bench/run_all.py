@@ -1,0 +1,624 @@
+"""Run every benchmark and write docs/benchmarks.md (figures, plots, environment, commands).
+
+    python bench/run_all.py                 # the full run behind docs/benchmarks.md (~1 h on 2 cores)
+    python bench/run_all.py --quick         # a short smoke run (a few minutes), written to runs/benchmarks-quick/
+    python bench/run_all.py --only scale,score_throughput   # rerun some; the others keep their last results
+
+Each benchmark is a script in bench/ (or a fedcredit command) that prints one JSON line of
+figures; this script runs them one after another in fresh processes (so they do not compete
+for the two cores), keeps each one's last JSON line, stderr log and wall time, and writes
+
+* ``docs/benchmarks/results.json`` — every benchmark's JSON line, the command that produced
+  it, when, on which commit, with what load on the machine;
+* ``docs/benchmarks/*.png`` — the plots (privacy–utility curve first);
+* ``docs/benchmarks.md`` — the tables and plots, the hardware (CPU model, cores, RAM), the OS,
+  the Python / torch / Flower / Opacus versions, seeds and the exact commands.
+
+A benchmark whose script is missing (bench/poisoning.py until it lands) or whose data is
+absent (the UCI file) is reported as skipped, with the reason. This script prints one JSON
+line too (what ran, what failed, where the document is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_UCI = REPO.parent / "shared" / "data" / "UCI_Credit_Card.csv"
+SEED = 0
+
+
+@dataclass
+class Ctx:
+    quick: bool
+    uci: Path
+    work: Path
+    img: Path
+    results: dict[str, dict] = field(default_factory=dict)
+
+
+@dataclass
+class Bench:
+    name: str
+    what: str
+    argv: Callable[[Ctx], list[str] | str]  # the command, or a reason to skip
+    timeout: float
+    quick_timeout: float = 900
+
+
+def _py(script: str, *args: Any) -> list[str]:
+    return [sys.executable, f"bench/{script}", *map(str, args)]
+
+
+def _sweep_file(ctx: Ctx) -> Path:
+    if not ctx.quick:
+        return REPO / "configs" / "sweeps" / "privacy-utility.toml"
+    path = ctx.work / "privacy-utility-quick.toml"
+    path.write_text('[sweep]\nname = "privacy-utility-quick"\nruntime = "plain"\n\n[data]\nsource = "synthetic"\n'
+                    'scale = 0.08\n\n[grid]\nepsilon = [1, 4, "no-dp"]\nrounds = 2\ninstitutions = 2\n')
+    return path
+
+
+def _report_run(ctx: Ctx) -> list[str] | str:
+    sweep = ctx.results.get("privacy_utility", {}).get("result") or {}
+    table = sweep.get("table")
+    if not table or not Path(table).is_file():
+        return "needs the privacy_utility sweep's run directories (run it first)"
+    import csv
+
+    rows = [r for r in csv.DictReader(open(table)) if r["status"] == "completed"]
+    runs = [r["run_dir"] for r in rows if (Path(r["run_dir"]) / "model").is_dir()]
+    if not runs:
+        return "no Flower run directory with a model package in the sweep (quick sweeps use the plain loop)"
+    pick = next((r["run_dir"] for r in rows if r["epsilon"] in ("1", "1.0") and r["run_dir"] in runs), runs[0])
+    return _py("render_report.py", pick, "--out", ctx.img / "report.png", "--height", 3200)
+
+
+def _uci(ctx: Ctx, *args: Any) -> list[str] | str:
+    if not ctx.uci.is_file():
+        return f"the UCI file is not at {ctx.uci} (--uci PATH)"
+    return _py("quality_uci.py", "--data", ctx.uci, "--seed", SEED, *args)
+
+
+def _poisoning(ctx: Ctx) -> list[str] | str:
+    script = REPO / "bench" / "poisoning.py"
+    if not script.is_file():
+        return "bench/poisoning.py is not in this checkout yet"
+    if not ctx.quick:
+        return _py("poisoning.py", "--seed", SEED)
+    help_text = subprocess.run([sys.executable, str(script), "--help"], cwd=REPO, capture_output=True, text=True,
+                               timeout=120, check=False).stdout
+    if "--quick" in help_text:
+        return _py("poisoning.py", "--quick")
+    # one attack, two rules, two rounds of small institutions: the smoke-test version
+    wanted = {"--rounds": 2, "--scale": 0.25, "--rules": "mean,median", "--attacks": "scale", "--seed": SEED}
+    return _py("poisoning.py", *[x for k, v in wanted.items() if k in help_text for x in (k, v)])
+
+
+BENCHES: list[Bench] = [
+    Bench("privacy_utility", "fedcredit sweep configs/sweeps/privacy-utility.toml: AUC vs ε",
+          lambda c: [sys.executable, "-m", "fedcredit", "sweep", str(_sweep_file(c)), "--out",
+                     str(c.work / "sweep-privacy-utility"), "--json"], 2400),
+    Bench("render_report", "a run's report.html rendered in headless Chromium", _report_run, 600),
+    Bench("synth_speed", "synthetic consortium generation and CSV writing",
+          lambda c: _py("synth_speed.py", "--rows", 100_000 if c.quick else 1_000_000, "--seed", SEED), 900),
+    Bench("score_throughput", "fedcredit score, CSV to CSV, end to end (target ≥ 100,000 rows/s)",
+          lambda c: _py("score_throughput.py", "--seed", SEED,
+                        *(["--rows", 100_000, "--no-stages"] if c.quick else ["--rows", 1_000_000, "--repeats", 3])),
+          1800),
+    Bench("reason_codes_speed", "fedcredit score with and without adverse-action reasons",
+          lambda c: _py("reason_codes_speed.py", "--rows", 20_000 if c.quick else 100_000, "--seed", SEED), 1200),
+    Bench("dp_overhead", "DP-SGD epoch time vs non-private (target ratio ≤ 1.3)",
+          lambda c: _py("dp_overhead.py", "--seed", SEED,
+                        *(["--rows", 5000, "--repeats", 3, "--no-opacus"] if c.quick else [])), 1800),
+    Bench("sim_overhead", "Flower's simulation runtime vs the same training in a plain loop",
+          lambda c: _py("sim_overhead.py", "--seed", SEED,
+                        *(["--institutions", 3, "--rows", 2000, "--rounds", 3] if c.quick else [])), 1800),
+    Bench("quality_uci", "AUC on the UCI credit-card file: centralised, local-only, federated, federated + DP",
+          lambda c: _uci(c, *(["--epsilons", "1", "--rounds", 3, "--dp-rounds", 3] if c.quick else [])), 3600),
+    Bench("poisoning", "poisoned updates vs robust aggregation", _poisoning, 3600),
+    Bench("scale", "100 and 1,000 institutions through Flower's simulation runtime (5 rounds, DP)",
+          lambda c: _py("scale.py", "--seed", SEED,
+                        *(["--institutions", 10, "--rounds", 2] if c.quick else ["--institutions", "100,1000"])),
+          10800),
+]
+
+
+# --------------------------------------------------------------------------------- running
+def _last_json(text: str) -> dict | None:
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+    return None
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30,
+                              check=False).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def run_bench(b: Bench, ctx: Ctx) -> dict:
+    argv = b.argv(ctx)
+    entry: dict[str, Any] = {"name": b.name, "what": b.what, "started": datetime.now(timezone.utc).isoformat(
+        timespec="seconds"), "commit": _git("rev-parse", "--short", "HEAD"), "load_avg_before": os.getloadavg()[0]}
+    if isinstance(argv, str):
+        entry.update({"status": "skipped", "reason": argv})
+        return entry
+    shown = [("python" if a == sys.executable else str(a).replace(str(REPO) + "/", "")) for a in argv]
+    entry["command"] = shlex.join(shown)
+    log = ctx.work / "logs" / f"{b.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    env = dict(os.environ, PYTHONIOENCODING="utf-8", COLUMNS="150")
+    with open(log, "w") as err:
+        # its own session, so that a time-out ends the benchmark with everything it started (Ray too)
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True, env=env,
+                                start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=b.quick_timeout if ctx.quick else b.timeout)
+            code: Any = proc.returncode
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            out, _ = proc.communicate()
+            code = "timeout"
+        except BaseException:
+            _kill_group(proc)
+            raise
+    entry.update({"wall_s": round(time.perf_counter() - t0, 1), "returncode": code, "log": str(log),
+                  "load_avg_after": os.getloadavg()[0]})
+    result = _last_json(out)
+    if result is None:
+        entry.update({"status": "failed", "reason": f"no JSON line (exit {code}); see {log}",
+                      "stderr_tail": log.read_text()[-1500:]})
+    else:
+        entry["result"] = result
+        entry["status"] = "ok" if code == 0 else "failed"
+        if entry["status"] == "failed":
+            entry["reason"] = f"exit code {code}; see {log}"
+    return entry
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=20)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def environment() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(p):
+        try:
+            return version(p)
+        except PackageNotFoundError:
+            return None
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+               platform.processor() or platform.machine())
+    mem_kb = int(next(ln.split()[1] for ln in open("/proc/meminfo") if ln.startswith("MemTotal")))
+    os_name = platform.platform()
+    if Path("/etc/os-release").is_file():
+        rel = dict(ln.strip().split("=", 1) for ln in open("/etc/os-release") if "=" in ln)
+        os_name = f"{rel.get('PRETTY_NAME', '').strip(chr(34))} (kernel {platform.release()})"
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(mem_kb / 2**20, 1), "os": os_name,
+            "python": platform.python_version(),
+            "packages": {p: ver(p) for p in ("torch", "flwr", "opacus", "ray", "numpy", "pandas", "pyarrow",
+                                             "scikit-learn", "matplotlib")},
+            "commit": _git("rev-parse", "HEAD"), "uncommitted_changes": bool(dirty)}
+
+
+# --------------------------------------------------------------------------------- plots
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def make_plots(results: dict[str, dict], img: Path) -> dict[str, list[str]]:
+    """PNG files per benchmark (relative names inside ``img``)."""
+    plots: dict[str, list[str]] = {}
+    img.mkdir(parents=True, exist_ok=True)
+
+    def res(name):
+        e = results.get(name) or {}
+        return e.get("result") if e.get("status") == "ok" else None
+
+    sweep = res("privacy_utility")
+    if sweep:
+        names = []
+        for p in sweep.get("plots", []):
+            if Path(p).is_file():
+                shutil.copyfile(p, img / Path(p).name)
+                names.append(Path(p).name)
+        plots["privacy_utility"] = names
+    plt = _plt()
+    q = res("quality_uci")
+    if q and "skipped" not in q:
+        bars = [("centralised, HistGradientBoosting", q.get("auc_centralized_hgb")),
+                ("centralised, MLP (pooled, no DP)", q.get("auc_centralized_mlp")),
+                ("federated, no DP", q.get("auc_federated_nodp"))]
+        bars += [(f"federated + DP, ε = {e}", v) for e, v in (q.get("auc_federated_dp") or {}).items()]
+        bars += [("local-only, no DP (mean)", q.get("auc_local_only_mean"))]
+        bars += [(f"local-only + DP, ε = {e} (mean)", v) for e, v in (q.get("auc_local_only_dp_mean") or {}).items()]
+        bars = [(k, v) for k, v in bars if v is not None]
+        fig, ax = plt.subplots(figsize=(8, 0.42 * len(bars) + 1.2), dpi=120)
+        ax.barh(range(len(bars)), [v for _, v in bars], color=["#2a6f97" if "federated" in k else "#999999"
+                                                                for k, _ in bars])
+        ax.set_yticks(range(len(bars)))
+        ax.set_yticklabels([k for k, _ in bars], fontsize=8.5)
+        ax.invert_yaxis()
+        lo = min(v for _, v in bars)
+        ax.set_xlim(max(0.5, lo - 0.03), 1.0 if max(v for _, v in bars) > 0.95 else max(v for _, v in bars) + 0.02)
+        for i, (_, v) in enumerate(bars):
+            ax.text(v, i, f" {v:.3f}", va="center", fontsize=8)
+        ax.set_xlabel("AUC (pooled holdouts; local-only: mean of each institution's own holdout)")
+        ax.set_title(f"UCI credit-card default: {q.get('institutions')} institutions ({q.get('partition')} partition)",
+                     fontsize=10)
+        fig.tight_layout()
+        fig.savefig(img / "quality_uci.png")
+        plt.close(fig)
+        plots["quality_uci"] = ["quality_uci.png"]
+    s = res("score_throughput")
+    if s and s.get("schema", {}).get("stages_s"):
+        variants = [v for v in ("schema", "mapping") if v in s]
+        stages = list(s["schema"]["stages_s"])
+        fig, ax = plt.subplots(figsize=(8, 2.2 + 0.5 * len(variants)), dpi=120)
+        for vi, v in enumerate(variants):
+            left = 0.0
+            for si, st in enumerate(stages):
+                w = s[v]["stages_s"].get(st, 0.0)
+                ax.barh(vi, w, left=left, color=plt.cm.tab10(si), label=st if vi == 0 else None)
+                left += w
+            startup = max(0.0, s[v]["wall_s"] - left)
+            ax.barh(vi, startup, left=left, color="#cccccc", label="start-up, imports, model load" if vi == 0 else None)
+            ax.text(s[v]["wall_s"], vi, f"  {s[v]['rows_per_s']:,} rows/s", va="center", fontsize=8.5)
+        ax.set_yticks(range(len(variants)))
+        ax.set_yticklabels(["schema format" if v == "schema" else "UCI format + mapping" for v in variants])
+        ax.set_xlabel(f"seconds for {s['rows']:,} applicants (wall time of `fedcredit score`)")
+        ax.set_xlim(0, max(s[v]["wall_s"] for v in variants) * 1.35)
+        ax.legend(fontsize=7.5, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.32), frameon=False)
+        fig.tight_layout()
+        fig.savefig(img / "score_throughput.png")
+        plt.close(fig)
+        plots["score_throughput"] = ["score_throughput.png"]
+    sc = res("scale")
+    if sc and sc.get("results"):
+        rows = [r for r in sc["results"] if r.get("wall_s") is not None]
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=120)
+        labels = [f"{r['institutions']:,}" for r in rows]
+        a1.bar(labels, [r["wall_s"] / 60 for r in rows], color="#2a6f97")
+        for i, r in enumerate(rows):
+            a1.text(i, r["wall_s"] / 60, f"{r['wall_s'] / 60:.1f} min\n{r.get('status', '')}", ha="center",
+                    va="bottom", fontsize=8)
+        a1.set_ylabel("wall time (minutes)")
+        a1.set_xlabel("institutions")
+        a1.set_ylim(0, max(r["wall_s"] for r in rows) / 60 * 1.3)
+        a2.bar(labels, [r["peak_pss_sum_mb"] / 1024 for r in rows], color="#e07a1f", label="PSS (shared pages split)")
+        a2.scatter(labels, [r["peak_rss_sum_mb"] / 1024 for r in rows], color="black", marker="_", s=400,
+                   label="RSS sum (upper bound)", zorder=3)
+        a2.set_ylabel("peak memory, all processes (GiB)")
+        a2.set_xlabel("institutions")
+        a2.legend(fontsize=7.5)
+        fig.suptitle(f"Flower simulation, {sc.get('rounds')} rounds, DP ε = {sc.get('epsilon'):g}, "
+                     f"~{sc.get('rows_per_institution'):,} borrowers per institution", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(img / "scale.png")
+        plt.close(fig)
+        plots["scale"] = ["scale.png"]
+    r = results.get("render_report") or {}
+    if r.get("status") == "ok" and (img / "report.png").is_file():
+        plots["render_report"] = ["report.png"]
+    return plots
+
+
+# --------------------------------------------------------------------------------- document
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if v != v:
+            return "—"
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return "—" if v is None else str(v)
+
+
+def key_figures(name: str, r: dict) -> list[tuple[str, Any]]:
+    """(label, value) pairs for the summary and the benchmark's section."""
+    if name == "synth_speed":
+        return [("rows", r.get("rows")), ("generate rows/s", r.get("generate_rows_per_s")),
+                ("write CSV rows/s", r.get("write_csv_rows_per_s")), ("oracle AUC", r.get("oracle_auc"))]
+    if name == "score_throughput":
+        out = [("rows", r.get("rows")), ("rows/s end to end (schema format)", r.get("rows_per_s"))]
+        if "rows_per_s_mapping" in r:
+            out.append(("rows/s end to end (UCI format + mapping)", r.get("rows_per_s_mapping")))
+        out += [("target rows/s", r.get("target_rows_per_s")), ("target met", r.get("ok"))]
+        for v in ("schema", "mapping"):
+            if isinstance(r.get(v), dict):
+                out.append((f"{v}: wall s / command s", f"{r[v]['wall_s']} / {r[v]['command_s']}"))
+                if "stages_s" in r[v]:
+                    out.append((f"{v}: stages (s)", ", ".join(f"{k} {x}" for k, x in r[v]["stages_s"].items())))
+        return out
+    if name == "reason_codes_speed":
+        return [("rows", r.get("rows")), ("score rows/s", r.get("score_rows_per_s")),
+                ("score --explain rows/s", r.get("score_explain_rows_per_s")),
+                ("explain / plain time", r.get("explain_over_plain"))]
+    if name == "dp_overhead":
+        return [("rows", r.get("rows")), ("plain epoch s", r.get("plain_epoch_s")), ("DP epoch s", r.get("dp_epoch_s")),
+                ("DP / plain (wall)", r.get("ratio")), ("DP / plain (CPU)", r.get("ratio_cpu")),
+                ("Opacus hooks / plain", r.get("opacus_ratio")), ("target ≤", r.get("target_ratio")),
+                ("target met", r.get("ok"))]
+    if name == "sim_overhead":
+        return [("institutions × rows × rounds", f"{r.get('institutions')} × {r.get('rows')} × {r.get('rounds')}"),
+                ("Flower rounds s / plain rounds s", f"{r.get('flower_rounds_s')} / {r.get('plain_rounds_s')}"),
+                ("ratio (rounds)", r.get("ratio")), ("ratio (total, with warm-up)", r.get("ratio_total")),
+                ("Flower warm-up s", r.get("flower_warmup_s")),
+                ("AUC Flower / plain", f"{_fmt(r.get('auc_flower'))} / {_fmt(r.get('auc_plain'))}")]
+    if name == "privacy_utility":
+        return [("points", r.get("points")), ("ran / skipped / failed",
+                                              f"{r.get('ran')} / {r.get('skipped')} / {len(r.get('failed') or [])}")]
+    if name == "render_report":
+        return [("report bytes", r.get("report_bytes")), ("sections", len(r.get("sections") or [])),
+                ("images (decoded)", f"{r.get('images')} ({r.get('images_decoded')})"),
+                ("external references", len(r.get("external_references") or []))]
+    if name == "quality_uci":
+        if "skipped" in r:
+            return [("skipped", r["skipped"])]
+        out = [("AUC centralised HGB", r.get("auc_centralized_hgb")), ("AUC centralised MLP", r.get("auc_centralized_mlp")),
+               ("AUC local-only (mean)", r.get("auc_local_only_mean")), ("AUC federated, no DP", r.get("auc_federated_nodp"))]
+        out += [(f"AUC federated + DP, ε = {e}", v) for e, v in (r.get("auc_federated_dp") or {}).items()]
+        out += [(f"AUC local-only + DP, ε = {e} (mean)", v) for e, v in (r.get("auc_local_only_dp_mean") or {}).items()]
+        return out
+    if name == "scale":
+        out = []
+        for x in r.get("results", []):
+            n = x["institutions"]
+            out.append((f"{n} institutions: status", x.get("status")))
+            out.append((f"{n}: wall time", f"{x.get('wall_s')} s"))
+            out.append((f"{n}: peak memory PSS / RSS sum", f"{x.get('peak_pss_sum_mb'):,} / {x.get('peak_rss_sum_mb'):,} MiB"))
+            if x.get("phases_s"):
+                ph = x["phases_s"]
+                out.append((f"{n}: statistics / rounds / end", f"{ph['statistics']} / {ph['rounds']} "
+                                                                f"({ph['round_mean']} per round) / {ph['final_evaluation_export']} s"))
+            out.append((f"{n}: final AUC, max ε spent", f"{_fmt(x.get('auc_federated'))}, {_fmt(x.get('epsilon_spent_max'))}"))
+        return out
+    if name == "poisoning":
+        return [("institutions", r.get("institutions")), ("attacker (share of rows)",
+                                                          f"{r.get('attacker')} ({r.get('attacker_share_of_rows')})"),
+                ("rounds", r.get("rounds")), ("DP", r.get("dp")), ("clip-update-norm", r.get("clip_update_norm"))]
+    return [(k, v) for k, v in r.items() if isinstance(v, (int, float, str, bool)) and k != "bench"][:14]
+
+
+def poisoning_table(r: dict) -> list[str]:
+    clean, attacks = r.get("clean_auc") or {}, r.get("attack_auc") or {}
+    rules = list(clean) or sorted({k for v in attacks.values() for k in v})
+    if not rules:
+        return []
+    out = ["| final AUC (honest holdouts) | " + " | ".join(rules) + " |", "| --- |" + " ---: |" * len(rules)]
+    for name, row in [("no attack", clean)] + [(a, v) for a, v in attacks.items()]:
+        out.append(f"| {name} | " + " | ".join(_fmt(row.get(x)) for x in rules) + " |")
+    return out
+
+
+def headline(name: str, r: dict) -> str:
+    try:
+        if name == "score_throughput":
+            return f"{r['rows_per_s']:,} rows/s (mapping: {r.get('rows_per_s_mapping', 0):,}), target ≥ 100,000"
+        if name == "synth_speed":
+            return f"{r['generate_rows_per_s']:,} rows/s generated, {r['write_csv_rows_per_s']:,} rows/s to CSV"
+        if name == "reason_codes_speed":
+            return f"{r['score_explain_rows_per_s']:,} rows/s with 3 reasons ({r['explain_over_plain']}× plain)"
+        if name == "dp_overhead":
+            return f"DP/plain epoch {r['ratio']} (CPU {r['ratio_cpu']}), target ≤ 1.3"
+        if name == "sim_overhead":
+            return f"Flower/plain rounds {r['ratio']}, warm-up {r['flower_warmup_s']} s"
+        if name == "privacy_utility":
+            return f"{r['points']} runs; see the curve"
+        if name == "render_report":
+            return f"{r.get('images_decoded')}/{r.get('images')} images, {len(r.get('sections') or [])} sections"
+        if name == "quality_uci":
+            if "skipped" in r:
+                return f"skipped: {r['skipped']}"
+            dp = ", ".join(f"ε={e}: {v:.3f}" for e, v in (r.get("auc_federated_dp") or {}).items())
+            return f"federated {r['auc_federated_nodp']:.3f} (no DP); {dp}; centralised MLP {r['auc_centralized_mlp']:.3f}"
+        if name == "poisoning":
+            parts = [f"{a}: FedAvg {v['fedavg_auc']:.3f} → {v['best_rule']} {v['best_rule_auc']:.3f}"
+                     for a, v in (r.get("summary") or {}).items() if v.get("best_rule")]
+            return f"clean FedAvg {(r.get('clean_auc') or {}).get('mean', float('nan')):.3f}; " + "; ".join(parts)
+        if name == "scale":
+            return "; ".join(f"{x['institutions']:,}: {x.get('status')} in {x['wall_s'] / 60:.1f} min, "
+                             f"{x['peak_pss_sum_mb'] / 1024:.1f} GiB" for x in r["results"])
+    except (KeyError, TypeError, ZeroDivisionError):
+        pass
+    return ""
+
+
+def sweep_table(r: dict) -> list[str]:
+    table = r.get("table")
+    if not table or not Path(table).is_file():
+        return []
+    import csv
+
+    rows = list(csv.DictReader(open(table)))
+    out = ["| ε | status | AUC federated | AUC local-only (mean) | AUC centralised | ε spent (max) | wall s |",
+           "| ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+
+    def f(v, d=4):
+        try:
+            return f"{float(v):.{d}f}"
+        except ValueError:
+            return "—"
+
+    for x in rows:
+        out.append(f"| {x['epsilon'] or 'no DP'} | {x['status']} | {f(x['auc_federated'])} | "
+                   f"{f(x['auc_local_only_mean'])} | {f(x['auc_centralized'])} | {f(x['epsilon_spent_max'], 3)} | "
+                   f"{f(x['point_wall_s'], 1)} |")
+    return out
+
+
+def _commits(results: dict[str, dict]) -> str:
+    commits = sorted({e["commit"] for e in results.values() if e.get("commit") and e.get("command")})
+    if len(commits) <= 1:
+        return f" `{commits[0]}`" if commits else " (unknown)"
+    return "s " + ", ".join(f"`{c}`" for c in commits) + " (each section names its own)"
+
+
+def write_document(results: dict[str, dict], env: dict, plots: dict[str, list[str]], doc: Path, img: Path,
+                   command: str, quick: bool) -> None:
+    rel = os.path.relpath(img, doc.parent)
+    pk = env["packages"]
+    lines = [
+        "# Benchmarks" + (" (quick smoke run — not the published figures)" if quick else ""),
+        "",
+        "<!-- generated by bench/run_all.py; do not edit by hand -->",
+        "",
+        f"Every figure below comes from one run of `{command}` on commit"
+        + _commits(results) + (" (plus uncommitted changes)" if env["uncommitted_changes"] else "")
+        + f", started {min((e.get('started', '') for e in results.values() if e.get('started')), default='?')} (UTC). "
+        "Each benchmark ran in a fresh process, one after another; its exact command is given in its section, "
+        f"and every random choice is seeded (seed {SEED}). The raw JSON lines are in "
+        f"[`{rel}/results.json`]({rel}/results.json).",
+        "",
+        "**Machine.** " + f"{env['cpu']}, {env['cores']} cores, {env['memory_gb']} GiB RAM; {env['os']}. "
+        "The machine is shared with other work, so absolute times are noisy; the speed claims are ratios "
+        "measured side by side in one process (load averages are recorded per benchmark).",
+        "",
+        f"**Software.** Python {env['python']}, torch {pk['torch']}, Flower {pk['flwr']}, Opacus {pk['opacus']}, "
+        f"Ray {pk['ray']}, NumPy {pk['numpy']}, pandas {pk['pandas']}, pyarrow {pk['pyarrow']}, "
+        f"scikit-learn {pk['scikit-learn']}, matplotlib {pk['matplotlib']}.",
+        "",
+        "**Reproduce.** `make install` (or `pip install -e .[dev]` with torch 2.13 CPU), then `" + command + "` "
+        "(the UCI file from `../shared/data/UCI_Credit_Card.csv`, or `--uci PATH`). "
+        "`python bench/run_all.py --only NAME` reruns one benchmark and keeps the others' figures.",
+        "",
+        "## Summary",
+        "",
+        "| benchmark | what | result | wall |",
+        "| --- | --- | --- | ---: |",
+    ]
+    for b in BENCHES:
+        e = results.get(b.name)
+        if e is None:
+            continue
+        if e["status"] == "ok":
+            res = headline(b.name, e["result"]) or "see below"
+        else:
+            res = f"**{e['status']}**: {e.get('reason', '')}"
+        lines.append(f"| [{b.name}](#{b.name.replace('_', '-')}) | {b.what} | {res} | "
+                     f"{_fmt(e.get('wall_s'))} s |" if e.get("wall_s") is not None else
+                     f"| [{b.name}](#{b.name.replace('_', '-')}) | {b.what} | {res} | — |")
+    for b in BENCHES:
+        e = results.get(b.name)
+        if e is None:
+            continue
+        lines += ["", f"## {b.name.replace('_', '-')}", "", f"{b.what}."]
+        if e.get("command"):
+            lines += ["", f"Command: `{e['command']}` (wall {e.get('wall_s')} s, load average "
+                          f"{e.get('load_avg_before', 0):.1f} → {e.get('load_avg_after', 0):.1f}, commit "
+                          f"`{e.get('commit')}`, {e.get('started')})."]
+        if e["status"] != "ok":
+            lines += ["", f"**{e['status']}**: {e.get('reason', '')}"]
+            continue
+        r = e["result"]
+        lines += ["", "| figure | value |", "| --- | ---: |"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in key_figures(b.name, r)]
+        if b.name == "privacy_utility":
+            table = sweep_table(r)
+            if table:
+                lines += ["", "Per point (the sweep's results table):", ""] + table
+        if b.name == "poisoning":
+            table = poisoning_table(r)
+            if table:
+                lines += [""] + table
+        for p in plots.get(b.name, []):
+            lines += ["", f"![{b.name}: {p}]({rel}/{p})"]
+        lines += ["", "<details><summary>JSON line</summary>", "", "```json", json.dumps(r), "```", "", "</details>"]
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text("\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short smoke run; writes runs/benchmarks-quick/ by default")
+    ap.add_argument("--only", help="comma-separated benchmarks to run (the others keep their stored results)")
+    ap.add_argument("--skip", default="", help="comma-separated benchmarks not to run")
+    ap.add_argument("--uci", default=str(DEFAULT_UCI), help="the UCI credit-card CSV (quality_uci)")
+    ap.add_argument("--doc", help="the Markdown file (default docs/benchmarks.md; quick: runs/benchmarks-quick/)")
+    ap.add_argument("--work", help="scratch directory for sweeps, runs and logs (default runs/benchmarks-work)")
+    args = ap.parse_args(argv)
+
+    names = [b.name for b in BENCHES]
+    only = [s.strip() for s in args.only.split(",")] if args.only else names
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    unknown = [n for n in only + list(skip) if n not in names]
+    if unknown:
+        ap.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(names)}")
+    base = REPO / "runs" / "benchmarks-quick" if args.quick else REPO / "docs"
+    doc = Path(args.doc) if args.doc else base / "benchmarks.md"
+    img = doc.parent / "benchmarks"
+    work = Path(args.work) if args.work else REPO / "runs" / ("benchmarks-quick-work" if args.quick else "benchmarks-work")
+    work.mkdir(parents=True, exist_ok=True)
+    img.mkdir(parents=True, exist_ok=True)
+    store = img / "results.json"
+    stored = json.loads(store.read_text()) if store.is_file() else {}
+    results: dict[str, dict] = dict(stored.get("benchmarks", {}))
+    ctx = Ctx(quick=args.quick, uci=Path(args.uci), work=work, img=img, results=results)
+    cmd = "python bench/run_all.py" + (" --quick" if args.quick else "")
+    for b in BENCHES:
+        if b.name not in only or b.name in skip:
+            continue
+        print(f"[run_all] {b.name} …", file=sys.stderr, flush=True)
+        if b.name == "privacy_utility":
+            shutil.rmtree(work / "sweep-privacy-utility", ignore_errors=True)  # a fresh sweep, not a resumed one
+        results[b.name] = run_bench(b, ctx)
+        e = results[b.name]
+        print(f"[run_all] {b.name}: {e['status']} {e.get('reason', '')} ({e.get('wall_s', 0)} s)", file=sys.stderr,
+              flush=True)
+        store.write_text(json.dumps({"environment": environment(), "benchmarks": results}, indent=2) + "\n")
+    env = environment()
+    plots = make_plots(results, img)
+    store.write_text(json.dumps({"environment": env, "command": cmd, "benchmarks": results}, indent=2) + "\n")
+    write_document(results, env, plots, doc, img, cmd, args.quick)
+    ran = [n for n in only if n not in skip]
+    print(json.dumps({"bench": "run_all", "quick": args.quick, "doc": str(doc), "results": str(store),
+                      "ran": ran, "status": {n: results[n]["status"] for n in ran if n in results},
+                      "ok": all(results[n]["status"] in ("ok", "skipped") for n in ran if n in results)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
