@@ -411,8 +411,10 @@ def key_figures(name: str, r: dict) -> list[tuple[str, Any]]:
             out.append((f"{n}: peak memory PSS / RSS sum", f"{x.get('peak_pss_sum_mb'):,} / {x.get('peak_rss_sum_mb'):,} MiB"))
             if x.get("phases_s"):
                 ph = x["phases_s"]
-                out.append((f"{n}: statistics / rounds / end", f"{ph['statistics']} / {ph['rounds']} "
-                                                                f"({ph['round_mean']} per round) / {ph['final_evaluation_export']} s"))
+                out.append((f"{n}: phases: start + load, statistics, rounds (mean), final + export, report + exit",
+                            f"{ph.get('start_load_validate', '—')}, {ph['statistics']}, {ph['rounds']} "
+                            f"({ph['round_mean']}), {ph['final_evaluation_export']}, "
+                            f"{ph.get('report_model_card_exit', '—')} s"))
             out.append((f"{n}: final AUC, max ε spent", f"{_fmt(x.get('auc_federated'))}, {_fmt(x.get('epsilon_spent_max'))}"))
         return out
     if name == "poisoning":

@@ -15,7 +15,9 @@ While it runs, this script samples every 0.5 s the memory of the whole process t
 command, Ray's GCS, raylet and workers: every descendant) from /proc: the sum of RSS (counts
 shared pages once per process, an upper bound) and of PSS (shared pages divided among their
 users: the honest total). Reported per size: wall time (process start to exit), the phases
-from RUN/progress.jsonl (start-up + statistics, rounds, end), peak RSS/PSS sums and process
+(start-up with loading and validating every institution's file; the statistics query; the
+rounds; final evaluation and export; report, model card and exit — from RUN/progress.jsonl),
+peak RSS/PSS sums and process
 count, the run's status, final AUC and the largest ε spent.
 """
 
@@ -132,7 +134,7 @@ def run_one(n: int, args, work: Path) -> dict:
            "--epsilon", str(args.epsilon), "--seed", str(args.seed), "--no-baselines", "--out", str(run_dir),
            "--json"] + (["--cpus", str(args.cpus)] if args.cpus else [])
     log = open(work / f"simulate-{n}.log", "w")
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     # its own session: on a time-out the command and every process it started (Ray) are ended
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
     sampler = TreeSampler(proc.pid, args.interval)
@@ -150,7 +152,7 @@ def run_one(n: int, args, work: Path) -> dict:
         stdout, _ = proc.communicate()
         if not isinstance(sys.exc_info()[1], subprocess.TimeoutExpired):
             raise
-    wall = time.perf_counter() - t0
+    wall, ended = time.perf_counter() - t0, time.time()
     sampler.stop.set()
     sampler.join()
     log.close()
@@ -176,9 +178,11 @@ def run_one(n: int, args, work: Path) -> dict:
 
     start, first, last, end = at("run-start"), at("round-start"), at("round-end", max), at("run-end", max)
     if start and first and last and end:
-        out["phases_s"] = {"statistics": round(first - start, 1), "rounds": round(last - first, 1),
+        out["phases_s"] = {"start_load_validate": round(start - started, 1), "statistics": round(first - start, 1),
+                           "rounds": round(last - first, 1),
                            "round_mean": round((last - first) / max(1, summary["rounds"]), 1),
-                           "final_evaluation_export": round(end - last, 1)}
+                           "final_evaluation_export": round(end - last, 1),
+                           "report_model_card_exit": round(ended - end, 1)}
     out["run_dir_mb"] = round(sum(f.stat().st_size for f in run_dir.rglob("*") if f.is_file()) / 2**20, 1)
     return out
 
