@@ -330,7 +330,8 @@ def make_plots(results: dict[str, dict], img: Path) -> dict[str, list[str]]:
                    label="RSS sum (upper bound)", zorder=3)
         a2.set_ylabel("peak memory, all processes (GiB)")
         a2.set_xlabel("institutions")
-        a2.legend(fontsize=7.5)
+        a2.set_ylim(0, max(r["peak_rss_sum_mb"] for r in rows) / 1024 * 1.45)
+        a2.legend(fontsize=7.5, loc="upper left")
         fig.suptitle(f"Flower simulation, {sc.get('rounds')} rounds, DP ε = {sc.get('epsilon'):g}, "
                      f"~{sc.get('rows_per_institution'):,} borrowers per institution", fontsize=10)
         fig.tight_layout()
