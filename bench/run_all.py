@@ -549,7 +549,8 @@ def write_document(results: dict[str, dict], env: dict, plots: dict[str, list[st
             continue
         lines += ["", f"## {b.name.replace('_', '-')}", "", f"{b.what}."]
         if e.get("command"):
-            lines += ["", f"Command: `{e['command']}` (wall {e.get('wall_s')} s, load average "
+            shown = e["command"].replace(str(REPO.parent) + "/", "../")  # run from the repository root
+            lines += ["", f"Command: `{shown}` (wall {e.get('wall_s')} s, load average "
                           f"{e.get('load_avg_before', 0):.1f} → {e.get('load_avg_after', 0):.1f}, commit "
                           f"`{e.get('commit')}`, {e.get('started')})."]
         if e["status"] != "ok":
@@ -582,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--uci", default=str(DEFAULT_UCI), help="the UCI credit-card CSV (quality_uci)")
     ap.add_argument("--doc", help="the Markdown file (default docs/benchmarks.md; quick: runs/benchmarks-quick/)")
     ap.add_argument("--work", help="scratch directory for sweeps, runs and logs (default runs/benchmarks-work)")
+    ap.add_argument("--render-only", action="store_true",
+                    help="run nothing: rewrite the document and plots from the stored results.json")
     args = ap.parse_args(argv)
 
     names = [b.name for b in BENCHES]
@@ -602,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Ctx(quick=args.quick, uci=Path(args.uci), work=work, img=img, results=results)
     cmd = "python bench/run_all.py" + (" --quick" if args.quick else "")
     for b in BENCHES:
-        if b.name not in only or b.name in skip:
+        if b.name not in only or b.name in skip or args.render_only:
             continue
         print(f"[run_all] {b.name} …", file=sys.stderr, flush=True)
         if b.name == "privacy_utility":
@@ -612,11 +615,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[run_all] {b.name}: {e['status']} {e.get('reason', '')} ({e.get('wall_s', 0)} s)", file=sys.stderr,
               flush=True)
         store.write_text(json.dumps({"environment": environment(), "benchmarks": results}, indent=2) + "\n")
-    env = environment()
+    env = stored.get("environment") if args.render_only and stored.get("environment") else environment()
+    cmd = stored.get("command", cmd) if args.render_only else cmd
     plots = make_plots(results, img)
     store.write_text(json.dumps({"environment": env, "command": cmd, "benchmarks": results}, indent=2) + "\n")
     write_document(results, env, plots, doc, img, cmd, args.quick)
-    ran = [n for n in only if n not in skip]
+    ran = [] if args.render_only else [n for n in only if n not in skip]
     print(json.dumps({"bench": "run_all", "quick": args.quick, "doc": str(doc), "results": str(store),
                       "ran": ran, "status": {n: results[n]["status"] for n in ran if n in results},
                       "ok": all(results[n]["status"] in ("ok", "skipped") for n in ran if n in results)}))
