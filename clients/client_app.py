@@ -15,6 +15,8 @@ Ordinary train messages pass the mod untouched.
 
 from __future__ import annotations
 
+import sys
+
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
@@ -43,7 +45,10 @@ def _reason(exc: Exception) -> tuple[str, str]:
     from privacy.accountant import PrivacyStateError
 
     if isinstance(exc, DataValidationError):
-        return P.REFUSED_DATA, str(exc)
+        # the full report (values, row numbers) stays here, in the node's log; the coordinator
+        # learns the kinds of problem and the columns only
+        print(str(exc), file=sys.stderr, flush=True)
+        return P.REFUSED_DATA, exc.summary_for_server()
     if isinstance(exc, PrivacyStateError):  # unwritable, damaged or locked state: nothing was released
         return P.REFUSED_STATE, str(exc)
     return P.REFUSED_POLICY, str(exc)
@@ -51,8 +56,8 @@ def _reason(exc: Exception) -> tuple[str, str]:
 
 def _refusal(msg: Message, context: Context, exc: Exception) -> Message:
     reason, detail = _reason(exc)
-    return P.reply(msg, institution_id=_institution(context), metrics={"num-examples": 0.0},
-                   refused=reason, detail=detail[:4000])
+    metrics = {"num-examples": 0.0, **(exc.metrics if isinstance(exc, N.NodeRefusal) else {})}
+    return P.reply(msg, institution_id=_institution(context), metrics=metrics, refused=reason, detail=detail[:4000])
 
 
 def _config(msg: Message) -> dict:

@@ -51,12 +51,21 @@ DATA_SUFFIXES = (".csv", ".parquet", ".pq", ".tsv", ".txt")
 
 
 class NodeRefusal(Exception):
-    """The node declines a request; ``reason`` is a protocol code, ``detail`` says why."""
+    """The node declines a request; ``reason`` is a protocol code, ``detail`` says why, and
+    ``metrics`` holds public figures sent with the refusal (ε spent and budget for an exhausted
+    budget)."""
 
-    def __init__(self, reason: str, detail: str):
+    def __init__(self, reason: str, detail: str, metrics: dict[str, float] | None = None):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+        self.metrics = dict(metrics or {})
+
+    @classmethod
+    def budget_exhausted(cls, exc) -> NodeRefusal:
+        """From a :class:`privacy.accountant.BudgetExceeded`: the reason, and the lifetime ε spent
+        and budget (public figures, docs/privacy.md) so the coordinator can report them."""
+        return cls("budget-exhausted", str(exc), {"epsilon-spent": float(exc.spent), "epsilon-budget": float(exc.budget)})
 
 
 @dataclass(frozen=True)
@@ -276,7 +285,7 @@ def answer_statistics(policy: NodePolicy, cfg: dict, state: dict | None = None
                 p = _plan_run(policy, ledger, data.split.n_train, cfg, first_round=1, pending=[event])
             spent = ledger.record([event])
         except BudgetExceeded as exc:
-            raise NodeRefusal("budget-exhausted", str(exc)) from None
+            raise NodeRefusal.budget_exhausted(exc) from None
         if p is not None and state is not None and "batch-size" in cfg and "local-epochs" in cfg:
             state["plan"] = {"run-id": event.run_id, "noise-multiplier": p.noise_multiplier, "rounds": p.rounds,
                              "planned-at": "statistics", "ledger-events": len(ledger.events),
@@ -340,7 +349,7 @@ def train(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict,
             try:
                 p = _plan_run(policy, ledger, len(x), cfg, first_round=rnd)
             except BudgetExceeded as exc:
-                raise NodeRefusal("budget-exhausted", str(exc)) from None
+                raise NodeRefusal.budget_exhausted(exc) from None
             plan = {"run-id": run_id, "noise-multiplier": p.noise_multiplier, "rounds": p.rounds}
             state["plan"] = plan
         sigma = float(plan["noise-multiplier"])
@@ -354,10 +363,12 @@ def train(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict,
         try:
             ledger.check([event])
         except BudgetExceeded as exc:
-            raise NodeRefusal("budget-exhausted", str(exc)) from None
+            raise NodeRefusal.budget_exhausted(exc) from None
         out = train_local(model, x, y, tcfg, rule, seed=seed)
         spent = ledger.record([event])  # persisted before the update leaves the node
-        metrics.update({"train-loss": out["loss"], "epsilon-spent": spent, "epsilon-budget": ledger.max_epsilon,
+        # no training loss under DP: it is an exact function of the private batches (unclipped,
+        # unnoised), so it would be a release outside the accountant (docs/privacy.md)
+        metrics.update({"epsilon-spent": spent, "epsilon-budget": ledger.max_epsilon,
                         "delta": ledger.delta, "noise-multiplier": sigma, "sample-rate": q, "steps": float(steps)})
     return get_weights(model), metrics
 
@@ -437,5 +448,5 @@ def evaluate(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict
         try:
             metrics["epsilon-spent"] = ledger.record([event])  # persisted before the numbers leave the node
         except BudgetExceeded as exc:
-            raise NodeRefusal("budget-exhausted", str(exc)) from None
+            raise NodeRefusal.budget_exhausted(exc) from None
     return arrays, metrics, "noised"

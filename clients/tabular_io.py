@@ -100,6 +100,20 @@ class DataValidationError(UserError):
             lines.extend(f"  - {w.line()}" for w in self.warnings)
         return "\n".join(lines)
 
+    def summary_for_server(self) -> str:
+        """What a node tells the coordinator about its rejected table: the problem codes and the
+        schema columns they concern — no values, row numbers, counts or file paths (those
+        describe borrowers and stay in the node's own log and ``fedcredit data validate``)."""
+        kinds = []
+        for p in self.problems:
+            kind = p.code + (f" ({p.column})" if p.column else "")
+            if kind not in kinds:
+                kinds.append(kind)
+        n = len(self.problems)
+        return (f"the institution's table failed validation ({n} problem{'s' if n != 1 else ''}: "
+                f"{'; '.join(kinds)}); the node's log has the full report, and `fedcredit data validate` "
+                "at the institution shows it too")
+
     def to_dict(self) -> dict[str, Any]:
         return {"ok": False, "file": self.path, "rows": self.rows, "default_rate": None,
                 "problems": [p.to_dict() for p in self.problems],

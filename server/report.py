@@ -7,7 +7,7 @@ no external resources: CSS inline, every plot a base64-embedded PNG drawn with m
 
 ==================  ==========================================================================
 summary             key figures, warnings, one row per institution
-training            global AUC/KS per round and the aggregated training loss
+training            global AUC/KS per round and the aggregated training loss (runs without DP)
 discrimination      ROC curve and KS (score CDFs of defaulters and non-defaulters), from the
                     pooled class-conditional score histograms (``final_histograms``)
 calibration         mean PD against the observed default rate per score band (deciles of the
@@ -236,12 +236,16 @@ def section_training(metrics: dict) -> str:
     a1.set(title="Global model on the pooled holdouts", xlabel="round", ylabel="metric")
     if any(_fin(v) for v in loss):
         a2.plot(rounds, [v if _fin(v) else np.nan for v in loss], "o-", color=ORANGE, lw=1.8, ms=4)
+    else:
+        a2.text(0.5, 0.5, "not released: nodes training with DP-SGD\ndo not send their training loss",
+                ha="center", va="center", transform=a2.transAxes, color=GREY)
     a2.set(title="Training loss (example-weighted mean over nodes)", xlabel="round", ylabel="binary cross-entropy")
     for a in (a1, a2):
         a.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     return ('<p class="explain">How the global model improved round by round. The loss is the nodes\' local '
-            "training loss (under DP-SGD it is measured on the noisy, clipped training steps).</p>"
+            "training loss, in runs without DP only: under DP-SGD it is an exact function of the private "
+            "batches, so nodes do not send it.</p>"
             + _figure(fig, "training curves: AUC and KS per round, training loss per round"))
 
 

@@ -1,5 +1,7 @@
 """The bad-input corpus at the node: every malformed file makes the institution's ClientApp refuse
-with ``invalid-data`` and a message naming the problem — it never crashes and releases nothing.
+with ``invalid-data`` — it never crashes and releases nothing. The full report (values, row
+numbers) goes to the node's own log; the coordinator is told the kinds of problem and the
+schema columns only.
 
 The handlers of ``clients/client_app.py`` get a Flower Message and a Context with a
 deployment-style node config pointing at the corpus file, as a SuperNode would hand them over.
@@ -35,24 +37,34 @@ def _refusal(reply) -> dict:
     return info
 
 
+def assert_told_without_borrower_details(detail: str) -> None:
+    head, tail = "the institution's table failed validation (", "); the node's log has the full report"
+    assert detail.startswith(head) and tail in detail, detail
+    told = detail[len(head):detail.index(tail)]  # "N problems: code (column); code; …"
+    assert "'" not in told and "data row" not in told and "Traceback" not in told, told
+
+
 @pytest.mark.parametrize("entry", ENTRIES, ids=[e["file"] for e in ENTRIES])
-def test_node_refuses_a_bad_file_with_invalid_data_and_the_problem(entry, tmp_path):
+def test_node_refuses_a_bad_file_with_invalid_data_and_the_problem(entry, tmp_path, capsys):
     cfg = ConfigRecord({"schema-key": "consumer-credit-v1", "run-id": "1", "dp": True, "num-server-rounds": 2,
                         "local-epochs": 1, "batch-size": 64, "target-epsilon": 0.0, "evaluate-every": 1})
     reply = CA.statistics(_message(RecordDict({P.CONFIG: cfg}), P.STATS_MESSAGE), _context(entry, tmp_path / "st"))
     info = _refusal(reply)
     assert info["refused"] == P.REFUSED_DATA, info
     assert info["institution-id"] == "lender-x"
-    assert entry["contains"] in info["detail"], info["detail"]
-    assert "Traceback" not in info["detail"]
+    assert entry["contains"] in capsys.readouterr().err  # the full report, in the node's log
+    assert_told_without_borrower_details(info["detail"])
     assert not (tmp_path / "st" / "privacy").exists(), "nothing was accounted for a file that was never read"
 
 
-def test_train_and_evaluate_refuse_a_bad_file_too(tmp_path):
+def test_train_and_evaluate_refuse_a_bad_file_too(tmp_path, capsys):
     entry = next(e for e in ENTRIES if e["file"] == "nan_strings.csv")
     ctx = _context(entry, tmp_path / "st")
     cfg = ConfigRecord({"run-id": "1", "server-round": 1, "encoder": json.dumps({}), "model-spec": "{}"})
     for message_type, handler in (("train", CA.train), ("evaluate", CA.evaluate)):
         content = RecordDict({P.ARRAYS: P.to_array_record({}), P.CONFIG: cfg})
         info = _refusal(handler(_message(content, message_type), ctx))
-        assert info["refused"] == P.REFUSED_DATA and entry["contains"] in info["detail"], (message_type, info)
+        assert info["refused"] == P.REFUSED_DATA, (message_type, info)
+        assert_told_without_borrower_details(info["detail"])
+        assert "non-numeric (age)" in info["detail"], info["detail"]  # the kind of problem and the column
+        assert entry["contains"] in capsys.readouterr().err

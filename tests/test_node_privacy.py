@@ -8,6 +8,7 @@ checks are in tests/test_simulation.py and tests/test_deploy.py.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,7 +60,9 @@ def test_run_config_cannot_raise_the_nodes_epsilon(bank_file, tmp_path):
     p = policy(bank_file, tmp_path / "state")
     state: dict = {}
     for rnd in (1, 2, 3):
-        cfg, w = round_config(p, rnd, 3, **{"target-epsilon": 50.0})  # the run asks for far more
+        # the run asks for far more, and tries the node's own keys and the simulation's budget key
+        cfg, w = round_config(p, rnd, 3, **{"target-epsilon": 50.0, "max-epsilon": 50.0, "delta": 0.1,
+                                            "sim-max-epsilon": 50.0})
         _, metrics = N.train(p, w, cfg, state)
         assert metrics["epsilon-budget"] == 1.0
         assert metrics["epsilon-spent"] <= 1.0 + 1e-9
@@ -71,6 +74,24 @@ def test_run_config_cannot_raise_the_nodes_epsilon(bank_file, tmp_path):
         N.train(p, w, cfg, state)
     assert exc.value.reason == "budget-exhausted"
     assert spent(tmp_path / "state") == before
+    # the refusal tells the coordinator the (public) lifetime figures, nothing else
+    assert exc.value.metrics == {"epsilon-spent": pytest.approx(before), "epsilon-budget": 1.0}
+
+
+# what a DP training reply may carry besides the update: the example count and the accounting
+# figures docs/privacy.md lists as public (functions of public parameters and n)
+PUBLIC_TRAIN_METRICS = {"num-examples", "epsilon-spent", "epsilon-budget", "delta", "noise-multiplier",
+                        "sample-rate", "steps"}
+
+
+def test_a_dp_training_reply_carries_only_public_figures(bank_file, tmp_path):
+    p = policy(bank_file, tmp_path / "state")
+    cfg, w = round_config(p, 1, 2)
+    _, metrics = N.train(p, w, cfg, {})
+    assert set(metrics) <= PUBLIC_TRAIN_METRICS, set(metrics) - PUBLIC_TRAIN_METRICS
+    assert "train-loss" not in metrics  # an exact function of the private batches: never under DP
+    docs = (Path(__file__).parents[1] / "docs" / "privacy.md").read_text()
+    assert "ε spent, δ, budget, σ, q, steps" in docs and "number of examples" in docs
 
 
 def test_target_epsilon_lowers_what_one_run_spends(bank_file, tmp_path):
