@@ -14,6 +14,7 @@ no runtime dependency installation, no telemetry) used by tests and docs.
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,15 @@ def flwr_run_env(flwr_home: str | Path) -> dict[str, str]:
 
 
 def run_in_simulation(run_config: dict[str, Any], num_supernodes: int, *, num_cpus: int | None = None,
-                      cpus_per_client: float = 1.0, run_id: int = 1, verbose: bool = False,
+                      cpus_per_client: float = 1.0, run_id: int | None = None, verbose: bool = False,
                       client_app=None) -> None:
     """Run this repository's ServerApp + ClientApp with ``num_supernodes`` virtual nodes.
 
     ``run_config`` overrides the app's ``[tool.flwr.app.config]`` defaults (unknown keys are an
     error, as with ``flwr run --run-config``). Exceptions from the ServerApp propagate.
+    ``run_id`` defaults to a fresh random id, as a SuperLink gives each run its own: nodes key
+    their privacy events and stored ledger heads by it (a resumed run keeps the id of the run it
+    continues for the nodes, :mod:`server.consortium`).
     ``client_app`` replaces the ClientApp for this simulation only — e.g. one with injected
     faults (:mod:`simulation.faults`) or a malicious node (``bench/poisoning.py``).
     """
@@ -85,6 +89,8 @@ def run_in_simulation(run_config: dict[str, Any], num_supernodes: int, *, num_cp
     if client_app is None:
         from clients.client_app import app as client_app
 
+    if run_id is None:
+        run_id = secrets.randbelow(2**62) + 1  # a positive int64 with room for the task id run_id + 1
     run = Run.create_empty(run_id=run_id)
     run.override_config = dict(run_config)
     run.primary_task_id = run_id + 1

@@ -20,12 +20,13 @@ import tomllib
 from pathlib import Path
 
 from configs.errors import UserError
-from simulation.runner import SimulationOptions
+from simulation.runner import SimulationOptions, read_simulate_options
 
 
-def resume_options(path: str | Path, *, cpus: int | None = None, baselines: bool = True, verbose: bool = False,
-                   faults: list[str] | None = None) -> SimulationOptions:
-    """SimulationOptions that continue the simulation in ``path`` (a run dir or one of its checkpoints)."""
+def resume_options(path: str | Path, *, cpus: int | None = None, baselines: bool | None = None,
+                   verbose: bool = False, faults: list[str] | None = None) -> SimulationOptions:
+    """SimulationOptions that continue the simulation in ``path`` (a run dir or one of its checkpoints).
+    ``baselines`` None: as the original ``fedcredit simulate`` was asked (``RUN_DIR/simulate.json``)."""
     from server.checkpoints import load_checkpoint, resume_source
     from server.ledger import LEDGER_FILE, verify_ledger
 
@@ -61,6 +62,8 @@ def resume_options(path: str | Path, *, cpus: int | None = None, baselines: bool
                         "resume with 'fedcredit simulate --run-config resume-from=...' and the original options")
     if metrics_path.is_file():  # a stopped run's summary: kept beside, the resumed run writes a new one
         metrics_path.replace(run_dir / "metrics.before-resume.json")
+    if baselines is None:
+        baselines = bool(read_simulate_options(run_dir).get("baselines", True))
     data_dir = rc.get("data-dir") or None
     rc.update({"resume-from": str(ckpt.path if rnd is not None else run_dir), "run-dir": str(run_dir)})
     return SimulationOptions(

@@ -131,6 +131,21 @@ class ProgressTail(threading.Thread):
         return pos
 
 
+SIMULATE_OPTIONS_FILE = "simulate.json"
+
+
+def write_simulate_options(run_dir: Path, o: SimulationOptions) -> None:
+    """Keep what ``fedcredit simulate`` was asked for beyond the run config (``--resume`` reads it)."""
+    (run_dir / SIMULATE_OPTIONS_FILE).write_text(json.dumps({"baselines": o.baselines}) + "\n")
+
+
+def read_simulate_options(run_dir: Path) -> dict:
+    try:
+        return dict(json.loads((Path(run_dir) / SIMULATE_OPTIONS_FILE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
 def simulate(o: SimulationOptions, on_event: Callable[[dict], None] | None = None) -> dict:
     """Run the simulation and baselines; return the summary (also in RUN_DIR/metrics.json)."""
     from server.settings import parse_run_config
@@ -145,6 +160,7 @@ def simulate(o: SimulationOptions, on_event: Callable[[dict], None] | None = Non
     run_dir.mkdir(parents=True, exist_ok=True)
     run_config = build_run_config(o, run_dir, n_nodes)
     settings = parse_run_config(run_config)  # fail fast on bad keys/values
+    write_simulate_options(run_dir, o)
     nodes = load_all_nodes(run_config, n_nodes)  # fail fast on bad data
     from simulation.faults import client_app_with_faults
 

@@ -70,7 +70,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=["mlp", "scorecard"], default=D["model"])
     p.add_argument("--run-config", action="append", default=[], metavar="KEY=VALUE",
                    help="any further run-config key (see docs/operator.md); repeatable")
-    p.add_argument("--no-baselines", action="store_true", help="skip the centralised and local-only baselines")
+    p.add_argument("--no-baselines", action="store_true", help="skip the centralised and local-only baselines (--resume skips them when the "
+                   "original run did)")
     p.add_argument("--cpus", type=int, help="CPUs for the simulation runtime (default: all)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the killed or stopped simulation in RUN_DIR (or from RUN_DIR/checkpoints/round-NNNN) "
@@ -126,8 +127,8 @@ def run(args: argparse.Namespace) -> int:
         if given:
             raise UserError(f"--resume takes the run's own settings from its config.resolved.toml; drop "
                             f"{', '.join('--' + g.replace('_', '-') for g in given)}")
-        opts = resume_options(args.resume, cpus=args.cpus, baselines=not args.no_baselines, verbose=args.verbose,
-                              faults=args.inject_fault)
+        opts = resume_options(args.resume, cpus=args.cpus, baselines=False if args.no_baselines else None,
+                              verbose=args.verbose, faults=args.inject_fault)
         resumed_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     else:
         extra = parse_key_values(args.run_config)

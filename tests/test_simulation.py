@@ -136,4 +136,9 @@ def test_a_second_run_on_an_exhausted_budget_is_refused_and_the_server_stops_cle
     assert {d.name: read_state(d)[0]["epsilon_spent"] for d in state.iterdir()} == spent
     metrics = json.loads((tmp_path / "run2" / "metrics.json").read_text())
     assert set(metrics["statistics"]["refused"]) == set(spent)
-    assert all("budget" in why for why in metrics["statistics"]["refused"].values())
+    # each simulation is its own run (its own run id), so the first run's spend counts as spent before this one
+    assert all("already spent" in why for why in metrics["statistics"]["refused"].values()), metrics["statistics"]
+    assert metrics["run_id"] != json.loads((tmp_path / "run1" / "metrics.json").read_text())["run_id"]
+    # the refused institutions' lifetime figures are still in the summary
+    for inst in second["institutions"]:
+        assert inst["epsilon_budget"] == 1.0 and inst["epsilon_spent"] == pytest.approx(spent[inst["id"]]), inst
