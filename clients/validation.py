@@ -316,13 +316,14 @@ class _Validator:
         sub = frame.iloc[:, final] if final else pd.DataFrame(index=frame.index)
         sub.columns = [names[i] for i in final]
 
-        # Header lines repeated inside the data (files appended to one another).
-        if len(sub) and len(final) >= 2:
+        # Header lines repeated inside the data (files appended to one another). A Parquet file
+        # stores its column names apart from the values, so only text tables can repeat them.
+        if len(sub) and len(final) >= 2 and self.raw.format != "parquet":
             hits = np.zeros(len(sub), dtype=np.int64)
             for j, i in enumerate(final):
                 col = sub.iloc[:, j]
                 if col.dtype == object or str(col.dtype) in ("str", "string"):
-                    hits += (col == raw_names[i]).to_numpy(dtype=bool, na_value=False)
+                    hits += _equals_text(col, raw_names[i])
             repeated = hits >= max(2, math.ceil(len(final) / 2))
             if repeated.any():
                 k = int(repeated.sum())
@@ -513,8 +514,9 @@ class _Validator:
             else:
                 fix = "Correct the values, or give a --mapping with a [recode] table that translates your codes."
             self.error("unknown-category", f.name, unknown,
-                       f"{self.colname(f.name)}: {int(unknown.sum())} value{_s(unknown)} {_are(unknown)} not valid "
-                       f"categories ({self.rows_of(unknown)}): {listed}. Valid values: {f.valid_values()}."
+                       f"{self.colname(f.name)}: {int(unknown.sum())} value{_s(unknown)} {_are(unknown)} not "
+                       f"{'a valid category' if int(unknown.sum()) == 1 else 'valid categories'} "
+                       f"({self.rows_of(unknown)}): {listed}. Valid values: {f.valid_values()}."
                        f"{case_hint} {fix}")
         if self._missing(f, missing, f"fill them in ({f.valid_values()}) or remove those rows"):
             ok = False
@@ -646,6 +648,15 @@ class _Validator:
 # --------------------------------------------------------------------------------------------
 # vectorised helpers
 # --------------------------------------------------------------------------------------------
+
+
+def _equals_text(col: pd.Series, text: str) -> np.ndarray:
+    """Which cells of ``col`` are exactly the string ``text`` — cells that are not strings (lists,
+    arrays, numbers in an object column) never are, and never make the comparison fail."""
+    try:
+        return np.asarray((col == text).to_numpy(dtype=bool, na_value=False), dtype=bool)
+    except (TypeError, ValueError):  # e.g. array cells: elementwise comparison is ambiguous
+        return np.fromiter((isinstance(v, str) and v == text for v in col), dtype=bool, count=len(col))
 
 
 def _as_text(s: pd.Series) -> pd.Series:

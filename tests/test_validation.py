@@ -218,6 +218,9 @@ def test_unknown_categories_and_case_hint(schema, uci_mapping, uci_frame, schema
     p = only(fails(raw, schema, uci_mapping), "unknown-category")
     assert p.column == "education" and p.count == 3 and p.rows == [4, 5, 6]
     assert "'7' (2 rows)" in p.message and "[recode.education]" in p.message
+    assert "3 values are not valid categories" in p.message
+    p = only(fails(with_cells(uci_frame, "EDUCATION", {9: "7"}), schema, uci_mapping), "unknown-category")
+    assert "1 value is not a valid category (data row 9)" in p.message
     raw = with_cells(schema_frame, "sex", {2: "Female"})
     p = only(fails(raw, schema), "unknown-category")
     assert "'Female' should be 'female'" in p.message and "column 'sex'" in p.message
@@ -299,6 +302,33 @@ def test_unknown_columns_are_a_warning_only(schema, uci_mapping, uci_frame):
     assert "branch" not in result.table.columns
     (w,) = result.warnings
     assert w.severity == "warning" and w.code == "unknown-column" and "'branch'" in w.message
+
+
+def test_list_valued_columns_do_not_crash(schema, uci_mapping, uci_frame):
+    # cells that are arrays (some empty) made the repeated-header check raise ValueError
+    raw = uci_frame.copy()
+    raw["tags"] = pd.Series([np.array(["gold"]) if i % 3 else np.array([]) for i in range(len(raw))], dtype=object)
+    result = validate_frame(raw, schema, uci_mapping)
+    assert "tags" not in result.table.columns
+    (w,) = result.warnings
+    assert w.code == "unknown-column" and "'tags'" in w.message
+    raw["AGE"] = pd.Series([[int(v)] if i % 2 else [] for i, v in enumerate(uci_frame["AGE"])], dtype=object)
+    p = only(fails(raw, schema, uci_mapping), "non-numeric")
+    assert p.column == "age"
+
+
+def test_parquet_with_a_list_column_is_only_a_warning(tmp_path, fedcredit_cli, bad_inputs_generator):
+    g = bad_inputs_generator
+    cols = g.uci_columns(g.base_rows())
+    cols["tags"] = [["gold", "web"] if i % 3 else [] for i in range(len(cols["ID"]))]
+    path = tmp_path / "tags.parquet"
+    path.write_bytes(g.parquet_bytes(cols))
+    result = load_institution_table(path, None, "uci-taiwan")
+    assert [w.code for w in result.warnings] == ["unknown-column"] and "tags" not in result.table.columns
+    r = fedcredit_cli("data", "validate", path, "--mapping", "uci-taiwan", "--json")
+    assert "Traceback" not in r.stderr and r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["ok"] is True and [w["code"] for w in result["warnings"]] == ["unknown-column"]
 
 
 def test_duplicate_columns_in_file_and_after_mapping(schema, uci_mapping, uci_frame):

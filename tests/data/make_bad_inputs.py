@@ -244,6 +244,13 @@ def cases() -> list[dict]:
     add("text_in_numeric.parquet", parquet_bytes(cols), ["non-numeric"], "column 'LIMIT_BAL' (schema column 'credit_limit')",
         about="LIMIT_BAL stored as text, two cells not numbers")
 
+    cols = uci_columns(base)
+    cols["AGE"] = [[v] if i % 7 else [] for i, v in enumerate(cols["AGE"])]
+    cols["tags"] = [["gold", "web"] if i % 3 else [] for i in range(len(base))]
+    add("list_columns.parquet", parquet_bytes(cols), ["wrong-type"], "stored as list",
+        about="AGE stored as a list column (some lists empty) and an extra list-valued column 'tags' "
+              "(only a warning)")
+
     few = [r[:-1] + ["1" if i % 2 == 0 else "0"] for i, r in enumerate(base[:120])]
     add("too_few_rows.csv", csv_bytes(UCI_HEADER, few), ["too-few-rows"], "at least 500",
         about="120 rows, 60 of them defaults (default minimums: 500 rows, 50 defaults)")
