@@ -34,6 +34,8 @@ Files written to --out DIR (new or empty, unless --force):
 
 Institutions below 500 rows or 50 defaults (the DP-training minimum of `fedcredit data validate`)
 are reported as warnings; they can be used for research but not for training with the defaults.
+So is an institution with a single class (no defaults, or only defaults — small --alpha can do
+that): no model can be trained or evaluated on it.
 
 With --json the last line of standard output is the manifest as one JSON object.
 """

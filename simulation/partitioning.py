@@ -43,6 +43,8 @@ import pandas as pd
 from configs.errors import UserError
 
 METHODS = ("iid", "dirichlet", "quantity", "feature")
+#: the methods that give every institution at least ``min_rows`` rows
+MIN_ROWS_METHODS = ("dirichlet", "quantity")
 DEFAULT_ALPHA = 0.5
 DEFAULT_MIN_ROWS = 10
 _ROW = "__fedcredit_row__"
@@ -277,11 +279,12 @@ def _whole_numbers(table: pd.DataFrame, schema) -> pd.DataFrame:
 def write_partition(table: pd.DataFrame, out_dir, *, schema, k: int, method: str, seed: int = 0,
                     alpha: float = DEFAULT_ALPHA, feature: str | None = None, strictness: float = 1.0,
                     min_rows: int = DEFAULT_MIN_ROWS, source: str | None = None,
-                    force: bool = False) -> dict[str, Any]:
+                    force: bool = False, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Partition a clean ``table`` and write ``institution-<k>.csv`` files and ``manifest.json``.
 
     Returns the manifest. Files keep the table's columns (the schema's clean columns) and the
-    source row order.
+    source row order. ``extra`` adds keys to the manifest (a sweep records the fingerprint of
+    the settings the partition was made with).
     """
     import json
     import os
@@ -315,6 +318,11 @@ def write_partition(table: pd.DataFrame, out_dir, *, schema, k: int, method: str
         if len(ix) < 500 or (defaults is not None and defaults < 50):
             warnings_out.append(f"{iid}: {len(ix)} rows, {defaults} defaults — below the DP-training "
                                 f"minimum of 500 rows and 50 defaults")
+        if defaults is not None and len(ix) and defaults in (0, len(ix)):
+            which = "every row is a default (default rate 100%)" if defaults else "no row is a default (default rate 0%)"
+            hint = " (a larger --alpha makes this less likely)" if part.method == "dirichlet" else ""
+            warnings_out.append(f"{iid}: a single class — {which}; a model cannot be trained or evaluated on one "
+                                f"class and `fedcredit data validate` refuses such a table{hint}")
         entries.append(entry)
     manifest: dict[str, Any] = {
         "generator": PARTITION_GENERATOR,
@@ -328,6 +336,7 @@ def write_partition(table: pd.DataFrame, out_dir, *, schema, k: int, method: str
         "label_skew": round(label_skew(part, y), 6) if y is not None else None,
         "institutions": entries,
         "warnings": warnings_out,
+        **(extra or {}),
     }
     tmp = out / "manifest.json.partial"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -37,7 +37,9 @@ Output directory (default ``runs/sweep-<name>``)::
     sweep.toml            the sweep file as run
     points/<key>.json     one result per point, written as soon as the point completes
     runs/<key>/           the point's run directory (metrics.json, model/, report.html …)
-    data/<partition>/     institution files of each partition of the table (table source)
+    data/<partition>/     institution files of each partition of the table (table source); the
+                          manifest records the settings' fingerprint, and a partition made under
+                          other settings (table, mapping, alpha, feature, …) is made again
     results.csv  results.parquet   the table: one row per point, with its run directory
     plots/privacy_utility.png      AUC vs ε: federated, local-only, centralised, no-DP references
     plots/auc_by_round.png         global AUC after each round, per point
@@ -46,6 +48,8 @@ Output directory (default ``runs/sweep-<name>``)::
 **Resume.** Rerunning the same sweep into the same directory skips every point whose result
 is stored under the same settings (the *fingerprint* of data, run config, runtime and
 baselines); interrupted and failed points run again (their partial run directory is removed).
+A table too small for ``data.min_rows`` rows at each of the most ``grid.institutions`` (Dirichlet
+and quantity skew) stops the sweep before any point runs.
 """
 
 from __future__ import annotations
@@ -125,6 +129,7 @@ class SweepConfig:
     min_rows: int
     axes: dict[str, list]
     run_config: dict[str, Any] = field(default_factory=dict)
+    _table_sha256: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def points(self) -> list[GridPoint]:
         values = [self.axes[a] for a in AXES]
@@ -138,11 +143,31 @@ class SweepConfig:
         if self.source == "synthetic":
             blob["scale"] = self.scale
         else:
+            blob.update(self._partition_settings())
+        return _digest(blob)
+
+    def table_sha256(self) -> str:
+        """The table file's sha256 (table source; read once per configuration)."""
+        if self._table_sha256 is None:
             from simulation.synthetic import file_sha256
 
-            blob.update({"table_sha256": file_sha256(self.path), "mapping": self.mapping, "alpha": self.alpha,
-                         "feature": self.feature, "strictness": self.strictness, "min_rows": self.min_rows})
-        return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            self._table_sha256 = file_sha256(self.path)
+        return self._table_sha256
+
+    def _partition_settings(self) -> dict[str, Any]:
+        return {"table_sha256": self.table_sha256(), "mapping": self.mapping, "alpha": self.alpha,
+                "feature": self.feature, "strictness": self.strictness, "min_rows": self.min_rows}
+
+    def partition_fingerprint(self, point: GridPoint) -> str:
+        """Everything the institution files of ``point`` depend on (table source): the table's
+        contents, schema, mapping, partition parameters, method, number of institutions and seed.
+        Stored in the partition's manifest; a partition with another fingerprint is redone."""
+        return _digest({"schema": self.schema, **self._partition_settings(), "method": point.partition,
+                        "institutions": point.institutions, "seed": point.seed})
+
+
+def _digest(blob: dict) -> str:
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------ reading
@@ -191,8 +216,10 @@ def load_sweep(path: str | Path) -> SweepConfig:
         candidates = [given] if given.is_absolute() else [given, path.parent / given]
         table_path = next((c.resolve() for c in candidates if c.is_file()), None)
         if table_path is None:
-            tried = " or ".join(str(c) for c in candidates)
-            raise data.fail("path", f"file not found: {tried}")
+            tried: dict[Path, str] = {}
+            for c in candidates:  # "x.csv" and "./x.csv" are one place: name it once
+                tried.setdefault(c.resolve(), str(c))
+            raise data.fail("path", f"file not found: {' or '.join(tried.values())}")
         mapping = data.get("mapping", str, None)
         if mapping is not None:
             from configs.mapping import load_mapping
@@ -371,9 +398,7 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path | None = None,
     ``on_point(stage, point, index, total, result)`` is called with stage ``"skip"``,
     ``"start"`` and ``"done"``; ``on_event`` receives the Flower run's progress events.
     """
-    out = Path(out_dir or default_out_dir(cfg)).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(cfg.file, out / "sweep.toml")
+    out = check_out_dir(out_dir or default_out_dir(cfg)).resolve()
     fingerprint = cfg.fingerprint()
     points = cfg.points()
     results: dict[str, dict] = {}
@@ -381,6 +406,14 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path | None = None,
     todo = [p for p in points if stored_result(out, p, fingerprint) is None]
     # a table is validated once, before anything runs: a bad table stops the sweep with its report
     clean_table = _load_table(cfg) if cfg.source == "table" and todo else None
+    if clean_table is not None:
+        _check_min_rows(cfg, len(clean_table))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create the directory ({exc.strerror or exc})") from None
+    if cfg.file.resolve() != (out / "sweep.toml").resolve():
+        shutil.copyfile(cfg.file, out / "sweep.toml")
     for i, point in enumerate(points):
         done = stored_result(out, point, fingerprint)
         if done is not None:
@@ -436,16 +469,61 @@ def _load_table(cfg: SweepConfig):
 
 
 def _partition_dir(cfg: SweepConfig, out: Path, point: GridPoint, table) -> Path:
+    """The institution files of ``point`` — reused when a partition made under the same
+    settings (:meth:`SweepConfig.partition_fingerprint`) is there, made (again) otherwise."""
     from configs.schema import load_schema
     from simulation.partitioning import write_partition
 
     d = out / "data" / point.data_key
-    if (d / "manifest.json").is_file():
+    fingerprint = cfg.partition_fingerprint(point)
+    if stored_partition_fingerprint(d) == fingerprint:
         return d
     write_partition(table, d, schema=load_schema(cfg.schema), k=point.institutions, method=point.partition,
                     seed=point.seed, alpha=cfg.alpha, feature=cfg.feature, strictness=cfg.strictness,
-                    min_rows=cfg.min_rows, source=str(cfg.path), force=True)
+                    min_rows=cfg.min_rows, source=str(cfg.path), force=True,
+                    extra={"sweep_fingerprint": fingerprint})
     return d
+
+
+def stored_partition_fingerprint(data_dir: Path) -> str | None:
+    """The sweep fingerprint recorded in ``data_dir/manifest.json`` (None: no partition there, a
+    damaged manifest, or one written before fingerprints were recorded)."""
+    try:
+        manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest.get("sweep_fingerprint") if isinstance(manifest, dict) else None
+
+
+def _check_min_rows(cfg: SweepConfig, rows: int) -> None:
+    """Dirichlet and quantity skew give every institution at least ``data.min_rows`` rows: the
+    table must hold that many for the largest number of institutions in the grid."""
+    from simulation.partitioning import MIN_ROWS_METHODS
+
+    methods = [m for m in cfg.axes["partition"] if m in MIN_ROWS_METHODS]
+    if not methods:
+        return
+    too_many = [k for k in cfg.axes["institutions"] if k * cfg.min_rows > rows]
+    if not too_many:
+        return
+    k = max(too_many)
+    raise ConfigError(
+        f"{cfg.file}: data.min_rows: {k} institutions (grid.institutions) of at least {cfg.min_rows} rows "
+        f"(data.min_rows, used by grid.partition {' and '.join(repr(m) for m in methods)}) need "
+        f"{k * cfg.min_rows} rows; the table {cfg.path} has {rows} after validation. Lower data.min_rows to at "
+        f"most {rows // k}, or grid.institutions to at most {rows // cfg.min_rows}")
+
+
+def check_out_dir(out: str | Path) -> Path:
+    """``--out`` must be a directory or a path where one can be made."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory; give a directory (new, or the one of an "
+                        f"earlier run of this sweep to resume it)")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UserError(f"--out {out}: {parent} is a file, so the directory cannot be made there; choose another path")
+    return out
 
 
 def _options(cfg: SweepConfig, point: GridPoint, run_dir: Path, data_dir: Path | None):

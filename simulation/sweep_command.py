@@ -42,10 +42,10 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from simulation.sweep import default_out_dir, load_sweep, run_sweep, stored_result
+    from simulation.sweep import check_out_dir, default_out_dir, load_sweep, run_sweep, stored_result
 
     cfg = load_sweep(args.config)
-    out = Path(args.out) if args.out else default_out_dir(cfg)
+    out = check_out_dir(Path(args.out) if args.out else default_out_dir(cfg))
     points = cfg.points()
     if args.list:
         fp = cfg.fingerprint()

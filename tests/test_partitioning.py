@@ -185,3 +185,25 @@ def test_partition_command_feature_bands_and_warnings(tmp_path, table, capsys):
     assert [e["id"] for e in manifest["institutions"]][:2] == ["institution-01", "institution-02"]
     assert all("min" in e["group"] for e in manifest["institutions"])
     assert manifest["warnings"] and "below the DP-training minimum" in captured.err
+
+
+def test_partition_command_warns_about_single_class_institutions(tmp_path, table, capsys):
+    src = tmp_path / "pooled.csv"
+    write_csv(table, src)
+    out = tmp_path / "skewed"
+    # Dirichlet α = 0.3, seed 5: institution-3 gets 1,132 rows, every one a default
+    assert main(["data", "partition", str(src), "-k", "4", "--by", "dirichlet", "--alpha", "0.3", "--seed", "5",
+                 "--out", str(out), "--json"]) == 0
+    captured = capsys.readouterr()
+    manifest = json.loads(captured.out.strip().splitlines()[-1])
+    single = [e["id"] for e in manifest["institutions"] if e["defaults"] in (0, e["rows"])]
+    assert "institution-3" in single
+    for iid in single:
+        (w,) = [w for w in manifest["warnings"] if w.startswith(f"{iid}: a single class")]
+        assert w in " ".join(captured.err.split())
+    (w,) = [w for w in manifest["warnings"] if w.startswith("institution-3:")]
+    assert "every row is a default (default rate 100%)" in w and "--alpha" in w
+    # a mixed partition has no such warning
+    assert main(["data", "partition", str(src), "-k", "4", "--by", "iid", "--out", str(tmp_path / "iid"),
+                 "--json"]) == 0
+    assert not any("single class" in w for w in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["warnings"])

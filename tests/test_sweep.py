@@ -161,3 +161,91 @@ def test_sweep_through_flower_cli(tmp_path, fedcredit_cli):
         assert (Path(run_dir) / "model" / "model.json").is_file()  # a full Flower run directory
     again = fedcredit_cli("sweep", sweep, "--out", tmp_path / "out", "--json", timeout=300)
     assert json.loads(again.stdout.strip().splitlines()[-1])["skipped"] == 2
+
+
+# ------------------------------------------------------------------------ table source
+@pytest.fixture(scope="module")
+def pooled_csv(tmp_path_factory) -> Path:
+    """10,000 synthetic borrowers in one table (the schema's columns)."""
+    from simulation.synthetic import generate_consortium, write_csv
+
+    m = generate_consortium(None, scale=0.25, seed=4)
+    path = tmp_path_factory.mktemp("pooled") / "pooled.csv"
+    write_csv(pd.concat([d.table for d in m["_data"]], ignore_index=True), path)
+    return path
+
+
+def table_sweep(tmp_path: Path, table: Path, name: str = "sweep.toml", **data) -> Path:
+    settings = {"alpha": 0.5, "min_rows": 1000, **data}
+    lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
+    return write(tmp_path, f'[sweep]\nruntime = "plain"\nbaselines = false\n\n[data]\nsource = "table"\n'
+                           f'path = "{table}"\n{lines}\n\n[grid]\nepsilon = "no-dp"\nrounds = 1\n'
+                           f'institutions = 2\npartition = "dirichlet"\n', name)
+
+
+def test_changed_partition_settings_repartition_on_resume(tmp_path, pooled_csv, monkeypatch):
+    from simulation import sweep
+
+    seen: list[dict[str, bytes]] = []
+
+    def fake_point(cfg, point, run_dir, data_dir, on_event, verbose):  # the split is what matters here
+        seen.append({p.name: p.read_bytes() for p in sorted(Path(data_dir).glob("institution-*.csv"))})
+        return {"status": "completed", "auc_federated": 0.7}
+
+    monkeypatch.setattr(sweep, "_run_point", fake_point)
+    out = tmp_path / "out"
+    run_sweep(load_sweep(table_sweep(tmp_path, pooled_csv)), out)
+    data_dir = out / "data" / "n2-dirichlet-s0"
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    assert manifest["params"]["alpha"] == 0.5
+
+    changed = load_sweep(table_sweep(tmp_path, pooled_csv, "alpha5.toml", alpha=5.0))
+    outcome = run_sweep(changed, out)  # the point reruns (other settings) — on a new split
+    assert outcome.ran == [p.key for p in changed.points()]
+    assert len(seen) == 2 and seen[0].keys() == seen[1].keys() and seen[0] != seen[1]
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    assert manifest["params"]["alpha"] == 5.0
+    assert manifest["sweep_fingerprint"] == changed.partition_fingerprint(changed.points()[0])
+
+    # the same settings again: the stored partition is reused, not rewritten
+    stamp = (data_dir / "manifest.json").stat().st_mtime_ns
+    (out / "points" / f"{changed.points()[0].key}.json").unlink()
+    run_sweep(changed, out)
+    assert (data_dir / "manifest.json").stat().st_mtime_ns == stamp and seen[2] == seen[1]
+
+
+def test_min_rows_too_large_for_the_table_is_a_sweep_file_error(tmp_path, pooled_csv, capsys):
+    from fedcredit.cli import main
+
+    sweep_file = table_sweep(tmp_path, pooled_csv, min_rows=6000)
+    out = tmp_path / "out"
+    assert main(["sweep", str(sweep_file), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "data.min_rows" in err and "grid.institutions" in err and "10000" in err, err
+    assert "--min-rows" not in err and "Traceback" not in err
+    assert not (out / "points").exists()  # stopped before any point ran
+
+
+def test_out_that_is_a_file_is_a_user_error(tmp_path, capsys):
+    from configs.errors import UserError
+    from fedcredit.cli import main
+
+    sweep_file = write(tmp_path, TINY)
+    taken = tmp_path / "results.txt"
+    taken.write_text("not a directory\n")
+    assert main(["sweep", str(sweep_file), "--out", str(taken)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {taken}" in err and "not a directory" in err and "Traceback" not in err
+    assert main(["sweep", str(sweep_file), "--out", str(taken / "sub")]) == 2
+    assert "--out" in capsys.readouterr().err
+    with pytest.raises(UserError, match="--out"):
+        run_sweep(load_sweep(sweep_file), taken)
+    assert taken.read_text() == "not a directory\n"
+
+
+def test_missing_table_is_named_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, '[data]\nsource = "table"\npath = "nope.csv"\n[grid]\npartition = "iid"\n')
+    with pytest.raises(ConfigError) as exc:
+        load_sweep("sweep.toml")
+    assert str(exc.value).endswith("data.path: file not found: nope.csv"), str(exc.value)
