@@ -5,7 +5,8 @@ ClientApp in this process (:class:`tests.inprocess_grid.InProcessGrid`); a serve
 exception raised where the process would have died (after the nodes replied, before the
 round's checkpoint). The slow tests do the same with real processes: Flower's simulation
 runtime with injected faults and an invalid institution file, ``fedcredit simulate`` killed
-with SIGKILL and resumed, and a deployment on loopback whose SuperNode is killed mid-round.
+with SIGKILL and resumed, and a deployment on loopback whose SuperNode is killed mid-round and
+whose ServerApp is then killed and resumed with ``resume-from``.
 """
 
 from __future__ import annotations
@@ -490,6 +491,22 @@ def session_processes(sid: int) -> dict[int, str]:
     return found
 
 
+def descendants(pid: int) -> dict[int, str]:
+    """Live descendants of ``pid`` (pid → command line), whatever session they started."""
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,stat=,args="], capture_output=True, text=True).stdout
+    rows = [line.split(None, 3) for line in out.splitlines()]
+    children: dict[int, list[tuple[int, str]]] = {}
+    for row in rows:
+        if len(row) == 4 and not row[2].startswith("Z"):
+            children.setdefault(int(row[1]), []).append((int(row[0]), row[3]))
+    found, todo = {}, [pid]
+    while todo:
+        for child, args in children.get(todo.pop(), []):
+            found[child] = args
+            todo.append(child)
+    return found
+
+
 def left_behind(sid: int, settle_s: float = 20.0) -> dict[int, str]:
     """Processes of session ``sid`` still alive after ``settle_s``; they are then killed (by pid)."""
     deadline = time.monotonic() + settle_s
@@ -501,13 +518,18 @@ def left_behind(sid: int, settle_s: float = 20.0) -> dict[int, str]:
     return left
 
 
-def _train_rounds(state_root: Path) -> dict[str, list[int]]:
+def _train_rounds_in(state_dir: Path) -> list[int]:
+    """The rounds of the training releases a node's lifetime ledger holds, in order."""
     from privacy.accountant import read_state
 
+    return [e["round"] for e in read_state(state_dir)[0]["events"] if e["kind"] == "train"]
+
+
+def _train_rounds(state_root: Path) -> dict[str, list[int]]:
     out = {}
     for d in sorted(state_root.iterdir()) if state_root.is_dir() else []:
         with contextlib.suppress(Exception):
-            out[d.name] = [e["round"] for e in read_state(d)[0]["events"] if e["kind"] == "train"]
+            out[d.name] = _train_rounds_in(d)
     return out
 
 
@@ -554,8 +576,9 @@ def test_simulate_killed_with_sigkill_resumes_and_finishes(tmp_path):
     assert not (run_dir / "metrics.json").exists()
     spent_before = _train_rounds(state)
 
+    # no --no-baselines here: the resumed run skips them because the original run did
     resumed = subprocess.Popen([sys.executable, "-m", "fedcredit", "simulate", "--resume", str(run_dir),
-                                "--no-baselines", "--cpus", "2", "--json"], cwd=REPO, stdout=subprocess.PIPE,
+                                "--cpus", "2", "--json"], cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = resumed.communicate(timeout=600)
@@ -569,6 +592,7 @@ def test_simulate_killed_with_sigkill_resumes_and_finishes(tmp_path):
     assert "Traceback" not in err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["status"] == "completed" and summary["rounds"] == 6
+    assert summary["auc_centralized"] is None and summary["auc_local_only_mean"] is None
     assert left == {}, "the resumed simulation left processes behind"
 
     assert list_checkpoints(run_dir) == [1, 2, 3, 4, 5, 6]
@@ -600,11 +624,15 @@ def test_simulate_killed_with_sigkill_resumes_and_finishes(tmp_path):
 
 
 @pytest.mark.slow
-def test_deployment_goes_on_when_a_supernode_is_killed_mid_round(tmp_path):
+def test_deployment_survives_a_killed_supernode_and_resumes_a_killed_server_app(tmp_path):
     """Real SuperLink (TLS, node authentication) and three SuperNodes on loopback; one node is killed
     with SIGKILL while it works on round 1. The round goes on with the other two, the dropout is
-    recorded in metrics.json and the signed ledger, and the run finishes its rounds."""
-    from privacy.accountant import read_state
+    recorded in metrics.json and the signed ledger, and the run finishes its rounds. Then a second
+    run's ServerApp process is killed with SIGKILL after its first checkpoint, and ``flwr run`` with
+    ``resume-from`` finishes it: one verified ledger across the crash, every round checkpointed,
+    the nodes' spend before the crash kept and the resumed rounds added."""
+    from privacy.accountant import PrivacyEvent, compute_epsilon, read_state
+    from server.checkpoints import list_checkpoints
     from tests.test_deploy import BIN, MAX_EPSILON, flower_env, flwr, free_port, node_config, wait_for_port
 
     started: list[subprocess.Popen] = []
@@ -616,6 +644,7 @@ def test_deployment_goes_on_when_a_supernode_is_killed_mid_round(tmp_path):
         return p
 
     certs, keys, data, run_dir = tmp_path / "certs", tmp_path / "keys", tmp_path / "data", tmp_path / "run"
+    run_b = tmp_path / "run-b"
     t0 = time.monotonic()
     left: dict[int, str] = {}
     try:
@@ -669,6 +698,27 @@ def test_deployment_goes_on_when_a_supernode_is_killed_mid_round(tmp_path):
         assert run.wait(timeout=600) == 0, (tmp_path / "flwr-run.log").read_text()[-3000:]
         listing = flwr(["ls", "consortium", "--format", "json"], cli_home)
         assert json.loads(listing.stdout)["runs"][0]["status"] == "finished:completed", listing.stdout
+
+        # --- the ServerApp dies (SIGKILL) once checkpoint 1 of a second run exists; `flwr run` with
+        # resume-from continues that run directory to its planned rounds on the two nodes left
+        crash_config = (f"num-server-rounds=3 min-available-nodes=2 min-train-nodes=2 round-timeout=40.0 "
+                        f"run-dir='{run_b}' dp=true batch-size=128 seed=5 target-epsilon=1.0 evaluate-every=3")
+        doomed = start([str(BIN / "flwr"), "run", ".", "consortium", "--stream", "--run-config", crash_config],
+                       flower_env(cli_home), tmp_path / "flwr-run-b.log", cwd=REPO)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not list_checkpoints(run_b) and doomed.poll() is None:
+            time.sleep(0.05)
+        server_apps = [pid for pid, args in descendants(link.pid).items() if "flwr-serverapp" in args]
+        assert list_checkpoints(run_b) and len(server_apps) == 1, (tmp_path / "flwr-run-b.log").read_text()[-3000:]
+        os.kill(server_apps[0], signal.SIGKILL)
+        killed_at = max(list_checkpoints(run_b))
+        spent_at_kill = {name: _train_rounds_in(tmp_path / f"state-{name}") for name in names[:2]}
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            doomed.wait(timeout=20)  # the CLI's log stream may outlive the ServerApp; it is not needed
+        assert not (run_b / "metrics.json").exists() and killed_at < 3
+        resumed = flwr(["run", ".", "consortium", "--stream", "--run-config",
+                        f"{crash_config} resume-from='{run_b}'"], cli_home, timeout=600, cwd=REPO)
+        assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
     finally:
         for p in reversed(started):
             if p.poll() is None:
@@ -680,7 +730,14 @@ def test_deployment_goes_on_when_a_supernode_is_killed_mid_round(tmp_path):
                 p.wait()
         for p in started:
             left.update(left_behind(p.pid))
-    assert left == {}, f"processes left behind: {left}"
+    # Flower 1.42: a SuperNode that pulls a message of the run whose ServerApp was killed starts a
+    # ClientApp, then sees the run is no longer RUNNING and ignores the message — and that ClientApp
+    # does not exit when the SuperNode stops (left_behind killed it by pid). One per such message
+    # is allowed; any other process left behind fails the test.
+    ignored = sum((tmp_path / f"node-{name}.log").read_text().count("status. Ignoring message") for name in names)
+    orphans = {pid: args for pid, args in left.items() if "flwr-clientapp" in args}
+    assert {pid: a for pid, a in left.items() if pid not in orphans} == {}, f"processes left behind: {left}"
+    assert len(orphans) <= ignored, f"ClientApps left behind beyond Flower's ignored messages: {orphans}"
 
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["status"] == "completed" and m["rounds_completed"] == 2, m.get("stop_detail")
@@ -698,5 +755,24 @@ def test_deployment_goes_on_when_a_supernode_is_killed_mid_round(tmp_path):
         assert st["epsilon_spent"] <= MAX_EPSILON + 1e-9
         if name != victim:
             assert m["history"][-1]["privacy"][name]["epsilon_spent"] <= st["epsilon_spent"] + 1e-9
+
+    # the resumed run: completed, one checkpoint per round, one ledger across the crash, no spend lost
+    mb = json.loads((run_b / "metrics.json").read_text())
+    assert mb["status"] == "completed" and mb["rounds_completed"] == 3, mb.get("stop_detail")
+    assert list_checkpoints(run_b) == [1, 2, 3]
+    res = verify_ledger(run_b / LEDGER_FILE)
+    assert res.ok, res.reason
+    kinds = [(e["kind"], e["payload"].get("round")) for e in res.chain]
+    assert ("resume", None) in kinds and kinds[-1] == ("run-end", None)
+    assert [r for k, r in kinds if k == "round"] == [1, 2, 3]
+    for name in names[:2]:
+        trained = _train_rounds_in(tmp_path / f"state-{name}")
+        assert trained[:len(spent_at_kill[name])] == spent_at_kill[name], "spend recorded before the crash was lost"
+        after_kill = trained[len(spent_at_kill[name]):]  # the resumed rounds (and a release in flight at the kill)
+        assert set(range(killed_at + 1, 4)) <= set(after_kill) and min(after_kill) > killed_at, trained
+        (st,) = read_state(tmp_path / f"state-{name}")
+        eps = compute_epsilon([PrivacyEvent.from_dict(e) for e in st["events"]], st["delta"])
+        assert st["epsilon_spent"] == pytest.approx(eps) and eps <= MAX_EPSILON + 1e-9
+        assert 0 < mb["institutions"][name]["privacy"]["epsilon_spent"] <= eps + 1e-9
     print(f"\ndeployment with a killed node: {time.monotonic() - t0:.1f} s (killed after {killed_after:.1f} s); "
           f"round 1 dropout: {r1['dropped'][victim]!r}; round 2 dropped: {r2['dropped']}")
