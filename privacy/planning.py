@@ -166,11 +166,16 @@ def plan_noise(*, prior_events: Sequence[PrivacyEvent], max_epsilon: float, delt
     eps_prior = compute_epsilon(prior, delta, accountant)
     eps_fixed = compute_epsilon(prior + extra, delta, accountant)
     if eps_fixed >= max_epsilon - epsilon_tolerance:  # less than the planning tolerance left: exhausted
-        what = ("already spent" if eps_prior >= max_epsilon - epsilon_tolerance
-                else "needed by the other releases of this run")
+        if eps_fixed <= 0:  # nothing spent or reserved: the budget itself is below the tolerance
+            why = (f"max ε {max_epsilon:g} (δ = {delta:g}) is not above the planning tolerance "
+                   f"{epsilon_tolerance:g}, so no training release fits it")
+        else:
+            what = ("already spent" if eps_prior > 0 and eps_prior >= max_epsilon - epsilon_tolerance
+                    else "needed by the other releases of this run")
+            why = (f"ε {eps_fixed:.4f} of max {max_epsilon:g} (δ = {delta:g}) is {what} "
+                   f"(ε spent before this run: {eps_prior:.4f})")
         raise BudgetExceeded(
-            f"privacy budget exhausted: ε {eps_fixed:.4f} of max {max_epsilon:g} (δ = {delta:g}) is {what} "
-            f"(ε spent before this run: {eps_prior:.4f}); no training is possible on this data without raising "
+            f"privacy budget exhausted: {why}; no training is possible on this data without raising "
             "max-epsilon in the node config (a policy decision of the institution)",
             budget=max_epsilon, spent=eps_prior, epsilon_if=eps_fixed)
     if run_epsilon_cap is not None and compute_epsilon(extra, delta, accountant) >= run_epsilon_cap:
