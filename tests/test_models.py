@@ -106,6 +106,19 @@ def test_piecewise_linear_encoding_is_monotone(schema):
     assert block[0].sum() == 0 and block[-1].sum() == block.shape[1]
 
 
+def test_histogram_auc_counts_tied_scores_as_half_like_scikit_learn():
+    # a scorecard-like model: five distinct PDs, so most pairs of a defaulter and a non-defaulter tie
+    rng = np.random.default_rng(5)
+    levels = np.array([0.02, 0.05, 0.1, 0.2, 0.4])
+    p = levels[rng.integers(0, 5, 4000)]
+    y = (rng.random(4000) < p * 1.5).astype(int)
+    m = EvaluationSums.from_scores(p, y).metrics()
+    assert m["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-9)
+    assert m["ks"] == pytest.approx(ks_2samp(p[y == 1], p[y == 0]).statistic, abs=1e-9)
+    # all scores equal: no discrimination at all, AUC exactly 0.5
+    assert EvaluationSums.from_scores(np.full(500, 0.1), np.arange(500) % 2).metrics()["auc"] == pytest.approx(0.5)
+
+
 @pytest.mark.parametrize("seed,rate", [(0, 0.5), (1, 0.06), (2, 0.3)])
 def test_histogram_auc_and_ks_match_pooled_scikit_learn(seed, rate):
     rng = np.random.default_rng(seed)
