@@ -16,7 +16,10 @@ holdout (the nodes' deterministic split). Then, side by side on the same splits:
 All AUCs are on the pooled holdouts (local-only: each institution's own holdout, averaged).
 Prints one JSON line. Skips cleanly (a JSON line with "skipped") when the file is absent.
 
-Usage: python bench/quality_uci.py [--data PATH] [--epsilons 1,3,8] [--rounds R]
+The partition and run directories go to a temporary directory, removed at the end (also after
+a failure or SIGTERM), unless ``--keep DIR`` names where to keep them.
+
+Usage: python bench/quality_uci.py [--data PATH] [--epsilons 1,3,8] [--rounds R] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -60,7 +64,7 @@ def hgb_auc(nodes, schema) -> float:
     return auc_score(te[schema.label.name].to_numpy(), model.predict_proba(matrix(te))[:, 1])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--epsilons", default="1,3,8", help="comma-separated budgets ε ('' for none)")
@@ -70,11 +74,22 @@ def main() -> None:
     ap.add_argument("--dp-rounds", type=int, default=DEFAULTS["num-server-rounds"], help="rounds of the DP runs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", metavar="DIR", help="keep the partition and run directories here")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     if not Path(args.data).is_file():
         print(json.dumps({"bench": "quality_uci", "skipped": f"data file not found: {args.data}"}))
-        return
+        return 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # terminated (run_all's time-out): clean up too
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fedcredit-quality-uci-"))
+    try:
+        print(json.dumps(measure(args, work)))
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def measure(args: argparse.Namespace, work: Path) -> dict:
     from clients.validation import load_institution_table
     from configs.schema import load_schema
     from simulation.partitioning import write_partition
@@ -83,7 +98,6 @@ def main() -> None:
     t0 = time.time()
     schema = load_schema()
     table = load_institution_table(args.data, schema, "uci-taiwan").table
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fedcredit-quality-uci-"))
     data_dir = work / "institutions"
     if data_dir.exists():
         shutil.rmtree(data_dir)
@@ -120,8 +134,9 @@ def main() -> None:
         spent = [i["epsilon_spent"] for i in s["institutions"] if i["epsilon_spent"] is not None]
         out["epsilon_spent_max"][key] = max(spent) if spent else None
     out["wall_s"] = round(time.time() - t0, 1)
-    print(json.dumps(out))
+    out["work_dir"] = str(work) if args.keep else None
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

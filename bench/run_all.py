@@ -16,7 +16,8 @@ for the two cores), keeps each one's last JSON line, stderr log and wall time, a
 
 A benchmark whose script is missing (bench/poisoning.py until it lands) or whose data is
 absent (the UCI file) is reported as skipped, with the reason. This script prints one JSON
-line too (what ran, what failed, where the document is).
+line too (what ran, what failed, where the document is) and exits with 1 when a benchmark it
+ran failed (0 when all ran or were skipped; ``--render-only`` runs nothing and exits 0).
 """
 
 from __future__ import annotations
@@ -621,10 +622,14 @@ def main(argv: list[str] | None = None) -> int:
     store.write_text(json.dumps({"environment": env, "command": cmd, "benchmarks": results}, indent=2) + "\n")
     write_document(results, env, plots, doc, img, cmd, args.quick)
     ran = [] if args.render_only else [n for n in only if n not in skip]
+    failed = [n for n in ran if n in results and results[n]["status"] not in ("ok", "skipped")]
     print(json.dumps({"bench": "run_all", "quick": args.quick, "doc": str(doc), "results": str(store),
                       "ran": ran, "status": {n: results[n]["status"] for n in ran if n in results},
-                      "ok": all(results[n]["status"] in ("ok", "skipped") for n in ran if n in results)}))
-    return 0
+                      "failed": failed, "ok": not failed}))
+    if failed:
+        print(f"[run_all] failed: {', '.join(failed)} (see their sections in {doc} and the logs in "
+              f"{work / 'logs'})", file=sys.stderr, flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ Prints one JSON line: total, set-up and rounds times of both; ratio = Flower's r
 the plain loop's rounds time (the training rounds: train + aggregate + evaluate), and
 ratio_total including warm-up; both final AUCs (they should agree).
 
-Usage: python bench/sim_overhead.py [--institutions 10] [--rows 10000] [--rounds 20] [--dp]
+Data and run directories go to a temporary directory, removed at the end (also after a failure
+or SIGTERM), unless ``--keep DIR`` names where to keep them.
+
+Usage: python bench/sim_overhead.py [--institutions 10] [--rows 10000] [--rounds 20] [--dp] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -43,21 +48,34 @@ def write_institutions(out: Path, institutions: int, rows: int, seed: int) -> No
         write_csv(table, out / f"{i:03d}-{a.id}.csv")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--institutions", type=int, default=10)
     ap.add_argument("--rows", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--dp", action="store_true", help="train with DP-SGD (default: non-private)")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    ap.add_argument("--keep", metavar="DIR", help="keep the data and run directories here")
+    args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # terminated (run_all's time-out): clean up too
 
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fedcredit-simoverhead-"))
+    try:
+        print(json.dumps(measure(args, work)))
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def measure(args: argparse.Namespace, work: Path) -> dict:
     from simulation.flower_runtime import run_in_simulation
     from simulation.plain_loop import run_plain
 
-    work = Path(tempfile.mkdtemp(prefix="fedcredit-simoverhead-"))
+    for old in ("data", "plain-state", "flower-state", "flower-run"):  # a --keep directory used before
+        shutil.rmtree(work / old, ignore_errors=True)
     data = work / "data"
-    data.mkdir()
+    data.mkdir(parents=True)
     write_institutions(data, args.institutions, args.rows, args.seed)
     common = {"num-server-rounds": args.rounds, "dp": args.dp, "data-dir": str(data), "seed": args.seed,
               "min-available-nodes": args.institutions, "min-train-nodes": args.institutions,
@@ -80,7 +98,7 @@ def main() -> None:
     warmup = at("round-start") - t0
     rounds_s = at("round-end", max) - at("round-start")
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    print(json.dumps({
+    return {
         "bench": "sim_overhead", "institutions": args.institutions, "rows": args.rows, "rounds": args.rounds,
         "dp": args.dp, "flower_wall_s": round(flower_wall, 2), "flower_warmup_s": round(warmup, 2),
         "flower_rounds_s": round(rounds_s, 2), "plain_wall_s": round(plain_wall, 2),
@@ -88,8 +106,9 @@ def main() -> None:
         "ratio": round(rounds_s / plain["rounds_s"], 3), "ratio_total": round(flower_wall / plain_wall, 3),
         "auc_flower": metrics["final"]["auc"], "auc_plain": plain["final"]["auc"],
         "cpus": os.cpu_count(), "python": platform.python_version(),
-    }))
+        "work_dir": str(work) if args.keep else None,
+    }
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""bench/run_all.py (the benchmark list, the document, the exit code) and the clean-up of the
+benchmarks' temporary directories — cheap: nothing here runs a benchmark."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_main(bench, monkeypatch, *args: str):
+    """``bench.main()`` with ``args`` on its command line."""
+    monkeypatch.setattr(sys, "argv", [bench.__file__, *args])
+    return bench.main()
+
+
+def load_bench(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def run_all():
+    return load_bench("run_all")
+
+
+ENV = {"cpu": "Test CPU 9000 @ 3.0GHz", "cores": 2, "memory_gb": 7.8, "os": "Test Linux 1 (kernel 6.1)",
+       "python": "3.11.9", "packages": {"torch": "2.13.0", "flwr": "1.42.0", "opacus": "1.5.4", "ray": "2.50.0",
+                                        "numpy": "2.1.0", "pandas": "2.2.3", "pyarrow": "18.0.0",
+                                        "scikit-learn": "1.6.0", "matplotlib": "3.10.0"},
+       "commit": "0123456789abcdef", "uncommitted_changes": False}
+
+RESULTS = {
+    "synth_speed": {"rows": 1_000_000, "generate_rows_per_s": 250_000, "write_csv_rows_per_s": 400_000,
+                    "oracle_auc": 0.8},
+    "score_throughput": {"rows": 1_000_000, "rows_per_s": 200_000, "target_rows_per_s": 100_000, "ok": True},
+    "dp_overhead": {"rows": 20_000, "plain_epoch_s": 1.0, "dp_epoch_s": 1.2, "ratio": 1.2, "ratio_cpu": 1.1,
+                    "target_ratio": 1.3, "ok": True},
+    "sim_overhead": {"institutions": 10, "rows": 10_000, "rounds": 20, "flower_rounds_s": 30.0,
+                     "plain_rounds_s": 25.0, "ratio": 1.2, "ratio_total": 1.5, "flower_warmup_s": 12.0,
+                     "auc_flower": 0.77, "auc_plain": 0.77},
+    "quality_uci": {"institutions": 5, "partition": "feature", "auc_centralized_hgb": 0.78,
+                    "auc_centralized_mlp": 0.77, "auc_local_only_mean": 0.74, "auc_federated_nodp": 0.77,
+                    "auc_federated_dp": {"1": 0.766}, "auc_local_only_dp_mean": {"1": 0.7}},
+}
+
+
+def entry(run_all, name: str, status: str = "ok", result: dict | None = None) -> dict:
+    argv = next(b for b in run_all.BENCHES if b.name == name).argv(
+        run_all.Ctx(quick=False, uci=REPO / "README.md", work=Path("/nonexistent"),  # any existing file
+                    img=Path("/nonexistent")))
+    e = {"name": name, "status": status, "started": "2025-01-01T00:00:00+00:00", "commit": "0123456",
+         "wall_s": 12.5, "load_avg_before": 0.5, "load_avg_after": 1.0}
+    if isinstance(argv, list):
+        e["command"] = " ".join("python" if a == sys.executable else str(a).replace(str(REPO) + "/", "")
+                                for a in argv)
+    if status == "ok":
+        e["result"] = result or {}
+    else:
+        e["reason"] = "exit code 1; see runs/benchmarks-work/logs/x.log"
+    return e
+
+
+def test_the_listed_benchmarks_are_all_run(run_all):
+    names = [b.name for b in run_all.BENCHES]
+    assert len(names) == len(set(names))
+    for wanted in ("synth_speed", "sim_overhead", "dp_overhead", "quality_uci", "poisoning", "score_throughput",
+                   "scale"):
+        assert wanted in names
+        assert (REPO / "bench" / f"{wanted}.py").is_file()
+
+
+def test_render_only_writes_hardware_versions_seeds_and_commands(run_all, tmp_path):
+    doc = tmp_path / "doc" / "benchmarks.md"
+    img = doc.parent / "benchmarks"
+    img.mkdir(parents=True)
+    benchmarks = {n: entry(run_all, n, result=r) for n, r in RESULTS.items()}
+    benchmarks["poisoning"] = entry(run_all, "poisoning", status="failed")
+    (img / "results.json").write_text(json.dumps({"environment": ENV, "command": "python bench/run_all.py",
+                                                  "benchmarks": benchmarks}))
+    rc = run_all.main(["--render-only", "--doc", str(doc), "--work", str(tmp_path / "work")])
+    assert rc == 0
+    text = doc.read_text()
+    # hardware
+    assert "Test CPU 9000 @ 3.0GHz, 2 cores, 7.8 GiB RAM; Test Linux 1 (kernel 6.1)" in text
+    # versions
+    assert "Python 3.11.9, torch 2.13.0, Flower 1.42.0, Opacus 1.5.4" in text
+    # seeds
+    assert f"seed {run_all.SEED}" in text
+    # the run's command and each benchmark's exact command
+    assert "one run of `python bench/run_all.py`" in text
+    for name in benchmarks:
+        assert f"## {name.replace('_', '-')}" in text
+        assert f"Command: `{benchmarks[name]['command']}`" in text, name
+    assert "Command: `python bench/synth_speed.py --rows 1000000 --seed 0`" in text
+    assert "**failed**: exit code 1" in text  # a failure is stated, not hidden
+    stored = json.loads((img / "results.json").read_text())
+    assert stored["environment"] == ENV and set(stored["benchmarks"]) == set(benchmarks)
+
+
+def test_exit_code_is_non_zero_when_a_benchmark_fails(run_all, tmp_path, monkeypatch, capsys):
+    outcome = {"status": "failed"}
+    monkeypatch.setattr(run_all, "run_bench",
+                        lambda b, ctx: entry(run_all, b.name, outcome["status"], RESULTS.get(b.name)))
+    args = ["--only", "synth_speed,dp_overhead", "--work", str(tmp_path / "work"),
+            "--doc", str(tmp_path / "doc" / "benchmarks.md")]
+    assert run_all.main(args) == 1
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["ok"] is False and summary["failed"] == ["synth_speed", "dp_overhead"]
+    outcome["status"] = "ok"
+    assert run_all.main(args) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["ok"] is True
+
+
+# ----------------------------------------------------------------- temporary directories
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    """tempfile's directory for the test, and SIGTERM handlers left alone."""
+    import signal
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    monkeypatch.setattr(signal, "signal", lambda *a: None)
+    return tmp
+
+
+def test_sim_overhead_removes_its_temporary_directory(scratch, tmp_path, monkeypatch):
+    import simulation.plain_loop
+
+    bench = load_bench("sim_overhead")
+    made = []
+
+    def write_institutions(out, institutions, rows, seed):
+        made.append(out)
+        (out / "000-x.csv").write_text("a\n1\n")
+
+    def boom(*a, **k):
+        raise RuntimeError("training failed")
+
+    monkeypatch.setattr(bench, "write_institutions", write_institutions)
+    monkeypatch.setattr(simulation.plain_loop, "run_plain", boom)
+    with pytest.raises(RuntimeError, match="training failed"):
+        run_main(bench, monkeypatch, "--institutions", "2")
+    assert made and made[0].is_relative_to(scratch)
+    assert list(scratch.iterdir()) == []  # removed after the failure too
+    keep = tmp_path / "keep"
+    with pytest.raises(RuntimeError):
+        run_main(bench, monkeypatch, "--institutions", "2", "--keep", str(keep))
+    assert (keep / "data" / "000-x.csv").is_file()
+
+
+def test_quality_uci_removes_its_temporary_directory(scratch, tmp_path, monkeypatch):
+    import clients.validation
+    import simulation.partitioning
+
+    bench = load_bench("quality_uci")
+    data = tmp_path / "uci.csv"
+    data.write_text("ID\n1\n")
+    made = []
+
+    def write_partition(table, out_dir, **kw):
+        Path(out_dir).mkdir(parents=True)
+        (Path(out_dir) / "institution-1.csv").write_text("a\n1\n")
+        made.append(Path(out_dir))
+        raise RuntimeError("partition failed")
+
+    monkeypatch.setattr(clients.validation, "load_institution_table", lambda *a, **k: SimpleNamespace(table=None))
+    monkeypatch.setattr(simulation.partitioning, "write_partition", write_partition)
+    with pytest.raises(RuntimeError, match="partition failed"):
+        run_main(bench, monkeypatch, "--data", str(data))
+    assert made and made[0].is_relative_to(scratch)
+    assert list(scratch.iterdir()) == []
+    keep = tmp_path / "keep"
+    with pytest.raises(RuntimeError):
+        run_main(bench, monkeypatch, "--data", str(data), "--keep", str(keep))
+    assert (keep / "institutions" / "institution-1.csv").is_file()
