@@ -13,9 +13,13 @@ Messages (server → node, node → server)
                  ``ledger-head``: the audit ledger's head hash, which the node stores) →
                  arrays ``arrays`` (updated weights) + metrics ``metrics`` — or, when the node
                  refuses (budget exhausted, policy), no arrays and ``node.refused`` = reason.
-``evaluate``     arrays ``arrays`` + config ``config`` →
-                 arrays ``eval`` (score histograms and sums; absent when the node releases none)
-                 + metrics ``metrics``.
+``evaluate``     arrays ``arrays`` + config ``config`` (with ``ledger-head``, the head at that
+                 moment: after the last round, the one that covers that round's entry) →
+                 arrays ``eval`` (``hist-neg``, ``hist-pos``, ``sums``, ``fair/<attribute>``;
+                 absent when the node releases none, ``node.release`` = ``off``, or refuses)
+                 + metrics ``metrics``; ``node.release`` = ``exact`` | ``noised`` | ``off``.
+The server checks every statistics, update and evaluation reply (:mod:`server.update_checks`)
+and leaves out, and records, one that does not fit.
 Every reply carries the ConfigRecord ``node`` with ``institution-id`` and, on refusal,
 ``refused`` (a reason code such as ``budget-exhausted``) and ``detail``.
 """

@@ -2,14 +2,20 @@
 
 1. **Statistics.** Every connected node answers ``query.stats`` with its per-feature count
    vectors (DP-noised by the node when it trains privately); the sums fit the one consortium
-   encoder (:func:`models.encoder.fit_encoder_from_histograms`).
+   encoder (:func:`models.encoder.fit_encoder_from_histograms`). A reply that fails
+   :func:`server.update_checks.check_statistics` (wrong features or lengths, NaN, negative exact
+   counts) is left out and recorded as a rejected reply.
 2. **Rounds.** The strategy samples nodes; each gets the global weights and the round config
    (which includes the encoder and the model spec). Replies are sorted into accepted updates,
    refusals (``budget-exhausted`` …), dropouts (errors, time-outs) and rejected updates (failed
    :mod:`server.update_checks`); the accepted ones (optionally clipped, ``clip-update-norm``)
    are aggregated by the strategy — the weighted mean or a robust rule. Then the
    sampled nodes evaluate the new global model on their holdouts; the pooled histograms give the
-   global AUC/KS/Gini exactly (:mod:`models.metrics`). A checkpoint is written every round.
+   global AUC/KS/Gini exactly (:mod:`models.metrics`). Evaluation replies are sorted the same
+   way: refusals, failures, and rejected replies (:func:`server.update_checks.check_evaluation`)
+   are recorded and left out of the pooled figures. The global model keeps the dtype of the
+   network's parameters (float32) whatever the aggregation computes in (FedAdam: float64), so
+   updates are checked against one dtype. A checkpoint is written every round.
 3. **End.** When all rounds are done — or fewer than ``min-train-nodes`` nodes can train, which
    stops the run cleanly with the reason — the model package, ``metrics.json`` and the resolved
    config go to the run directory.
@@ -42,7 +48,7 @@ from configs.errors import UserError
 from configs.schema import load_schema
 from fedcredit import protocol as P
 from models.calibration import binned_calibration_summary, calibrate_weights, fit_platt
-from models.encoder import FeatureEncoder, fit_encoder_from_histograms, sum_statistics
+from models.encoder import FeatureEncoder, fit_encoder_from_histograms, statistics_layout, sum_statistics
 from models.fairness import fairness_metrics
 from models.metrics import EvaluationSums, rebin, sum_evaluations
 from models.network import ModelSpec, build_model, get_weights
@@ -54,7 +60,7 @@ from server.ledger import RunLedger
 from server.settings import RunSettings, parse_run_config
 from server.strategies import (aggregate_updates, build_strategy, restore_strategy_state, snapshot_grid,
                                strategy_state)
-from server.update_checks import check_update, clip_update
+from server.update_checks import check_evaluation, check_statistics, check_update, clip_update, fairness_layout
 
 NODE_WAIT_POLL_S = 0.2
 REPORT_BINS = 100  # per-institution score histograms kept in metrics.json for the report
@@ -144,6 +150,7 @@ class ConsortiumRun:
         self.encoder: FeatureEncoder | None = None
         self.spec: ModelSpec | None = None
         self.weights: dict[str, np.ndarray] = {}
+        self.dtypes: dict[str, np.dtype] = {}  # the global model's parameter dtypes (the network's)
         self.audit: RunLedger | None = None  # the signed audit ledger, opened by execute()
         self.started = time.time()
 
@@ -182,30 +189,42 @@ class ConsortiumRun:
         msgs = [Message(RecordDict({P.CONFIG: cfg}), dst_node_id=n, message_type=P.STATS_MESSAGE) for n in nodes]
         self.recorder.event("statistics-start", nodes=len(nodes))
         ex = exchange(self.grid, msgs, s.round_timeout, on_reply=self._note_identity)
-        parts, contributors, refused, spent, codes = [], [], {}, {}, set()
+        layout = statistics_layout(self.schema)
+        parts, contributors, refused, rejected, spent, codes = [], [], {}, {}, {}, set()
         for node, msg in ex.ok.items():
             info = P.node_info(msg)
             if info.get("refused"):
                 refused[self.name(node)] = f"{info['refused']}: {info.get('detail', '')}"
                 codes.add(info["refused"])
                 continue
-            parts.append(P.from_array_record(msg.content[P.STATS]))
+            # exact counts unless the run is private (then every node noises them: clients.node)
+            problem = check_statistics(msg, layout, exact=not s.dp)
+            if problem:
+                rejected[self.name(node)] = problem
+                continue
+            stats = P.from_array_record(msg.content[P.STATS])
+            parts.append({k: stats[k] for k in layout})  # one order for all, whatever order it came in
             contributors.append(self.name(node))
             spent[self.name(node)] = dict(msg.content[P.METRICS])
         dropped = {self.name(n): r for n, r in ex.errors.items()}
         dropped.update({self.name(n): "no reply before the round timeout" for n in ex.missing})
+        for who, why in rejected.items():
+            self.recorder.event("rejected-reply", stage="statistics", institution=who, reason=why)
         self.statistics = {"contributors": contributors, "refused": refused, "dropped": dropped,
-                           "node_metrics": spent}
-        self.recorder.event("statistics-end", contributors=contributors, refused=refused, dropped=dropped)
+                           "rejected": rejected, "node_metrics": spent}
+        self.recorder.event("statistics-end", contributors=contributors, refused=refused, dropped=dropped,
+                            rejected=rejected)
         if self.audit is not None:
             self.audit.statistics(self.statistics)
         if len(parts) < s.min_train_nodes:
-            raise RunStopped(_stop_reason(codes, dropped), f"only {len(parts)} node(s) answered the statistics query "
+            raise RunStopped(_stop_reason(codes, {**dropped, **rejected}),
+                             f"only {len(parts)} node(s) answered the statistics query "
                              f"(min-train-nodes is {s.min_train_nodes}); refused: {refused or 'none'}; "
-                             f"failed: {dropped or 'none'}")
+                             f"failed: {dropped or 'none'}; rejected: {rejected or 'none'}")
         self.encoder = fit_encoder_from_histograms(self.schema, sum_statistics(parts), s.encoder_knots)
         self.spec = ModelSpec(s.model, self.encoder.n_outputs, s.hidden if s.model == "mlp" else ())
         self.weights = get_weights(build_model(self.spec, s.seed))
+        self.dtypes = {k: v.dtype for k, v in self.weights.items()}
 
     # -------------------------------------------------------------------- rounds
     def round_config(self, rnd: int) -> ConfigRecord:
@@ -250,7 +269,7 @@ class ConsortiumRun:
             if info.get("refused"):
                 refused[who] = {"reason": info["refused"], "detail": info.get("detail", "")}
                 continue
-            problem = "" if secure else check_update(msg, before, s.max_update_norm)
+            problem = "" if secure else check_update(msg, before, s.max_update_norm, self.dtypes)
             if problem:
                 rejected[who] = problem
                 continue
@@ -268,7 +287,7 @@ class ConsortiumRun:
                   "refused": refused, "dropped": dropped, "rejected": rejected,
                   "model_sha256_before": weights_digest(before)}
         if len(accepted) < s.min_train_nodes:
-            reason = _stop_reason({r["reason"] for r in refused.values()}, dropped)
+            reason = _stop_reason({r["reason"] for r in refused.values()}, {**dropped, **rejected})
             record["stopped"] = reason
             self.history.append(record)
             raise RunStopped(reason, f"round {rnd}: {len(accepted)} usable update(s), min-train-nodes is "
@@ -286,12 +305,16 @@ class ConsortiumRun:
             if "selected" in rule:
                 rule["selected"] = [record["participants"][i] for i in rule["selected"]]
             record["aggregation"] = rule
-        self.weights = P.from_array_record(agg_arrays)
+        # the global model keeps the network's parameter dtype: FedAdam's server step computes in
+        # float64, and updates are checked against the global model's dtype (server.update_checks)
+        self.weights = {k: np.asarray(v, dtype=self.dtypes.get(k, before[k].dtype))
+                        for k, v in P.from_array_record(agg_arrays).items()}
         delta = np.sqrt(sum(float(np.sum((self.weights[k] - before[k]) ** 2)) for k in before))
         record.update({
             "model_sha256_after": weights_digest(self.weights),
             "aggregate_update_norm": delta,
-            "train_loss": float(agg_metrics.get("train-loss", float("nan"))) if agg_metrics else None,
+            # nodes under DP-SGD do not release their training loss (it is not noised): None then
+            "train_loss": float(agg_metrics["train-loss"]) if agg_metrics and "train-loss" in agg_metrics else None,
             "examples": int(sum(float(m.content[P.METRICS]["num-examples"]) for m in accepted)),
             "privacy": {who: _privacy_fields(m) for who, m in node_metrics.items() if m},
         })
@@ -305,7 +328,9 @@ class ConsortiumRun:
         if s.fraction_evaluate <= 0:
             return
         cfg = ConfigRecord({"run-id": self.node_run_id, "server-round": rnd, "encoder": self.encoder.to_json(),
-                            "model-spec": json.dumps(self.spec.to_dict()), "cutoff-pd": s.cutoff_pd})
+                            "model-spec": json.dumps(self.spec.to_dict()), "cutoff-pd": s.cutoff_pd,
+                            # the head now; after the last round (final evaluation) it covers that round's entry
+                            "ledger-head": self.audit.head if self.audit is not None else ""})
         nodes = sorted(self.grid.get_node_ids())
         if len(nodes) < max(1, self.strategy.min_evaluate_nodes):
             record["evaluation_failed"] = {"*": f"only {len(nodes)} node(s) connected; evaluation skipped"}
@@ -313,10 +338,19 @@ class ConsortiumRun:
         msgs = list(self.strategy.configure_evaluate(
             rnd, P.to_array_record(self.weights if weights is None else weights), cfg, snapshot_grid(self.grid, nodes)))
         ex = exchange(self.grid, msgs, s.round_timeout, on_reply=self._note_identity)
-        parts, per_inst, fair_parts = [], {}, []
+        parts, per_inst, fair_parts, refused, rejected = [], {}, [], {}, {}
+        fairness = fairness_layout(self.schema)
         for node, msg in ex.ok.items():
-            if P.EVAL not in msg.content.array_records:
-                continue  # the node releases no evaluation
+            info = P.node_info(msg)
+            if info.get("refused"):  # e.g. budget-exhausted: recorded like a training refusal
+                refused[self.name(node)] = {"reason": info["refused"], "detail": info.get("detail", "")}
+                continue
+            if P.EVAL not in msg.content.array_records and info.get("release") == "off":
+                continue  # the node's policy (release-eval = off): it releases no evaluation
+            problem = check_evaluation(msg, fairness)
+            if problem:
+                rejected[self.name(node)] = problem
+                continue
             arrays = P.from_array_record(msg.content[P.EVAL])
             sums = EvaluationSums.from_arrays(arrays)
             parts.append(sums)
@@ -331,6 +365,13 @@ class ConsortiumRun:
             per_inst[self.name(node)]["_sums"] = sums
         record["evaluation_failed"] = {self.name(n): r for n, r in ex.errors.items()}
         record["evaluation_failed"].update({self.name(n): "no reply before the round timeout" for n in ex.missing})
+        record["evaluation_refused"] = refused
+        record["evaluation_rejected"] = rejected
+        stage = "final-evaluation" if record.get("final") else "evaluation"
+        for who, why in refused.items():
+            self.recorder.event("refusal", round=rnd, stage=stage, institution=who, **why)
+        for who, why in rejected.items():
+            self.recorder.event("rejected-reply", round=rnd, stage=stage, institution=who, reason=why)
         record["institutions"] = per_inst
         if parts:
             pooled = sum_evaluations(parts)
@@ -361,7 +402,8 @@ class ConsortiumRun:
         self.institutions.update({int(k): v for k, v in (st.get("institutions") or {}).items()})
         self.encoder = FeatureEncoder.from_dict(st["encoder"])
         self.spec = ModelSpec.from_dict(st["spec"])
-        self.weights = ckpt.weights
+        self.weights = ckpt.weights  # as checkpointed (an older FedAdam run's may be float64)
+        self.dtypes = {k: v.dtype for k, v in get_weights(build_model(self.spec)).items()}
         self.history = list(st.get("history", []))
         self.statistics = st.get("statistics", {})
         restore_strategy_state(self.strategy, ckpt.strategy_state)

@@ -1,8 +1,8 @@
 """The run's audit ledger: an append-only hash chain of entries signed by the operator.
 
 ``RUN_DIR/ledger.jsonl`` holds one JSON object per line, one per event of the run (run start,
-the statistics round, every training round, refusals, dropouts, rejected updates, a resume,
-a stop, run end)::
+the statistics round, every training round, refusals, dropouts, rejected updates, rejected
+statistics or evaluation replies, a resume, a stop, run end)::
 
     {"index": 7, "time": "2026-11-29T03:02:31.233+00:00", "kind": "round",
      "payload": {...}, "prev": "<hash of entry 6>", "key_id": "1a2b3c4d5e6f7a8b",
@@ -54,8 +54,8 @@ ENTRY_FIELDS = HASHED_FIELDS + ("hash", "signature")
 #: environment variable with the passphrase of an encrypted operator key (PEM)
 PASSPHRASE_ENV = "FEDCREDIT_LEDGER_KEY_PASSPHRASE"
 
-KINDS = ("run-start", "statistics", "round", "refusal", "dropout", "rejected-update", "resume",
-         "run-stopped", "run-end")
+KINDS = ("run-start", "statistics", "round", "refusal", "dropout", "rejected-update", "rejected-reply",
+         "resume", "run-stopped", "run-end")
 
 
 class LedgerError(UserError):
@@ -492,7 +492,9 @@ class RunLedger:
     it came from, what is resumed), ``statistics``, ``resume`` (checkpoint round and model hash;
     rounds of the checkpoint missing from the ledger are added as ``round`` entries marked
     ``recovered_from_checkpoint``), one ``round`` per completed training round, ``refusal`` /
-    ``dropout`` / ``rejected-update`` as they happen (:meth:`on_event`, a RunRecorder listener),
+    ``dropout`` / ``rejected-update`` / ``rejected-reply`` as they happen (:meth:`on_event`, a
+    RunRecorder listener; a refusal to evaluate and a rejected statistics or evaluation reply
+    carry ``stage``),
     ``run-stopped`` and ``run-end`` (final model hashes; its hash goes to metrics.json).
     """
 
@@ -574,7 +576,8 @@ class RunLedger:
         spent = {who: m.get("epsilon-spent") for who, m in (statistics.get("node_metrics") or {}).items()}
         return self.ledger.append("statistics", {
             "contributors": statistics.get("contributors", []), "refused": statistics.get("refused", {}),
-            "dropped": statistics.get("dropped", {}), "epsilon_spent": spent,
+            "dropped": statistics.get("dropped", {}), "rejected": statistics.get("rejected", {}),
+            "epsilon_spent": spent,
             "node_metrics": statistics.get("node_metrics", {})})
 
     def resumed(self, checkpoint_round: int, model_sha256: str, history: list[dict], checkpoint: str = "",
@@ -621,6 +624,8 @@ class RunLedger:
             "metrics": {"global": record.get("global"), "institutions": institutions,
                         "fairness": record.get("fairness")},
             "evaluation_failed": record.get("evaluation_failed", {}),
+            "evaluation_refused": record.get("evaluation_refused", {}),
+            "evaluation_rejected": record.get("evaluation_rejected", {}),
         })
         for key in ("aggregation", "clipped"):  # the robust rule's choices; updates clipped by the server
             if record.get(key) is not None:
@@ -632,9 +637,9 @@ class RunLedger:
         return self.ledger.append("round", payload)
 
     def on_event(self, event: dict) -> None:
-        """RunRecorder listener: refusals, dropouts, rejected updates and a stop become entries."""
+        """RunRecorder listener: refusals, dropouts, rejected updates and replies and a stop become entries."""
         kind = event.get("event")
-        if kind in ("refusal", "dropout", "rejected-update", "run-stopped"):
+        if kind in ("refusal", "dropout", "rejected-update", "rejected-reply", "run-stopped"):
             self.ledger.append(kind, {k: v for k, v in event.items() if k not in ("event", "time")})
 
     def run_end(self, status: str, reason: str, rounds_completed: int, model_sha256: str | None,

@@ -24,7 +24,13 @@ What the card states, and where each figure comes from
   centralised baselines on the same splits.
 * **Fairness** — demographic-parity and equal-opportunity differences and per-group rates at
   the cut-off, from the federated group counts (:mod:`models.fairness`).
-* **Audit** — the head hash of the signed ledger (``ledger_head``) when the run kept one.
+* **Audit** — the head hash of the signed ledger (``ledger_head``) when the run kept one, and
+  whether ``RUN_DIR/ledger.jsonl`` verifies (:func:`ledger_verification`): every entry's hash
+  and signature under the key its run-start entry names, that key being the one metrics.json
+  names, and metrics.json's head on the chain. A ledger that does not verify is a warning on
+  the card and in the report. (Self-consistency only: whoever can rewrite the run directory can
+  re-sign a new ledger; the nodes' stored heads and the operator's published key catch that —
+  ``fedcredit ledger verify``.)
 """
 
 from __future__ import annotations
@@ -318,6 +324,7 @@ def build_model_card(run_dir: str | Path) -> dict:
     spec = model_meta.get("spec") or {}
     fairness = metrics.get("fairness")
     ledger = metrics.get("ledger") or {}
+    verification = ledger_verification(run_dir, metrics)
     card = {
         "format": CARD_FORMAT,
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -351,10 +358,61 @@ def build_model_card(run_dir: str | Path) -> dict:
         "fairness": {"cutoff_pd": model_meta.get("cutoff_pd", settings.get("cutoff-pd")), "attributes": fairness}
         if fairness else None,
         "ledger": {"head": metrics.get("ledger_head"), "path": ledger.get("path"), "key_id": ledger.get("key_id"),
-                   "entries": ledger.get("entries")} if metrics.get("ledger_head") else None,
+                   "entries": ledger.get("entries"), "verification": verification}
+        if metrics.get("ledger_head") or verification is not None else None,
     }
     card["warnings"] = card_warnings(card)
     return card
+
+
+def ledger_verification(run_dir: str | Path, metrics: dict) -> dict | None:
+    """Verify ``RUN_DIR/ledger.jsonl`` against what metrics.json says of it.
+
+    None when the run kept no ledger (no file, no ``ledger_head``); else ``{"ok", "path",
+    "entries", "valid", "first_bad_index", "reason", "head", "key_id", "note"}``. ``ok`` is True
+    when every entry verifies under the key of its run-start entry, that key is metrics.json's
+    ``ledger.key_id`` (when given) and metrics.json's ``ledger_head`` is on the chain. ``note``
+    says when the ledger goes on past that head (the run directory was used again).
+    """
+    from server.ledger import LEDGER_FILE, LedgerError, verify_ledger
+
+    path = Path(run_dir) / LEDGER_FILE
+    head = metrics.get("ledger_head")
+    if not path.is_file():
+        if not head:
+            return None
+        return {"ok": False, "path": str(path), "entries": 0, "valid": 0, "first_bad_index": None,
+                "reason": f"metrics.json names ledger head {str(head)[:16]}…, but there is no {LEDGER_FILE} "
+                          "in the run directory", "head": None, "key_id": None, "note": ""}
+    try:
+        res = verify_ledger(path, head=[{"head": head, "source": "metrics.json"}] if head else None)
+    except LedgerError as exc:
+        return {"ok": False, "path": str(path), "entries": 0, "valid": 0, "first_bad_index": None,
+                "reason": str(exc), "head": None, "key_id": None, "note": ""}
+    ok, reason = res.ok, res.reason
+    if res.first_bad_index is not None and not reason.startswith("entry "):
+        reason = f"entry {res.first_bad_index}{f' ({res.bad_kind})' if res.bad_kind else ''}: {reason}"
+    named = (metrics.get("ledger") or {}).get("key_id")
+    if ok and named and res.key_id != named:
+        ok, reason = False, (f"the ledger is signed by key {res.key_id}, but metrics.json names key {named}: "
+                             "it was re-signed by another key")
+    note = ""
+    if ok and head and res.head != head:
+        after = next((len(res.chain) - 1 - e["index"] for e in res.chain if e["hash"] == head), 0)
+        note = (f"the ledger has {after} entr{'y' if after == 1 else 'ies'} after the head in metrics.json "
+                "(the run directory was used again after this metrics.json was written)")
+    return {"ok": ok, "path": str(path), "entries": res.entries, "valid": res.valid,
+            "first_bad_index": res.first_bad_index, "reason": reason, "head": res.head, "key_id": res.key_id,
+            "note": note}
+
+
+def ledger_warning(verification: dict | None) -> str:
+    """The card's warning for a ledger that does not verify ('' when it does, or there is none)."""
+    if not verification or verification.get("ok"):
+        return ""
+    return (f"The audit ledger does not verify: {verification.get('reason') or 'unknown reason'} "
+            f"({verification.get('path')}). Do not rely on this run's records until it is explained; "
+            "check with 'fedcredit ledger verify'.")
 
 
 def overall_approval_rate(fairness_attributes: dict | None) -> float | None:
@@ -371,6 +429,11 @@ def card_warnings(card: dict) -> list[str]:
     """Things a reader of the card must not miss (stopped run, miscalibration, ε mismatch, …)."""
     out = []
     run = card["run"]
+    verification = (card.get("ledger") or {}).get("verification")
+    if ledger_warning(verification):
+        out.append(ledger_warning(verification))
+    elif verification and verification.get("note"):
+        out.append(f"Audit ledger: {verification['note']}.")
     if run.get("status") != "completed":
         out.append(f"The run did not complete: {run.get('stop_reason') or run.get('status')} — "
                    f"{run.get('stop_detail') or 'no detail'} ({run.get('rounds_completed')} of "
@@ -536,9 +599,16 @@ def render_markdown(card: dict) -> str:
     L += ["## Audit", ""]
     led = card.get("ledger")
     if led:
-        L += [f"Signed audit ledger head: `{led['head']}` ({led.get('entries') or '?'} entries, key id "
+        L += [f"Signed audit ledger head: `{led['head'] or '—'}` ({led.get('entries') or '?'} entries, key id "
               f"`{led.get('key_id') or '—'}`, file `{led.get('path') or 'ledger.jsonl'}`). Verify with "
               "`fedcredit ledger verify`.", ""]
+        v = led.get("verification")
+        if v and v.get("ok"):
+            note = f" ({v['note']})" if v.get("note") else ""
+            L += [(f"When this card was written the ledger verified: {v['entries']} entries, hashes and "
+                   f"signatures under key `{v.get('key_id')}`, the head above on the chain{note}."), ""]
+        elif v:
+            L += [f"**The ledger does NOT verify:** {v.get('reason')}", ""]
     else:
         L += ["This run has no audit ledger head in metrics.json.", ""]
     return "\n".join(L)

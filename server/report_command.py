@@ -14,10 +14,14 @@ budget, fairness by group, participation per round and the model card. Plots are
 PNGs; the file needs nothing else to open, offline.
 
 Also (re)writes the model card, RUN_DIR/model_card.md and model_card.json, unless --no-card.
+The run's audit ledger (RUN_DIR/ledger.jsonl) is verified on the way: when it does not verify
+(or metrics.json names a ledger that is not there) the report and the card open with a warning
+and the command says so on stderr (the files are still written).
 `fedcredit simulate` does both at the end of every run; use this command for runs started
 with `flwr run` or in deployment, or after a simulation's privacy state was updated.
 
-Exit codes: 0 written; 2 a user mistake (no metrics.json in RUN_DIR, unwritable output).
+Exit codes: 0 written (also with a ledger warning); 2 a user mistake (no metrics.json in RUN_DIR,
+unwritable output).
 """
 
 
@@ -29,9 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
     from pathlib import Path
 
     from configs.errors import UserError
+    from server.model_card import ledger_verification, ledger_warning, load_metrics
     from server.report import write_report
 
     run_dir = Path(args.run_dir)
@@ -42,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
     except PermissionError as exc:
         raise UserError(f"{exc.filename}: cannot write ({exc.strerror}); choose another --out") from None
     out = {"report": str(report)}
+    warning = ledger_warning(ledger_verification(run_dir, load_metrics(run_dir)))
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+        out["ledger_verified"] = False
     if not args.no_card:
         out.update({"model_card_md": str(run_dir.resolve() / "model_card.md"),
                     "model_card_json": str(run_dir.resolve() / "model_card.json")})
