@@ -1,8 +1,9 @@
 """The node's copy of the audit ledger's head: what makes a rewritten history detectable.
 
-Every training round the server sends the head hash of its signed audit ledger (round config
-``ledger-head``). The node appends ``{"run_id", "round", "head", "time"}`` to
-``STATE_DIR/ledger-heads.jsonl``. Later, anyone holding that file can check a published
+Every training round and every evaluation the server sends the head hash of its signed audit
+ledger (config ``ledger-head``). The node appends ``{"run_id", "round", "stage", "head", "time"}``
+to ``STATE_DIR/ledger-heads.jsonl`` (``stage`` is ``train`` or ``evaluate``; the final
+evaluation's head covers the last round's entry). Later, anyone holding that file can check a published
 ledger against it (``fedcredit ledger verify LEDGER --heads-file STATE_DIR/ledger-heads.jsonl``):
 if the operator rewrote or truncated the history after showing the node a head, that head is
 no longer on the chain.
@@ -27,10 +28,12 @@ def _is_hash(text: str) -> bool:
     return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
-def record_ledger_head(state_dir: str | Path, run_id: str, server_round: int, head: str) -> Path:
-    """Append the head shown for ``server_round`` of ``run_id`` to ``STATE_DIR/ledger-heads.jsonl``.
+def record_ledger_head(state_dir: str | Path, run_id: str, server_round: int, head: str,
+                       stage: str = "train") -> Path:
+    """Append the head shown for ``server_round`` of ``run_id`` at ``stage`` to
+    ``STATE_DIR/ledger-heads.jsonl``.
 
-    A repeated (run, round, head) is not written twice. A head that is not a sha256 hex digest
+    A repeated (run, round, stage, head) is not written twice. A head that is not a sha256 hex digest
     raises :class:`UserError` (the node refuses the round).
     """
     head = str(head)
@@ -40,7 +43,7 @@ def record_ledger_head(state_dir: str | Path, run_id: str, server_round: int, he
     d = Path(state_dir)
     path = d / HEADS_FILE
     try:
-        return _append_head(d, path, str(run_id), int(server_round), head)
+        return _append_head(d, path, str(run_id), int(server_round), head, stage)
     except OSError as exc:
         from privacy.accountant import PrivacyStateError
 
@@ -48,7 +51,7 @@ def record_ledger_head(state_dir: str | Path, run_id: str, server_round: int, he
                                 "does not train until its 'state-dir' is writable") from None
 
 
-def _append_head(d: Path, path: Path, run_id: str, server_round: int, head: str) -> Path:
+def _append_head(d: Path, path: Path, run_id: str, server_round: int, head: str, stage: str) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     old = path.read_bytes() if path.is_file() else b""
     for line in old.splitlines():
@@ -56,11 +59,12 @@ def _append_head(d: Path, path: Path, run_id: str, server_round: int, head: str)
             e = json.loads(line)
         except ValueError:
             continue
-        if e.get("run_id") == str(run_id) and e.get("round") == int(server_round) and e.get("head") == head:
+        if (e.get("run_id") == str(run_id) and e.get("round") == int(server_round) and e.get("head") == head
+                and e.get("stage", "train") == stage):
             return path
     if old and not old.endswith(b"\n"):
         old += b"\n"
-    entry = {"run_id": str(run_id), "round": int(server_round), "head": head,
+    entry = {"run_id": str(run_id), "round": int(server_round), "stage": stage, "head": head,
              "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
     tmp = path.with_name(f".{HEADS_FILE}.{os.getpid()}.tmp")
     try:

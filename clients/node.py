@@ -425,6 +425,11 @@ def _planned_eval_events(policy: NodePolicy, rounds: int, split: str = "") -> li
 def evaluate(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict
              ) -> tuple[dict[str, np.ndarray] | None, dict[str, float], str]:
     """Holdout evaluation; returns (released arrays or None, metrics, release mode)."""
+    if cfg.get("ledger-head"):  # the head after the round's entries (the final evaluation: after the last round)
+        from clients.ledger_heads import record_ledger_head
+
+        record_ledger_head(policy.state_dir, str(cfg.get("run-id", "")), int(cfg.get("server-round", 0)),
+                           cfg["ledger-head"], stage="evaluate")
     data = load_node_data(policy)
     encoder = FeatureEncoder.from_json(cfg["encoder"])
     _, _, xh, yh = data.matrices(encoder)

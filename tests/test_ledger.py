@@ -415,12 +415,15 @@ def test_node_keeps_heads_atomically_once_per_round(tmp_path):
     record_ledger_head(state, "5", 1, H1)
     record_ledger_head(state, "5", 1, H1)  # a retried message is not stored twice
     record_ledger_head(state, "5", 2, H2)
+    record_ledger_head(state, "5", 2, H3, stage="evaluate")  # the evaluation after round 2's entry
+    record_ledger_head(state, "5", 2, H3, stage="evaluate")
     heads = read_ledger_heads(state)
-    assert [(h["run_id"], h["round"], h["head"]) for h in heads] == [("5", 1, H1), ("5", 2, H2)]
+    assert [(h["run_id"], h["round"], h["stage"], h["head"]) for h in heads] == [
+        ("5", 1, "train", H1), ("5", 2, "train", H2), ("5", 2, "evaluate", H3)]
     assert sorted(p.name for p in state.iterdir()) == [HEADS_FILE]  # no temporary file left
     with pytest.raises(UserError, match="ledger-head"):
         record_ledger_head(state, "5", 3, "not-a-hash")
-    assert len(read_ledger_heads(state)) == 2
+    assert len(read_ledger_heads(state)) == 3
 
 
 # ----------------------------------------------------------------- a real Flower run
@@ -444,14 +447,22 @@ def _check_round_chain(entries: list[dict]) -> list[dict]:
 def _check_node_heads(run_dir: Path, entries: list[dict], rounds: list[int]) -> list[Path]:
     files = sorted((run_dir / "node-state").glob(f"*/{HEADS_FILE}"))
     assert len(files) == 3
+    index_of = {e["hash"]: e["index"] for e in entries}
+    last_round_entry = max(e["index"] for e in entries if e["kind"] == "round")
     for f in files:
         stored = read_ledger_heads(f.parent)
-        assert [h["round"] for h in stored] == rounds, f
-        for h in stored:
+        train = [h for h in stored if h["stage"] == "train"]
+        assert [h["round"] for h in train] == rounds, f
+        for h in train:
             # the head a node was shown for round k is the hash of the entry just before round k's entries
             first = next(e for e in entries if e["payload"].get("round") == h["round"]
                          and e["kind"] in ("round", "refusal", "dropout", "rejected-update"))
             assert h["head"] == entries[first["index"] - 1]["hash"], (f, h)
+        evaluations = [h for h in stored if h["stage"] == "evaluate"]
+        assert evaluations and len(train) + len(evaluations) == len(stored), f
+        assert all(h["head"] in index_of for h in evaluations), f
+        # the final evaluation's head covers the last round's entry: cutting that round is detectable too
+        assert max(index_of[h["head"]] for h in evaluations) == last_round_entry, f
     return files
 
 
@@ -487,7 +498,14 @@ def test_simulated_run_writes_a_verifiable_ledger_that_nodes_hold_heads_of(simul
     files = _check_node_heads(run_dir, entries, [1, 2])
     args = [a for f in files for a in ("--heads-file", f)]
     proc = run_fedcredit("ledger", "verify", run_dir, "--public-key", run_dir / PUBLIC_KEY_FILE, *args)
-    assert proc.returncode == 0 and "6 of 6 on the chain" in proc.stdout, proc.stdout + proc.stderr
+    n = sum(len(read_ledger_heads(f.parent)) for f in files)
+    assert proc.returncode == 0 and f"{n} of {n} on the chain" in proc.stdout, proc.stdout + proc.stderr
+    # the operator drops the last round (and the run end): the final evaluation's heads catch it
+    cut = run_dir.parent / "cut-ledger.jsonl"
+    last_round_entry = max(e["index"] for e in entries if e["kind"] == "round")
+    cut.write_text("".join(line + "\n" for line in (run_dir / LEDGER_FILE).read_text().splitlines()[:last_round_entry]))
+    proc = run_fedcredit("ledger", "verify", cut, "--public-key", run_dir / PUBLIC_KEY_FILE, *args)
+    assert proc.returncode == 1 and "not on the chain" in proc.stdout, proc.stdout + proc.stderr
 
 
 @pytest.mark.slow
