@@ -196,6 +196,8 @@ class ConsortiumRun:
             if info.get("refused"):
                 refused[self.name(node)] = f"{info['refused']}: {info.get('detail', '')}"
                 codes.add(info["refused"])
+                if P.METRICS in msg.content.metric_records:  # e.g. the ε spent and budget of an exhausted node
+                    spent[self.name(node)] = dict(msg.content[P.METRICS])
                 continue
             # exact counts unless the run is private (then every node noises them: clients.node)
             problem = check_statistics(msg, layout, exact=not s.dp)

@@ -83,8 +83,9 @@ def is_simulation(metrics: dict) -> bool:
 
 
 # --------------------------------------------------------------------------- privacy
-def _reported_privacy(metrics: dict, inst: str) -> dict:
-    """The privacy fields the node reported last (training round, else the statistics answer)."""
+def reported_privacy(metrics: dict, inst: str) -> dict:
+    """The privacy fields the node reported last (training round, else its statistics answer or
+    refusal — a ``budget-exhausted`` refusal carries the node's ε spent and budget)."""
     p = dict(((metrics.get("institutions") or {}).get(inst) or {}).get("privacy") or {})
     if _num(p.get("epsilon_spent")) is None:
         st = ((metrics.get("statistics") or {}).get("node_metrics") or {}).get(inst) or {}
@@ -149,7 +150,7 @@ def privacy_section(run_dir: Path, metrics: dict, institutions: list[str]) -> di
     simulation = is_simulation(metrics)
     rows = {}
     for inst in institutions:
-        rep = _reported_privacy(metrics, inst)
+        rep = reported_privacy(metrics, inst)
         row: dict[str, Any] = {
             "epsilon_spent": _num(rep.get("epsilon_spent")),
             "epsilon_budget": _num(rep.get("epsilon_budget")),

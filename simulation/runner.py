@@ -253,12 +253,14 @@ def oracle_aucs(nodes: dict[str, NodeData], o: SimulationOptions, n_nodes: int) 
 
 def summarise(metrics: dict, nodes: dict[str, NodeData], o: SimulationOptions) -> dict:
     """The ``--json`` summary: federated vs local-only vs centralised, per institution."""
+    from server.model_card import reported_privacy
+
     base = metrics.get("baselines") or {}
     final_inst = metrics.get("institutions") or {}
     rows = []
     for inst, d in metrics["data"].items():
         ev = (final_inst.get(inst) or {}).get("eval") or {}
-        pr = (final_inst.get(inst) or {}).get("privacy") or {}
+        pr = reported_privacy(metrics, inst)
         rows.append({
             "id": inst, "rows": d["rows"], "default_rate": d["default_rate"],
             "auc_local_only": (base.get("local_only") or {}).get(inst, {}).get("auc"),

@@ -158,9 +158,11 @@ def run(args: argparse.Namespace) -> int:
                 auc = e.get("auc")
                 bar.update(task, completed=e["round"],
                            info=f"AUC {auc:.4f}" if isinstance(auc, (int, float)) else "")
-            elif kind in ("refusal", "dropout", "rejected-update"):
-                err.print(f"  round {e.get('round')}: {kind} — {e.get('institution')}: "
-                          f"{e.get('reason')} {e.get('detail', '')[:160]}")
+            elif kind in ("refusal", "dropout", "rejected-update", "rejected-reply"):
+                where = e.get("stage") or f"round {e.get('round')}"
+                if e.get("stage") and e.get("round") is not None:
+                    where = f"round {e.get('round')} {e['stage']}"
+                err.print(f"  {where}: {kind} — {e.get('institution')}: {e.get('reason')} {e.get('detail', '')[:160]}")
             elif kind == "resumed":
                 bar.update(task, description="training (resumed)", completed=e.get("from_round", 0),
                            info=f"from checkpoint round {e.get('from_round')}")
