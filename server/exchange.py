@@ -81,7 +81,8 @@ def _short_reason(reason: str | None) -> str:
     m = re.match(r"<class '([\w.]+)'>:<'(.*)'>$", reason, re.S)  # "<class 'X'>:<'message'>" (SuperNode)
     if m:
         reason = f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}"
-    lines = [ln.strip() for ln in reason.splitlines() if ln.strip()]
+    # the envelope's closing "'>" may end the last line of a multi-line (traceback) reason
+    lines = [re.sub(r"'>$", "", ln.strip()) for ln in reason.splitlines() if ln.strip()]
     for ln in reversed(lines):
         if "Error" in ln or "Exception" in ln or "error" in ln:
             return ln[:500]

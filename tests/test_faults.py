@@ -776,3 +776,15 @@ def test_deployment_survives_a_killed_supernode_and_resumes_a_killed_server_app(
         assert 0 < mb["institutions"][name]["privacy"]["epsilon_spent"] <= eps + 1e-9
     print(f"\ndeployment with a killed node: {time.monotonic() - t0:.1f} s (killed after {killed_after:.1f} s); "
           f"round 1 dropout: {r1['dropped'][victim]!r}; round 2 dropped: {r2['dropped']}")
+
+
+def test_error_reasons_are_shortened_to_the_message():
+    from server.exchange import _short_reason
+
+    simulation = ("<class 'flwr.clientapp.exception.ClientAppException'>:<'Traceback (most recent call last):\n"
+                  '  File "x.py", line 3, in f\n    raise RuntimeError("boom")\n'
+                  "Exception ClientAppException occurred. Message: injected fault: node 0 fails in round 1'>")
+    assert _short_reason(simulation) == ("Exception ClientAppException occurred. Message: injected fault: "
+                                         "node 0 fails in round 1")
+    assert _short_reason("<class 'grpc.RpcError'>:<'deadline exceeded'>") == "RpcError: deadline exceeded"
+    assert _short_reason(None) == "unknown error"
