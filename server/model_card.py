@@ -67,6 +67,18 @@ def _num(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _update_checks_sentence(t: dict) -> str:
+    """What the server checked of each update (server/update_checks.py) and its norm settings."""
+    if t.get("secure_aggregation"):
+        return ("Updates were combined by secure aggregation (SecAgg+): the server saw only their sum, so it "
+                "checked no individual update.")
+    norm = (f"an L2 distance from the global model of at most {_f(t['max_update_norm'], 3)}"
+            if t.get("max_update_norm") else "no norm bound (max-update-norm = 0)")
+    clip = (f"; each update's delta clipped to norm {_f(t['clip_update_norm'], 3)} before aggregation"
+            if t.get("clip_update_norm") else "")
+    return f"Every update was checked for shape, dtype and finite values, with {norm}{clip}."
+
+
 def institutions_of(metrics: dict) -> list[str]:
     """Every institution the run knows of: the simulation's order, else sorted by name."""
     if metrics.get("data"):
@@ -352,6 +364,9 @@ def build_model_card(run_dir: str | Path) -> dict:
             "rounds": metrics.get("rounds_completed"), "local_epochs": settings.get("local-epochs"),
             "batch_size": settings.get("batch-size"), "learning_rate": settings.get("learning-rate"),
             "optimizer": settings.get("optimizer"), "seed": settings.get("seed"), "dp": dp,
+            "max_update_norm": _num(settings.get("max-update-norm")) or None,
+            "clip_update_norm": _num(settings.get("clip-update-norm")) or None,
+            "secure_aggregation": bool(settings.get("secure-aggregation")),
         },
         "data": data_section(metrics, institutions),
         "privacy": privacy_section(run_dir, metrics, institutions),
@@ -541,6 +556,7 @@ def render_markdown(card: dict) -> str:
           f"{t['local_epochs']} local epoch(s) per round, batch size {t['batch_size']}, {t['optimizer']} at "
           f"learning rate {t['learning_rate']}, seed {t['seed']}; differential privacy: "
           f"{'yes' if t['dp'] else 'NO'}.", ""]
+    L += [_update_checks_sentence(t), ""]
     L += ["### Training data per institution", "", f"Source: {card['data']['source']}.", ""]
     L += _table(["institution", "training rows", "holdout rows", "default rate", "evaluation release"], [
         [inst, _f(d["rows_train"]), _f(d.get("rows_holdout")), _pct(d["default_rate"]), d["evaluation_release"]]

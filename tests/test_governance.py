@@ -172,6 +172,21 @@ def test_card_without_dp_baselines_or_ledger_says_so(tmp_path):
     assert "not released" in text
 
 
+def test_card_states_what_the_server_checked_of_each_update(tmp_path):
+    from server.model_card import build_model_card, render_markdown
+
+    run_dir = make_run(tmp_path)
+    assert "no norm bound (max-update-norm = 0)" in render_markdown(build_model_card(run_dir))
+    m = json.loads((run_dir / "metrics.json").read_text())
+    m["settings"].update({"max-update-norm": 25.0, "clip-update-norm": 5.0})
+    (run_dir / "metrics.json").write_text(json.dumps(m))
+    text = render_markdown(build_model_card(run_dir))
+    assert "at most 25" in text and "clipped to norm 5" in text
+    m["settings"].update({"max-update-norm": 0.0, "clip-update-norm": 0.0, "secure-aggregation": True})
+    (run_dir / "metrics.json").write_text(json.dumps(m))
+    assert "checked no individual update" in render_markdown(build_model_card(run_dir))
+
+
 # --------------------------------------------------------------------------------- report
 class _Structure(HTMLParser):
     def __init__(self):
