@@ -585,17 +585,30 @@ def section_participation(metrics: dict) -> str:
             parts.append(f"{_e(who)} <span style='color:#5b6676'>({_e(str(reason)[:80])})</span>")
         return "<br>".join(parts)
 
+    def with_evaluation(r: dict, key: str, evaluation_key: str) -> dict:
+        """A round's training refusals/dropouts/rejections and its evaluation's, marked as such."""
+        marked = {f"{who} (evaluation)": why for who, why in (r.get(evaluation_key) or {}).items()}
+        return {**(r.get(key) or {}), **marked}
+
     rows = []
     for r in hist:
         g = r.get("global") or {}
         rows.append([str(r.get("round")), f"{len(r.get('participants') or [])} / {len(r.get('sampled') or [])}",
-                     names(r.get("refused") or {}), names(r.get("dropped") or {}), names(r.get("rejected") or {}),
+                     names(with_evaluation(r, "refused", "evaluation_refused")),
+                     names(with_evaluation(r, "dropped", "evaluation_failed")),
+                     names(with_evaluation(r, "rejected", "evaluation_rejected")),
                      _f(g.get("auc"), 4), _f(r.get("train_loss"), 4),
                      _f(r.get("wall_s"), 1) if r.get("wall_s") is not None else "—"])
+    final = metrics.get("final_evaluation") or {}
+    if any(final.get(k) for k in ("evaluation_refused", "evaluation_rejected", "evaluation_failed")):
+        rows.append(["final evaluation", "—", names(final.get("evaluation_refused") or {}),
+                     names(final.get("evaluation_failed") or {}), names(final.get("evaluation_rejected") or {}),
+                     _f((final.get("global") or {}).get("auc"), 4), "—", "—"])
     st = metrics.get("statistics") or {}
     stats_line = (f"<p>Federated feature statistics: {len(st.get('contributors') or [])} contributor(s)"
                   + (f"; refused: {_e(', '.join(st['refused']))}" if st.get("refused") else "")
-                  + (f"; failed: {_e(', '.join(st['dropped']))}" if st.get("dropped") else "") + ".</p>") if st else ""
+                  + (f"; failed: {_e(', '.join(st['dropped']))}" if st.get("dropped") else "")
+                  + (f"; rejected: {_e(', '.join(st['rejected']))}" if st.get("rejected") else "") + ".</p>") if st else ""
     status = metrics.get("status")
     stop = ""
     if metrics.get("stop_reason"):
@@ -603,7 +616,8 @@ def section_participation(metrics: dict) -> str:
                 f"{_e(metrics.get('stop_detail', ''))}</p>")
     return ('<p class="explain">Who took part in each round. A node <em>refuses</em> when the round would exceed '
             "its privacy budget or breaks its policy; it <em>drops out</em> on an error or time-out; an update is "
-            "<em>rejected</em> when it fails the server's checks (shape, finite values, norm bound).</p>"
+            "<em>rejected</em> when it fails the server's checks (shape, dtype, finite values, norm bound); "
+            "\"(evaluation)\" marks a node that refused to evaluate or whose evaluation failed the checks.</p>"
             + stats_line + stop
             + _table(["round", "trained / sampled", "refused", "dropped", "rejected", "global AUC", "loss", "seconds"],
                      rows, text_cols={0, 2, 3, 4})

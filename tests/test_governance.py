@@ -260,6 +260,22 @@ def test_report_has_every_section_and_decodable_plots(tmp_path):
     assert "f" * 64 in text and "Demographic-parity difference" in text
 
 
+def test_report_lists_evaluation_refusals_and_rejections(tmp_path):
+    from server.report import section_participation
+
+    run_dir = make_run(tmp_path)
+    m = json.loads((run_dir / "metrics.json").read_text())
+    m["history"][0]["evaluation_refused"] = {"online-microlender-1": {"reason": "budget-exhausted", "detail": ""}}
+    m["history"][1]["evaluation_rejected"] = {"regional-bank-1": "histogram 'hist_pos' has non-finite values"}
+    m["final_evaluation"] = {"evaluation_failed": {"national-bank-1": "no reply before the round timeout"}}
+    m["statistics"] = {"contributors": ["a"], "rejected": {"national-bank-1": "wrong length"}}
+    html = section_participation(m)
+    assert "online-microlender-1 (evaluation)" in html and "budget-exhausted" in html
+    assert "regional-bank-1 (evaluation)" in html and "non-finite" in html
+    assert "final evaluation" in html and "no reply before the round timeout" in html
+    assert "rejected: national-bank-1" in html
+
+
 def test_report_sections_without_data_say_so(tmp_path):
     from server.report import SECTIONS, write_report
 
