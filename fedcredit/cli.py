@@ -44,7 +44,7 @@ COMMANDS: list[tuple[str, str]] = [
 ]
 
 GROUP_HELP = {
-    "data": "validate an institution's table; synthesise a consortium",
+    "data": "validate an institution's table; synthesise a consortium; partition one table into institutions",
     "privacy": "plan, inspect and audit differential privacy",
     "ledger": "verify the signed audit ledger of a run; create the operator's signing key",
     "node": "run an institution's node (checks its data, then starts Flower's SuperNode)",
@@ -52,7 +52,14 @@ GROUP_HELP = {
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+    """Descriptions as written; an option's default appended unless it is unset (None / a flag's
+    False) or the help text already states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
