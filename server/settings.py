@@ -176,14 +176,19 @@ def _check(s: RunSettings) -> None:
         raise bad("strategy", f"must be one of {', '.join(STRATEGIES)}, got '{s.strategy}'")
     if s.aggregation not in AGGREGATIONS:
         raise bad("aggregation", f"must be one of {', '.join(AGGREGATIONS)}, got '{s.aggregation}'")
-    if not 0 < s.fraction_train <= 1 or not 0 <= s.fraction_evaluate <= 1:
-        raise bad("fraction-train", "and fraction-evaluate must be in (0, 1] and [0, 1]")
+    if not 0 < s.fraction_train <= 1:
+        raise bad("fraction-train", f"must be in (0, 1], got {s.fraction_train}")
+    if not 0 <= s.fraction_evaluate <= 1:
+        raise bad("fraction-evaluate", f"must be in [0, 1] (0 = no evaluation), got {s.fraction_evaluate}")
     if s.evaluate_every < 1:
         raise bad("evaluate-every", "must be at least 1 (evaluate every N rounds; the last round always)")
-    if s.min_train_nodes < 1 or s.min_available_nodes < s.min_train_nodes:
-        raise bad("min-available-nodes", "must be ≥ min-train-nodes ≥ 1")
-    if s.local_epochs < 1 or s.batch_size < 1 or s.learning_rate <= 0:
-        raise bad("local-epochs", "batch-size and learning-rate must be positive")
+    if s.min_train_nodes < 1:
+        raise bad("min-train-nodes", f"must be at least 1, got {s.min_train_nodes}")
+    if s.min_available_nodes < s.min_train_nodes:
+        raise bad("min-available-nodes", f"must be ≥ min-train-nodes ({s.min_train_nodes}), got {s.min_available_nodes}")
+    for key, value in (("local-epochs", s.local_epochs), ("batch-size", s.batch_size), ("learning-rate", s.learning_rate)):
+        if value <= 0:
+            raise bad(key, f"must be positive, got {value}")
     if s.optimizer not in ("adam", "sgd"):
         raise bad("optimizer", "must be adam or sgd")
     if s.model not in ("mlp", "scorecard"):
@@ -196,8 +201,10 @@ def _check(s: RunSettings) -> None:
         raise bad("hidden-layers", "needs at least one positive width for the mlp")
     if not 2 <= s.encoder_knots <= 64:
         raise bad("encoder-knots", "must be between 2 and 64")
-    if s.target_epsilon < 0 or s.clipping_norm <= 0:
-        raise bad("target-epsilon", "must be ≥ 0 (0 = each node's remaining budget) and clipping-norm > 0")
+    if s.target_epsilon < 0:
+        raise bad("target-epsilon", f"must be ≥ 0 (0 = each node's remaining budget), got {s.target_epsilon}")
+    if s.clipping_norm <= 0:
+        raise bad("clipping-norm", f"must be positive, got {s.clipping_norm}")
     if s.round_timeout <= 0:
         raise bad("round-timeout", "must be positive (seconds)")
     if not 0 < s.cutoff_pd < 1:

@@ -29,10 +29,22 @@ def test_pyproject_run_config_defaults_match_the_code():
     ({"dp": "maybe"}, "dp"),
     ({"hidden-layers": "64,x"}, "hidden-layers"),
     ({"min-available-nodes": 1, "min-train-nodes": 2}, "min-available-nodes"),
+    ({"min-train-nodes": 0}, "min-train-nodes"),
+    ({"fraction-train": 0.0}, "fraction-train"),
+    ({"fraction-evaluate": 1.5}, "fraction-evaluate"),
+    ({"local-epochs": 0}, "local-epochs"),
+    ({"batch-size": -1}, "batch-size"),
+    ({"learning-rate": 0.0}, "learning-rate"),
+    ({"target-epsilon": -1.0}, "target-epsilon"),
+    ({"clipping-norm": 0.0}, "clipping-norm"),
 ])
 def test_run_config_mistakes_name_the_key(override, key):
-    with pytest.raises(ConfigError, match=key):
+    with pytest.raises(ConfigError) as exc:
         parse_run_config(override)
+    assert f"'{key}'" in str(exc.value), str(exc.value)  # the key at fault, not a list of keys
+    others = {"fraction-train", "fraction-evaluate", "local-epochs", "batch-size", "learning-rate",
+              "target-epsilon", "clipping-norm"} - {key}
+    assert not any(f"{o} " in str(exc.value) or f"'{o}'" in str(exc.value) for o in others), str(exc.value)
 
 
 def _summary(proc: subprocess.CompletedProcess) -> dict:
