@@ -21,7 +21,7 @@ Node config keys (deployment, ``flower-supernode --node-config``)
 Simulation: a virtual node only has ``partition-id`` / ``num-partitions``; it takes file
 ``partition-id`` of the run's ``data-dir`` (sorted) or synthesises institution ``partition-id``,
 keeps its privacy state under ``state-root/<institution-id>``, its budget from
-``sim-max-epsilon``, releases exact evaluations and may train without DP (``dp = false``).
+``sim-budgets`` (its own entry) or ``sim-max-epsilon``, releases exact evaluations and may train without DP (``dp = false``).
 """
 
 from __future__ import annotations
@@ -136,11 +136,19 @@ def policy_from_context(node_config: dict, run_config: dict, run_id: str = "") -
     return NodePolicy(
         institution_id=inst, source=source, mapping=_get(run_config, "mapping"),
         schema=str(_get(run_config, "schema", "consumer-credit-v1")),
-        state_dir=Path(root) / inst, max_epsilon=float(_get(run_config, "sim-max-epsilon", 3.0)),
+        state_dir=Path(root) / inst, max_epsilon=_simulated_budget(run_config, inst),
         delta=None, release_eval="exact", allow_non_private=True, split_seed=0, holdout_fraction=0.2,
         accountant="rdp", simulation=True,
         synthetic_scale=float(_get(run_config, "synthetic-scale", 1.0)),
         synthetic_seed=int(_get(run_config, "synthetic-seed", 0)))
+
+
+def _simulated_budget(run_config: dict, institution: str) -> float:
+    """A virtual node's lifetime ε: its entry in ``sim-budgets``, else ``sim-max-epsilon``."""
+    from server.settings import parse_sim_budgets
+
+    budgets = parse_sim_budgets(str(_get(run_config, "sim-budgets", "") or ""))
+    return float(budgets.get(institution, _get(run_config, "sim-max-epsilon", 3.0)))
 
 
 def _data_files(data_dir: str) -> tuple[Path, ...]:

@@ -77,6 +77,7 @@ DEFAULTS: dict[str, Any] = {
     "synthetic-seed": 0,
     "state-root": "",
     "sim-max-epsilon": 3.0,
+    "sim-budgets": "",  # per-institution budgets, "institution=ε,…" (others get sim-max-epsilon)
 }
 
 
@@ -120,6 +121,7 @@ class RunSettings:
     synthetic_seed: int
     state_root: str
     sim_max_epsilon: float
+    sim_budgets: str
 
     @property
     def hidden(self) -> tuple[int, ...]:
@@ -143,6 +145,33 @@ def parse_run_config(run_config: dict[str, Any] | None) -> RunSettings:
     s = RunSettings(**{k.replace("-", "_"): v for k, v in merged.items()})
     _check(s)
     return s
+
+
+def parse_sim_budgets(text: str) -> dict[str, float]:
+    """Run config ``sim-budgets`` (simulation only): ``"institution=ε,institution=ε"`` →
+    ``{institution: ε}``, each virtual node's lifetime budget where it differs from
+    ``sim-max-epsilon``. ``""`` → ``{}``."""
+    out: dict[str, float] = {}
+    for item in (x.strip() for x in str(text).split(",")):
+        if not item:
+            continue
+        name, sep, value = (part.strip() for part in item.partition("="))
+        try:
+            eps = float(value)
+        except ValueError:
+            eps = float("nan")
+        if not sep or not name or not (0 < eps < float("inf")):
+            raise ConfigError(f"run config: 'sim-budgets' takes institution=ε pairs separated by commas, ε > 0; "
+                              f"got {item!r}")
+        if name in out:
+            raise ConfigError(f"run config: 'sim-budgets' names {name!r} twice")
+        out[name] = eps
+    return out
+
+
+def format_sim_budgets(budgets: dict[str, float]) -> str:
+    """The ``sim-budgets`` text of ``{institution: ε}`` (inverse of :func:`parse_sim_budgets`)."""
+    return ",".join(f"{name}={float(eps)!r}" for name, eps in budgets.items())
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -201,6 +230,7 @@ def _check(s: RunSettings) -> None:
         raise bad("hidden-layers", "needs at least one positive width for the mlp")
     if not 2 <= s.encoder_knots <= 64:
         raise bad("encoder-knots", "must be between 2 and 64")
+    parse_sim_budgets(s.sim_budgets)
     if s.target_epsilon < 0:
         raise bad("target-epsilon", f"must be ≥ 0 (0 = each node's remaining budget), got {s.target_epsilon}")
     if s.clipping_norm <= 0:

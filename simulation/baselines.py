@@ -86,10 +86,14 @@ def local_only(data: NodeData, encoder: FeatureEncoder, spec: ModelSpec, b: Base
 
 
 def run_baselines(nodes: dict[str, NodeData], encoder: FeatureEncoder, spec: ModelSpec,
-                  b: BaselineSettings) -> dict:
-    """Centralised and local-only figures for every institution (JSON-ready)."""
+                  b: BaselineSettings, budgets: dict[str, float] | None = None) -> dict:
+    """Centralised and local-only figures for every institution (JSON-ready). ``budgets``: an
+    institution's own ε for its DP local-only model (others: ``b.max_epsilon``)."""
+    from dataclasses import replace
+
     cen = centralised(nodes, encoder, spec, b)
-    local = {k: local_only(d, encoder, spec, b) for k, d in nodes.items()}
+    local = {k: local_only(d, encoder, spec, replace(b, max_epsilon=(budgets or {}).get(k, b.max_epsilon)))
+             for k, d in nodes.items()}
     pooled_local = auc_score(np.concatenate([v["y"] for v in local.values()]),
                              np.concatenate([v["pd"] for v in local.values()]))
     return {

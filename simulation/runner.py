@@ -27,7 +27,7 @@ from clients.node import DATA_SUFFIXES, NodeData, load_node_data, policy_from_co
 from configs.errors import UserError
 from models.encoder import FeatureEncoder
 from models.network import ModelSpec
-from server.settings import DEFAULTS
+from server.settings import DEFAULTS, format_sim_budgets, parse_sim_budgets
 
 
 @dataclass
@@ -49,6 +49,7 @@ class SimulationOptions:
     run_config: dict[str, Any] = field(default_factory=dict)  # any further run-config keys
     verbose: bool = False
     faults: list[str] = field(default_factory=list)  # injected node faults (simulation.faults), e.g. "0:fail@1"
+    budgets: dict[str, float] = field(default_factory=dict)  # per-institution ε (simulation.budgets); others: epsilon
 
 
 #: simulation: seconds of round time-out per virtual node (DP planning, training and evaluation of
@@ -86,6 +87,8 @@ def build_run_config(o: SimulationOptions, run_dir: Path, n_nodes: int) -> dict[
         cfg["data-dir"] = str(Path(o.data_dir).resolve())
     if o.mapping:
         cfg["mapping"] = o.mapping
+    if o.budgets:
+        cfg["sim-budgets"] = format_sim_budgets(o.budgets)
     cfg.update(o.run_config)
     return cfg
 
@@ -162,6 +165,11 @@ def simulate(o: SimulationOptions, on_event: Callable[[dict], None] | None = Non
     settings = parse_run_config(run_config)  # fail fast on bad keys/values
     write_simulate_options(run_dir, o)
     nodes = load_all_nodes(run_config, n_nodes)  # fail fast on bad data
+    budgets = parse_sim_budgets(settings.sim_budgets)
+    if budgets:
+        from simulation.budgets import check_budgets_name_institutions
+
+        check_budgets_name_institutions(budgets, list(nodes), "--budgets")
     from simulation.faults import client_app_with_faults
 
     client_app = client_app_with_faults(o.faults, n_nodes=n_nodes) if o.faults else None  # bad specs stop here
@@ -190,7 +198,8 @@ def simulate(o: SimulationOptions, on_event: Callable[[dict], None] | None = Non
 
         encoder = FeatureEncoder.from_json((run_dir / "model" / "encoder.json").read_text())
         spec = ModelSpec.from_dict(json.loads((run_dir / "model" / "model.json").read_text())["spec"])
-        metrics["baselines"] = run_baselines(nodes, encoder, spec, baseline_settings(settings, o.epsilon))
+        metrics["baselines"] = run_baselines(nodes, encoder, spec, baseline_settings(settings, o.epsilon),
+                                             budgets=budgets)
     metrics["data"] = data_summary(nodes)
     if not o.data_dir:
         metrics["oracle"] = oracle_aucs(nodes, o, n_nodes)

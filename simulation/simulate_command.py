@@ -41,7 +41,7 @@ Exit codes: 0 run finished (also when it stopped cleanly, e.g. budgets exhausted
 #: options --resume takes from the run it continues, not from the command line
 RESUME_TAKES_FROM_RUN = ("synthetic", "data", "institutions", "scale", "rounds", "schema", "mapping", "strategy",
                          "epsilon", "no_dp", "seed", "out", "state_root", "local_epochs", "batch_size",
-                         "learning_rate", "model", "run_config")
+                         "learning_rate", "model", "run_config", "budgets")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,6 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     dp.add_argument("--epsilon", type=float, default=D["sim-max-epsilon"], metavar="E",
                     help="each institution's lifetime privacy budget ε (DP-SGD)")
     dp.add_argument("--no-dp", action="store_true", help="train without differential privacy (research only)")
+    p.add_argument("--budgets", metavar="FILE",
+                   help="per-institution budgets: a TOML file with a table [max-epsilon] of institution = ε; "
+                        "institutions not listed get --epsilon (see simulation/budgets.py)")
     p.add_argument("--seed", type=int, default=D["seed"], help="seed of data synthesis, initialisation and sampling")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/sim-<time>)")
     p.add_argument("--state-root", metavar="DIR",
@@ -107,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from configs.errors import UserError
+    from simulation.budgets import load_budgets
     from simulation.runner import SimulationOptions, simulate
 
     for name, value, low in (("--rounds", args.rounds, 1), ("--institutions", args.institutions, 2),
@@ -138,7 +142,10 @@ def run(args: argparse.Namespace) -> int:
                                  schema=args.schema, mapping=args.mapping, strategy=args.strategy, dp=not args.no_dp,
                                  epsilon=args.epsilon, seed=args.seed, scale=args.scale, out=args.out,
                                  state_root=args.state_root, baselines=not args.no_baselines, cpus=args.cpus,
-                                 run_config=extra, verbose=args.verbose, faults=args.inject_fault)
+                                 run_config=extra, verbose=args.verbose, faults=args.inject_fault,
+                                 budgets=load_budgets(args.budgets) if args.budgets else {})
+        if opts.budgets and not opts.dp:
+            raise UserError("--budgets sets privacy budgets; it cannot go with --no-dp")
     if not args.verbose:
         from flwr.common.logger import FLOWER_LOGGER
 

@@ -497,15 +497,21 @@ def test_simulate_with_dp_writes_card_and_report_whose_epsilon_is_the_state(tmp_
     from server.report import SECTIONS
 
     run_dir = tmp_path / "run"
+    # a consortium budgets file: the regional bank has its own budget, the others get --epsilon
+    budgets_file = tmp_path / "budgets.toml"
+    budgets_file.write_text('[max-epsilon]\n"regional-bank-1" = 0.8\n')
+    budget = {"national-bank-1": 2.0, "regional-bank-1": 0.8, "card-issuer-1": 2.0}
     proc = run_fedcredit("simulate", "--institutions", 3, "--rounds", 2, "--scale", 0.3, "--epsilon", 2,
-                         "--seed", 4, "--out", run_dir, "--json", timeout=900)
+                         "--budgets", budgets_file, "--seed", 4, "--out", run_dir, "--json", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {i["id"]: i["epsilon_budget"] for i in summary["institutions"]} == budget
     card = json.loads((run_dir / "model_card.json").read_text())
     assert card["privacy"]["dp"] is True and len(card["privacy"]["institutions"]) == 3
     for inst, row in card["privacy"]["institutions"].items():
         (state,) = read_state(run_dir / "node-state" / inst)
-        assert 0 < state["epsilon_spent"] <= 2.0
+        assert state["max_epsilon"] == budget[inst] and row["epsilon_budget"] == budget[inst]
+        assert 0.9 * budget[inst] < state["epsilon_spent"] <= budget[inst] + 1e-9, inst
         assert row["epsilon_spent"] == pytest.approx(state["epsilon_spent"], abs=1e-9), inst
         assert row["state_matches"] is True
         assert row["epsilon_spent"] == pytest.approx(

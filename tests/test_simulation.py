@@ -154,3 +154,48 @@ def test_a_second_run_on_an_exhausted_budget_is_refused_and_the_server_stops_cle
     # the refused institutions' lifetime figures are still in the summary
     for inst in second["institutions"]:
         assert inst["epsilon_budget"] == 1.0 and inst["epsilon_spent"] == pytest.approx(spent[inst["id"]]), inst
+
+
+def test_sim_budgets_round_trip_and_mistakes_name_the_key():
+    from server.settings import format_sim_budgets, parse_sim_budgets
+
+    budgets = {"national-bank-1": 8.0, "online-microlender-1": 0.5}
+    assert parse_sim_budgets(format_sim_budgets(budgets)) == budgets
+    assert parse_sim_budgets("") == {}
+    for bad in ("bank", "bank=0", "bank=-1", "bank=x", "=2", "a=1,a=2", "bank=inf"):
+        with pytest.raises(ConfigError, match="sim-budgets"):
+            parse_run_config({"sim-budgets": bad})
+
+
+def test_a_virtual_node_takes_its_own_budget_from_sim_budgets(tmp_path):
+    from clients.node import policy_from_context
+
+    rc = {"sim-max-epsilon": 3.0, "sim-budgets": "regional-bank-1=0.7", "synthetic-scale": 0.3,
+          "state-root": str(tmp_path)}
+    got = {}
+    for k in range(3):
+        p = policy_from_context({"partition-id": k, "num-partitions": 3}, rc)
+        got[p.institution_id] = p.max_epsilon
+    assert got == {"national-bank-1": 3.0, "regional-bank-1": 0.7, "card-issuer-1": 3.0}
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("", "needs a table [max-epsilon]"),
+    ("[max-epsilon]\nbank = 0\n", "max-epsilon.bank must be a positive number"),
+    ("[max-epsilon]\nbank = \"high\"\n", "max-epsilon.bank must be a positive number"),
+    ("[budgets]\nbank = 1\n", "unknown key(s) budgets"),
+    ("[max-epsilon\n", "not valid TOML"),
+])
+def test_budgets_file_mistakes_exit_2_naming_the_key(tmp_path, text, needle):
+    f = tmp_path / "budgets.toml"
+    f.write_text(text)
+    proc = run_fedcredit("simulate", "--institutions", 3, "--budgets", f, "--out", tmp_path / "run")
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_budgets_naming_an_unknown_institution_exit_2(tmp_path):
+    f = tmp_path / "budgets.toml"
+    f.write_text('[max-epsilon]\n"national-bank-9" = 1.0\n')
+    proc = run_fedcredit("simulate", "--institutions", 3, "--scale", 0.3, "--budgets", f, "--out", tmp_path / "run")
+    assert proc.returncode == 2, proc.stderr
+    assert "max-epsilon.national-bank-9 is not an institution" in proc.stderr and "Traceback" not in proc.stderr
