@@ -34,11 +34,11 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.scratch import scratch_dir  # noqa: E402
 
 RULES = ("mean", "trimmed-mean", "median", "krum", "multi-krum")
 ATTACKS = ("scale", "sign-flip", "label-flip")
@@ -174,8 +174,7 @@ def main() -> None:
     FLOWER_LOGGER.setLevel(logging.ERROR)
 
     t0 = time.time()
-    work = Path(tempfile.mkdtemp(prefix="fedcredit-poisoning-"))
-    try:
+    with scratch_dir(None, "fedcredit-poisoning-") as work:
         clean_dir = work / "data-clean"
         files = write_consortium(clean_dir, args.scale, args.seed)
         names = sorted(files)
@@ -197,8 +196,6 @@ def main() -> None:
                 r = one_run(work, f"{attack}-{rule}", data_dir, rule, args, attacker, attack, len(names))
                 results["attacks"][attack][rule] = r
                 print(f"{attack:10s} {rule:13s} AUC {r['auc']:.4f}", file=sys.stderr, flush=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
     clean_mean = results["clean"].get("mean", {}).get("auc")
     summary = {}

@@ -27,14 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.scratch import scratch_dir  # noqa: E402
 from server.settings import DEFAULTS  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "UCI_Credit_Card.csv"
@@ -79,13 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.data).is_file():
         print(json.dumps({"bench": "quality_uci", "skipped": f"data file not found: {args.data}"}))
         return 0
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # terminated (run_all's time-out): clean up too
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fedcredit-quality-uci-"))
-    try:
+    with scratch_dir(args.keep, "fedcredit-quality-uci-") as work:
         print(json.dumps(measure(args, work)))
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

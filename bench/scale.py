@@ -29,7 +29,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from datetime import datetime
@@ -37,6 +36,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.scratch import scratch_dir  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -199,14 +199,9 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=7200, help="seconds allowed per consortium size")
     ap.add_argument("--keep", metavar="DIR", help="keep data and run directories here")
     args = ap.parse_args(argv)
-    import signal
-
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # terminated: end the simulation's processes too
-
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fedcredit-scale-"))
-    work.mkdir(parents=True, exist_ok=True)
     sizes = [int(s) for s in args.institutions.split(",") if s.strip()]
-    results = [run_one(n, args, work) for n in sizes]
+    with scratch_dir(args.keep, "fedcredit-scale-") as work:  # SIGTERM ends the simulation's processes too
+        results = [run_one(n, args, work) for n in sizes]
     with open("/proc/meminfo") as fh:
         total_mb = int(fh.readline().split()[1]) // 1024
     print(json.dumps({"bench": "scale", "rounds": args.rounds, "rows_per_institution": args.rows,
@@ -214,10 +209,6 @@ def main(argv=None) -> int:
                       "ok": all(r.get("status") == "completed" for r in results),
                       "cpus": os.cpu_count(), "memory_total_mb": total_mb, "python": platform.python_version(),
                       "work_dir": str(work) if args.keep else None}))
-    if not args.keep:
-        import shutil
-
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

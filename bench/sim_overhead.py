@@ -25,14 +25,13 @@ import json
 import os
 import platform
 import shutil
-import signal
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.scratch import scratch_dir  # noqa: E402
 
 
 def write_institutions(out: Path, institutions: int, rows: int, seed: int) -> None:
@@ -57,14 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", metavar="DIR", help="keep the data and run directories here")
     args = ap.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # terminated (run_all's time-out): clean up too
-
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fedcredit-simoverhead-"))
-    try:
+    with scratch_dir(args.keep, "fedcredit-simoverhead-") as work:
         print(json.dumps(measure(args, work)))
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -119,6 +119,16 @@ def _decode(msg: Message, key: str) -> tuple[dict[str, np.ndarray] | None, str]:
         return None, f"arrays cannot be decoded ({type(exc).__name__})"
 
 
+def _names_problem(what: str, got: set[str], required: set[str], optional: frozenset | set = frozenset()) -> str:
+    """Empty string when ``got`` holds every ``required`` name and nothing beyond ``optional``,
+    else ``what`` with the missing and the unexpected names."""
+    missing, extra = sorted(required - got), sorted(got - required - set(optional))
+    if not missing and not extra:
+        return ""
+    parts = ([f"missing {missing}"] if missing else []) + ([f"unexpected {extra}"] if extra else [])
+    return f"{what}: {'; '.join(parts)}"
+
+
 def check_statistics(msg: Message, layout: dict[str, int], exact: bool) -> str:
     """Empty string when a statistics reply can be summed with the others, else why not.
 
@@ -132,11 +142,9 @@ def check_statistics(msg: Message, layout: dict[str, int], exact: bool) -> str:
     stats, problem = _decode(msg, P.STATS)
     if problem:
         return problem
-    if set(stats) != set(layout):
-        missing, extra = sorted(set(layout) - set(stats)), sorted(set(stats) - set(layout))
-        return ("features differ from the schema's statistics layout: "
-                + "; ".join(x for x in (f"missing {missing}" if missing else "",
-                                        f"unexpected {extra}" if extra else "") if x))
+    problem = _names_problem("features differ from the schema's statistics layout", set(stats), set(layout))
+    if problem:
+        return problem
     for name, size in layout.items():
         problem = _array_problem(f"statistics of '{name}'", stats[name], (size,), exact)
         if problem:
@@ -183,11 +191,10 @@ def check_evaluation(msg: Message, fairness: dict[str, tuple[int, int]],
     if problem:
         return problem
     required = {"hist-neg", "hist-pos", "sums"}
-    missing, extra = sorted(required - set(arrays)), sorted(set(arrays) - required - set(fairness))
-    if missing or extra:
-        return ("evaluation arrays differ from the protocol: "
-                + "; ".join(x for x in (f"missing {missing}" if missing else "",
-                                        f"unexpected {extra}" if extra else "") if x))
+    problem = _names_problem("evaluation arrays differ from the protocol", set(arrays), required,
+                             optional=set(fairness))
+    if problem:
+        return problem
     bins = len(arrays["hist-neg"]) if arrays["hist-neg"].ndim == 1 else -1
     allowed = bin_counts or evaluation_bin_counts()
     if bins not in allowed:
