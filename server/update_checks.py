@@ -119,6 +119,13 @@ def _decode(msg: Message, key: str) -> tuple[dict[str, np.ndarray] | None, str]:
         return None, f"arrays cannot be decoded ({type(exc).__name__})"
 
 
+def _reply_arrays(msg: Message, key: str) -> tuple[dict, str]:
+    """The reply's named arrays under ``key`` and ``""``, or ``({}, why)`` when its example count
+    or its arrays are unusable."""
+    problem = _num_examples_problem(msg)
+    return ({}, problem) if problem else _decode(msg, key)
+
+
 def _names_problem(what: str, got: set[str], required: set[str], optional: frozenset | set = frozenset()) -> str:
     """Empty string when ``got`` holds every ``required`` name and nothing beyond ``optional``,
     else ``what`` with the missing and the unexpected names."""
@@ -136,10 +143,7 @@ def check_statistics(msg: Message, layout: dict[str, int], exact: bool) -> str:
     of the run's schema); ``exact``: the release is not DP-noised (run config ``dp = false``),
     so no count may be negative.
     """
-    problem = _num_examples_problem(msg)
-    if problem:
-        return problem
-    stats, problem = _decode(msg, P.STATS)
+    stats, problem = _reply_arrays(msg, P.STATS)
     if problem:
         return problem
     problem = _names_problem("features differ from the schema's statistics layout", set(stats), set(layout))
@@ -184,10 +188,7 @@ def check_evaluation(msg: Message, fairness: dict[str, tuple[int, int]],
     if release not in EVALUATION_RELEASES:
         return f"unknown evaluation release {release[:40]!r}, expected one of {', '.join(EVALUATION_RELEASES)}"
     exact = release == "exact"
-    problem = _num_examples_problem(msg)
-    if problem:
-        return problem
-    arrays, problem = _decode(msg, P.EVAL)
+    arrays, problem = _reply_arrays(msg, P.EVAL)
     if problem:
         return problem
     required = {"hist-neg", "hist-pos", "sums"}
