@@ -256,10 +256,11 @@ def _wants_dp(policy: NodePolicy, cfg: dict) -> bool:
 
 
 def _noise_seed(policy: NodePolicy, cfg: dict, salt: str) -> int | None:
-    """Reproducible noise in simulation; fresh OS randomness in deployment."""
+    """Reproducible noise in simulation — from the run's seed, the institution and the release
+    (``salt``), not the run id, which is random per simulation; fresh OS randomness in deployment."""
     if not policy.simulation:
         return None
-    blob = f"{cfg.get('seed', 0)}|{policy.institution_id}|{cfg.get('run-id', '')}|{salt}".encode()
+    blob = f"{cfg.get('seed', 0)}|{policy.institution_id}|{salt}".encode()
     return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little")
 
 

@@ -199,3 +199,17 @@ def test_budgets_naming_an_unknown_institution_exit_2(tmp_path):
     proc = run_fedcredit("simulate", "--institutions", 3, "--scale", 0.3, "--budgets", f, "--out", tmp_path / "run")
     assert proc.returncode == 2, proc.stderr
     assert "max-epsilon.national-bank-9 is not an institution" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_dp_simulation_is_reproducible_for_a_seed_though_each_run_has_its_own_id(tmp_path):
+    from models.package import load_package, weights_digest
+
+    args = ("--institutions", 3, "--rounds", 2, "--scale", 0.3, "--epsilon", 2, "--seed", 9, "--no-baselines", "--json")
+    runs = [tmp_path / "a", tmp_path / "b"]
+    summaries = [_summary(run_fedcredit("simulate", *args, "--out", run, timeout=900)) for run in runs]
+    assert summaries[0]["auc_federated"] == summaries[1]["auc_federated"]
+    digests = [weights_digest(load_package(run / "model").weights) for run in runs]
+    assert digests[0] == digests[1], "same seed, same data: the same DP noise and the same model"
+    ids = [json.loads((run / "metrics.json").read_text())["run_id"] for run in runs]
+    assert ids[0] != ids[1]
