@@ -203,6 +203,11 @@ class NodeData:
         return self.encoded[key]
 
 
+def clear_data_cache() -> None:
+    """Forget every table this process loaded (benchmarks: each repetition starts cold)."""
+    _DATA_CACHE.clear()
+
+
 def load_node_data(policy: NodePolicy) -> NodeData:
     """Load, validate and split the node's table (cached per process)."""
     key = (policy.source, policy.mapping, policy.schema, policy.split_seed, policy.holdout_fraction,

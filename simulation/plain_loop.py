@@ -51,7 +51,9 @@ def run_plain(run_config: dict, n_nodes: int, evaluate_every_round: bool = True)
     node_metrics: dict[str, dict] = {}  # institution → its last training reply's metrics (ε spent …)
     history = []
     t_rounds = time.time()
+    round_s = []
     for rnd in range(1, s.num_server_rounds + 1):
+        t_round = time.time()
         cfg = dict(cfg_base, **{
             "server-round": rnd, "local-epochs": s.local_epochs, "batch-size": s.batch_size,
             "learning-rate": s.learning_rate, "optimizer": s.optimizer,
@@ -68,6 +70,7 @@ def run_plain(run_config: dict, n_nodes: int, evaluate_every_round: bool = True)
             sums = [EvaluationSums.from_arrays(N.evaluate(p, weights, cfg)[0]) for p in policies]
             record["global"] = sum_evaluations(sums).metrics()
         history.append(record)
+        round_s.append(time.time() - t_round)
     return {"history": history, "final": history[-1].get("global"), "wall_s": time.time() - t0,
-            "setup_s": t_rounds - t0, "rounds_s": time.time() - t_rounds,
+            "setup_s": t_rounds - t0, "rounds_s": time.time() - t_rounds, "round_s": round_s,
             "encoder": encoder, "spec": spec, "weights": weights, "node_metrics": node_metrics}
