@@ -25,17 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def make_package(directory: Path, table) -> Path:
-    from configs.schema import load_schema
-    from models.encoder import fit_encoder_from_tables
-    from models.network import ModelSpec, build_model, get_weights
-    from models.package import ModelPackage, save_package
-
-    schema = load_schema(None)
-    encoder = fit_encoder_from_tables(schema, [table])
-    spec = ModelSpec("mlp", encoder.n_outputs, (64, 32))
-    return save_package(directory, ModelPackage(spec=spec, encoder=encoder, weights=get_weights(build_model(spec, 0)),
-                                                schema=schema))
+from bench.score_throughput import make_package  # noqa: E402  (the same untrained package as score_throughput)
 
 
 def timed_score(model: Path, data: Path, out: Path, explain: int) -> dict:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from configs.errors import UserError
+from fedcredit.json_values import json_default
 from models.package import sha256_file
 
 ROUND_DIR = "round-{:04d}"
@@ -65,21 +66,13 @@ def save_checkpoint(run_dir: Path, rnd: int, weights: dict[str, np.ndarray],
               str(tmp / "strategy.safetensors"))
     body = dict(state, round=rnd, files_sha256={
         name: sha256_file(tmp / name) for name in ("weights.safetensors", "strategy.safetensors")})
-    text = json.dumps(body, sort_keys=True, default=_json_default)
+    text = json.dumps(body, sort_keys=True, default=json_default)
     (tmp / "state.json").write_text(text)
     (tmp / "state.sha256").write_text(hashlib.sha256(text.encode()).hexdigest() + "\n")
     _fsync_dir(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     return final
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(type(o).__name__)
 
 
 def _fsync_dir(d: Path) -> None:

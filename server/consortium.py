@@ -47,6 +47,7 @@ from flwr.serverapp import Grid
 from configs.errors import UserError
 from configs.schema import load_schema
 from fedcredit import protocol as P
+from fedcredit.json_values import json_default
 from models.calibration import binned_calibration_summary, calibrate_weights, fit_platt
 from models.encoder import FeatureEncoder, fit_encoder_from_histograms, statistics_layout, sum_statistics
 from models.fairness import fairness_metrics
@@ -88,27 +89,17 @@ class RunRecorder:
 
     def event(self, kind: str, **payload: Any) -> None:
         entry = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "event": kind, **payload}
-        self._progress.write(json.dumps(entry, default=_json_default) + "\n")
+        self._progress.write(json.dumps(entry, default=json_default) + "\n")
         for listener in self.listeners:
             listener(entry)
 
     def write_metrics(self, metrics: dict) -> None:
         tmp = self.run_dir / "metrics.json.tmp"
-        tmp.write_text(json.dumps(metrics, indent=2, default=_json_default))
+        tmp.write_text(json.dumps(metrics, indent=2, default=json_default))
         tmp.replace(self.run_dir / "metrics.json")
 
     def close(self) -> None:
         self._progress.close()
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o).__name__)
 
 
 def _finite_or_none(x: float) -> float | None:

@@ -67,6 +67,7 @@ from typing import Any, Callable
 
 from configs.errors import ConfigError, UserError
 from configs.toml_reader import Table, read_toml
+from fedcredit.json_values import json_default
 
 RUNTIMES = ("flower", "plain")
 SOURCES = ("synthetic", "table")
@@ -374,20 +375,8 @@ def stored_result(out_dir: Path, point: GridPoint, fingerprint: str) -> dict | N
 def _write_json_atomic(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    tmp.write_text(json.dumps(obj, indent=2, default=json_default) + "\n")
     os.replace(tmp, path)
-
-
-def _json_default(o):
-    import numpy as np
-
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o).__name__)
 
 
 def run_sweep(cfg: SweepConfig, out_dir: str | Path | None = None,
