@@ -687,7 +687,7 @@ def test_deployment_survives_a_killed_supernode_and_resumes_a_killed_server_app(
 
         victim = names[-1]
         run = start([str(BIN / "flwr"), "run", ".", "consortium", "--stream", "--run-config",
-                     f"num-server-rounds=2 min-available-nodes=3 min-train-nodes=2 round-timeout=40.0 "
+                     f"num-server-rounds=2 min-available-nodes=3 min-train-nodes=2 round-timeout=60.0 "
                      f"run-dir='{run_dir}' dp=true batch-size=128 seed=3 target-epsilon=2.0 evaluate-every=2"],
                     flower_env(cli_home), tmp_path / "flwr-run.log", cwd=REPO)
         # the victim is killed once it has taken up round 1 (it stores the ledger head it was shown first)
@@ -707,7 +707,9 @@ def test_deployment_survives_a_killed_supernode_and_resumes_a_killed_server_app(
 
         # --- the ServerApp dies (SIGKILL) once checkpoint 1 of a second run exists; `flwr run` with
         # resume-from continues that run directory to its planned rounds on the two nodes left
-        crash_config = (f"num-server-rounds=3 min-available-nodes=2 min-train-nodes=2 round-timeout=40.0 "
+        # a generous round time-out: a node's first message of a new run installs the app (FAB) and plans
+        # its noise before it trains, which took up to ~50 s on this 2-core machine under load
+        crash_config = (f"num-server-rounds=3 min-available-nodes=2 min-train-nodes=2 round-timeout=150.0 "
                         f"run-dir='{run_b}' dp=true batch-size=128 seed=5 target-epsilon=1.0 evaluate-every=3")
         doomed = start([str(BIN / "flwr"), "run", ".", "consortium", "--stream", "--run-config", crash_config],
                        flower_env(cli_home), tmp_path / "flwr-run-b.log", cwd=REPO)
