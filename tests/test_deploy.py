@@ -70,6 +70,34 @@ def flwr(args: list, home: Path, timeout: float = 120, cwd: Path | None = None) 
                           capture_output=True, text=True, timeout=timeout)
 
 
+def superlink_command(certs: Path, port: int, database: Path | None = None) -> list[str]:
+    """``flower-superlink`` with TLS and SuperNode authentication on loopback (operator.md)."""
+    return [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
+            "--ssl-certfile", str(certs / "server.crt"), "--ssl-keyfile", str(certs / "server.key"),
+            "--enable-supernode-auth", *(["--database", str(database)] if database else []),
+            "--host", "127.0.0.1", "--port", str(port)]
+
+
+def operator_cli(home: Path, port: int, certs: Path, keys: Path, institutions: list[str]) -> Path:
+    """The operator's Flower CLI home: a ``consortium`` connection in its config.toml, and every
+    institution's public key registered with ``flwr supernode register``."""
+    home.mkdir()
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "consortium"\n\n[superlink.consortium]\n'
+        f'address = "127.0.0.1:{port}"\nroot-certificates = "{certs / "ca.crt"}"\n')
+    for name in institutions:
+        reg = flwr(["supernode", "register", keys / f"{name}.pub", "consortium", "--format", "json"], home)
+        assert reg.returncode == 0 and json.loads(reg.stdout)["success"], reg.stdout + reg.stderr
+    return home
+
+
+def node_start_command(port: int, certs: Path, keys: Path, data: Path, state: Path, name: str) -> list[str]:
+    """``fedcredit node start`` for institution ``name`` (its file ``data/<name>.csv``)."""
+    return [sys.executable, "-m", "fedcredit", "node", "start", "--superlink", f"127.0.0.1:{port}",
+            "--root-certificates", str(certs / "ca.crt"), "--key", str(keys / name), "--port", str(free_port()),
+            "--node-config", node_config(data / f"{name}.csv", state, name)]
+
+
 def node_config(data: Path, state: Path, inst: str) -> str:
     return (f"data-path='{data}' state-dir='{state}' max-epsilon={MAX_EPSILON} institution-id='{inst}' "
             "release-eval='noised'")
@@ -144,32 +172,18 @@ def test_deploy_two_dp_rounds_with_tls_and_node_auth(tmp_path, process_tag):
         # --- operator: SuperLink with TLS, node authentication and a persistent database
         port = free_port()
         link_log = work / "superlink.log"
-        link = start([str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
-                      "--ssl-certfile", str(certs / "server.crt"), "--ssl-keyfile", str(certs / "server.key"),
-                      "--enable-supernode-auth", "--database", str(work / "superlink.db"),
-                      "--host", "127.0.0.1", "--port", str(port)],
-                     flower_env(work / "home-link"), link_log)
+        link = start(superlink_command(certs, port, work / "superlink.db"), flower_env(work / "home-link"), link_log)
         started.append(link)
         wait_for_port(port, link, link_log)
 
         # --- operator's CLI connection (config.toml of its FLWR_HOME) and node registration
-        cli_home = work / "home-cli"
-        cli_home.mkdir()
-        (cli_home / "config.toml").write_text(
-            '[superlink]\ndefault = "consortium"\n\n[superlink.consortium]\n'
-            f'address = "127.0.0.1:{port}"\nroot-certificates = "{certs / "ca.crt"}"\n')
-        for name in institutions:
-            reg = flwr(["supernode", "register", keys / f"{name}.pub", "consortium", "--format", "json"], cli_home)
-            assert reg.returncode == 0 and json.loads(reg.stdout)["success"], reg.stdout + reg.stderr
+        cli_home = operator_cli(work / "home-cli", port, certs, keys, institutions)
 
         # --- institutions: fedcredit node start (checks, then exec flower-supernode)
-        for k, name in enumerate(institutions):
-            log = work / f"node-{name}.log"
-            cmd = [sys.executable, "-m", "fedcredit", "node", "start", "--superlink", f"127.0.0.1:{port}",
-                   "--root-certificates", str(certs / "ca.crt"), "--key", str(keys / name),
-                   "--port", str(free_port()),
-                   "--node-config", node_config(data / f"{name}.csv", work / f"state-{name}", name)]
-            started.append(start(cmd, flower_env(work / f"home-{name}", threads=1), log, cwd=REPO))
+        for name in institutions:
+            cmd = node_start_command(port, certs, keys, data, work / f"state-{name}", name)
+            started.append(start(cmd, flower_env(work / f"home-{name}", threads=1), work / f"node-{name}.log",
+                                 cwd=REPO))
 
         # --- a node whose key was never registered is refused within seconds (raw flower-supernode)
         t0 = time.monotonic()

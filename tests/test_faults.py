@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -444,18 +443,10 @@ def test_simulation_with_failing_straggling_and_invalid_nodes_goes_on(three_inst
           "round-timeout": 25.0, "dp": False, "run-dir": str(run_dir), "state-root": str(tmp_path / "state"),
           "seed": 2}
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-c", SIMULATION_SCRIPT, json.dumps(rc), "4", "0:fail@1", "1:straggle@2"],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        left = left_behind(proc.pid)
+    exit_code, _, err, left = run_in_own_session(
+        [sys.executable, "-c", SIMULATION_SCRIPT, json.dumps(rc), "4", "0:fail@1", "1:straggle@2"])
     wall = time.monotonic() - t0
-    assert proc.returncode == 0, err[-3000:]
+    assert exit_code == 0, err[-3000:]
     assert left == {}, "the simulation left processes behind"
 
     m = json.loads((run_dir / "metrics.json").read_text())
@@ -511,6 +502,21 @@ def descendants(pid: int) -> dict[int, str]:
             found[child] = args
             todo.append(child)
     return found
+
+
+def run_in_own_session(cmd: list[str], timeout: float = 600) -> tuple[int, str, str, dict[int, str]]:
+    """Run ``cmd`` in its own session to the end (killed after ``timeout``); returns its exit code,
+    stdout, stderr and the processes of its session still alive 20 s later (then killed)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        left = left_behind(proc.pid)
+    return proc.returncode, out, err, left
 
 
 def left_behind(sid: int, settle_s: float = 20.0) -> dict[int, str]:
@@ -583,18 +589,10 @@ def test_simulate_killed_with_sigkill_resumes_and_finishes(tmp_path):
     spent_before = _train_rounds(state)
 
     # no --no-baselines here: the resumed run skips them because the original run did
-    resumed = subprocess.Popen([sys.executable, "-m", "fedcredit", "simulate", "--resume", str(run_dir),
-                                "--cpus", "2", "--json"], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = resumed.communicate(timeout=600)
-    finally:
-        if resumed.poll() is None:
-            resumed.kill()
-            resumed.wait()
-        left = left_behind(resumed.pid)
+    exit_code, out, err, left = run_in_own_session(
+        [sys.executable, "-m", "fedcredit", "simulate", "--resume", str(run_dir), "--cpus", "2", "--json"])
     wall = time.monotonic() - t0
-    assert resumed.returncode == 0, err[-3000:]
+    assert exit_code == 0, err[-3000:]
     assert "Traceback" not in err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["status"] == "completed" and summary["rounds"] == 6
@@ -639,7 +637,8 @@ def test_deployment_survives_a_killed_supernode_and_resumes_a_killed_server_app(
     the nodes' spend before the crash kept and the resumed rounds added."""
     from privacy.accountant import PrivacyEvent, compute_epsilon, read_state
     from server.checkpoints import list_checkpoints
-    from tests.test_deploy import BIN, MAX_EPSILON, flower_env, flwr, free_port, node_config, wait_for_port
+    from tests.test_deploy import (BIN, MAX_EPSILON, flower_env, flwr, free_port, node_start_command, operator_cli,
+                                   superlink_command, wait_for_port)
 
     started: list[subprocess.Popen] = []
 
@@ -663,27 +662,12 @@ def test_deployment_survives_a_killed_supernode_and_resumes_a_killed_server_app(
             assert run_fedcredit("keys", "--out", keys, "--name", name).returncode == 0
 
         port = free_port()
-        link = start([str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
-                      "--ssl-certfile", str(certs / "server.crt"), "--ssl-keyfile", str(certs / "server.key"),
-                      "--enable-supernode-auth", "--host", "127.0.0.1", "--port", str(port)],
-                     flower_env(tmp_path / "home-link"), tmp_path / "superlink.log")
+        link = start(superlink_command(certs, port), flower_env(tmp_path / "home-link"), tmp_path / "superlink.log")
         wait_for_port(port, link, tmp_path / "superlink.log")
-        cli_home = tmp_path / "home-cli"
-        cli_home.mkdir()
-        (cli_home / "config.toml").write_text(
-            '[superlink]\ndefault = "consortium"\n\n[superlink.consortium]\n'
-            f'address = "127.0.0.1:{port}"\nroot-certificates = "{certs / "ca.crt"}"\n')
-        for name in names:
-            reg = flwr(["supernode", "register", keys / f"{name}.pub", "consortium", "--format", "json"], cli_home)
-            assert reg.returncode == 0, reg.stdout + reg.stderr
-        nodes = {}
-        for name in names:
-            nodes[name] = start([sys.executable, "-m", "fedcredit", "node", "start", "--superlink", f"127.0.0.1:{port}",
-                                 "--root-certificates", str(certs / "ca.crt"), "--key", str(keys / name),
-                                 "--port", str(free_port()),
-                                 "--node-config", node_config(data / f"{name}.csv", tmp_path / f"state-{name}", name)],
-                                flower_env(tmp_path / f"home-{name}", threads=1), tmp_path / f"node-{name}.log",
-                                cwd=REPO)
+        cli_home = operator_cli(tmp_path / "home-cli", port, certs, keys, names)
+        nodes = {name: start(node_start_command(port, certs, keys, data, tmp_path / f"state-{name}", name),
+                             flower_env(tmp_path / f"home-{name}", threads=1), tmp_path / f"node-{name}.log", cwd=REPO)
+                 for name in names}
 
         victim = names[-1]
         run = start([str(BIN / "flwr"), "run", ".", "consortium", "--stream", "--run-config",
