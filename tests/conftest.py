@@ -52,3 +52,39 @@ def run_fedcredit(*args, timeout: float = 120, cwd: Path | None = None) -> subpr
 def fedcredit_cli():
     """``fedcredit_cli(*args, timeout=..)`` → CompletedProcess of ``python -m fedcredit *args``."""
     return run_fedcredit
+
+
+SLOW_TEST_TIMEOUT_S = 900
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` (real Flower runtimes and processes) get 900 s unless they set their
+    own ``@pytest.mark.timeout``; every other test has the 120 s default of pyproject.toml."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(SLOW_TEST_TIMEOUT_S))
+
+
+def find_chromium() -> str | None:
+    """The path of a Chromium binary, or None."""
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """A real Chromium for checking pages. Skips when none is installed — except where
+    ``FEDCREDIT_REQUIRE_BROWSER=1`` (set by ``.ci/run``, which installs Debian's chromium): there a
+    missing browser fails the test instead of silently skipping it."""
+    path = find_chromium()
+    if path is None:
+        message = "no Chromium installed (Debian: apt-get install -y chromium)"
+        if os.environ.get("FEDCREDIT_REQUIRE_BROWSER") == "1":
+            pytest.fail(message + "; FEDCREDIT_REQUIRE_BROWSER=1 requires it")
+        pytest.skip(message)
+    return path

@@ -115,7 +115,6 @@ def make_run(tmp_path: Path, *, dp: bool = True, baselines: bool = True, ledger:
 
 # ----------------------------------------------------------------------------- model card
 def test_card_epsilon_is_each_institutions_state(tmp_path):
-    pytest.importorskip("privacy.accountant", reason="privacy.accountant (the persistent ledger) is not installed")
     from privacy.accountant import read_state
     from server.model_card import write_model_card
 
@@ -142,7 +141,6 @@ def test_card_epsilon_is_each_institutions_state(tmp_path):
 
 
 def test_card_flags_a_node_report_that_disagrees_with_its_state(tmp_path):
-    pytest.importorskip("privacy.accountant", reason="privacy.accountant is not installed")
     from server.model_card import build_model_card
 
     run_dir = make_run(tmp_path)
@@ -238,7 +236,6 @@ def _decode_png(src: str):
 
 
 def test_report_has_every_section_and_decodable_plots(tmp_path):
-    pytest.importorskip("privacy.accountant", reason="privacy.accountant is not installed")
     from server.report import SECTIONS, write_report
 
     run_dir = make_run(tmp_path)
@@ -329,17 +326,14 @@ def _load_bench(name: str):
     return module
 
 
-def test_report_renders_in_headless_chromium(tmp_path):
+def test_report_renders_in_headless_chromium(tmp_path, chromium):
     render = _load_bench("render_report")
-    if render.find_chromium() is None:
-        pytest.skip("no Chromium installed (Debian: apt-get install -y chromium)")
-    pytest.importorskip("privacy.accountant", reason="privacy.accountant is not installed")
     from PIL import Image
     from server.report import SECTIONS, write_report
 
     path = write_report(make_run(tmp_path))
     shot = tmp_path / "shot.png"
-    result = render.screenshot(path, shot, 1280, 2000)
+    result = render.screenshot(path, shot, 1280, 2000, chromium=chromium)
     assert result["returncode"] == 0, result
     img = Image.open(shot).convert("RGB")
     assert img.size == (1280, 2000)
