@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from fedcredit.cli import number
+from fedcredit.outcome import Outcome
 
 HELP = "split one table into K institutions (iid, Dirichlet label skew, quantity skew, by a feature)"
 
@@ -39,6 +40,7 @@ that): no model can be trained or evaluated on it.
 
 With --json the last line of standard output is the manifest as one JSON object.
 """
+JSON = "the manifest"  # what --json prints (fedcredit.cli adds the option)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,11 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="directory to write the institution files to")
     parser.add_argument("--force", action="store_true",
                         help="write into a non-empty --out, replacing a previous partition there")
-    parser.add_argument("--json", action="store_true", help="print the manifest as the last line of standard output")
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     import sys
 
     from configs.errors import UserError
@@ -116,6 +116,5 @@ def run(args: argparse.Namespace) -> int:
     out.print(table)
     for w in manifest["warnings"]:
         err.print(f"[yellow]warning[/] {w}", soft_wrap=True)
-    if args.json:
-        print(json.dumps(manifest), flush=True)
+    return Outcome(manifest)
     return 0
