@@ -286,10 +286,9 @@ def write_partition(table: pd.DataFrame, out_dir, *, schema, k: int, method: str
     source row order. ``extra`` adds keys to the manifest (a sweep records the fingerprint of
     the settings the partition was made with).
     """
-    import json
-    import os
     from pathlib import Path
 
+    from fedcredit.atomic_write import write_json_atomic
     from simulation.synthetic import file_sha256, prepare_out_dir, write_csv
 
     label = schema.label.name
@@ -338,7 +337,5 @@ def write_partition(table: pd.DataFrame, out_dir, *, schema, k: int, method: str
         "warnings": warnings_out,
         **(extra or {}),
     }
-    tmp = out / "manifest.json.partial"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out / "manifest.json")
+    write_json_atomic(out / "manifest.json", manifest)
     return manifest
