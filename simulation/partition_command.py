@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from fedcredit.cli import number
+from fedcredit.outcome import Outcome
 
 HELP = "split one table into K institutions (iid, Dirichlet label skew, quantity skew, by a feature)"
 
@@ -52,6 +53,7 @@ evaluated on it.
 
 With --json the last line of standard output is the manifest as one JSON object.
 """
+JSON = "the manifest"  # what --json prints (fedcredit.cli adds the option)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,11 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="directory to write the institution files to")
     parser.add_argument("--force", action="store_true",
                         help="write into a non-empty --out, replacing a previous partition there")
-    parser.add_argument("--json", action="store_true", help="print the manifest as the last line of standard output")
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     import sys
 
     from clients.validate_command import read_options_from
@@ -116,9 +116,7 @@ def run(args: argparse.Namespace) -> int:
                                min_rows=args.min_rows, min_positives=args.min_positives if method == "dirichlet" else 0,
                                force=args.force)
     _print_manifest(manifest, args)
-    if args.json:
-        print(json.dumps(manifest), flush=True)
-    return 0
+    return Outcome(manifest)
 
 
 def validate_command_for(manifest: dict, out: str) -> str:

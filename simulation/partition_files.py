@@ -20,8 +20,6 @@ defaults; ``defaults`` in the manifest counts the schema's positive value, whate
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from clients.raw_table import RawTable, ReadOptions
+from fedcredit.atomic_write import atomic_path, write_atomic, write_json_atomic
 from simulation.partitioning import DEFAULT_ALPHA, DEFAULT_MIN_ROWS, Partition, label_skew, partition_table
 
 PARTITION_GENERATOR = "fedcredit-partition"
@@ -104,9 +103,7 @@ def write_partition(source: PartitionSource, out_dir, *, k: int, method: str, se
         entries.append(entry)
     manifest = _manifest(source, part, entries, notes, y, layout, seed)
     manifest.update(extra or {})
-    tmp = out / "manifest.json.partial"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out / "manifest.json")
+    write_json_atomic(out / "manifest.json", manifest)
     return manifest
 
 
@@ -151,7 +148,7 @@ def _copy_records(source: PartitionSource, indices: list[np.ndarray], paths: lis
     header = data[starts[0]:ends[0]]
     for ix, path in zip(indices, paths):
         body = b"".join(data[starts[r]:ends[r]] + b"\n" for r in records[ix])
-        path.write_bytes(header + b"\n" + body)
+        write_atomic(path, header + b"\n" + body)
         back = read_table(path, raw.read_options)
         if back.problems or not back.frame.reset_index(drop=True).equals(raw.frame.iloc[ix].reset_index(drop=True)):
             for p in paths:
@@ -165,7 +162,8 @@ def _write_parquet_rows(path: Path, raw: RawTable, indices: list[np.ndarray], pa
 
     table = pq.ParquetFile(path).read()
     for ix, out in zip(indices, paths):
-        pq.write_table(table.take(np.asarray(raw.row_numbers, dtype=np.int64)[ix] - 1), out)
+        with atomic_path(out) as tmp:
+            pq.write_table(table.take(np.asarray(raw.row_numbers, dtype=np.int64)[ix] - 1), tmp)
 
 
 def _write_cells(frame: pd.DataFrame, path: Path) -> None:
@@ -174,10 +172,9 @@ def _write_cells(frame: pd.DataFrame, path: Path) -> None:
     import pyarrow.csv as pacsv
 
     text = pd.DataFrame({str(c): frame.iloc[:, j].astype(str).to_numpy() for j, c in enumerate(frame.columns)})
-    pacsv.write_csv(pa.Table.from_pandas(text, preserve_index=False), path.with_suffix(".csv"),
-                    write_options=pacsv.WriteOptions(quoting_style="needed"))
-    if path.suffix != ".csv":
-        os.replace(path.with_suffix(".csv"), path)
+    with atomic_path(path) as tmp:
+        pacsv.write_csv(pa.Table.from_pandas(text, preserve_index=False), tmp,
+                        write_options=pacsv.WriteOptions(quoting_style="needed"))
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 from configs.errors import ConfigError, UserError
-from fedcredit.json_values import write_json_atomic
+from fedcredit.atomic_write import write_json_atomic
+from fedcredit.json_values import json_default
 from simulation.sweep_config import GridPoint, SweepConfig
 from simulation.sweep_plots import plot_sweep
 from simulation.sweep_table import write_table
@@ -113,7 +114,8 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path | None = None,
             failed.append(point.key)
         result.update({"key": point.key, "fingerprint": fingerprint, "runtime": cfg.runtime,
                        "point_wall_s": round(time.time() - t0, 2), **_point_fields(point)})
-        write_json_atomic(out / "points" / f"{point.key}.json", result)
+        (out / "points").mkdir(exist_ok=True)
+        write_json_atomic(out / "points" / f"{point.key}.json", result, default=json_default)
         results[point.key] = result
         if result["status"] != "failed":
             ran.append(point.key)
