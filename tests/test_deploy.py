@@ -129,10 +129,16 @@ def test_node_start_checks_config_key_and_certificate(tmp_path):
     good = f"data-path='{csv}' state-dir='{tmp_path / 'st'}' max-epsilon=4.0"
     common = ["node", "start", "--superlink", "127.0.0.1:9", "--root-certificates", tmp_path / "certs" / "ca.crt"]
 
-    ok = run_fedcredit(*common, "--key", tmp_path / "keys" / "bank", "--node-config", good, "--check", "--port", 9123)
+    from tests.test_node_runtime import _Server
+
+    with _Server(tmp_path / "certs" / "server.crt", tmp_path / "certs" / "server.key") as superlink:
+        common[3] = f"127.0.0.1:{superlink.port}"
+        ok = run_fedcredit(*common, "--key", tmp_path / "keys" / "bank", "--node-config", good, "--check",
+                           "--port", 9123)
     assert ok.returncode == 0, ok.stderr
     assert "ε spent 0.0000 of 4" in ok.stdout
     assert "--auth-supernode-private-key" in ok.stdout and "--port 9123" in ok.stdout
+    assert "--isolation process" in ok.stdout and "--runtime-api 127.0.0.1:9123" in ok.stdout
 
     cases = [
         (["--key", tmp_path / "keys" / "bank.pub", "--node-config", good], "this is a public key"),
