@@ -87,19 +87,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def parse_key_values(items: list[str]) -> dict:
-    import tomllib
-
     from configs.errors import UserError
+    from configs.toml_reader import parse_toml_value
 
     out = {}
     for item in items:
         if "=" not in item:
             raise UserError(f"--run-config {item!r}: expected KEY=VALUE")
         key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = value
+        out[key.strip()] = parse_toml_value(value)
     return out
 
 
