@@ -21,8 +21,12 @@ ratio = median deployed round ÷ median simulated round, over rounds 2…R (roun
 both sides: first-use costs of the nodes' workers, Ray actors importing torch); ``ratio_all``
 over all rounds. Target: ≤ 10. Prints one JSON line.
 
+With ``--node-runtime both`` (the default) the same run is deployed twice, one after the other,
+on fresh deployments: with ``fedcredit node start`` (reported as the main figures) and with raw
+``flower-supernode`` (``before``), so the before/after speed-up is measured in one run too.
+
 Usage: python bench/deploy_latency.py [--institutions 3] [--scale 0.3] [--rounds 5]
-                                     [--evaluate-every 1] [--node-runtime fedcredit|flower]
+                                     [--evaluate-every 1] [--node-runtime fedcredit|flower|both]
                                      [--seed 11] [--keep DIR]
 """
 
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import socket
 import statistics
@@ -55,8 +60,6 @@ def free_port() -> int:
 
 
 def env_for(home: Path) -> dict:
-    import os
-
     home.mkdir(parents=True, exist_ok=True)
     return dict(os.environ, FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0", OMP_NUM_THREADS="1",
                 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", PATH=f"{BIN}:{os.environ.get('PATH', '')}")
@@ -180,68 +183,85 @@ def median_after_first(values: list[float]) -> float:
     return statistics.median(values[1:] if len(values) > 1 else values)
 
 
+def deploy(work: Path, names: list[str], runtime: str, run_config: str) -> dict:
+    """One deployment (own SuperLink, nodes, state) and one run on it; per-phase seconds."""
+    started: list[subprocess.Popen] = []
+    try:
+        port = free_port()
+        started.append(start_superlink(work, port))
+        cli_home = operator_home(work, port, names)
+        t_nodes = time.time()
+        logs = []
+        for name in names:
+            proc, log = start_node(work, port, name, runtime)
+            started.append(proc)
+            logs.append(log)
+        marker = "[fedcredit-runtime] ready" if runtime == "fedcredit" else "SuperNode ID"
+        wait_for(lambda: all(marker in log.read_text() for log in logs), READY_TIMEOUT_S, "the nodes are not ready")
+        nodes_ready_s = time.time() - t_nodes
+        phases, metrics = run_deployed(work, port, cli_home, run_config)
+    finally:
+        for proc in reversed(started):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    return {"node_runtime": runtime, "nodes_ready_s": round(nodes_ready_s, 3), "phases_s": phases,
+            "round_s": round(median_after_first(phases["rounds"]), 3), "status": metrics["status"],
+            "final_auc": (metrics.get("final") or {}).get("auc")}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--institutions", type=int, default=3)
     p.add_argument("--scale", type=float, default=0.3)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--evaluate-every", type=int, default=1)
-    p.add_argument("--node-runtime", choices=("fedcredit", "flower"), default="fedcredit")
+    p.add_argument("--node-runtime", choices=("fedcredit", "flower", "both"), default="both",
+                   help="fedcredit node start, raw flower-supernode (before #19), or both one after the other")
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--keep", default=None, help="keep data, logs and run directories here")
     args = p.parse_args(argv)
-    started: list[subprocess.Popen] = []
     t_bench = time.time()
+    runtimes = ["fedcredit", "flower"] if args.node_runtime == "both" else [args.node_runtime]
     with scratch_dir(args.keep, "fedcredit-deploy-latency-") as work:
-        try:
-            fedcredit("certs", "--out", work / "certs", "--hosts", "localhost,127.0.0.1")
-            synth = fedcredit("data", "synth", "--out", work / "data", "--institutions", args.institutions,
-                              "--scale", args.scale, "--seed", args.seed, "--json")
-            names = [i["id"] for i in json.loads(synth.stdout.strip().splitlines()[-1])["institutions"]]
-            for name in names:
-                fedcredit("keys", "--out", work / "keys", "--name", name)
-            port = free_port()
-            started.append(start_superlink(work, port))
-            cli_home = operator_home(work, port, names)
-            t_nodes = time.time()
-            logs = []
-            for name in names:
-                proc, log = start_node(work, port, name, args.node_runtime)
-                started.append(proc)
-                logs.append(log)
-            marker = "[fedcredit-runtime] ready" if args.node_runtime == "fedcredit" else "SuperNode ID"
-            wait_for(lambda: all(marker in log.read_text() for log in logs), READY_TIMEOUT_S, "the nodes are not ready")
-            nodes_ready_s = time.time() - t_nodes
-            run_config = (f"num-server-rounds={args.rounds} min-available-nodes={len(names)} "
-                          f"min-train-nodes={len(names)} round-timeout=600.0 dp=true batch-size=128 "
-                          f"seed={args.seed} target-epsilon=1.0 evaluate-every={args.evaluate_every}")
-            phases, deployed = run_deployed(work, port, cli_home, run_config)
-        finally:
-            for proc in reversed(started):
-                if proc.poll() is None:
-                    proc.terminate()
-                    try:
-                        proc.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
+        fedcredit("certs", "--out", work / "certs", "--hosts", "localhost,127.0.0.1")
+        synth = fedcredit("data", "synth", "--out", work / "data", "--institutions", args.institutions,
+                          "--scale", args.scale, "--seed", args.seed, "--json")
+        plan = json.loads(synth.stdout.strip().splitlines()[-1])["institutions"]
+        names = [i["id"] for i in plan]
+        for name in names:
+            fedcredit("keys", "--out", work / "keys", "--name", name)
+        for sub in ("certs", "data", "keys"):  # each deployment gets its own copy of the shared inputs
+            for runtime in runtimes:
+                (work / runtime).mkdir(exist_ok=True)
+                subprocess.run(["cp", "-r", str(work / sub), str(work / runtime / sub)], check=True)
+        run_config = (f"num-server-rounds={args.rounds} min-available-nodes={len(names)} "
+                      f"min-train-nodes={len(names)} round-timeout=600.0 dp=true batch-size=128 "
+                      f"seed={args.seed} target-epsilon=1.0 evaluate-every={args.evaluate_every}")
+        deployed = {rt: deploy(work / rt, names, rt, run_config) for rt in runtimes}
         simulated = run_simulated(work, args.rounds, args.seed, args.evaluate_every)
     sim_rounds = [round(r["wall_s"], 3) for r in simulated["history"]]
-    dep_round, sim_round = median_after_first(phases["rounds"]), median_after_first(sim_rounds)
+    sim_round = median_after_first(sim_rounds)
+    main_rt = deployed[runtimes[0]]
     result = {
-        "benchmark": "deploy_latency", "node_runtime": args.node_runtime, "institutions": len(names),
-        "rows": sum(json.loads(synth.stdout.strip().splitlines()[-1])["institutions"][i]["rows"]
-                    for i in range(len(names))),
+        "benchmark": "deploy_latency", "institutions": len(names), "rows": sum(i["rows"] for i in plan),
         "rounds": args.rounds, "evaluate_every": args.evaluate_every, "dp": True, "tls": True, "node_auth": True,
-        "nodes_ready_s": round(nodes_ready_s, 3), "phases_s": phases,
-        "deployed_round_s": round(dep_round, 3), "simulated_round_s": round(sim_round, 3),
-        "simulated_rounds_s": sim_rounds, "ratio": round(dep_round / sim_round, 2),
-        "ratio_all": round(statistics.median(phases["rounds"]) / statistics.median(sim_rounds), 2),
-        "target_ratio": 10, "deployed_status": deployed["status"], "simulated_status": simulated["status"],
-        "deployed_final_auc": (deployed.get("final") or {}).get("auc"),
-        "simulated_final_auc": (simulated.get("final") or {}).get("auc"),
-        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+        "node_runtime": runtimes[0], "phases_s": main_rt["phases_s"], "nodes_ready_s": main_rt["nodes_ready_s"],
+        "deployed_round_s": main_rt["round_s"], "simulated_round_s": round(sim_round, 3),
+        "simulated_rounds_s": sim_rounds, "ratio": round(main_rt["round_s"] / sim_round, 2),
+        "ratio_all": round(statistics.median(main_rt["phases_s"]["rounds"]) / statistics.median(sim_rounds), 2),
+        "target_ratio": 10, "deployed_status": main_rt["status"], "simulated_status": simulated["status"],
+        "deployed_final_auc": main_rt["final_auc"], "simulated_final_auc": (simulated.get("final") or {}).get("auc"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "bench_s": round(time.time() - t_bench, 1),
     }
+    if "flower" in deployed and runtimes[0] != "flower":
+        before = deployed["flower"]
+        result["before"] = {**before, "ratio": round(before["round_s"] / sim_round, 2)}
+        result["speedup"] = round(before["round_s"] / main_rt["round_s"], 2)
     print(json.dumps(result), flush=True)
     return 0
 

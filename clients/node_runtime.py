@@ -49,6 +49,8 @@ WARM_MODULES = ("clients.client_app", "clients.node", "clients.validation", "cli
                 "opacus", "opacus.optimizers", "opacus.accountants", "opacus.accountants.utils",
                 "opacus.accountants.analysis.rdp", "flwr.client.mod", "flwr.compat.common.recorddict_compat",
                 "sklearn.metrics", "torch.optim", "torch._dynamo")
+# imported by torch inside a task when present (the optimiser's profiling hooks); not in every torch
+OPTIONAL_WARM_MODULES = ("torch.profiler._cupti_monitor",)
 POLL_MIN_S = 0.02  # AcquireTask right after a task …
 POLL_MAX_S = 0.25  # … backing off ×1.5 per empty poll to this (the SuperNode itself polls the SuperLink every 3 s)
 SUPERNODE_GONE_S = 30.0  # the SuperNode's Runtime API unreachable this long: exit (node start decides)
@@ -78,6 +80,11 @@ def warm_up(node_config: dict) -> str:
 
     for name in WARM_MODULES:
         importlib.import_module(name)
+    for name in OPTIONAL_WARM_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
     from clients import node as N
 
     policy = N.policy_from_context(node_config, {}, "")

@@ -28,7 +28,7 @@ import pytest
 
 from tests.conftest import REPO, run_fedcredit
 from tests.processes import kill_pids, new_processes, processes, tagged
-from tests.test_deploy import (BIN, MAX_EPSILON, flower_env, flwr, free_port, node_start_command, operator_cli, start,
+from tests.test_deploy import (BIN, MAX_EPSILON, consortium_files, flower_env, flwr, free_port, node_start_command, operator_cli, start,
                                superlink_command, wait_for_port)
 
 pytestmark = pytest.mark.slow
@@ -57,13 +57,7 @@ def consortium(tmp_path_factory):
     with tagged() as tag:
         before = processes(tag=tag)
         try:
-            assert run_fedcredit("certs", "--out", certs, "--hosts", "localhost,127.0.0.1").returncode == 0
-            synth = run_fedcredit("data", "synth", "--out", data, "--institutions", 2, "--scale", 0.3, "--seed", 5,
-                                  "--json", timeout=300)
-            assert synth.returncode == 0, synth.stderr
-            names = [i["id"] for i in json.loads(synth.stdout.strip().splitlines()[-1])["institutions"]]
-            for name in [*names, "intruder"]:
-                assert run_fedcredit("keys", "--out", keys, "--name", name).returncode == 0
+            names = consortium_files(work, 2, extra_keys=("intruder",), seed=5)
             port = free_port()
             link = start(superlink_command(certs, port), flower_env(work / "home-link"), work / "superlink.log")
             started.append(link)
@@ -108,6 +102,7 @@ def test_a_run_of_the_installed_release_completes_without_installing_its_fab(con
     for name, log in consortium["logs"].items():
         text = log.read_text()
         assert f"run {m['run_id']}" in text and "train: done" in text, text[-3000:]
+        assert "not warmed up" not in text, "a task imported a module the runtime should have loaded once"
         lines = [ln for ln in text.splitlines() if ln.strip()]
         stamped = [ln for ln in lines if TIMESTAMP.match(ln)]
         first_child_line = next(i for i, ln in enumerate(lines) if TIMESTAMP.match(ln))
