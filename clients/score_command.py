@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 HELP = "score applicants: PD, score points and decision per row"
 DESCRIPTION = """\
@@ -20,6 +19,7 @@ adverse-action reasons (see docs/institution.md).
 Output goes to --out (CSV, or Parquet when the name ends in .parquet) or stdout.
 Exit codes: 0 scored; 2 a user mistake (invalid file, bad options, damaged model package).
 """
+JSON = "a summary (needs --out: stdout carries the scores otherwise)"  # what --json prints (fedcredit.cli adds the option)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,7 +32,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-odds", type=float, help="good:bad odds that score the base score (default 50)")
     p.add_argument("--pdo", type=float, help="points to double the odds (default 20)")
     p.add_argument("--explain", type=int, default=0, metavar="K", help="add the K main adverse-action reasons")
-    p.add_argument("--json", action="store_true", help="print a summary as JSON (last line of stdout; needs --out)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     from clients.validation import load_institution_table
     from configs.errors import UserError
+    from fedcredit.outcome import Outcome
     from models.package import load_package
     from models.scoring import ScoreScale, decisions
 
@@ -76,14 +76,11 @@ def run(args: argparse.Namespace) -> int:
     for k in range(args.explain):
         out[f"reason_{k + 1}"] = reasons[:, k]
     write_scores(out, args.out)
-    if args.json:
-        approved = int((out["decision"] == "approve").sum())
-        rows = len(pd_values)
-        print(json.dumps({"file": args.data, "out": args.out, "rows": rows, "approved": approved,
-                          "approval_rate": approved / max(rows, 1), "cutoff_pd": cutoff,
-                          "mean_pd": float(pd_values.mean()) if rows else None,
-                          "seconds": time.time() - t0}))
-    return 0
+    approved = int((out["decision"] == "approve").sum())
+    rows = len(pd_values)
+    return Outcome({"file": args.data, "out": args.out, "rows": rows, "approved": approved,
+                    "approval_rate": approved / max(rows, 1), "cutoff_pd": cutoff,
+                    "mean_pd": float(pd_values.mean()) if rows else None, "seconds": time.time() - t0})
 
 
 #: applicants encoded and scored at a time: the encoded block stays small (no n × inputs matrix)

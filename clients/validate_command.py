@@ -54,6 +54,7 @@ and, when the table was read, "delimiter" (comma, semicolon, tab, pipe, whitespa
 Parquet) and "drop_leading_column"
 (also on failure, when the report itself goes to standard error).
 """
+JSON = "the result (with --no-label too; on a rejected table, the validation report)"  # what --json prints (fedcredit.cli adds the option)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,8 +73,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-label", action="store_true", default=argparse.SUPPRESS,
                         help="validate an applicant file for scoring: the label column may be absent, and "
                              "there is no minimum of rows or defaults")
-    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="print one JSON object (the result) as the last line of standard output")
 
 
 def add_read_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,14 +94,12 @@ def read_options_from(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     from clients.validation import DataValidationError, load_institution_table
     from configs.errors import UserError
     from configs.mapping import load_mapping
     from configs.schema import load_schema
+    from fedcredit.outcome import Outcome
 
-    as_json = getattr(args, "json", False)
     mapping_name = getattr(args, "mapping", None)
     try:
         schema = load_schema(getattr(args, "schema", None))
@@ -112,29 +109,22 @@ def run(args: argparse.Namespace) -> int:
                                         min_rows=args.min_rows, min_positives=args.min_positives,
                                         read_options=read_options_from(args))
     except DataValidationError as exc:
-        if as_json:
-            print(json.dumps(exc.to_dict()), flush=True)
-            exc.json_reported = True
+        exc.json_report = exc.to_dict()
         raise
     except UserError as exc:
-        if as_json:
-            print(json.dumps({"ok": False, "file": str(args.file), "rows": None, "default_rate": None,
-                              "problems": [{"severity": "error", "code": "config", "column": None, "count": 0,
-                                            "rows": [], "message": str(exc)}],
-                              "warnings": [], "features": {}}), flush=True)
-            exc.json_reported = True
+        exc.json_report = {"ok": False, "file": str(args.file), "rows": None, "default_rate": None,
+                           "problems": [{"severity": "error", "code": "config", "column": None, "count": 0,
+                                         "rows": [], "message": str(exc)}],
+                           "warnings": [], "features": {}}
         raise
 
     summary = result.summary()
     _print_summary(summary, result)
-    if as_json:
-        print(json.dumps({"ok": True, "file": summary["file"], "rows": summary["rows"],
-                          "positives": summary["positives"], "default_rate": summary["default_rate"],
-                          "schema": summary["schema"], "delimiter": summary["delimiter"],
-                          "drop_leading_column": summary["drop_leading_column"], "problems": [],
-                          "warnings": [w.to_dict() for w in result.warnings],
-                          "features": summary["features"]}), flush=True)
-    return 0
+    return Outcome({"ok": True, "file": summary["file"], "rows": summary["rows"],
+                    "positives": summary["positives"], "default_rate": summary["default_rate"],
+                    "schema": summary["schema"], "delimiter": summary["delimiter"],
+                    "drop_leading_column": summary["drop_leading_column"], "problems": [],
+                    "warnings": [w.to_dict() for w in result.warnings], "features": summary["features"]})
 
 
 def _print_summary(summary: dict, result) -> None:

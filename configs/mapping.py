@@ -104,6 +104,13 @@ def resolve_mapping_path(name_or_path: str | Path) -> Path:
     return resolve_config_file(name_or_path, MAPPING_DIR, "mapping")
 
 
+def mapping_reference(name_or_path: str | Path) -> str:
+    """How to name a mapping to another process: an existing file by its absolute path (a worker
+    may run in another directory), a shipped mapping by its name."""
+    p = Path(name_or_path)
+    return str(p.resolve()) if p.is_file() else str(name_or_path)
+
+
 def load_mapping(name_or_path: str | Path, schema: Schema) -> Mapping:
     """Load a mapping and check every key against ``schema``."""
     path = resolve_mapping_path(name_or_path)

@@ -20,15 +20,3 @@ def json_default(o):
         return str(o)
     raise TypeError(type(o).__name__)
 
-
-def write_json_atomic(path: str | Path, obj) -> None:
-    """Write ``obj`` as indented JSON (with :func:`json_default`) to ``path``: into
-    ``path.partial`` first, then renamed over ``path``, so a reader never sees half a file."""
-    import json
-    import os
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=2, default=json_default) + "\n")
-    os.replace(tmp, path)

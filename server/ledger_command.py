@@ -36,6 +36,7 @@ With --json the last line of standard output is one JSON object:
   {"ok", "ledger", "entries", "valid", "first_bad_index", "bad_kind", "reason", "head",
    "key_id", "key_source" ("given" | "ledger"), "run_ids", "heads", "heads_skipped"}
 """
+JSON = "the result"  # what --json prints (fedcredit.cli adds the option)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,7 +48,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heads-file", action="append", default=[], metavar="FILE",
                    help="a node's STATE_DIR/ledger-heads.jsonl; its heads of this ledger's runs must be on the "
                         "chain (repeatable)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON (last line of stdout)")
 
 
 def _read_heads_file(path: str) -> list[dict]:
@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from configs.errors import UserError
+    from fedcredit.outcome import Outcome
     from server.ledger import LEDGER_FILE, is_hash, load_public_key, verify_ledger
 
     path = Path(args.ledger)
@@ -109,9 +110,7 @@ def run(args: argparse.Namespace) -> int:
     out = result.to_json()
     out.update({"ledger": str(path), "heads_skipped": len(skipped)})
     _print_report(result, path, skipped, args.public_key)
-    if args.json:
-        print(json.dumps(out))
-    return 0 if result.ok else 1
+    return Outcome(out, 0 if result.ok else 1)
 
 
 def _print_report(r, path, skipped: list[dict], public_key_file: str | None) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 HELP = "write a run's report.html and model card (model_card.md / .json)"
 DESCRIPTION = """\
@@ -23,13 +22,13 @@ with `flwr run` or in deployment, or after a simulation's privacy state was upda
 Exit codes: 0 written (also with a ledger warning); 2 a user mistake (no metrics.json in RUN_DIR,
 unwritable output).
 """
+JSON = "the written paths"  # what --json prints (fedcredit.cli adds the option)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="directory of a finished run (holds metrics.json)")
     p.add_argument("--out", metavar="FILE", help="where to write the HTML report (default RUN_DIR/report.html)")
     p.add_argument("--no-card", action="store_true", help="do not (re)write model_card.md / model_card.json")
-    p.add_argument("--json", action="store_true", help="print the written paths as JSON (last line of stdout)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from configs.errors import UserError
+    from fedcredit.outcome import Outcome
     from server.model_card import ledger_verification, ledger_warning, load_metrics
     from server.report import write_report
 
@@ -55,9 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_card:
         out.update({"model_card_md": str(run_dir.resolve() / "model_card.md"),
                     "model_card_json": str(run_dir.resolve() / "model_card.json")})
-    if args.json:
-        print(json.dumps(out))
-    else:
+    if not args.json:
         for k, v in out.items():
             print(f"{k}: {v}")
-    return 0
+    return Outcome(out)
