@@ -46,6 +46,8 @@ COMMANDS: list[tuple[str, str]] = [
     ("certs", "server.certs_command"),
     ("keys", "clients.keys_command"),
     ("node start", "clients.node_command"),
+    ("nodes register", "server.nodes_register_command"),
+    ("nodes list", "server.nodes_list_command"),
     ("privacy plan", "privacy.plan_command"),
     ("privacy status", "privacy.status_command"),
     ("privacy audit", "privacy.audit_command"),
@@ -56,6 +58,7 @@ GROUP_HELP = {
     "privacy": "plan, inspect and audit differential privacy",
     "ledger": "verify the signed audit ledger of a run; create the operator's signing key",
     "node": "run an institution's node (checks its data, then starts Flower's SuperNode)",
+    "nodes": "operator: register institutions' node keys under their names; list the registered nodes",
 }
 
 

@@ -260,6 +260,11 @@ def oracle_aucs(nodes: dict[str, NodeData], o: SimulationOptions, n_nodes: int) 
     return {"pooled_auc": auc_score(np.concatenate(all_y), np.concatenate(all_pd)), "institutions": per}
 
 
+def _noise_sd(figures: dict) -> dict:
+    """``<figure>_sd`` for each figure that carries the noise sd of a DP-noised evaluation release."""
+    return {f"{k}_sd": v for k, v in figures.items() if v is not None}
+
+
 def summarise(metrics: dict, nodes: dict[str, NodeData], o: SimulationOptions) -> dict:
     """The ``--json`` summary: federated vs local-only vs centralised, per institution."""
     from server.model_card import reported_privacy
@@ -274,6 +279,7 @@ def summarise(metrics: dict, nodes: dict[str, NodeData], o: SimulationOptions) -
             "id": inst, "rows": d["rows"], "default_rate": d["default_rate"],
             "auc_local_only": (base.get("local_only") or {}).get(inst, {}).get("auc"),
             "auc_federated": ev.get("auc"),
+            **_noise_sd({"auc_federated": ev.get("auc_sd")}),  # from a DP-noised evaluation release only
             "auc_centralized": (base.get("centralised") or {}).get("institutions", {}).get(inst),
             "epsilon_spent": pr.get("epsilon_spent") if o.dp else None,
             "epsilon_budget": pr.get("epsilon_budget") if o.dp else None,
@@ -284,6 +290,7 @@ def summarise(metrics: dict, nodes: dict[str, NodeData], o: SimulationOptions) -
         "run_dir": metrics["run_dir"], "status": metrics["status"], "stop_reason": metrics.get("stop_reason", ""),
         "rounds": metrics["rounds_completed"], "wall_s": metrics.get("wall_s_flower"),
         "auc_federated": final.get("auc"), "ks_federated": final.get("ks"),
+        **_noise_sd({"auc_federated": final.get("auc_sd"), "ks_federated": final.get("ks_sd")}),
         "auc_centralized": (base.get("centralised") or {}).get("pooled_auc"),
         "auc_local_only_mean": base.get("local_only_mean_auc"),
         "auc_oracle": (metrics.get("oracle") or {}).get("pooled_auc"),

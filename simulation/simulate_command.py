@@ -183,8 +183,8 @@ def print_table(s: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    def f(v, fmt="{:.4f}"):
-        return "—" if v is None else fmt.format(v)
+    def f(v, fmt="{:.4f}", sd=None):  # ± the noise sd of a figure from DP-noised evaluation releases
+        return "—" if v is None else fmt.format(v) + ("" if sd is None else " ± " + fmt.format(sd))
 
     t = Table(title=f"fedcredit simulation — {s['rounds']} round(s), status {s['status']}"
                     + (f" ({s['stop_reason']})" if s.get("stop_reason") else ""))
@@ -196,10 +196,11 @@ def print_table(s: dict) -> None:
         eps = "no DP" if r["epsilon_budget"] is None and not s["dp"] else \
             f"{f(r['epsilon_spent'], '{:.3f}')} / {f(r['epsilon_budget'], '{:.2f}')}"
         t.add_row(r["id"], str(r["rows"]), f(r["default_rate"], "{:.3f}"), f(r["auc_local_only"]),
-                  f(r["auc_federated"]), f(r["auc_centralized"]), *((f(r["auc_oracle"]),) if oracle else ()), eps)
+                  f(r["auc_federated"], sd=r.get("auc_federated_sd")), f(r["auc_centralized"]), *((f(r["auc_oracle"]),) if oracle else ()), eps)
     t.add_section()
     t.add_row("all (pooled holdouts)", str(sum(r["rows"] for r in s["institutions"])), "",
-              f(s["auc_local_only_mean"]) + " (mean)", f(s["auc_federated"]), f(s["auc_centralized"]),
+              f(s["auc_local_only_mean"]) + " (mean)", f(s["auc_federated"], sd=s.get("auc_federated_sd")),
+              f(s["auc_centralized"]),
               *((f(s["auc_oracle"]),) if oracle else ()), "")
     console = Console() if sys.stdout.isatty() else Console(width=132)
     console.print(t)
