@@ -40,7 +40,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("node start", "clients.node_command"),
     ("privacy plan", "privacy.plan_command"),
     ("privacy status", "privacy.status_command"),
-    ("privacy audit", "privacy.audit_command"),
+    ("privacy audit", "clients.audit_command"),
 ]
 
 GROUP_HELP = {
