@@ -46,15 +46,3 @@ def loads_strict(text: str | bytes) -> Any:
         text = bytes(text).decode("utf-8")
     return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)
 
-
-def write_json_atomic(path: str | Path, obj) -> None:
-    """Write ``obj`` as indented JSON (with :func:`json_default`) to ``path``: into
-    ``path.partial`` first, then renamed over ``path``, so a reader never sees half a file."""
-    import json
-    import os
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=2, default=json_default) + "\n")
-    os.replace(tmp, path)

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedcredit.json_values import write_json_atomic
+from fedcredit.atomic_write import write_json_atomic
+from fedcredit.json_values import json_default
 
 
 def simulate_plain(o) -> dict:
@@ -48,6 +49,6 @@ def simulate_plain(o) -> dict:
         metrics["baselines"] = run_baselines(nodes, res["encoder"], res["spec"], baseline_settings(settings, o.epsilon))
     metrics["data"] = data_summary(nodes)
     metrics["summary"] = summarise(metrics, nodes, o)
-    write_json_atomic(run_dir / "metrics.json", metrics)
+    write_json_atomic(run_dir / "metrics.json", metrics, default=json_default)
     return metrics["summary"]
 

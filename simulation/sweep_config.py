@@ -28,6 +28,8 @@ SYNTHETIC_PARTITION = "archetypes"
 AXES = ("seed", "institutions", "partition", "rounds", "local_epochs", "strategy", "epsilon")
 TABLE_ONLY = ("path", "mapping", "alpha", "feature", "strictness", "min_rows")
 DEFAULT_INSTITUTIONS = 5
+#: what a partition's files hold (in its fingerprint: files of an older kind are made again)
+PARTITION_FILES = "source-rows"
 #: run-config keys the sweep sets itself, and where to set them instead
 CONTROLLED = {"num-server-rounds": "grid.rounds", "strategy": "grid.strategy", "dp": "grid.epsilon ('no-dp')",
               "sim-max-epsilon": "grid.epsilon", "seed": "grid.seed", "synthetic-seed": "grid.seed",
@@ -131,7 +133,7 @@ class SweepConfig:
         contents, schema, mapping, partition parameters, method, number of institutions and seed.
         Stored in the partition's manifest; a partition with another fingerprint is redone."""
         return _digest({"schema": self.schema, **self._partition_settings(), "method": point.partition,
-                        "institutions": point.institutions, "seed": point.seed})
+                        "institutions": point.institutions, "seed": point.seed, "files": PARTITION_FILES})
 
 
 def _digest(blob: dict) -> str:

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 from configs.errors import ConfigError, UserError
-from fedcredit.json_values import write_json_atomic
+from fedcredit.atomic_write import write_json_atomic
+from fedcredit.json_values import json_default
 from simulation.sweep_config import GridPoint, SweepConfig
 from simulation.sweep_plots import plot_sweep
 from simulation.sweep_table import write_table
@@ -75,9 +76,9 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path | None = None,
     ran, skipped, failed = [], [], []
     todo = [p for p in points if stored_result(out, p, fingerprint) is None]
     # a table is validated once, before anything runs: a bad table stops the sweep with its report
-    clean_table = _load_table(cfg) if cfg.source == "table" and todo else None
-    if clean_table is not None:
-        _check_min_rows(cfg, len(clean_table))
+    source = _load_table(cfg) if cfg.source == "table" and todo else None
+    if source is not None:
+        _check_min_rows(cfg, len(source.table))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -99,7 +100,7 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path | None = None,
             shutil.rmtree(run_dir)
         t0 = time.time()
         try:
-            data_dir = _partition_dir(cfg, out, point, clean_table) if cfg.source == "table" else None
+            data_dir = _partition_dir(cfg, out, point, source) if cfg.source == "table" else None
             summary = _run_point(cfg, point, run_dir, data_dir, on_event, verbose)
             result = _result_row(point, summary, run_dir)
         except UserError as exc:  # e.g. a partition too small for DP training: this point only
@@ -113,7 +114,8 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path | None = None,
             failed.append(point.key)
         result.update({"key": point.key, "fingerprint": fingerprint, "runtime": cfg.runtime,
                        "point_wall_s": round(time.time() - t0, 2), **_point_fields(point)})
-        write_json_atomic(out / "points" / f"{point.key}.json", result)
+        (out / "points").mkdir(exist_ok=True)
+        write_json_atomic(out / "points" / f"{point.key}.json", result, default=json_default)
         results[point.key] = result
         if result["status"] != "failed":
             ran.append(point.key)
@@ -133,24 +135,23 @@ def _point_fields(p: GridPoint) -> dict:
 
 def _load_table(cfg: SweepConfig):
     """The table, validated once (a bad table stops the sweep with the validation report)."""
-    from clients.validation import load_institution_table
+    from simulation.partition_files import load_partition_source
 
-    return load_institution_table(cfg.path, cfg.schema, cfg.mapping).table
+    return load_partition_source(cfg.path, cfg.schema, cfg.mapping)
 
 
-def _partition_dir(cfg: SweepConfig, out: Path, point: GridPoint, table) -> Path:
-    """The institution files of ``point`` — reused when a partition made under the same
-    settings (:meth:`SweepConfig.partition_fingerprint`) is there, made (again) otherwise."""
-    from configs.schema import load_schema
-    from simulation.partitioning import write_partition
+def _partition_dir(cfg: SweepConfig, out: Path, point: GridPoint, source) -> Path:
+    """The institution files of ``point`` (the source's rows as they are: the points read them with
+    the sweep's mapping) — reused when a partition made under the same settings
+    (:meth:`SweepConfig.partition_fingerprint`) is there, made (again) otherwise."""
+    from simulation.partition_files import write_partition
 
     d = out / "data" / point.data_key
     fingerprint = cfg.partition_fingerprint(point)
     if stored_partition_fingerprint(d) == fingerprint:
         return d
-    write_partition(table, d, schema=load_schema(cfg.schema), k=point.institutions, method=point.partition,
-                    seed=point.seed, alpha=cfg.alpha, feature=cfg.feature, strictness=cfg.strictness,
-                    min_rows=cfg.min_rows, source=str(cfg.path), force=True,
+    write_partition(source, d, k=point.institutions, method=point.partition, seed=point.seed, alpha=cfg.alpha,
+                    feature=cfg.feature, strictness=cfg.strictness, min_rows=cfg.min_rows, force=True,
                     extra={"sweep_fingerprint": fingerprint})
     return d
 
@@ -197,12 +198,14 @@ def check_out_dir(out: str | Path) -> Path:
 
 
 def _options(cfg: SweepConfig, point: GridPoint, run_dir: Path, data_dir: Path | None):
+    from configs.mapping import mapping_reference
     from server.settings import DEFAULTS
     from simulation.runner import SimulationOptions
 
     return SimulationOptions(
         institutions=point.institutions, rounds=point.rounds, data_dir=str(data_dir) if data_dir else None,
-        schema=cfg.schema, strategy=point.strategy, dp=point.dp,
+        schema=cfg.schema, mapping=mapping_reference(cfg.mapping) if data_dir and cfg.mapping else None,
+        strategy=point.strategy, dp=point.dp,
         epsilon=point.epsilon if point.dp else float(DEFAULTS["sim-max-epsilon"]), seed=point.seed,
         scale=cfg.scale, out=str(run_dir), baselines=cfg.baselines, cpus=cfg.cpus or None,
         run_config={**cfg.run_config, "local-epochs": point.local_epochs})

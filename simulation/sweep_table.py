@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from fedcredit.atomic_write import atomic_path
 
 TABLE_COLUMNS = ["key", "epsilon", "dp", "strategy", "rounds", "local_epochs", "institutions", "partition", "seed",
                  "status", "stop_reason", "rounds_completed", "auc_federated", "ks_federated", "auc_centralized",
@@ -30,8 +31,8 @@ def write_table(rows: list[dict], out: Path) -> tuple[Path, Path]:
     """``results.csv`` and ``results.parquet``: one row per point (ε empty/NaN = no DP)."""
     frame = results_frame(rows)
     csv_path, parquet_path = out / "results.csv", out / "results.parquet"
-    frame.to_csv(csv_path.with_name("results.csv.partial"), index=False)
-    os.replace(csv_path.with_name("results.csv.partial"), csv_path)
-    frame.to_parquet(parquet_path.with_name("results.parquet.partial"), index=False)
-    os.replace(parquet_path.with_name("results.parquet.partial"), parquet_path)
+    with atomic_path(csv_path) as tmp:
+        frame.to_csv(tmp, index=False)
+    with atomic_path(parquet_path) as tmp:
+        frame.to_parquet(tmp, index=False)
     return csv_path, parquet_path
