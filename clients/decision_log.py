@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,6 +45,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from configs.errors import UserError
+from fedcredit.atomic_write import fsync_directory, write_atomic
 from fedcredit.signed_chain import ChainCheck, SignedChain, canonical_json, entry_hash, verify_chain
 from fedcredit.signing_keys import ChainError, generate_key_pair, key_record, load_private_key, read_file_bytes
 
@@ -155,7 +155,7 @@ class DecisionLog(SignedChain):
                 log._continue_chain(d)
             else:
                 log.append(START_KIND, {"key": dict(key_record(key.public_key()), **key_info)})
-                _fsync_directory(d)
+                fsync_directory(d)
         except BaseException:
             log.close()
             raise
@@ -169,10 +169,10 @@ class DecisionLog(SignedChain):
             return
         if not check.torn_tail:
             raise ChainError(self.broken_message(self.path, self.key_id, check))
-        torn = self.cut_torn_tail(check)
+        torn = data[data.rfind(b"\n") + 1:]
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        saved = directory / f"torn-tail-{check.valid}-{stamp}.bin"
-        saved.write_bytes(torn)
+        saved = write_atomic(directory / f"torn-tail-{check.valid}-{stamp}.bin", torn)  # kept before it is cut
+        self.cut_torn_tail(check)
         self.append("recovered", {"torn_bytes": len(torn), "torn_sha256": hashlib.sha256(torn).hexdigest(),
                                   "saved_as": saved.name, "reason": check.reason})
 
@@ -206,18 +206,6 @@ def _signing_key(directory: Path, given: str | Path | None, exists: bool) -> tup
             {"source": "kept-in-decisions-dir", "private_key_file": str(own.resolve()),
              "note": "no --signing-key was given, so the key was generated beside the log: anyone who can write "
                      "there can rewrite and re-sign the whole trail; keep the head hash elsewhere"})
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a newly created file's directory entry durable (POSIX)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - not on POSIX
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------------------- reading

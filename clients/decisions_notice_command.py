@@ -28,13 +28,16 @@ def run(args: argparse.Namespace) -> int:
 
     from clients.adverse_action import adverse_action_notice
     from clients.decision_log import find_decision, read_trail
+    from fedcredit.path_checks import check_output_file
     from models.scoring import ScoreScale
 
+    if args.out:
+        check_output_file(args.out)
     decision, overrides, start = find_decision(read_trail(args.decisions), args.id)
     scale = ScoreScale(**(start or {}).get("score_scale", {}))
     text = adverse_action_notice(decision, overrides, scale, args.institution or "", args.contact or "")
     if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
+        Path(args.out).expanduser().write_text(text, encoding="utf-8")
     else:
         print(text, end="")
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 HELP = "record a person's override (or confirmation) of a decision, chained after it in the trail"
 DESCRIPTION = """\
@@ -19,6 +18,7 @@ While the service runs it holds the trail: record overrides through its endpoint
 Exit codes: 0 recorded; 2 a user mistake (no such decision, the service is running, bad key).
 With --json the last line of stdout is the override record.
 """
+JSON = "the override record"  # what --json prints (fedcredit.cli adds the option)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,12 +28,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reason", required=True, help="why the decision is changed or confirmed")
     p.add_argument("--by", required=True, help="who decides (name or staff id)")
     p.add_argument("--signing-key", metavar="FILE", help="the trail's private key, if kept outside DIR")
-    p.add_argument("--json", action="store_true", help="print the override record as JSON (last line of stdout)")
 
 
 def run(args: argparse.Namespace) -> int:
     from clients.decision_log import DecisionLog
     from configs.errors import UserError
+    from fedcredit.outcome import Outcome
 
     for name in ("reason", "by"):
         if not getattr(args, name).strip():
@@ -47,7 +47,5 @@ def run(args: argparse.Namespace) -> int:
                                         "to": args.decision, "changes_outcome": before != args.decision,
                                         "reason": args.reason.strip(), "by": args.by.strip()})
     print(f"override of {args.id} recorded at entry {entry['index']}: {before} → {args.decision}")
-    if args.json:
-        print(json.dumps({"ok": True, **entry["payload"], "time": entry["time"],
-                          "trail": {"index": entry["index"], "hash": entry["hash"]}}))
-    return 0
+    return Outcome({"ok": True, **entry["payload"], "time": entry["time"],
+                    "trail": {"index": entry["index"], "hash": entry["hash"]}})

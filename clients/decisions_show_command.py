@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 HELP = "show a recorded decision and reproduce it with the same model package"
 DESCRIPTION = """\
@@ -20,8 +19,9 @@ checked against that hash.
 
 Exit codes: 0 shown and reproduced (or not reproducible without --application); 1 the
 reproduction differs; 2 a user mistake (no such decision, another package or mapping).
-With --json the last line of stdout is {"ok", "decision", "overrides", "outcome", "reproduced"}.
+With --json the last line of stdout is {"ok", "decision", "overrides", "outcome", "reproduced", "trail"}.
 """
+JSON = "the decision and the reproduction"  # what --json prints (fedcredit.cli adds the option)
 
 #: |PD again − PD recorded| that still counts as the same PD (float32 network; see DESCRIPTION)
 PD_TOLERANCE = 1e-6
@@ -34,7 +34,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mapping", help="the mapping (default: the one the service recorded)")
     p.add_argument("--application", metavar="FILE", help="the application as JSON (for a trail that keeps hashes)")
     p.add_argument("--public-key", metavar="FILE", help="the trail's Ed25519 public key (PEM)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON (last line of stdout)")
 
 
 def _application(payload: dict, path: str | None) -> dict | None:
@@ -101,6 +100,7 @@ def compare(payload: dict, again: dict) -> dict:
 def run(args: argparse.Namespace) -> int:
     from clients.adverse_action import standing_outcome
     from clients.decision_log import find_decision, read_trail
+    from fedcredit.outcome import Outcome
     from fedcredit.signing_keys import load_public_key
 
     trail = read_trail(args.decisions, load_public_key(args.public_key) if args.public_key else None)
@@ -112,11 +112,9 @@ def run(args: argparse.Namespace) -> int:
         reproduced = compare(payload, _model(payload, start, args.model, args.mapping).redecide(application))
     outcome, _ = standing_outcome(decision, overrides)
     _print(decision, overrides, outcome, reproduced, trail)
-    if args.json:
-        print(json.dumps({"ok": reproduced is None or reproduced["matches"], "decision": decision,
-                          "overrides": overrides, "outcome": outcome, "reproduced": reproduced,
-                          "trail": trail.to_json()}))
-    return 0 if reproduced is None or reproduced["matches"] else 1
+    ok = reproduced is None or reproduced["matches"]
+    return Outcome({"ok": ok, "decision": decision, "overrides": overrides, "outcome": outcome,
+                    "reproduced": reproduced, "trail": trail.to_json()}, 0 if ok else 1)
 
 
 def _print(decision: dict, overrides: list[dict], outcome: str, reproduced: dict | None, trail) -> None:

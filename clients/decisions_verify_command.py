@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 HELP = "verify the decision trail of the decision service (hash chain, Ed25519 signatures)"
 DESCRIPTION = """\
@@ -29,6 +28,7 @@ With --json the last line of standard output is one JSON object: {"ok", "log", "
 "valid", "first_bad_index", "bad_kind", "reason", "torn_tail", "head", "key_id", "key_source",
 "decisions", "counts", "heads"}.
 """
+JSON = "the result"  # what --json prints (fedcredit.cli adds the option)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,7 +37,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                         "the trail itself names")
     p.add_argument("--head", action="append", default=[], metavar="HASH",
                    help="a head hash kept elsewhere; must be on the chain (repeatable)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON (last line of stdout)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     from clients.decision_log import read_trail
     from configs.errors import UserError
+    from fedcredit.outcome import Outcome
     from fedcredit.signed_chain import is_hash
     from fedcredit.signing_keys import load_public_key
 
@@ -78,6 +78,4 @@ def run(args: argparse.Namespace) -> int:
         con.print(f"  signed by key {c.key_id} — " + ("taken from the trail's own log-start entry: this shows only "
                                                     "that the file is self-consistent; verify with --public-key"
                                                     if c.key_from_ledger else f"the given public key ({args.public_key})"))
-    if args.json:
-        print(json.dumps(out))
-    return 0 if ok else 1
+    return Outcome(out, 0 if ok else 1)

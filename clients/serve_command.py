@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from fedcredit.cli import number
 
@@ -33,11 +32,13 @@ Give --signing-key (e.g. from `fedcredit ledger keygen`) kept outside DIR; witho
 generated into DIR. --store-application hash keeps only each application's sha256.
 
 Bind to loopback (the default) and put a TLS reverse proxy in front (docs/institution.md).
-With --json, one line {"url", "port", "pid", "model", "trail"} is printed on stdout once the
-port is bound. Stop with SIGTERM or Ctrl-C: queued applications are answered, a service-stop
+With --json, one line {"ok", "url", "port", "pid", "model", "trail"} is printed on stdout as soon
+as the port is bound (--port 0 picks a free one), and a summary {"ok", "url", "decisions",
+"groups", "trail"} as the last line when the service stops. Stop with SIGTERM or Ctrl-C: queued applications are answered, a service-stop
 entry is written, and it exits 0.
 Exit codes: 0 stopped; 1 it could not start serving; 2 a user mistake (damaged package, bad mapping, broken trail, port in use).
 """
+JSON = "the address once listening, and a summary when stopped"  # (fedcredit.cli adds the option)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,7 +77,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="record nothing (for benchmarks only: decisions are then untraceable)")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's log level (info logs every request)")
-    p.add_argument("--json", action="store_true", help="print the address and trail as one JSON line when ready")
 
 
 def bind_socket(host: str, port: int):
@@ -99,7 +99,8 @@ def bind_socket(host: str, port: int):
     return sock
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace):
+    import os
     import signal
     import sys
 
@@ -109,13 +110,20 @@ def run(args: argparse.Namespace) -> int:
     from clients.decision_engine import DecisionModel
     from clients.decision_http import Limits, build_app
     from clients.decision_log import DecisionLog
+    from clients.score_command import check_model_dir
     from configs.errors import UserError
+    from fedcredit.cli import print_json
+    from fedcredit.outcome import Outcome
+    from fedcredit.path_checks import check_output_dir
 
     if not args.decisions and not args.no_trail:
         raise UserError("--decisions DIR is required: every decision is recorded there (--no-trail only for "
                         "benchmarks)")
     if args.decisions and args.no_trail:
         raise UserError("--decisions and --no-trail contradict each other; give one")
+    if args.decisions:
+        check_output_dir(args.decisions, "--decisions")
+    check_model_dir(args.model)
     model = DecisionModel(args.model, args.mapping, args.cutoff_pd, args.explain)
     sock = bind_socket(args.host, args.port)
     trail = DecisionLog.open(args.decisions, args.signing_key) if args.decisions else None
@@ -126,13 +134,13 @@ def run(args: argparse.Namespace) -> int:
     desk = DecisionDesk(model, trail, args.store_application == "full", args.max_group, args.max_waiting)
     app = build_app(desk, Limits(args.max_body_bytes, args.max_batch_bytes, args.max_batch),
                     args.institution or "", args.contact or "")
-    ready = {"ok": True, "url": url, "port": port, "pid": __import__("os").getpid(), "model": model.identity,
+    ready = {"ok": True, "url": url, "port": port, "pid": os.getpid(), "model": model.identity,
              "trail": None if trail is None else {"dir": str(trail.path.parent), "head": trail.head,
                                                   "key_id": trail.key_id, "entries": trail.next_index}}
     print(f"serving decisions on {url} (model {model.package_sha256[:16]}…, "
           + (f"trail {trail.path}, head {trail.head[:16]}…)" if trail else "NO decision trail)"), file=sys.stderr)
     if args.json:
-        print(json.dumps(ready), flush=True)
+        print_json(ready)  # the address first: with --port 0 the caller learns the port here
     config = uvicorn.Config(app, log_level=args.log_level, access_log=args.log_level in ("info", "debug"),
                             lifespan="on", timeout_keep_alive=30, timeout_graceful_shutdown=30,
                             server_header=False)
@@ -145,7 +153,11 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return 0 if server.started else 1
+    summary = {"ok": bool(server.started), "url": url, "decisions": desk.decided, "groups": desk.groups,
+               "trail": None if trail is None else {"dir": str(trail.path.parent), "head": trail.head,
+                                                    "entries": trail.next_index},
+               "problem": desk.failure}
+    return Outcome(summary, 0 if server.started else 1)
 
 
 def _stopped(signum, frame) -> None:
