@@ -95,12 +95,12 @@ class DecisionModel:
     @property
     def identity(self) -> dict:
         """What each decision records about the model that made it."""
-        return {"package_sha256": self.package_sha256, "weights_sha256": self.weights_sha256}
+        return {"package_sha256": self.package_sha256, "weights_sha256": self.weights_sha256,
+                "run_id": self.package.meta.get("run_id")}
 
     def settings(self) -> dict:
         """What a service start records: the package, mapping and policy."""
-        return {"model": dict(self.identity, dir=str(self.package_dir), run_id=self.package.meta.get("run_id"),
-                              schema=self.schema.key),
+        return {"model": dict(self.identity, dir=str(self.package_dir), schema=self.schema.key),
                 "mapping": ({"path": str(self.mapping.source), "name": self.mapping.name,
                              "sha256": self.mapping_sha256} if self.mapping else None),
                 "cutoff_pd": self.cutoff_pd, "explain": self.explain, "score_scale": self.scale.to_dict()}
@@ -178,7 +178,7 @@ class DecisionModel:
             fields.append(item)
         id_col = self.schema.id_column
         return {
-            "model": dict(self.identity, run_id=meta.get("run_id"), spec=self.package.spec.to_dict()),
+            "model": dict(self.identity, spec=self.package.spec.to_dict()),
             "card": {k: meta.get(k) for k in ("status", "rounds_completed", "strategy", "dp", "final_metrics")
                      if k in meta},
             "schema": {"key": self.schema.key, "fingerprint": self.schema.fingerprint(),

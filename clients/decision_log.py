@@ -232,6 +232,9 @@ def read_trail(directory: str | Path, public_key: Ed25519PublicKey | None = None
     ``with_hashes`` also collects every entry's hash."""
     path = log_path(directory)
     data = read_file_bytes(path, str(path), f"no decision log there (the service writes DIR/{LOG_FILE})")
+    if not data.strip():
+        raise UserError(f"{path}: the file is empty — not a decision trail yet (the service's first entry is a "
+                        "signed log-start entry); give the --decisions directory of a service that has started")
     index = DecisionIndex(hashes=set() if with_hashes else None)
     check = verify_chain(data, public_key, START_KIND, keep_entries=False, visit=index.add)
     return TrailCheck(path, check, index)

@@ -125,3 +125,11 @@ def test_a_changed_decision_is_reported_as_not_reproduced(model, tmp_path, capsy
     recorded["outputs"]["decision"] = "approve" if again["outputs"]["decision"] == "decline" else "decline"
     result = compare(recorded, again)
     assert not result["matches"] and len(result["differences"]) == 2
+
+
+def test_verify_refuses_what_is_not_a_trail(tmp_path, capsys):
+    (tmp_path / LOG_FILE).write_bytes(b"")
+    assert cli_main(["decisions", "verify", str(tmp_path)]) == 2
+    assert "empty" in capsys.readouterr().err
+    assert cli_main(["decisions", "verify", str(tmp_path / "nowhere")]) == 2
+    assert "no decision log there" in capsys.readouterr().err
