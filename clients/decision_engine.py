@@ -36,10 +36,20 @@ DEFAULT_EXPLAIN = 3
 
 @dataclass
 class Validated:
-    """A valid application (or batch): its clean table and the validator's warnings."""
+    """A valid application (or batch): its clean table and the validator's warnings.
+
+    Applications validated together share one table; ``row`` is then this application's row in
+    it (None: every row of ``table`` is this job's, as for a batch).
+    """
 
     table: pd.DataFrame
     warnings: list[dict] = field(default_factory=list)
+    row: int | None = None
+
+    @property
+    def rows(self) -> range:
+        """This application's (or batch's) rows of ``table``."""
+        return range(len(self.table)) if self.row is None else range(self.row, self.row + 1)
 
 
 @dataclass
@@ -140,7 +150,7 @@ class DecisionModel:
                 if len(members) > 1 else None
             if isinstance(together, Validated):
                 for row, i in enumerate(members):
-                    out[i] = Validated(together.table.iloc[row:row + 1].reset_index(drop=True), together.warnings)
+                    out[i] = Validated(together.table, together.warnings, row)
                 continue
             for i in members:
                 out[i] = self.validate_table([applications[i]], numbered=False)
