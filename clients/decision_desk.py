@@ -238,7 +238,7 @@ class DecisionDesk:
 
     def _record_override(self, request: dict) -> dict | Exception:
         """A person's override of a decision, chained after it (written, not yet synced)."""
-        if self.log is None:
+        if self.log is None:  # the HTTP layer refuses overrides without a trail before they get here
             return TrailUnavailable("the service runs without a decision trail, so there is nothing to override")
         ref = self.log.index.decisions.get(request["decision_id"])
         if ref is None:

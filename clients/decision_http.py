@@ -174,9 +174,12 @@ def build_app(desk: DecisionDesk, limits: Limits = Limits(), institution: str = 
         return JSONResponse({"batch_id": answer.batch_id, "count": len(answer.records),
                              "decisions": answer.records}, 201)
 
-    def stored(decision_id: str) -> tuple[dict, list[dict]]:
+    def require_trail() -> None:
         if desk.log is None:
             raise Problem(409, "no-trail", "the service runs without a decision trail; nothing is stored")
+
+    def stored(decision_id: str) -> tuple[dict, list[dict]]:
+        require_trail()
         ref = desk.log.index.decisions.get(decision_id)
         if ref is None:
             raise Problem(404, "unknown-decision", f"no decision {decision_id!r} on this service's trail")
@@ -188,6 +191,7 @@ def build_app(desk: DecisionDesk, limits: Limits = Limits(), institution: str = 
         return JSONResponse({"decision": decision, "overrides": overrides})
 
     async def override(request: Request) -> Response:
+        require_trail()
         decision_id = request.path_params["decision_id"]
         fields = override_request(await read_json(request, limits.body_bytes), decision_id)
         return JSONResponse(await submit(Job("override", override=fields)), 201)

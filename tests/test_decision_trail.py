@@ -133,3 +133,32 @@ def test_verify_refuses_what_is_not_a_trail(tmp_path, capsys):
     assert "empty" in capsys.readouterr().err
     assert cli_main(["decisions", "verify", str(tmp_path / "nowhere")]) == 2
     assert "no decision log there" in capsys.readouterr().err
+
+
+def test_without_a_trail_decisions_are_answered_but_nothing_is_stored(model):
+    import asyncio
+
+    import httpx
+
+    from clients.decision_http import build_app
+
+    m, apps = model
+    desk = DecisionDesk(m, None)
+    app = build_app(desk)
+
+    async def exchange() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://service") as client:
+            r = await client.post("/v1/decisions", json=apps[0])
+            assert r.status_code == 201 and r.json()["trail"] is None
+            did = r.json()["decision_id"]
+            assert (await client.get(f"/v1/decisions/{did}")).status_code == 409
+            r = await client.post(f"/v1/decisions/{did}/override", json={"decision": "approve", "reason": "x",
+                                                                           "by": "y"})
+            assert r.status_code == 409 and r.json()["error"] == "no-trail"
+            assert (await client.get("/healthz")).json()["trail"] is None
+
+    desk.start()  # what the app's lifespan does under uvicorn
+    try:
+        asyncio.run(exchange())
+    finally:
+        desk.close()
