@@ -60,6 +60,8 @@ With --json the last line of standard output is one JSON object:
 On a failure (exit 2) it is {"ok": false, "error"}.
 """
 
+JSON = "the audit"  # what --json prints (fedcredit.cli adds the option)
+
 RUN_DEFAULTS = {"num-server-rounds": 20, "local-epochs": 1, "batch-size": 256, "learning-rate": 0.01,
                 "optimizer": "adam"}  # the run-config defaults (pyproject.toml [tool.flwr.app.config])
 
@@ -88,15 +90,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="δ", help="δ of the (ε, δ) tested (default: the node's default for the table, "
                                           "the largest power of ten ≤ 1/(10·rows))")
     parser.add_argument("--seed", type=int, default=0, help="seed of the canary draw and the reference models")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object (the audit) as the last line of standard output")
 
 
-def run(args: argparse.Namespace) -> int:
-    import json
+def run(args: argparse.Namespace):
     import warnings
 
     from configs.errors import UserError
+    from fedcredit.outcome import Outcome
     from models.package import load_package
     from privacy.audit import audit_membership
 
@@ -117,9 +117,7 @@ def run(args: argparse.Namespace) -> int:
     report = {"package": str(args.model), "data": str(args.data),
               "reference_training": {**recipe, "source": source}, **report}
     _print(report)
-    if args.json:
-        print(json.dumps({"ok": True, **report}), flush=True)
-    return 0
+    return Outcome({"ok": True, **report})
 
 
 def _institution_rows(args: argparse.Namespace, package):
