@@ -15,7 +15,6 @@ import argparse
 import base64
 import hashlib
 import re
-from pathlib import Path
 
 HELP = "create an institution's SuperNode key pair (OpenSSH ECDSA; the .pub goes to the operator)"
 
@@ -66,14 +65,13 @@ def run(args: argparse.Namespace) -> int:
     from configs.errors import UserError
     from fedcredit.atomic_write import write_atomic
     from fedcredit.outcome import Outcome
+    from fedcredit.path_checks import check_output_dir
 
     name = args.name
     if not _NAME.match(name):
         raise UserError(f"--name '{name}': use letters, digits, '.', '_' and '-' only (starting with a letter "
                         "or digit, at most 100 characters), e.g. --name regional-bank-1")
-    out = Path(args.out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory")
+    out = check_output_dir(args.out, "--out")
     private, public = out / name, out / f"{name}.pub"
     existing = [str(p) for p in (private, public) if p.exists()]
     if existing and not args.force:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import re
-from pathlib import Path
 
 HELP = "create the consortium CA and the SuperLink's TLS certificate (ca.crt, server.crt, keys)"
 
@@ -130,13 +129,12 @@ def run(args: argparse.Namespace) -> int:
     from configs.errors import UserError
     from fedcredit.atomic_write import write_atomic
     from fedcredit.outcome import Outcome
+    from fedcredit.path_checks import check_output_dir
 
     hosts = parse_hosts(args.hosts)
     if args.days < 1 or args.ca_days < 1:
         raise UserError("--days and --ca-days must be at least 1")
-    out = Path(args.out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory")
+    out = check_output_dir(args.out, "--out")
     out.mkdir(parents=True, exist_ok=True)
     targets = [SERVER_CERT, SERVER_KEY] if args.reuse_ca else [CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY]
     existing = [n for n in targets if (out / n).exists()]

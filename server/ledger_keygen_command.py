@@ -28,8 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from configs.errors import UserError
     from fedcredit.outcome import Outcome
+    from fedcredit.path_checks import check_output_dir
     from server.ledger import generate_operator_key, key_id, load_public_key
 
+    check_output_dir(args.out, "--out")
     try:
         private_path, public_path = generate_operator_key(args.out)
     except PermissionError as exc:

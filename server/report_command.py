@@ -37,12 +37,17 @@ def run(args: argparse.Namespace) -> int:
 
     from configs.errors import UserError
     from fedcredit.outcome import Outcome
+    from fedcredit.path_checks import check_output_file
     from server.model_card import ledger_verification, ledger_warning, load_metrics
     from server.report import write_report
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: not a directory; give the run directory (it holds metrics.json)")
+    if args.out:  # checked before the report is rendered
+        check_output_file(args.out, "--out", (".html", ".htm"), create_parent=True)
+    if not args.no_card:
+        check_output_file(run_dir / "model_card.md", "RUN_DIR (the model card is written there; --no-card skips it)")
     try:
         report = write_report(run_dir, args.out, write_card=not args.no_card)
     except PermissionError as exc:
