@@ -13,9 +13,9 @@ Per-phase seconds of the deployed run, from the bench's clock and the ServerApp'
 ``app_start`` (submitted → the ServerApp's ``run-start``), ``statistics`` (the federated
 statistics query), each round (``round-start`` → ``round-end``: train and, when the round
 evaluates, evaluation), ``final`` (last round-end → ``run-end``: final evaluation of the
-recalibrated model, model package). Then ``fedcredit simulate`` trains the same institutions'
-files with the same run config in Flower's simulation runtime; its rounds' ``wall_s`` are the
-simulated rounds.
+recalibrated model, model package). Before the deployments ``fedcredit simulate`` trains the
+same institutions' files with the same run config in Flower's simulation runtime; its rounds'
+``wall_s`` are the simulated rounds.
 
 ratio = median deployed round ÷ median simulated round, over rounds 2…R (round 1 is warm-up on
 both sides: first-use costs of the nodes' workers, Ray actors importing torch); ``ratio_all``
@@ -186,7 +186,8 @@ def run_simulated(work: Path, rounds: int, seed: int, evaluate_every: int) -> di
     out = work / "run-simulated"
     fedcredit("simulate", "--data", work / "data", "--rounds", rounds, "--epsilon", 8.0, "--batch-size", 128,
               "--seed", seed, "--no-baselines", "--out", out, "--state-root", work / "sim-state", "--cpus", 2,
-              "--run-config", f"target-epsilon=1.0 evaluate-every={evaluate_every}", timeout=RUN_TIMEOUT_S)
+              "--run-config", "target-epsilon=1.0", "--run-config", f"evaluate-every={evaluate_every}",
+              timeout=RUN_TIMEOUT_S)
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -256,9 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         run_config = (f"num-server-rounds={args.rounds} min-available-nodes={len(names)} "
                       f"min-train-nodes={len(names)} round-timeout=600.0 dp=true batch-size=128 "
                       f"seed={args.seed} target-epsilon=1.0 evaluate-every={args.evaluate_every}")
+        simulated = run_simulated(work, args.rounds, args.seed, args.evaluate_every)  # first: fails fast
         deployed = {rt: deploy(work / rt, names, rt, run_config,
                                RUN_TIMEOUT_S if rt == runtimes[0] else args.before_timeout) for rt in runtimes}
-        simulated = run_simulated(work, args.rounds, args.seed, args.evaluate_every)
     sim_rounds = [round(r["wall_s"], 3) for r in simulated["history"]]
     sim_round = median_after_first(sim_rounds)
     main_rt = deployed[runtimes[0]]

@@ -130,7 +130,8 @@ BENCHES: list[Bench] = [
     Bench("deploy_latency", "a deployed DP round (TLS, node auth, 3 nodes on loopback) vs the same round simulated "
           "(target ratio ≤ 10)",
           lambda c: _py("deploy_latency.py", "--seed", 11,
-                        *(["--rounds", 2, "--node-runtime", "fedcredit"] if c.quick else [])), 3600),
+                        *(["--rounds", 2, "--node-runtime", "fedcredit"] if c.quick else ["--before-timeout", 300])),
+          3600),
     Bench("quality_uci", "AUC on the UCI credit-card file: centralised, local-only, federated, federated + DP",
           lambda c: _uci(c, *(["--epsilons", "1", "--rounds", 3, "--dp-rounds", 3] if c.quick else [])), 3600),
     Bench("poisoning", "poisoned updates vs robust aggregation", _poisoning, 3600),

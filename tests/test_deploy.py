@@ -170,6 +170,7 @@ def test_node_start_checks_config_key_and_certificate(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # two runs (one with SecAgg+); on a loaded 2-core machine the pair took over 900 s
 def test_deploy_two_dp_rounds_with_tls_and_node_auth(tmp_path, process_tag):
     from models.package import load_package
     from privacy.accountant import read_state
