@@ -55,12 +55,13 @@ from models.metrics import EvaluationSums, rebin, sum_evaluations
 from models.network import ModelSpec, build_model, get_weights
 from models.package import ModelPackage, save_package, weights_digest
 from models.scoring import ScoreScale
+from models.training import initial_weights
 from server.checkpoints import Checkpoint, load_checkpoint, resume_source, save_checkpoint
 from server.exchange import exchange
 from server.ledger import RunLedger
 from server.settings import RunSettings, parse_run_config
-from server.strategies import (aggregate_updates, build_strategy, restore_strategy_state, snapshot_grid,
-                               strategy_state)
+from server.strategies import (aggregate_updates, build_strategy, personalization_config, restore_strategy_state,
+                               set_current_arrays, snapshot_grid, strategy_state)
 from server.update_checks import check_evaluation, check_statistics, check_update, clip_update, fairness_layout
 
 NODE_WAIT_POLL_S = 0.2
@@ -176,7 +177,7 @@ class ConsortiumRun:
         cfg = ConfigRecord({"schema-key": self.schema.key, "run-id": self.node_run_id, "dp": s.dp,
                             "target-epsilon": s.target_epsilon, "num-server-rounds": s.num_server_rounds,
                             "local-epochs": s.local_epochs, "batch-size": s.batch_size,
-                            "evaluate-every": s.evaluate_every})
+                            "evaluate-every": s.evaluate_every, **personalization_config(s)})
         msgs = [Message(RecordDict({P.CONFIG: cfg}), dst_node_id=n, message_type=P.STATS_MESSAGE) for n in nodes]
         self.recorder.event("statistics-start", nodes=len(nodes))
         ex = exchange(self.grid, msgs, s.round_timeout, on_reply=self._note_identity)
@@ -216,7 +217,7 @@ class ConsortiumRun:
                              f"failed: {dropped or 'none'}; rejected: {rejected or 'none'}")
         self.encoder = fit_encoder_from_histograms(self.schema, sum_statistics(parts), s.encoder_knots)
         self.spec = ModelSpec(s.model, self.encoder.n_outputs, s.hidden if s.model == "mlp" else ())
-        self.weights = get_weights(build_model(self.spec, s.seed))
+        self.weights = initial_weights(self.spec, s.seed)  # output layer zero: no round-1 collapse
         self.dtypes = {k: v.dtype for k, v in self.weights.items()}
 
     # -------------------------------------------------------------------- rounds
@@ -230,6 +231,7 @@ class ConsortiumRun:
             "evaluate-every": s.evaluate_every,
             "seed": s.seed, "encoder": self.encoder.to_json(), "model-spec": json.dumps(self.spec.to_dict()),
             "ledger-head": self.audit.head if self.audit is not None else "",
+            **personalization_config(s),
         })
 
     def train_round(self, rnd: int) -> dict:
@@ -400,8 +402,7 @@ class ConsortiumRun:
         self.history = list(st.get("history", []))
         self.statistics = st.get("statistics", {})
         restore_strategy_state(self.strategy, ckpt.strategy_state)
-        if hasattr(self.strategy, "current_arrays"):
-            self.strategy.current_arrays = dict(ckpt.weights)
+        set_current_arrays(self.strategy, ckpt.weights)
         if self.audit is not None:
             self.audit.resumed(ckpt.round, weights_digest(ckpt.weights), self.history, str(ckpt.path), self.run_id)
         now = self.settings.as_run_config()

@@ -238,14 +238,19 @@ def metrics_section(metrics: dict, institutions: list[str]) -> dict:
     local = base.get("local_only") or {}
     central = base.get("centralised") or {}
     final = metrics.get("institutions") or {}
+    gain = metrics.get("member_gain") or {}
     rows = {}
     for inst in institutions:
         ev = (final.get(inst) or {}).get("eval") or {}
+        g = (gain.get("institutions") or {}).get(inst) or {}
         rows[inst] = {
             "federated": {k: _num(ev.get(k)) for k in ("auc", "ks", "gini", "brier", "mean_pd") if k in ev},
             "release": ev.get("release"),
             "local_only_auc": _num((local.get(inst) or {}).get("auc")),
             "centralised_auc": _num((central.get("institutions") or {}).get(inst)),
+            "personalized_auc": _num(g.get("auc_personalized")),
+            "chosen_model": g.get("chosen_model"),
+            "gain_from_joining": _num(g.get("gain_from_joining")),
         }
     g = metrics.get("final") or {}
     return {
@@ -253,8 +258,10 @@ def metrics_section(metrics: dict, institutions: list[str]) -> dict:
         "baselines_available": bool(base),
         "centralised_pooled_auc": _num(central.get("pooled_auc")),
         "local_only_mean_auc": _num(base.get("local_only_mean_auc")),
-        "local_only_pooled_auc": _num(base.get("local_only_pooled_auc")),
         "local_only_dp": base.get("dp_local_only"),
+        "members_worse_than_local_only": gain.get("members_worse_than_local_only"),
+        "gain_tolerance": gain.get("gain_tolerance"),
+        "chosen_pooled_auc": _num(gain.get("auc_personalized_pooled")),
         "institutions": rows,
         "note": ("global figures are computed exactly (to 1/8000 logit-bin resolution) from the pooled "
                  "holdout score histograms of the institutions, not averaged"),
@@ -474,15 +481,40 @@ def card_warnings(card: dict) -> list[str]:
     if appr is not None and not 0.02 <= appr <= 0.98:
         out.append(f"At the cut-off PD {fa.get('cutoff_pd')} the model approves {100 * appr:.1f} % of holdout "
                    "applicants: the cut-off barely separates anyone, and the fairness figures say little.")
-    worse = [inst for inst, r in card["metrics"]["institutions"].items()
-             if r["local_only_auc"] is not None and (r["federated"].get("auc") or 0) < r["local_only_auc"] - 0.01]
+    tol = card["metrics"].get("gain_tolerance") or 0.01
+    worse = [inst for inst, r in card["metrics"]["institutions"].items() if r["local_only_auc"] is not None and (
+        r["gain_from_joining"] < -tol if r.get("gain_from_joining") is not None
+        else (r["federated"].get("auc") or 0) < r["local_only_auc"] - tol)]
     if worse:
-        out.append(f"The federated model ranks worse (AUC lower by more than 0.01) than a local-only model for: "
-                   f"{', '.join(worse)}.")
+        out.append(f"Members worse off than alone — the model they would use ranks their holdout worse (AUC lower "
+                   f"by more than {tol:g}) than a local-only model: {', '.join(worse)}.")
     return out
 
 
 # --------------------------------------------------------------------------- markdown
+def member_gain_markdown(m: dict) -> list[str]:
+    """The per-member gain chart of the card: a text bar per institution (chosen − local-only AUC)."""
+    rows = {inst: r for inst, r in m["institutions"].items() if r.get("gain_from_joining") is not None}
+    if not rows:
+        return []
+    scale = max(0.02, max(abs(r["gain_from_joining"]) for r in rows.values()))
+    width = max(len(inst) for inst in rows)
+    lines = []
+    for inst, r in rows.items():
+        g = r["gain_from_joining"]
+        bar = "█" * max(1 if g else 0, round(20 * abs(g) / scale))
+        lines.append(f"{inst:<{width}}  {g:+.3f}  " + (" " * 20 + "|" + bar if g >= 0 else
+                                                       " " * (20 - len(bar)) + bar + "|") +
+                     f"  ({r.get('chosen_model') or '—'})")
+    worse = m.get("members_worse_than_local_only")
+    return ["### Gain from joining, per member", "",
+            "AUC of the model each member would use — the shared model or its own personalised one, whichever "
+            "ranks its holdout better — minus the AUC of its local-only model (trained alone, DP at the same "
+            "budget). Bars to the right: the member gains from joining.", "", "```", *lines, "```", "",
+            f"Members worse off than alone (by more than {m.get('gain_tolerance') or 0.005:g} AUC): "
+            f"{'—' if worse is None else worse}.", ""]
+
+
 def _f(x: Any, digits: int = 4) -> str:
     if x is None:
         return "—"
@@ -596,6 +628,7 @@ def render_markdown(card: dict) -> str:
          _f(r["federated"].get("ks")), _f(r["federated"].get("brier")), r["release"] or "—"]
         for inst, r in m["institutions"].items()])
     L += [f"_{m['note']}._", ""]
+    L += member_gain_markdown(m)
 
     L += ["## Fairness", ""]
     fa = card.get("fairness")
