@@ -127,6 +127,10 @@ BENCHES: list[Bench] = [
     Bench("sim_overhead", "Flower's simulation runtime vs the same training in a plain loop",
           lambda c: _py("sim_overhead.py", "--seed", SEED,
                         *(["--institutions", 3, "--rows", 2000, "--rounds", 3] if c.quick else [])), 1800),
+    Bench("deploy_latency", "a deployed DP round (TLS, node auth, 3 nodes on loopback) vs the same round simulated "
+          "(target ratio ≤ 10)",
+          lambda c: _py("deploy_latency.py", "--seed", 11,
+                        *(["--rounds", 2, "--node-runtime", "fedcredit"] if c.quick else [])), 3600),
     Bench("quality_uci", "AUC on the UCI credit-card file: centralised, local-only, federated, federated + DP",
           lambda c: _uci(c, *(["--epsilons", "1", "--rounds", 3, "--dp-rounds", 3] if c.quick else [])), 3600),
     Bench("poisoning", "poisoned updates vs robust aggregation", _poisoning, 3600),
@@ -397,6 +401,27 @@ def key_figures(name: str, r: dict) -> list[tuple[str, Any]]:
                 ("first repetition (both cold): ratio rounds 1…R / whole run",
                  f"{r.get('ratio_cold')} / {r.get('ratio_total')}"),
                 ("AUC Flower / plain", f"{_fmt(r.get('auc_flower'))} / {_fmt(r.get('auc_plain'))}")]
+    if name == "deploy_latency":
+        ph, before = r.get("phases_s") or {}, r.get("before") or {}
+        out = [("institutions × rows × rounds", f"{r.get('institutions')} × {r.get('rows')} × {r.get('rounds')}"),
+               ("evaluate-every", r.get("evaluate_every")),
+               ("node runtime", r.get("node_runtime")), ("nodes ready (s)", r.get("nodes_ready_s")),
+               ("submit / app start / statistics (s)",
+                f"{ph.get('submit')} / {ph.get('app_start')} / {ph.get('statistics')}"),
+               ("rounds (s)", ", ".join(map(str, ph.get("rounds") or []))), ("final (s)", ph.get("final")),
+               ("deployed round s / simulated round s (medians, rounds 2…R)",
+                f"{r.get('deployed_round_s')} / {r.get('simulated_round_s')}"),
+               ("ratio deployed ÷ simulated (target ≤ 10)", r.get("ratio")), ("ratio, all rounds", r.get("ratio_all"))]
+        if before:
+            bph = before.get("phases_s") or {}
+            out += [("before (raw flower-supernode): rounds (s)", ", ".join(map(str, bph.get("rounds") or []))),
+                    ("before: app start / statistics / final (s)",
+                     f"{bph.get('app_start')} / {bph.get('statistics')} / {bph.get('final')}"),
+                    ("before: round s, ratio", f"{before.get('round_s')}, {before.get('ratio')}"),
+                    ("speed-up of a round (before ÷ after)", r.get("speedup"))]
+        out.append(("final AUC deployed / simulated",
+                    f"{_fmt(r.get('deployed_final_auc'))} / {_fmt(r.get('simulated_final_auc'))}"))
+        return out
     if name == "privacy_utility":
         return [("points", r.get("points")), ("ran / skipped / failed",
                                               f"{r.get('ran')} / {r.get('skipped')} / {len(r.get('failed') or [])}")]
@@ -458,6 +483,12 @@ def headline(name: str, r: dict) -> str:
         if name == "sim_overhead":
             return (f"Flower/plain rounds 2…R {r['ratio']} (median of {r.get('repeats')}); cold, rounds 1…R "
                     f"{r.get('ratio_cold')}; warm-up {r['flower_warmup_s']} s")
+        if name == "deploy_latency":
+            text = (f"deployed/simulated round {r['ratio']} ({r['deployed_round_s']} s / {r['simulated_round_s']} s), "
+                    "target ≤ 10")
+            if r.get("before"):
+                text += f"; before #19 {r['before']['ratio']} ({r['before']['round_s']} s)"
+            return text
         if name == "privacy_utility":
             return f"{r['points']} runs; see the curve"
         if name == "render_report":

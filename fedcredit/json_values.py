@@ -19,3 +19,4 @@ def json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(type(o).__name__)
+

@@ -40,10 +40,11 @@ the pseudo-gradient FedAdam feeds its moments with is *robust aggregate − glob
 Python's method resolution does this with Flower's classes unchanged: ``FedAdam.aggregate_train``
 calls ``super().aggregate_train``, which is the robust rule's.
 
-The round driver in :mod:`server.consortium` uses a strategy for what Flower does well —
+The round loop in :mod:`server.consortium` uses a strategy for what Flower does well —
 sampling nodes (``configure_train`` / ``configure_evaluate``) and aggregating weights
-(:func:`aggregate_updates`) — and does the message exchange, refusal handling, update checks
-and server-side clipping itself. It checks node availability itself too, so the strategy is
+(:func:`aggregate_updates`) — and does the message exchange, refusal handling and update
+checks itself (:mod:`server.replies`). Server-side clipping (``clip-update-norm``) is a wrapper
+around the strategy (:mod:`server.clipping`), as Flower's DP wrappers are. It checks node availability itself too, so the strategy is
 built with ``min_available_nodes = 1`` (Flower's sampler would otherwise wait forever for a
 node that died).
 """
@@ -58,7 +59,8 @@ from flwr.serverapp.strategy import (FedAdam, FedAvg, FedAvgM, FedMedian, FedPro
                                      MultiKrum)
 
 from fedcredit import protocol as P
-from server.settings import PERSONALIZATION_KEYS, RunSettings
+from server.clipping import ServerSideClipping, unwrap
+from server.settings import RunSettings
 
 ROBUST_RULES: dict[str, type[FedAvg]] = {
     "trimmed-mean": FedTrimmedAvg, "median": FedMedian, "krum": Krum, "multi-krum": MultiKrum}
@@ -76,6 +78,8 @@ def strategy_class(strategy: str, aggregation: str) -> type[FedAvg]:
 
 
 def build_strategy(s: RunSettings) -> FedAvg:
+    """The run's strategy; wrapped in :class:`server.clipping.ServerSideClipping` when the server
+    clips updates (``clip-update-norm`` > 0)."""
     common = dict(
         fraction_train=s.fraction_train,
         fraction_evaluate=s.fraction_evaluate,
@@ -95,6 +99,8 @@ def build_strategy(s: RunSettings) -> FedAvg:
         strategy = cls(**common)
     if isinstance(strategy, MultiKrum):
         strategy.num_malicious_nodes = s.max_malicious_nodes
+    if s.clip_update_norm > 0:
+        return ServerSideClipping(strategy, s.clip_update_norm)
     return strategy
 
 
@@ -104,20 +110,25 @@ def aggregate_updates(strategy: FedAvg, s: RunSettings, rnd: int, replies: list[
 
     The robust rules are sized per round from the number n of updates: trimmed-mean drops
     f = ``max-malicious-nodes`` values from each end of every coordinate, multi-krum keeps n − f.
+    ``strategy`` may be wrapped (:class:`server.clipping.ServerSideClipping`); the rule is the
+    innermost strategy, and (Multi-)Krum's choice is read from the replies as they were
+    aggregated (clipped, when the server clips).
     """
+    rule = unwrap(strategy)
     n, f = len(replies), s.max_malicious_nodes
     info: dict = {"rule": s.aggregation, "updates": n}
-    if strategy.weighted_by_key == WEIGHT_KEY:
+    if rule.weighted_by_key == WEIGHT_KEY:
         info["weights"] = settle_weights(replies)
-    if isinstance(strategy, FedTrimmedAvg):
-        strategy.beta = min(f / n + 1e-9, 0.4999999) if f else 0.0  # Flower trims int(beta · n) per end
-        info["trimmed_per_end"] = int(strategy.beta * n)
-    elif isinstance(strategy, MultiKrum):
-        strategy.num_malicious_nodes = f
-        if not isinstance(strategy, Krum):
-            strategy.num_nodes_to_select = max(1, n - f)
-        info["selected"] = _krum_selection(replies, f, strategy.num_nodes_to_select)
+    if isinstance(rule, FedTrimmedAvg):
+        rule.beta = min(f / n + 1e-9, 0.4999999) if f else 0.0  # Flower trims int(beta · n) per end
+        info["trimmed_per_end"] = int(rule.beta * n)
+    elif isinstance(rule, MultiKrum):
+        rule.num_malicious_nodes = f
+        if not isinstance(rule, Krum):
+            rule.num_nodes_to_select = max(1, n - f)
     arrays, metrics = strategy.aggregate_train(rnd, replies)
+    if isinstance(rule, MultiKrum):
+        info["selected"] = _krum_selection(replies, f, rule.num_nodes_to_select)
     return arrays, metrics, info
 
 
@@ -141,11 +152,6 @@ def settle_weights(replies: list[Message]) -> list[float]:
     return out
 
 
-def personalization_config(s: RunSettings) -> dict:
-    """The heterogeneity keys every node gets with the statistics query and each round."""
-    return {k: getattr(s, k.replace("-", "_")) for k in PERSONALIZATION_KEYS}
-
-
 def _krum_selection(replies: list[Message], f: int, m: int) -> list[int]:
     """Indices (into ``replies``) of the updates (Multi-)Krum keeps — the same choice Flower makes."""
     from flwr.serverapp.strategy.multikrum import select_multikrum
@@ -159,31 +165,32 @@ def strategy_state(strategy: FedAvg) -> dict[str, np.ndarray]:
     """Arrays a strategy carries between rounds (FedAdam/FedYogi: first and second moments;
     FedAvgM: the momentum, a list in the model's array order)."""
     out: dict[str, np.ndarray] = {}
+    base = unwrap(strategy)
     for attr in ("m_t", "v_t"):
-        for k, v in (getattr(strategy, attr, None) or {}).items():
+        for k, v in (getattr(base, attr, None) or {}).items():
             out[f"{attr}/{k}"] = np.asarray(v)
-    for i, v in enumerate(getattr(strategy, "momentum_vector", None) or []):
+    for i, v in enumerate(getattr(base, "momentum_vector", None) or []):
         out[f"momentum_vector/{i:06d}"] = np.asarray(v)
     return out
 
 
-def restore_strategy_state(strategy: FedAvg, state: dict[str, np.ndarray]) -> None:
+def restore_strategy_state(strategy: FedAvg, state: dict[str, np.ndarray],
+                           global_weights: dict[str, np.ndarray]) -> None:
+    """Put a checkpoint's strategy state (and, for FedAdam/FedYogi, the global weights it steps
+    from) back into the innermost strategy. FedAvgM keeps its model as an ArrayRecord that it
+    sets itself from the first round it configures, so it gets None."""
+    base = unwrap(strategy)
     for attr in ("m_t", "v_t"):
         part = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(attr + "/")}
         if part:
-            setattr(strategy, attr, part)
+            setattr(base, attr, part)
     momentum = [v for k, v in sorted(state.items()) if k.startswith("momentum_vector/")]
-    if momentum and isinstance(strategy, FedAvgM):
-        strategy.momentum_vector = momentum
-
-
-def set_current_arrays(strategy: FedAvg, weights: dict[str, np.ndarray]) -> None:
-    """The global model a resumed server optimiser steps from. FedAdam/FedYogi keep a dict of
-    arrays; FedAvgM an ArrayRecord it sets itself from the first round's model (so: None)."""
-    if isinstance(strategy, FedAvgM):
-        strategy.current_arrays = None
-    elif hasattr(strategy, "current_arrays"):
-        strategy.current_arrays = dict(weights)
+    if momentum and isinstance(base, FedAvgM):
+        base.momentum_vector = momentum
+    if isinstance(base, FedAvgM):
+        base.current_arrays = None
+    elif hasattr(base, "current_arrays"):
+        base.current_arrays = dict(global_weights)
 
 
 def snapshot_grid(grid, node_ids: Iterable[int]):

@@ -12,7 +12,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from clients import node as N
 from clients.personalization import LABEL_COUNT_NOISE_MULTIPLIER, find_personal_model, personal_dir
@@ -311,15 +310,14 @@ def test_server_optimisers_are_flowers_own_and_weigh_by_information_when_asked(s
 
 def test_fedavgm_momentum_survives_a_checkpoint():
     from server.settings import parse_run_config
-    from server.strategies import build_strategy, restore_strategy_state, set_current_arrays, strategy_state
+    from server.strategies import build_strategy, restore_strategy_state, strategy_state
 
     s = parse_run_config({"strategy": "fedavgm", "server-learning-rate": 1.0})
     a = build_strategy(s)
     a.momentum_vector = [np.arange(3.0), np.ones((2, 2))]
     b = build_strategy(s)
-    restore_strategy_state(b, strategy_state(a))
+    restore_strategy_state(b, strategy_state(a), {"w": np.zeros(3)})
     assert all(np.array_equal(x, y) for x, y in zip(a.momentum_vector, b.momentum_vector))
-    set_current_arrays(b, {"w": np.zeros(3)})
     assert b.current_arrays is None  # FedAvgM sets it (an ArrayRecord) from the next round's model itself
 
 
@@ -330,15 +328,18 @@ def test_the_eps_of_the_label_count_alone_is_what_the_docs_say():
     assert 0.3 < compute_epsilon([e], 1e-5) < 0.45
 
 
-@pytest.mark.parametrize("seed", [0])
-def test_personal_models_are_torch_free_of_pickles(seed, lender_file, tmp_path):
-    """The personal package loads with weights_only (safetensors + torch.load(weights_only=True))."""
+def test_a_personal_model_is_a_verified_package_without_pickles(lender_file, tmp_path):
+    from safetensors.numpy import load_file
+
+    from models.package import load_package
+
     p = _policy(lender_file, tmp_path / "state")
     cfg, w0, _, _ = _config(p, 1, 1)
     N.train(p, w0, cfg, {})
     d = find_personal_model(p.state_dir, ["run-a"])
-    state = torch.load(d / "weights.pt", weights_only=True)
-    assert set(state) == set(w0)
+    assert set(load_file(str(d / "weights.safetensors"))) == set(w0)
+    assert not list(d.glob("*.pt")) and not list(d.glob("*.pkl"))
+    assert load_package(d).meta["personalized_for"] == "lender"
 
 
 @pytest.mark.slow
