@@ -53,6 +53,7 @@ from bench.scratch import scratch_dir  # noqa: E402
 from server.settings import DEFAULTS  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "UCI_Credit_Card.csv"
+MAPPING = "uci-taiwan"
 PARTITIONS = {
     "iid": {"method": "iid"},
     "feature": {"method": "feature", "feature": "credit_limit"},
@@ -141,21 +142,21 @@ def label_skew_seed(table, label: str, k: int, alpha: float, seed: int, tries: i
 
 
 def write_partitions(data: str, names: set[str], k: int, seed: int, work: Path) -> dict[str, dict]:
-    """Each needed partition's directory and the seed it was drawn with."""
-    from clients.validation import load_institution_table
+    """Each needed partition's directory (the source's rows as written: read with the UCI mapping)
+    and the seed it was drawn with."""
     from configs.schema import load_schema
-    from simulation.partitioning import write_partition
+    from simulation.partition_files import load_partition_source, write_partition
 
     schema = load_schema()
-    table = load_institution_table(data, schema, "uci-taiwan").table
+    source = load_partition_source(data, schema, MAPPING)
     out = {}
     for name in sorted(names):
         spec = dict(PARTITIONS[name])
         s = seed
         if spec["method"] == "dirichlet":
-            s = label_skew_seed(table, schema.label.name, k, spec["alpha"], seed)
+            s = label_skew_seed(source.table, schema.label.name, k, spec["alpha"], seed)
         d = work / "partitions" / name
-        manifest = write_partition(table, d, schema=schema, k=k, seed=s, force=True, source=data, **spec)
+        manifest = write_partition(source, d, k=k, seed=s, force=True, **spec)
         out[name] = {"dir": str(d), "seed": s, **spec,
                      "default_rates": [e["default_rate"] for e in manifest["institutions"]],
                      "rows": [e["rows"] for e in manifest["institutions"]]}
@@ -171,7 +172,7 @@ def run_setting(setting: Setting, part: dict, rounds: int, seed: int, work: str)
     out_dir = Path(work) / "runs" / setting.name.replace("/", "_")
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    opts = SimulationOptions(data_dir=part["dir"], out=str(out_dir), rounds=rounds, seed=seed, cpus=1,
+    opts = SimulationOptions(data_dir=part["dir"], mapping=MAPPING, out=str(out_dir), rounds=rounds, seed=seed, cpus=1,
                              strategy=setting.strategy, dp=setting.epsilon is not None,
                              epsilon=setting.epsilon if setting.epsilon is not None else DEFAULTS["sim-max-epsilon"],
                              run_config=dict(setting.run_config))

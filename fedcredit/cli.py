@@ -40,6 +40,11 @@ COMMANDS: list[tuple[str, str]] = [
     ("simulate", "simulation.simulate_command"),
     ("sweep", "simulation.sweep_command"),
     ("score", "clients.score_command"),
+    ("serve", "clients.serve_command"),
+    ("decisions verify", "clients.decisions_verify_command"),
+    ("decisions show", "clients.decisions_show_command"),
+    ("decisions override", "clients.decisions_override_command"),
+    ("decisions notice", "clients.decisions_notice_command"),
     ("report", "server.report_command"),
     ("ledger verify", "server.ledger_command"),
     ("ledger keygen", "server.ledger_keygen_command"),
@@ -48,13 +53,15 @@ COMMANDS: list[tuple[str, str]] = [
     ("node start", "clients.node_command"),
     ("privacy plan", "privacy.plan_command"),
     ("privacy status", "privacy.status_command"),
-    ("privacy audit", "privacy.audit_command"),
+    ("privacy audit", "clients.audit_command"),
 ]
 
 GROUP_HELP = {
     "data": "validate an institution's table; synthesise a consortium; partition one table into institutions",
     "privacy": "plan, inspect and audit differential privacy",
     "ledger": "verify the signed audit ledger of a run; create the operator's signing key",
+    "decisions": "the decision service's trail: verify it, show and reproduce a decision, record an override, "
+                 "print an adverse-action notice",
     "node": "run an institution's node (checks its data, then starts Flower's SuperNode)",
 }
 

@@ -384,6 +384,7 @@ def build_model_card(run_dir: str | Path) -> dict:
                    "entries": ledger.get("entries"), "verification": verification}
         if metrics.get("ledger_head") or verification is not None else None,
     }
+    card["research_mode"] = metrics.get("research_mode")  # simulation.research_mode: below the DP minimum
     card["warnings"] = card_warnings(card)
     return card
 
@@ -463,6 +464,8 @@ def card_warnings(card: dict) -> list[str]:
                    f"{run.get('rounds_planned')} rounds).")
     if not card["privacy"]["dp"]:
         out.append("Trained without differential privacy: no privacy guarantee for the training borrowers.")
+    if card.get("research_mode"):
+        out.append(card["research_mode"]["summary"])
     for inst, r in card["privacy"]["institutions"].items():
         st = r.get("state") or {}
         if "error" in st:
