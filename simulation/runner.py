@@ -318,6 +318,11 @@ def oracle_aucs(nodes: dict[str, NodeData], o: SimulationOptions, n_nodes: int) 
     return {"pooled_auc": auc_score(np.concatenate(all_y), np.concatenate(all_pd)), "institutions": per}
 
 
+def _noise_sd(figures: dict) -> dict:
+    """``<figure>_sd`` for each figure that carries the noise sd of a DP-noised evaluation release."""
+    return {f"{k}_sd": v for k, v in figures.items() if v is not None}
+
+
 def summarise(metrics: dict, nodes: dict[str, NodeData], o: SimulationOptions) -> dict:
     """The ``--json`` summary: federated vs local-only vs centralised vs personalised, per institution.
 
@@ -338,6 +343,7 @@ def summarise(metrics: dict, nodes: dict[str, NodeData], o: SimulationOptions) -
             "id": inst, "rows": d["rows"], "rows_holdout": d["rows_holdout"], "default_rate": d["default_rate"],
             "auc_local_only": (base.get("local_only") or {}).get(inst, {}).get("auc"),
             "auc_federated": ev.get("auc"),
+            **_noise_sd({"auc_federated": ev.get("auc_sd")}),  # from a DP-noised evaluation release only
             "auc_personalized": g.get("auc_personalized"),
             "chosen_model": g.get("chosen_model"),
             "gain_from_joining": g.get("gain_from_joining"),
@@ -353,6 +359,7 @@ def summarise(metrics: dict, nodes: dict[str, NodeData], o: SimulationOptions) -
         "flower_s": metrics.get("wall_s_flower"), "baselines_s": metrics.get("baselines_s"),
         "research_mode": bool(metrics.get("research_mode")),
         "auc_federated": final.get("auc"), "ks_federated": final.get("ks"),
+        **_noise_sd({"auc_federated": final.get("auc_sd"), "ks_federated": final.get("ks_sd")}),
         "auc_centralized": (base.get("centralised") or {}).get("pooled_auc"),
         "auc_local_only_mean": base.get("local_only_mean_auc"),
         "auc_personalized_pooled": gain.get("auc_personalized_pooled"),

@@ -295,8 +295,8 @@ def print_table(s: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    def f(v, fmt="{:.4f}"):
-        return "—" if v is None else fmt.format(v)
+    def f(v, fmt="{:.4f}", sd=None):  # ± the noise sd of a figure from DP-noised evaluation releases
+        return "—" if v is None else fmt.format(v) + ("" if sd is None else " ± " + fmt.format(sd))
 
     t = Table(title=f"fedcredit simulation — {s['rounds']} round(s), status {s['status']}"
                     + (f" ({s['stop_reason']})" if s.get("stop_reason") else ""))
@@ -309,13 +309,15 @@ def print_table(s: dict) -> None:
             f"{f(r['epsilon_spent'], '{:.3f}')} / {f(r['epsilon_budget'], '{:.2f}')}"
         rows = f"{r['rows']} ({r['rows_holdout']})" if r.get("rows_holdout") is not None else str(r["rows"])
         t.add_row(r["id"], rows, f(r["default_rate"], "{:.3f}"), f(r["auc_local_only"]),
-                  f(r["auc_federated"]), f(r.get("auc_personalized")), f(r.get("gain_from_joining"), "{:+.4f}"),
+                  f(r["auc_federated"], sd=r.get("auc_federated_sd")), f(r.get("auc_personalized")),
+                  f(r.get("gain_from_joining"), "{:+.4f}"),
                   f(r["auc_centralized"]), *((f(r["auc_oracle"]),) if oracle else ()), eps)
     t.add_section()
     holdout = [r.get("rows_holdout") for r in s["institutions"]]
     worse = s.get("members_worse_than_local_only")
-    t.add_row("all (pooled holdouts)", f"({sum(holdout)})" if None not in holdout else "—", "", "",
-              f(s["auc_federated"]), f(s.get("auc_personalized_pooled")) + " (chosen)",
+    t.add_row("all (pooled holdouts)", f"({sum(holdout)})" if None not in holdout else "—", "",
+              f(s["auc_local_only_mean"]) + " (mean)",
+              f(s["auc_federated"], sd=s.get("auc_federated_sd")), f(s.get("auc_personalized_pooled")) + " (chosen)",
               "" if worse is None else f"{worse} worse", f(s["auc_centralized"]),
               *((f(s["auc_oracle"]),) if oracle else ()), "")
     console = Console() if sys.stdout.isatty() else Console(width=132)
