@@ -21,7 +21,8 @@ Node config keys (deployment, ``flower-supernode --node-config``)
 Simulation: a virtual node only has ``partition-id`` / ``num-partitions``; it takes file
 ``partition-id`` of the run's ``data-dir`` (sorted) or synthesises institution ``partition-id``,
 keeps its privacy state under ``state-root/<institution-id>``, its budget from
-``sim-budgets`` (its own entry) or ``sim-max-epsilon``, releases exact evaluations and may train without DP (``dp = false``).
+``sim-budgets`` (its own entry) or ``sim-max-epsilon``, its data minimum from ``min-rows`` /
+``min-positives``, releases exact evaluations and may train without DP (``dp = false``).
 """
 
 from __future__ import annotations
@@ -85,6 +86,10 @@ class NodePolicy:
     simulation: bool
     synthetic_scale: float = 1.0
     synthetic_seed: int = 0
+    #: the table's minimum rows / defaults (``fedcredit data validate``'s); simulation: run config
+    #: ``min-rows`` / ``min-positives`` (research mode, see simulation.research_mode)
+    min_rows: int = 500
+    min_positives: int = 50
 
 
 def _get(cfg: dict, key: str, default: Any = None) -> Any:
@@ -140,7 +145,8 @@ def policy_from_context(node_config: dict, run_config: dict, run_id: str = "") -
         delta=None, release_eval="exact", allow_non_private=True, split_seed=0, holdout_fraction=0.2,
         accountant="rdp", simulation=True,
         synthetic_scale=float(_get(run_config, "synthetic-scale", 1.0)),
-        synthetic_seed=int(_get(run_config, "synthetic-seed", 0)))
+        synthetic_seed=int(_get(run_config, "synthetic-seed", 0)),
+        min_rows=int(_get(run_config, "min-rows", 500)), min_positives=int(_get(run_config, "min-positives", 50)))
 
 
 def _simulated_budget(run_config: dict, institution: str) -> float:
@@ -211,7 +217,7 @@ def clear_data_cache() -> None:
 def load_node_data(policy: NodePolicy) -> NodeData:
     """Load, validate and split the node's table (cached per process)."""
     key = (policy.source, policy.mapping, policy.schema, policy.split_seed, policy.holdout_fraction,
-           policy.synthetic_scale, policy.synthetic_seed)
+           policy.synthetic_scale, policy.synthetic_seed, policy.min_rows, policy.min_positives)
     if key in _DATA_CACHE:
         return _DATA_CACHE[key]
     schema = load_schema(policy.schema)
@@ -220,7 +226,8 @@ def load_node_data(policy: NodePolicy) -> NodeData:
     else:
         from clients.validation import load_institution_table
 
-        table = load_institution_table(policy.source, schema, policy.mapping).table
+        table = load_institution_table(policy.source, schema, policy.mapping, min_rows=policy.min_rows,
+                                       min_positives=policy.min_positives).table
     split = split_institution(table, schema, policy.institution_id, policy.holdout_fraction, policy.split_seed)
     data = NodeData(schema=schema, split=split, encoded={})
     _DATA_CACHE[key] = data
@@ -333,15 +340,19 @@ def train(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict,
                           f"this node's data follows {data.schema.key}")
     x, y, _, _ = data.matrices(encoder)
     model = _model_from(cfg, weights)
+    personal = _personal_round(policy, cfg, model)  # the node's own layers (clients.personalization)
     tcfg = LocalTrainConfig(local_epochs=int(cfg["local-epochs"]), batch_size=int(cfg["batch-size"]),
                             learning_rate=float(cfg["learning-rate"]), optimizer=str(cfg["optimizer"]),
-                            proximal_mu=float(cfg.get("proximal-mu", 0.0)))
+                            proximal_mu=float(cfg.get("proximal-mu", 0.0)),
+                            output_bias_learning_rate=personal.settings.output_bias_learning_rate)
     rnd = int(cfg["server-round"])
     seed = int(cfg.get("seed", 0)) * 100_003 + rnd
     metrics: dict[str, float] = {"num-examples": float(len(x))}
     if not _wants_dp(policy, cfg):
         out = train_local(model, x, y, tcfg, seed=seed)
         metrics["train-loss"] = out["loss"]
+        metrics.update(personal.after_training(model, y, dp=False))
+        personal.personalise_if_last(cfg, x, y, tcfg, None, policy.institution_id, encoder, data.schema)
         return get_weights(model), metrics
 
     from privacy.accountant import BudgetExceeded
@@ -374,12 +385,21 @@ def train(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict,
         rule = DPSGDGradients(sigma, float(cfg["clipping-norm"]), q, seed=_noise_seed(policy, cfg, salt))
         event = rule.events(steps, run_id, rnd)
         event.rows, event.split = "train", data.split.split
+        events = [event] + personal.releases_with_update(True, run_id, data.split.split)
         try:
-            ledger.check([event])
+            ledger.check(events)
         except BudgetExceeded as exc:
             raise NodeRefusal.budget_exhausted(exc) from None
         out = train_local(model, x, y, tcfg, rule, seed=seed)
-        spent = ledger.record([event])  # persisted before the update leaves the node
+        label_rng = np.random.default_rng(_noise_seed(policy, cfg, "label-count"))
+        spent = ledger.record(events)  # persisted before the update leaves the node
+        metrics.update(personal.after_training(model, y, dp=True, rng=label_rng))
+        p_rule = DPSGDGradients(sigma, float(cfg["clipping-norm"]), q, seed=_noise_seed(policy, cfg, f"personal-{rnd}"))
+        try:
+            spent = personal.personalise_if_last(cfg, x, y, tcfg, p_rule, policy.institution_id, encoder,
+                                                 data.schema, ledger=ledger, steps=steps) or spent
+        except BudgetExceeded as exc:
+            raise NodeRefusal.budget_exhausted(exc) from None
         # no training loss under DP: it is an exact function of the private batches (unclipped,
         # unnoised), so it would be a release outside the accountant (docs/privacy.md)
         metrics.update({"epsilon-spent": spent, "epsilon-budget": ledger.max_epsilon,
@@ -387,9 +407,20 @@ def train(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict,
     return get_weights(model), metrics
 
 
+def _personal_round(policy: NodePolicy, cfg: dict, model=None):
+    """This round's :class:`clients.personalization.PersonalRound`; a bad key is a policy refusal."""
+    from clients.personalization import PersonalizationConfigError, PersonalRound
+
+    try:
+        return PersonalRound(policy.state_dir, str(cfg.get("run-id", "")), cfg, model)
+    except PersonalizationConfigError as exc:
+        raise NodeRefusal("policy", str(exc)) from None
+
+
 def _plan_shape(n_train: int, cfg: dict, first_round: int) -> str:
     """What :func:`_plan_run` depends on besides the ledger (to reuse a plan only when equal)."""
-    keys = ("run-id", "num-server-rounds", "local-epochs", "batch-size", "evaluate-every", "target-epsilon")
+    keys = ("run-id", "num-server-rounds", "local-epochs", "batch-size", "evaluate-every", "target-epsilon",
+            "aggregation-weight", "personalize", "personal-epochs")
     return json.dumps([n_train, first_round] + [str(cfg.get(k, "")) for k in keys])
 
 
@@ -405,8 +436,10 @@ def _plan_run(policy: NodePolicy, ledger, n_train: int, cfg: dict, first_round: 
 
     run_id = str(cfg.get("run-id", ""))
     batch = int(cfg["batch-size"])
-    rounds_left = max(1, int(cfg["num-server-rounds"]) - first_round + 1)
-    this_run = [e for e in ledger.events if e.run_id == run_id] + list(pending)
+    personal = _personal_round(policy, cfg)  # reserves the personal fine-tune and the label-count release
+    rounds_left = max(1, int(cfg["num-server-rounds"]) - first_round + 1) + personal.reserved_rounds(cfg)
+    this_run = ([e for e in ledger.events if e.run_id == run_id] + list(pending)
+                + personal.releases_with_update(True, run_id, ledger_split(ledger)))
     return plan_noise(prior_events=[e for e in ledger.events if e.run_id != run_id],
                       max_epsilon=ledger.max_epsilon, delta=ledger.delta,
                       sample_rate=sample_rate_for(n_train, batch),

@@ -32,11 +32,11 @@ from typing import Any, Iterable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from fedcredit.signed_chain import (ENTRY_FIELDS, GENESIS, HASHED_FIELDS, PASSPHRASE_ENV, ChainCheck, ChainError,
-                                    SignedChain, canonical_json, entry_hash, generate_key_pair, is_hash, key_id,
-                                    load_public_key, plain, public_key_pem, raw_public_key, read_file_bytes,
-                                    verify_chain)
-from fedcredit.signed_chain import load_private_key as _load_private_key
+from fedcredit.signed_chain import (ENTRY_FIELDS, GENESIS, HASHED_FIELDS, ChainCheck, SignedChain, canonical_json,
+                                    entry_hash, is_hash, plain, verify_chain)
+from fedcredit.signing_keys import (PASSPHRASE_ENV, ChainError, generate_key_pair, key_id, load_public_key,
+                                    public_key_pem, raw_public_key, read_file_bytes)
+from fedcredit.signing_keys import load_private_key as _load_private_key
 
 __all__ = ["LEDGER_FILE", "KEY_FILE", "PUBLIC_KEY_FILE", "GENESIS", "HASHED_FIELDS", "ENTRY_FIELDS",
            "PASSPHRASE_ENV", "KINDS", "LedgerError", "plain", "canonical_json", "entry_hash", "is_hash",
