@@ -45,6 +45,7 @@ from pathlib import Path
 
 # the modules a task uses, imported once before the first task (most import torch or opacus)
 WARM_MODULES = ("clients.client_app", "clients.node", "clients.validation", "clients.ledger_heads",
+                "clients.personalization", "models.personalization", "models.package",
                 "privacy.accountant", "privacy.dpsgd", "privacy.planning", "privacy.dp_release",
                 "opacus", "opacus.optimizers", "opacus.accountants", "opacus.accountants.utils",
                 "opacus.accountants.analysis.rdp", "flwr.client.mod", "flwr.compat.common.recorddict_compat",
