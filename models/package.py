@@ -6,6 +6,9 @@
   anyone); the same tensors load with ``torch.load(weights_only=True)`` from ``weights.pt``;
 * ``encoder.json`` — the fitted :class:`models.encoder.FeatureEncoder`;
 * ``schema.toml`` — the consortium schema the model was trained on (byte copy);
+* ``reference.json`` (packages exported since monitoring exists; optional) — the development
+  population: the federated feature statistics and score histograms it was built and evaluated
+  on (:class:`models.reference.PopulationReference`), the baseline of ``fedcredit monitor``;
 * ``model.json`` — format tag, :class:`models.network.ModelSpec`, schema key and fingerprint,
   score scaling, cut-off PD, sha256 of the weights and encoder files, and run metadata.
 
@@ -28,6 +31,7 @@ from configs.errors import UserError
 from configs.schema import Schema, load_schema
 from models.encoder import FeatureEncoder
 from models.network import DefaultNet, ModelSpec, build_model, predict_pd, set_weights
+from models.reference import REFERENCE_FILE, PopulationReference
 from models.scoring import ScoreScale
 
 FORMAT = "fedcredit-model/1"
@@ -62,6 +66,7 @@ class ModelPackage:
     scale: ScoreScale = field(default_factory=ScoreScale)
     cutoff_pd: float = 0.2
     meta: dict = field(default_factory=dict)
+    reference: PopulationReference | None = None
 
     def model(self) -> DefaultNet:
         net = build_model(self.spec)
@@ -82,6 +87,10 @@ def save_package(directory: str | Path, package: ModelPackage) -> Path:
     save_file(arrays, str(d / "weights.safetensors"))
     torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, d / "weights.pt")
     (d / "encoder.json").write_text(package.encoder.to_json())
+    hashed = ["weights.safetensors", "weights.pt", "encoder.json"]
+    if package.reference is not None:
+        (d / REFERENCE_FILE).write_text(package.reference.to_json())
+        hashed.append(REFERENCE_FILE)
     if package.schema.source and Path(package.schema.source).is_file():
         shutil.copyfile(package.schema.source, d / "schema.toml")
     meta = {
@@ -92,8 +101,7 @@ def save_package(directory: str | Path, package: ModelPackage) -> Path:
         "score_scale": package.scale.to_dict(),
         "cutoff_pd": package.cutoff_pd,
         "weights_sha256": weights_digest(arrays),
-        "files_sha256": {name: sha256_file(d / name)
-                         for name in ("weights.safetensors", "weights.pt", "encoder.json")},
+        "files_sha256": {name: sha256_file(d / name) for name in hashed},
         **{k: v for k, v in package.meta.items() if k not in ("format",)},
     }
     (d / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
@@ -130,9 +138,20 @@ def load_package(directory: str | Path) -> ModelPackage:
     if schema.fingerprint() != meta["schema_fingerprint"]:
         raise UserError(f"{schema_path}: does not match the schema the model was trained on")
     encoder = FeatureEncoder.from_json((d / "encoder.json").read_text())
+    reference = _load_reference(d, meta)
     extra = {k: v for k, v in meta.items() if k not in
              ("format", "spec", "score_scale", "cutoff_pd", "weights_sha256", "files_sha256",
               "schema_key", "schema_fingerprint")}
     return ModelPackage(spec=ModelSpec.from_dict(meta["spec"]), encoder=encoder, weights=weights,
                         schema=schema, scale=ScoreScale(**meta["score_scale"]),
-                        cutoff_pd=float(meta["cutoff_pd"]), meta=extra)
+                        cutoff_pd=float(meta["cutoff_pd"]), meta=extra, reference=reference)
+
+
+def _load_reference(d: Path, meta: dict) -> PopulationReference | None:
+    """The package's development population, when model.json lists (and so has verified) it."""
+    if REFERENCE_FILE not in meta.get("files_sha256", {}):
+        return None
+    try:
+        return PopulationReference.from_json((d / REFERENCE_FILE).read_text())
+    except ValueError as exc:
+        raise UserError(f"{d / REFERENCE_FILE}: not a valid population reference ({exc})") from None

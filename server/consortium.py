@@ -18,7 +18,10 @@
    updates are checked against one dtype. A checkpoint is written every round.
 3. **End.** When all rounds are done — or fewer than ``min-train-nodes`` nodes can train, which
    stops the run cleanly with the reason — the model package, ``metrics.json`` and the resolved
-   config go to the run directory.
+   config go to the run directory. The package carries the development population
+   (:mod:`models.reference`): the summed statistics the encoder was fitted from and, when the
+   final evaluation describes the exported model, its pooled score histograms — numbers already
+   released, the baseline of ``fedcredit monitor``.
 
 Each round samples from the nodes connected at that moment, so a node that died is not
 waited for; one that errs or misses ``round-timeout`` is a dropout of that round (recorded in
@@ -54,6 +57,7 @@ from models.fairness import fairness_metrics
 from models.metrics import EvaluationSums, rebin, sum_evaluations
 from models.network import ModelSpec, build_model, get_weights
 from models.package import ModelPackage, save_package, weights_digest
+from models.reference import PopulationReference
 from models.scoring import ScoreScale
 from server.checkpoints import Checkpoint, load_checkpoint, resume_source, save_checkpoint
 from server.exchange import exchange
@@ -138,6 +142,7 @@ class ConsortiumRun:
         self.institutions: dict[int, str] = {}  # node id → institution id
         self.history: list[dict] = []
         self.statistics: dict = {}
+        self.population_counts: dict[str, np.ndarray] | None = None  # summed statistics (models.reference)
         self.encoder: FeatureEncoder | None = None
         self.spec: ModelSpec | None = None
         self.weights: dict[str, np.ndarray] = {}
@@ -214,7 +219,8 @@ class ConsortiumRun:
                              f"only {len(parts)} node(s) answered the statistics query "
                              f"(min-train-nodes is {s.min_train_nodes}); refused: {refused or 'none'}; "
                              f"failed: {dropped or 'none'}; rejected: {rejected or 'none'}")
-        self.encoder = fit_encoder_from_histograms(self.schema, sum_statistics(parts), s.encoder_knots)
+        self.population_counts = sum_statistics(parts)
+        self.encoder = fit_encoder_from_histograms(self.schema, self.population_counts, s.encoder_knots)
         self.spec = ModelSpec(s.model, self.encoder.n_outputs, s.hidden if s.model == "mlp" else ())
         self.weights = get_weights(build_model(self.spec, s.seed))
         self.dtypes = {k: v.dtype for k, v in self.weights.items()}
@@ -383,6 +389,8 @@ class ConsortiumRun:
             "spec": self.spec.to_dict(),
             "history": [_public(r) for r in self.history],
             "statistics": self.statistics,
+            "population_counts": ({k: v.tolist() for k, v in self.population_counts.items()}
+                                  if self.population_counts is not None else None),
             "institutions": {str(k): v for k, v in self.institutions.items()},
             "settings": self.settings.as_run_config(),
         }
@@ -399,6 +407,8 @@ class ConsortiumRun:
         self.dtypes = {k: v.dtype for k, v in get_weights(build_model(self.spec)).items()}
         self.history = list(st.get("history", []))
         self.statistics = st.get("statistics", {})
+        if st.get("population_counts"):  # absent in checkpoints written before monitoring existed
+            self.population_counts = {k: np.asarray(v, dtype=np.float64) for k, v in st["population_counts"].items()}
         restore_strategy_state(self.strategy, ckpt.strategy_state)
         if hasattr(self.strategy, "current_arrays"):
             self.strategy.current_arrays = dict(ckpt.weights)
@@ -529,7 +539,8 @@ class ConsortiumRun:
                                scale=ScoreScale(), cutoff_pd=s.cutoff_pd,
                                meta={"run_id": self.run_id, "rounds_completed": len(completed),
                                      "strategy": s.strategy, "dp": s.dp, "status": status,
-                                     "final_metrics": summary["final"]})
+                                     "final_metrics": summary["final"]},
+                               reference=self.population_reference(final_record))
             save_package(self.run_dir / "model", pkg)
             summary["model_dir"] = str(self.run_dir / "model")
         if self.audit is not None:
@@ -541,6 +552,25 @@ class ConsortiumRun:
                                  "entries": self.audit.ledger.next_index}
         self.recorder.write_metrics(summary)
         return summary
+
+    def population_reference(self, final_record: dict | None) -> PopulationReference | None:
+        """The exported model's development population (:mod:`models.reference`): the summed
+        statistics and, when the final evaluation of the exported (recalibrated) model was
+        released, its pooled holdout score histograms."""
+        if self.population_counts is None:
+            return None
+        contributors = len(self.statistics.get("contributors") or [])
+        ref = PopulationReference(feature_counts=self.population_counts, source={
+            "features": f"summed feature statistics of {contributors} institution(s)"
+                        + (" (each Gaussian-noised by its node)" if self.settings.dp else " (exact)"),
+            "dp": bool(self.settings.dp), "contributors": contributors, "run_id": self.run_id})
+        pooled = (final_record or {}).get("_pooled_eval")
+        if pooled is not None:
+            ref.score_neg, ref.score_pos = np.asarray(pooled.hist_neg), np.asarray(pooled.hist_pos)
+            ref.source["scores"] = (f"pooled holdout score histograms of the exported model ({len(pooled.hist_neg)} "
+                                    f"logit bins; final evaluation after round {final_record['round']} by "
+                                    f"{len(final_record.get('institutions') or {})} institution(s))")
+        return ref
 
 
 def _stop_reason(refusal_codes: set[str], dropped: dict) -> str:
