@@ -28,7 +28,8 @@ happened:
                   model.json; approval and bad rate from the package's development score
                   histograms), side by side, with findings in words
 
---out DIR writes DIR/backtest.json. --json prints the summary as the last line of stdout:
+--out DIR writes DIR/backtest.json (the path is checked before any work). --json prints the
+summary as the last line of stdout (undefined figures are null):
   {"ok", "model", "data", "rows", "defaults", "default_rate", "mean_pd", "auc", "auc_ci", "gini",
    "ks", "hosmer_lemeshow", "bands_within", "bands_total", "cutoff", "development", "findings",
    "seconds"}
@@ -36,6 +37,7 @@ happened:
 Exit codes: 0 done; 2 a user mistake (missing or invalid file, no label column or a single
 outcome, damaged model package).
 """
+JSON = "the summary: discrimination, calibration, cut-off figures and findings"  # fedcredit.cli adds --json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,38 +51,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--confidence", type=number(float, minimum=0, maximum=1, open_minimum=True, open_maximum=True),
                    default=0.95, help="confidence level of the intervals")
     p.add_argument("--out", metavar="DIR", help="write DIR/backtest.json")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON (last line of stdout)")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace):
     import time
     from pathlib import Path
 
     from clients.backtesting import backtest_result
-    from clients.scored_table import load_scored_table
-    from fedcredit.output_files import json_text, output_dir, write_json
+    from clients.scored_table import check_command_paths, load_scored_table, write_result_json
+    from fedcredit.json_values import finite
+    from fedcredit.outcome import Outcome
     from fedcredit.progress import stage_progress
 
     t0 = time.time()
+    check_command_paths([args.model], args.out)
     with stage_progress("backtest") as stage:
         stage(f"verifying the package, reading and scoring {args.data}")
         scored = load_scored_table(args.model, args.data, args.mapping, outcomes=True)
         stage("computing the backtest")
         result = backtest_result(scored, args.bands, args.confidence, args.interval)
         if args.out:
-            write_json(output_dir(args.out) / "backtest.json", {"model": args.model, "data": args.data, **result})
+            write_result_json(args.out, "backtest.json", {"model": args.model, "data": args.data, **result})
     _print(result)
-    if args.json:
-        d, cal = result["discrimination"], result["calibration"]
-        print(json_text({"ok": True, "model": args.model, "data": args.data, "rows": result["rows"],
-                         "defaults": result["defaults"], "default_rate": result["default_rate"],
-                         "mean_pd": result["mean_pd"], "auc": d["auc"], "auc_ci": d["auc_ci"], "gini": d["gini"],
-                         "ks": d["ks"], "hosmer_lemeshow": cal["hosmer_lemeshow"],
-                         "bands_within": cal["bands_within"], "bands_total": cal["bands_total"],
-                         "cutoff": result["cutoff"], "development": result["development"],
-                         "findings": result["findings"], "out": str(Path(args.out)) if args.out else None,
-                         "seconds": time.time() - t0}))
-    return 0
+    d, cal = result["discrimination"], result["calibration"]
+    return Outcome(finite({
+        "ok": True, "model": args.model, "data": args.data, "rows": result["rows"], "defaults": result["defaults"],
+        "default_rate": result["default_rate"], "mean_pd": result["mean_pd"], "auc": d["auc"], "auc_ci": d["auc_ci"],
+        "gini": d["gini"], "ks": d["ks"], "hosmer_lemeshow": cal["hosmer_lemeshow"],
+        "bands_within": cal["bands_within"], "bands_total": cal["bands_total"], "cutoff": result["cutoff"],
+        "development": result["development"], "findings": result["findings"],
+        "out": str(Path(args.out)) if args.out else None, "seconds": time.time() - t0}))
 
 
 def _print(result: dict) -> None:

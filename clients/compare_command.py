@@ -33,7 +33,8 @@ weights digest, the champion it replaces, the recommendation and --note. Adoptin
 recommendation requires --note (the committee's reason). `fedcredit ledger verify
 RUN/ledger.jsonl --heads-file STATE` then checks the adopted head against the published ledger.
 
---out DIR writes DIR/compare.json. --json prints the summary as the last line of stdout:
+--out DIR writes DIR/compare.json (the path is checked before any work). --json prints the
+summary as the last line of stdout (undefined figures are null):
   {"ok", "champion", "challenger", "data", "rows", "auc_champion", "auc_challenger",
    "auc_difference": {"difference", "low", "high", "p_value"}, "swap_sets", "recommendation",
    "adopted", "seconds"}
@@ -41,6 +42,7 @@ RUN/ledger.jsonl --heads-file STATE` then checks the adopted head against the pu
 Exit codes: 0 done; 2 a user mistake (missing or invalid file, no label column, a package that
 does not verify, --adopt without --state-dir or a ledger head).
 """
+JSON = "the summary: AUCs and their DeLong difference, swap sets, the recommendation"  # fedcredit.cli adds --json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,22 +58,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ledger-head", metavar="HASH",
                    help="the challenger run's final ledger head (default: CHALLENGER_RUN/metrics.json)")
     p.add_argument("--note", help="the committee's note recorded with --adopt (required against the recommendation)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON (last line of stdout)")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace):
     import time
 
     from clients.comparison import compare_models
-    from clients.scored_table import ScoredTable, load_scored_table, load_table, package_pd
+    from clients.scored_table import (ScoredTable, check_command_paths, load_scored_table, load_table, package_pd,
+                                      write_result_json)
     from configs.errors import UserError
-    from fedcredit.output_files import json_text, output_dir, write_json
+    from fedcredit.json_values import finite
+    from fedcredit.outcome import Outcome
+    from fedcredit.path_checks import check_output_dir
     from fedcredit.progress import stage_progress
     from models.package import load_package
 
     t0 = time.time()
     if args.adopt and not args.state_dir:
         raise UserError("--adopt needs --state-dir DIR: the node's state directory, where its ledger heads are kept")
+    check_command_paths([args.champion, args.challenger], args.out)
+    if args.adopt:
+        check_output_dir(args.state_dir, "--state-dir")
     with stage_progress("compare") as stage:
         stage(f"verifying the packages; reading and scoring {args.data} with the champion")
         challenger_pkg = load_package(args.challenger)
@@ -87,18 +94,17 @@ def run(args: argparse.Namespace) -> int:
         adopted = _adopt(args, challenger_pkg, result) if args.adopt else None
         result["adopted"] = adopted
         if args.out:
-            write_json(output_dir(args.out) / "compare.json",
-                       {"champion_model": args.champion, "challenger_model": args.challenger, "data": args.data,
-                        **result})
+            write_result_json(args.out, "compare.json", {"champion_model": args.champion,
+                                                         "challenger_model": args.challenger, "data": args.data,
+                                                         **result})
     _print(result)
-    if args.json:
-        auc = result["auc_difference"]
-        print(json_text({"ok": True, "champion": args.champion, "challenger": args.challenger, "data": args.data,
-                         "rows": result["rows"], "auc_champion": auc["auc_a"], "auc_challenger": auc["auc_b"],
-                         "auc_difference": {k: auc[k] for k in ("difference", "low", "high", "p_value")},
-                         "swap_sets": result["swap_sets"], "recommendation": result["recommendation"],
-                         "adopted": adopted, "seconds": time.time() - t0}))
-    return 0
+    auc = result["auc_difference"]
+    return Outcome(finite({
+        "ok": True, "champion": args.champion, "challenger": args.challenger, "data": args.data,
+        "rows": result["rows"], "auc_champion": auc["auc_a"], "auc_challenger": auc["auc_b"],
+        "auc_difference": {k: auc[k] for k in ("difference", "low", "high", "p_value")},
+        "swap_sets": result["swap_sets"], "recommendation": result["recommendation"], "adopted": adopted,
+        "seconds": time.time() - t0}))
 
 
 def challenger_ledger_head(model_dir: str, given: str | None, run_id) -> str:

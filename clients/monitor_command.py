@@ -33,7 +33,8 @@ Figures:
   score bands   development vs current share per score band; approval rate at the cut-off
 
 --out DIR writes DIR/monitor.json (everything, per group) and DIR/monitor.html (a
-self-contained page with plots). --json prints the summary as the last line of stdout:
+self-contained page with plots); the path is checked before any work. --json prints the
+summary as the last line of stdout (undefined figures are null):
   {"ok", "model", "data", "rows", "status", "score_psi", "score_light", "csi": {feature:
    {"psi", "light", "noise_floor"}}, "moved_most", "features_to_act", "features_to_watch",
    "features_too_noisy", "missing_rate",
@@ -44,6 +45,7 @@ package, a package without a reference and no --baseline); 3 with --fail-on, whe
 reaches that light (for scheduled jobs).
 """
 
+JSON = "the summary: status, score PSI, CSI per feature, data quality"  # fedcredit.cli adds --json
 LIGHT_STYLE = {"stable": "green", "watch": "yellow", "act": "bold red", "unknown": "dim"}
 
 
@@ -58,21 +60,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="groups (score bands, feature groups) of about equal development mass")
     p.add_argument("--out", metavar="DIR", help="write DIR/monitor.json and DIR/monitor.html")
     p.add_argument("--fail-on", choices=("watch", "act"), help="exit 3 when the status is this light or worse")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON (last line of stdout)")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace):
     import time
 
     from clients.monitoring import assess_drift, headline
-    from clients.scored_table import load_scored_table, load_table, package_pd
+    from clients.scored_table import check_command_paths, load_scored_table, load_table, package_pd
     from configs.errors import UserError
-    from fedcredit.output_files import json_text
+    from fedcredit.json_values import finite
+    from fedcredit.outcome import Outcome
     from fedcredit.progress import stage_progress
     from models.package import load_package
     from models.reference import reference_from_table
 
     t0 = time.time()
+    check_command_paths([args.model], args.out)
     with stage_progress("monitor") as stage:
         stage("verifying the model package")
         pkg = load_package(args.model)
@@ -100,15 +103,12 @@ def run(args: argparse.Namespace) -> int:
             stage(f"writing {args.out}")
             out_dir = _write_outputs(args.out, result, summary_line, args)
     _print_summary(result, summary_line)
-    if args.json:
-        keys = ("rows", "status", "score_psi", "score_light", "csi", "moved_most", "features_to_act",
-                "features_to_watch", "features_too_noisy", "missing_rate", "out_of_range_rate", "approval_rate",
-                "reference")
-        print(json_text({"ok": True, "model": args.model, "data": args.data, **{k: result[k] for k in keys},
-                         "out": str(out_dir) if out_dir else None, "seconds": time.time() - t0}))
-    if args.fail_on and _at_least(result["status"], args.fail_on):
-        return 3
-    return 0
+    keys = ("rows", "status", "score_psi", "score_light", "csi", "moved_most", "features_to_act",
+            "features_to_watch", "features_too_noisy", "missing_rate", "out_of_range_rate", "approval_rate",
+            "reference")
+    summary = {"ok": True, "model": args.model, "data": args.data, **{k: result[k] for k in keys},
+               "out": str(out_dir) if out_dir else None, "seconds": time.time() - t0}
+    return Outcome(finite(summary), 3 if args.fail_on and _at_least(result["status"], args.fail_on) else 0)
 
 
 def _at_least(status: str, light: str) -> bool:
@@ -118,13 +118,16 @@ def _at_least(status: str, light: str) -> bool:
 
 
 def _write_outputs(out, result: dict, summary_line: str, args):
-    from clients.monitor_page import write_monitor_page
-    from fedcredit.output_files import output_dir, write_json
+    from pathlib import Path
 
-    out_dir = output_dir(out)
-    write_json(out_dir / "monitor.json", {"model": args.model, "data": args.data, "headline": summary_line, **result})
-    write_monitor_page(out_dir / "monitor.html", result, summary_line, args.model, args.data)
-    return out_dir
+    from clients.monitor_page import render_monitor_page
+    from clients.scored_table import write_result_json
+    from fedcredit.atomic_write import write_atomic
+
+    write_result_json(out, "monitor.json", {"model": args.model, "data": args.data, "headline": summary_line,
+                                            **result})
+    write_atomic(Path(out) / "monitor.html", render_monitor_page(result, summary_line, args.model, args.data))
+    return Path(out)
 
 
 def _print_summary(result: dict, summary_line: str) -> None:

@@ -11,8 +11,6 @@ Every value from the data or the package is escaped by Jinja2; plots are embedde
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from pathlib import Path
-
 import numpy as np
 
 from fedcredit.figures import png_data_uri, pyplot
@@ -104,8 +102,3 @@ def render_monitor_page(result: dict, headline: str, model_name: str, data_name:
                            mover_figures=mover_figures(result), characteristics=characteristics,
                            fmt_pct=_pct, fmt_num=_num, fmt_count=_count)
 
-
-def write_monitor_page(path: str | Path, result: dict, headline: str, model_name: str, data_name: str) -> Path:
-    p = Path(path)
-    p.write_text(render_monitor_page(result, headline, model_name, data_name), encoding="utf-8")
-    return p

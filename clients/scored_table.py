@@ -61,3 +61,26 @@ def load_scored_table(model_dir, data_path, mapping=None, *, outcomes: bool = Fa
     pkg = package if package is not None else load_package(model_dir)
     data = load_table(data_path, pkg, mapping, outcomes=outcomes)
     return ScoredTable(package=pkg, data=data, pd=package_pd(pkg, data.table))
+
+
+def check_command_paths(models: list[str], out: str | None) -> None:
+    """Before any work: ``--out`` can be a directory, each ``--model``-like path names a package."""
+    from clients.score_command import check_model_dir
+    from fedcredit.path_checks import check_output_dir
+
+    if out:
+        check_output_dir(out)
+    for model in models:
+        check_model_dir(model)
+
+
+def write_result_json(out: str, name: str, payload: dict):
+    """``OUT/NAME`` (the directory created) as strict JSON (undefined figures are null), atomically."""
+    from pathlib import Path
+
+    from fedcredit.atomic_write import write_json_atomic
+    from fedcredit.json_values import finite
+
+    directory = Path(out)
+    directory.mkdir(parents=True, exist_ok=True)
+    return write_json_atomic(directory / name, finite(payload), allow_nan=False)

@@ -57,6 +57,7 @@ REFUSED_BUDGET = "budget-exhausted"
 REFUSED_POLICY = "policy"
 REFUSED_DATA = "invalid-data"
 REFUSED_STATE = "node-state"  # the node's state dir (privacy ledger, ledger heads) cannot be read or written
+REFUSED_APP = "app-not-allowed"  # the run's FAB is not the fedcredit release installed at the node (clients.app_release)
 
 
 def evaluation_rounds(first: int, last: int, every: int) -> list[int]:

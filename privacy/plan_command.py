@@ -36,6 +36,7 @@ With --json the last line of standard output is one JSON object:
    "sample_rate", "steps", "epsilon_after", "epsilon_remaining"}]}
 On a failure (exit 2) it is {"ok": false, "error"}.
 """
+JSON = "the plan"  # what --json prints (fedcredit.cli adds the option)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,14 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not reserve the feature-statistics release")
     parser.add_argument("--release-eval", choices=("noised", "exact", "off"), default="noised",
                         help="the node's evaluation release (noised: one Gaussian release per round)")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object (the plan) as the last line of standard output")
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     from configs.errors import UserError
+    from fedcredit.outcome import Outcome
     from privacy.accountant import PrivacyEvent
     from privacy.dp_release import EVALUATION_NOISE_MULTIPLIER, STATISTICS_NOISE_MULTIPLIER
     from privacy.planning import default_delta, plan_noise, plan_table, sample_rate_for, steps_per_epoch
@@ -88,12 +86,10 @@ def run(args: argparse.Namespace) -> int:
     reserved = {"statistics": 0 if args.no_statistics else 1,
                 "evaluation": args.rounds if args.release_eval == "noised" else 0}
     _print(args, plan, table, delta, reserved)
-    if args.json:
-        print(json.dumps({"ok": True, "noise_multiplier": plan.noise_multiplier, "sample_rate": q, "steps_per_round": steps,
-                          "rounds": args.rounds, "epsilon": args.epsilon, "delta": delta,
-                          "accountant": args.accountant, "epsilon_run": plan.epsilon_run,
-                          "reserved_events": reserved, "table": table}), flush=True)
-    return 0
+    return Outcome({"ok": True, "noise_multiplier": plan.noise_multiplier, "sample_rate": q, "steps_per_round": steps,
+                    "rounds": args.rounds, "epsilon": args.epsilon, "delta": delta,
+                    "accountant": args.accountant, "epsilon_run": plan.epsilon_run,
+                    "reserved_events": reserved, "table": table})
 
 
 def _print(args, plan, table, delta, reserved) -> None:

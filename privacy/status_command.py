@@ -22,26 +22,22 @@ With --json the last line of standard output is one JSON object:
    "delta", "max_epsilon", "epsilon_spent", "epsilon_remaining", "events", "policy_history"}]}
 On a failure (exit 2) it is {"ok": false, "error"}.
 """
+JSON = "all datasets and all their events"  # what --json prints (fedcredit.cli adds the option)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", required=True, metavar="DIR", help="the node's state-dir (node config)")
     parser.add_argument("--events", type=int, default=50, metavar="N",
                         help="show at most the last N events per dataset in the table (0: none)")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object (all datasets, all events) as the last line of standard output")
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
+    from fedcredit.outcome import Outcome
     from privacy.accountant import read_state
 
     datasets = read_state(args.state_dir)
     _print(args, datasets)
-    if args.json:
-        print(json.dumps({"ok": True, "state_dir": str(args.state_dir), "datasets": datasets}), flush=True)
-    return 0
+    return Outcome({"ok": True, "state_dir": str(args.state_dir), "datasets": datasets})
 
 
 def _print(args, datasets) -> None:
