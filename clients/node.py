@@ -21,7 +21,8 @@ Node config keys (deployment, ``flower-supernode --node-config``)
 Simulation: a virtual node only has ``partition-id`` / ``num-partitions``; it takes file
 ``partition-id`` of the run's ``data-dir`` (sorted) or synthesises institution ``partition-id``,
 keeps its privacy state under ``state-root/<institution-id>``, its budget from
-``sim-budgets`` (its own entry) or ``sim-max-epsilon``, releases exact evaluations and may train without DP (``dp = false``).
+``sim-budgets`` (its own entry) or ``sim-max-epsilon``, its data minimum from ``min-rows`` /
+``min-positives``, releases exact evaluations and may train without DP (``dp = false``).
 """
 
 from __future__ import annotations
@@ -85,6 +86,10 @@ class NodePolicy:
     simulation: bool
     synthetic_scale: float = 1.0
     synthetic_seed: int = 0
+    #: the table's minimum rows / defaults (``fedcredit data validate``'s); simulation: run config
+    #: ``min-rows`` / ``min-positives`` (research mode, see simulation.research_mode)
+    min_rows: int = 500
+    min_positives: int = 50
 
 
 def _get(cfg: dict, key: str, default: Any = None) -> Any:
@@ -140,7 +145,8 @@ def policy_from_context(node_config: dict, run_config: dict, run_id: str = "") -
         delta=None, release_eval="exact", allow_non_private=True, split_seed=0, holdout_fraction=0.2,
         accountant="rdp", simulation=True,
         synthetic_scale=float(_get(run_config, "synthetic-scale", 1.0)),
-        synthetic_seed=int(_get(run_config, "synthetic-seed", 0)))
+        synthetic_seed=int(_get(run_config, "synthetic-seed", 0)),
+        min_rows=int(_get(run_config, "min-rows", 500)), min_positives=int(_get(run_config, "min-positives", 50)))
 
 
 def _simulated_budget(run_config: dict, institution: str) -> float:
@@ -211,7 +217,7 @@ def clear_data_cache() -> None:
 def load_node_data(policy: NodePolicy) -> NodeData:
     """Load, validate and split the node's table (cached per process)."""
     key = (policy.source, policy.mapping, policy.schema, policy.split_seed, policy.holdout_fraction,
-           policy.synthetic_scale, policy.synthetic_seed)
+           policy.synthetic_scale, policy.synthetic_seed, policy.min_rows, policy.min_positives)
     if key in _DATA_CACHE:
         return _DATA_CACHE[key]
     schema = load_schema(policy.schema)
@@ -220,7 +226,8 @@ def load_node_data(policy: NodePolicy) -> NodeData:
     else:
         from clients.validation import load_institution_table
 
-        table = load_institution_table(policy.source, schema, policy.mapping).table
+        table = load_institution_table(policy.source, schema, policy.mapping, min_rows=policy.min_rows,
+                                       min_positives=policy.min_positives).table
     split = split_institution(table, schema, policy.institution_id, policy.holdout_fraction, policy.split_seed)
     data = NodeData(schema=schema, split=split, encoded={})
     _DATA_CACHE[key] = data

@@ -54,9 +54,11 @@ COMMANDS: list[tuple[str, str]] = [
     ("certs", "server.certs_command"),
     ("keys", "clients.keys_command"),
     ("node start", "clients.node_command"),
+    ("nodes register", "server.nodes_register_command"),
+    ("nodes list", "server.nodes_list_command"),
     ("privacy plan", "privacy.plan_command"),
     ("privacy status", "privacy.status_command"),
-    ("privacy audit", "privacy.audit_command"),
+    ("privacy audit", "clients.audit_command"),
 ]
 
 GROUP_HELP = {
@@ -66,6 +68,7 @@ GROUP_HELP = {
     "decisions": "the decision service's trail: verify it, show and reproduce a decision, record an override, "
                  "print an adverse-action notice",
     "node": "run an institution's node (checks its data, then starts Flower's SuperNode)",
+    "nodes": "operator: register institutions' node keys under their names; list the registered nodes",
 }
 
 

@@ -22,7 +22,8 @@ recalibrated final model.
    in (FedAdam: float64), so updates are checked against one dtype. ``evaluate``: the sampled
    nodes evaluate the new global model on their holdouts and the pooled histograms give the
    global AUC/KS/Gini exactly (:mod:`server.evaluation`); evaluation replies are sorted the same
-   way. ``end_round``: a checkpoint, the ledger's round entry, a progress event.
+   way. ``end_round``: a checkpoint, the ledger's round entry, a progress event and a line in
+   the ServerApp's log (:mod:`server.run_log`, what ``flwr log`` shows).
 3. **End.** When all rounds are done — or fewer than ``min-train-nodes`` nodes can train, which
    stops the run cleanly with the reason — the final model is recalibrated and evaluated once
    more, and the model package, ``metrics.json`` and the ledger's run-end entry are written
@@ -67,6 +68,7 @@ from server.exchange import Exchange, exchange
 from server.ledger import RunLedger
 from server.replies import SortedReplies, by_institution, releases_nothing, sort_replies, stop_reason
 from server.round_config import as_record, evaluate_config, statistics_config, train_config
+from server.run_log import emit, end_line, round_line, statistics_line
 from server.run_records import (RunRecorder, drop_node_sums, privacy_fields, public, resolve_run_dir,
                                 write_resolved_config)
 from server.run_summary import run_summary
@@ -128,6 +130,7 @@ class ConsortiumRun:
             self.recorder.event("run-stopped", reason=reason, detail=detail)
         summary = self.finish(status, reason, detail, self.final_evaluation())
         self.recorder.event("run-end", status=status, reason=reason, ledger_head=summary.get("ledger_head"))
+        emit(end_line(summary))
         self.recorder.close()
         self.audit.close()
         return summary
@@ -218,6 +221,7 @@ class ConsortiumRun:
             reason = stop_reason(replies.refusal_codes(), {**dropped, **rejected})
             record["stopped"] = reason
             self.history.append(record)
+            emit(round_line(record, s.num_server_rounds))
             raise RunStopped(reason, f"round {rnd}: {len(accepted)} usable update(s), min-train-nodes is "
                              f"{s.min_train_nodes}; refused: {sorted(refused) or 'none'}, "
                              f"dropped: {sorted(dropped) or 'none'}, rejected: {sorted(rejected) or 'none'}")
@@ -283,6 +287,7 @@ class ConsortiumRun:
             drop_node_sums(self.history[:-1])
         self.checkpoint(rnd)
         self.audit.round(record)
+        emit(round_line(record, self.settings.num_server_rounds))
         self.recorder.event("round-end", round=rnd, participants=len(record["participants"]),
                             auc=(record.get("global") or {}).get("auc"),
                             loss=record.get("train_loss"), wall_s=record["wall_s"])
@@ -311,6 +316,7 @@ class ConsortiumRun:
         self.recorder.event("statistics-end", contributors=self.statistics["contributors"], refused=refused,
                             dropped=dropped, rejected=rejected)
         self.audit.statistics(self.statistics)
+        emit(statistics_line(self.statistics))
         if len(replies.accepted) < s.min_train_nodes:
             raise RunStopped(stop_reason(replies.refusal_codes(), {**dropped, **rejected}),
                              f"only {len(replies.accepted)} node(s) answered the statistics query "

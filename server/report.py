@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from fedcredit.figures import png_data_uri, pyplot
-from server.model_card import _f, _g, _pct, build_model_card, load_metrics, overall_approval_rate
+from server.model_card import _f, _g, _pct, build_model_card, load_metrics, overall_approval
 
 SECTIONS: list[tuple[str, str]] = [
     ("summary", "Summary"),
@@ -173,7 +173,8 @@ def section_summary(card: dict, metrics: dict) -> str:
     p = card["privacy"]
     eps = [r["epsilon_spent"] for r in p["institutions"].values() if r["epsilon_spent"] is not None]
     budgets = [r["epsilon_budget"] for r in p["institutions"].values() if r["epsilon_budget"] is not None]
-    tiles = [("global AUC", _f(g.get("auc"), 3)), ("KS", _f(g.get("ks"), 3)), ("Gini", _f(g.get("gini"), 3)),
+    tiles = [("global AUC", _f(g.get("auc"), 3, g.get("auc_sd"))), ("KS", _f(g.get("ks"), 3, g.get("ks_sd"))),
+             ("Gini", _f(g.get("gini"), 3, g.get("gini_sd"))),
              ("centralised AUC", _f(m.get("centralised_pooled_auc"), 3)),
              ("local-only AUC (mean)", _f(m.get("local_only_mean_auc"), 3)),
              ("max ε spent / budget", (f"{max(eps):.2f} / {max(budgets):g}" if eps and budgets else
@@ -345,8 +346,9 @@ def section_calibration(metrics: dict) -> str:
              _pct(b["mean_pd"]), _pct(b["observed"])] for b in bands]
     head = ""
     if _fin(g.get("mean_pd")) and _fin(g.get("default_rate")):
-        head = (f"<p>Overall: mean PD <strong>{_pct(g['mean_pd'])}</strong> against an observed default rate of "
-                f"<strong>{_pct(g['default_rate'])}</strong> (Brier score {_f(g.get('brier'))}).</p>")
+        head = (f"<p>Overall: mean PD <strong>{_pct(g['mean_pd'], g.get('mean_pd_sd'))}</strong> against an observed "
+                f"default rate of <strong>{_pct(g['default_rate'], g.get('default_rate_sd'))}</strong> (Brier score "
+                f"{_f(g.get('brier'), 4, g.get('brier_sd'))}).</p>")
     return ('<p class="explain">Are the PDs probabilities? The pooled holdouts are cut into bands of about equal '
             "size by PD; a calibrated model puts every band on the diagonal. Points below the diagonal: the model "
             "over-states risk; above: it under-states it. A model can rank well (high AUC) and still need "
@@ -453,7 +455,7 @@ def section_comparison(card: dict) -> str:
     pooled = ""
     if has_base:
         pooled = _table(["model", "AUC on the pooled holdouts"], [
-            ["federated", _f(g.get("auc"), 4)], ["centralised (all data pooled, no DP)", _f(m["centralised_pooled_auc"], 4)],
+            ["federated", _f(g.get("auc"), 4, g.get("auc_sd"))], ["centralised (all data pooled, no DP)", _f(m["centralised_pooled_auc"], 4)],
             [f"local-only, mean over institutions{' (DP)' if m.get('local_only_dp') else ''}",
              _f(m["local_only_mean_auc"], 4)],
             ["local-only, each institution's model on its own holdout, pooled", _f(m["local_only_pooled_auc"], 4)]])
@@ -524,9 +526,9 @@ def section_fairness(card: dict) -> str:
            "<em>Equal-opportunity difference</em>: largest gap in approval rates among borrowers who did not "
            "default (1 − FPR). TPR: share of defaulters declined; FPR: share of good borrowers declined. "
            "Protected attributes are never model inputs.</p>"]
-    appr = overall_approval_rate(fa["attributes"])
+    appr, appr_sd = overall_approval(fa["attributes"])
     if appr is not None:
-        out.append(f"<p>Overall approval rate on the pooled holdouts: <strong>{_pct(appr)}</strong>.</p>")
+        out.append(f"<p>Overall approval rate on the pooled holdouts: <strong>{_pct(appr, appr_sd)}</strong>.</p>")
     for attr, a in fa["attributes"].items():
         groups = a["groups"]
         labels = [g["group"] for g in groups]
@@ -551,12 +553,13 @@ def section_fairness(card: dict) -> str:
         a2.legend(loc="upper right", fontsize=7.5)
         fig.tight_layout()
         out.append(f"<h3>{_e(attr)}</h3>")
-        out.append(f"<p>Demographic-parity difference <strong>{_f(a.get('demographic_parity_difference'), 3)}</strong>; "
-                   f"equal-opportunity difference <strong>{_f(a.get('equal_opportunity_difference'), 3)}</strong>.</p>")
+        out.append(f"<p>Demographic-parity difference <strong>{_f(a.get('demographic_parity_difference'), 3, a.get('demographic_parity_difference_sd'))}</strong>; "
+                   f"equal-opportunity difference <strong>{_f(a.get('equal_opportunity_difference'), 3, a.get('equal_opportunity_difference_sd'))}</strong>.</p>")
         out.append(_figure(fig, f"fairness by {attr}: approval rate, TPR and FPR per group"))
         out.append(_table(["group", "rows", "defaults", "approval rate", "TPR", "FPR"],
-                          [[_e(g["group"]), f"{int(g['n']):,}", f"{int(g['defaults']):,}", _pct(g["approval_rate"]),
-                            _pct(g["tpr"]), _pct(g["fpr"])] for g in groups]))
+                          [[_e(g["group"]), f"{int(g['n']):,}", f"{int(g['defaults']):,}",
+                            _pct(g["approval_rate"], g.get("approval_rate_sd")), _pct(g["tpr"], g.get("tpr_sd")),
+                            _pct(g["fpr"], g.get("fpr_sd"))] for g in groups]))
     return "".join(out)
 
 
@@ -586,7 +589,7 @@ def section_participation(metrics: dict) -> str:
                      names(with_evaluation(r, "refused", "evaluation_refused")),
                      names(with_evaluation(r, "dropped", "evaluation_failed")),
                      names(with_evaluation(r, "rejected", "evaluation_rejected")),
-                     _f(g.get("auc"), 4), _f(r.get("train_loss"), 4),
+                     _f(g.get("auc"), 4, g.get("auc_sd")), _f(r.get("train_loss"), 4),
                      _f(r.get("wall_s"), 1) if r.get("wall_s") is not None else "—"])
     final = metrics.get("final_evaluation") or {}
     if any(final.get(k) for k in ("evaluation_refused", "evaluation_rejected", "evaluation_failed")):

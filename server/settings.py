@@ -78,6 +78,10 @@ DEFAULTS: dict[str, Any] = {
     "state-root": "",
     "sim-max-epsilon": 3.0,
     "sim-budgets": "",  # per-institution budgets, "institution=ε,…" (others get sim-max-epsilon)
+    # Simulation only (research mode): each virtual node's data minimum, as `fedcredit data validate`
+    # --min-rows/--min-positives; below 500/50 the run is marked research mode (simulation.research_mode)
+    "min-rows": 500,
+    "min-positives": 50,
 }
 
 
@@ -122,6 +126,8 @@ class RunSettings:
     state_root: str
     sim_max_epsilon: float
     sim_budgets: str
+    min_rows: int
+    min_positives: int
 
     @property
     def hidden(self) -> tuple[int, ...]:
@@ -231,6 +237,9 @@ def _check(s: RunSettings) -> None:
     if not 2 <= s.encoder_knots <= 64:
         raise bad("encoder-knots", "must be between 2 and 64")
     parse_sim_budgets(s.sim_budgets)
+    for key, value in (("min-rows", s.min_rows), ("min-positives", s.min_positives)):
+        if value < 0:
+            raise bad(key, f"must be ≥ 0, got {value}")
     if s.target_epsilon < 0:
         raise bad("target-epsilon", f"must be ≥ 0 (0 = each node's remaining budget), got {s.target_epsilon}")
     if s.clipping_norm <= 0:

@@ -17,6 +17,7 @@ AUCs are measured on each institution's own holdout and on the pooled holdouts.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -86,14 +87,20 @@ def local_only(data: NodeData, encoder: FeatureEncoder, spec: ModelSpec, b: Base
 
 
 def run_baselines(nodes: dict[str, NodeData], encoder: FeatureEncoder, spec: ModelSpec,
-                  b: BaselineSettings, budgets: dict[str, float] | None = None) -> dict:
+                  b: BaselineSettings, budgets: dict[str, float] | None = None,
+                  progress: Callable[[str], None] | None = None) -> dict:
     """Centralised and local-only figures for every institution (JSON-ready). ``budgets``: an
-    institution's own ε for its DP local-only model (others: ``b.max_epsilon``)."""
+    institution's own ε for its DP local-only model (others: ``b.max_epsilon``). ``progress`` is
+    called with the name of each model trained (``centralised``, then each institution)."""
     from dataclasses import replace
 
+    report = progress or (lambda name: None)
     cen = centralised(nodes, encoder, spec, b)
-    local = {k: local_only(d, encoder, spec, replace(b, max_epsilon=(budgets or {}).get(k, b.max_epsilon)))
-             for k, d in nodes.items()}
+    report("centralised")
+    local = {}
+    for k, d in nodes.items():
+        local[k] = local_only(d, encoder, spec, replace(b, max_epsilon=(budgets or {}).get(k, b.max_epsilon)))
+        report(k)
     pooled_local = auc_score(np.concatenate([v["y"] for v in local.values()]),
                              np.concatenate([v["pd"] for v in local.values()]))
     return {

@@ -73,6 +73,15 @@ def test_a_torn_last_line_is_cut_saved_and_recorded_at_the_next_start(model, tmp
     assert saved.read_bytes() == torn
 
 
+def test_a_first_write_cut_short_starts_the_trail_again(tmp_path):
+    DecisionLog.open(tmp_path).close()  # the key, then the log-start entry: cut that write short
+    (tmp_path / LOG_FILE).write_bytes((tmp_path / LOG_FILE).read_bytes()[:40])
+    DecisionLog.open(tmp_path).close()
+    trail = read_trail(tmp_path)  # without a key: the log-start entry must come first and name it
+    assert trail.check.ok and trail.check.key_from_ledger
+    assert trail.index.counts == {"log-start": 1, "recovered": 1}
+
+
 def test_a_modified_trail_is_not_continued_and_a_second_writer_is_refused(model, tmp_path):
     m, apps = model
     log = DecisionLog.open(tmp_path)
