@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fedcredit.cli import number
+from fedcredit.arguments import number
 
 HELP = "backtest on realised outcomes: AUC/KS/Gini, calibration by score band, cut-off figures vs the model card"
 DESCRIPTION = """\

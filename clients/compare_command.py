@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fedcredit.cli import number
+from fedcredit.arguments import number
 
 HELP = "champion vs challenger on one holdout: DeLong AUC test, swap sets, fairness, a recommendation"
 DESCRIPTION = """\

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fedcredit.cli import number
+from fedcredit.arguments import number
 
 HELP = "drift monitoring: score PSI, CSI per feature, data quality against the development population"
 DESCRIPTION = """\

@@ -61,6 +61,7 @@ from models.encoder import FeatureEncoder, fit_encoder_from_histograms, statisti
 from models.metrics import EvaluationSums
 from models.network import ModelSpec, build_model, get_weights
 from models.package import weights_digest
+from models.training import initial_weights
 from server.checkpoints import Checkpoint, load_checkpoint, resume_source, save_checkpoint
 from server.clipping import ServerSideClipping
 from server.evaluation import calibration_record, pool_evaluations
@@ -329,7 +330,7 @@ class ConsortiumRun:
         self.population_counts = sum_statistics(parts)
         self.encoder = fit_encoder_from_histograms(self.schema, self.population_counts, s.encoder_knots)
         self.spec = ModelSpec(s.model, self.encoder.n_outputs, s.hidden if s.model == "mlp" else ())
-        self.weights = get_weights(build_model(self.spec, s.seed))
+        self.weights = initial_weights(self.spec, s.seed)  # output layer zero: no round-1 collapse
         self.dtypes = {k: v.dtype for k, v in self.weights.items()}
 
     # ------------------------------------------------------------------- helpers
