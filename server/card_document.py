@@ -2,7 +2,7 @@
 
 :func:`card_document` turns the card data of :func:`server.model_card.build_model_card` into a
 :class:`CardDocument`: titled sections of blocks — paragraphs, bullet lists, sub-headings and
-tables of plain strings. Two templates render the same document:
+tables of plain strings, and text charts. Two templates render the same document:
 
 * ``model_card.md`` (:func:`render_markdown`, template ``model_card.md.j2``): every section;
 * the report's "Model card" section (template ``report/model-card.html.j2``): the sections in
@@ -59,7 +59,15 @@ class Table:
     kind: str = "table"
 
 
-Block = Paragraph | Bullets | Heading | Table
+@dataclass(frozen=True)
+class Preformatted:
+    """Lines set as they are, in a fixed-width font (a text chart)."""
+
+    lines: tuple[str, ...]
+    kind: str = "preformatted"
+
+
+Block = Paragraph | Bullets | Heading | Table | Preformatted
 
 
 @dataclass(frozen=True)
@@ -221,7 +229,38 @@ def performance_section(card: dict) -> Section:
           num(r["federated"].get("brier"), sd=r["federated"].get("brier_sd")), r["release"] or "—"]
          for inst, r in m["institutions"].items()]))
     blocks.append(Paragraph(f"{m['note']}.", style="note"))
+    blocks += member_gain_blocks(m)
     return Section("performance", "Performance", tuple(blocks))
+
+
+def member_gain_chart(rows: dict[str, dict]) -> list[str]:
+    """A text bar per member: gain from joining (chosen − local-only AUC), 20 characters for the
+    largest gain (at least 0.02), bars right of ``|`` for a gain, left of it for a loss."""
+    scale = max(0.02, max(abs(r["gain_from_joining"]) for r in rows.values()))
+    width = max(len(inst) for inst in rows)
+    lines = []
+    for inst, r in rows.items():
+        g = r["gain_from_joining"]
+        bar = "█" * max(1 if g else 0, round(20 * abs(g) / scale))
+        lines.append(f"{inst:<{width}}  {g:+.3f}  " + (" " * 20 + "|" + bar if g >= 0 else
+                                                       " " * (20 - len(bar)) + bar + "|") +
+                     f"  ({r.get('chosen_model') or '—'})")
+    return lines
+
+
+def member_gain_blocks(m: dict) -> list[Block]:
+    """The card's per-member gain chart (none when the run scored no personal models)."""
+    rows = {inst: r for inst, r in m["institutions"].items() if r.get("gain_from_joining") is not None}
+    if not rows:
+        return []
+    worse = m.get("members_worse_than_local_only")
+    return [Heading("Gain from joining, per member"),
+            Paragraph("AUC of the model each member would use — the shared model or its own personalised one, "
+                      "whichever ranks its holdout better — minus the AUC of its local-only model (trained alone, DP "
+                      "at the same budget). Bars to the right: the member gains from joining."),
+            Preformatted(tuple(member_gain_chart(rows))),
+            Paragraph(f"Members worse off than alone (by more than {m.get('gain_tolerance') or 0.005:g} AUC): "
+                      f"{'—' if worse is None else worse}.")]
 
 
 def fairness_attribute(attribute: dict) -> tuple[Paragraph, Table]:

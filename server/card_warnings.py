@@ -1,7 +1,7 @@
 """The warnings of a model card: what a reader must not miss (a ledger that does not verify, a
 stopped run, no DP, research mode, ε that disagrees with the node's state, miscalibration, a
-cut-off that separates nobody, evaluation figures dominated by DP noise, a federated model that
-ranks an institution's holdout worse than its local-only model).
+cut-off that separates nobody, evaluation figures dominated by DP noise, members worse off than
+alone).
 
 A figure from DP-noised releases raises a warning only when it stays beyond the threshold two
 noise standard deviations away from where it was measured (:func:`noise_can_explain`).
@@ -93,10 +93,12 @@ def card_warnings(card: dict) -> list[str]:
                    "pooled holdout rows: the score histograms are largely noise, so AUC and KS are pulled toward "
                    "0.5 and 0 beyond the ± shown. Do not judge or certify the model on them; evaluate it on an "
                    "exact holdout (simulation, or one the operator holds).")
-    worse = [inst for inst, r in card["metrics"]["institutions"].items()
-             if r["local_only_auc"] is not None and not noise_can_explain(
-                 r["local_only_auc"] - 0.01, r["federated"].get("auc") or 0, None, r["federated"].get("auc_sd"))]
+    tol = card["metrics"].get("gain_tolerance") or 0.01
+    # with personal models scored (simulation): the model each member would use; else the federated one
+    worse = [inst for inst, r in card["metrics"]["institutions"].items() if r["local_only_auc"] is not None and (
+        r["gain_from_joining"] < -tol if r.get("gain_from_joining") is not None else not noise_can_explain(
+            r["local_only_auc"] - tol, r["federated"].get("auc") or 0, None, r["federated"].get("auc_sd")))]
     if worse:
-        out.append(f"The federated model ranks worse (AUC lower by more than 0.01) than a local-only model for: "
-                   f"{', '.join(worse)}.")
+        out.append(f"Members worse off than alone — on their holdout the model they would use ranks worse (AUC "
+                   f"lower by more than {tol:g}) than a local-only model: {', '.join(worse)}.")
     return out

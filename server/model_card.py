@@ -182,15 +182,20 @@ def metrics_section(metrics: dict, institutions: list[str]) -> dict:
     local = base.get("local_only") or {}
     central = base.get("centralised") or {}
     final = metrics.get("institutions") or {}
+    gain = metrics.get("member_gain") or {}
     rows = {}
     for inst in institutions:
         ev = (final.get(inst) or {}).get("eval") or {}
+        g = (gain.get("institutions") or {}).get(inst) or {}
         rows[inst] = {
             "federated": {k: _num(ev.get(k)) for k in ("auc", "ks", "gini", "brier", "mean_pd")
                           for k in (k, k + "_sd") if k in ev},
             "release": ev.get("release"),
             "local_only_auc": _num((local.get(inst) or {}).get("auc")),
             "centralised_auc": _num((central.get("institutions") or {}).get(inst)),
+            "personalized_auc": _num(g.get("auc_personalized")),
+            "chosen_model": g.get("chosen_model"),
+            "gain_from_joining": _num(g.get("gain_from_joining")),
         }
     g = metrics.get("final") or {}
     return {
@@ -199,8 +204,10 @@ def metrics_section(metrics: dict, institutions: list[str]) -> dict:
         "baselines_available": bool(base),
         "centralised_pooled_auc": _num(central.get("pooled_auc")),
         "local_only_mean_auc": _num(base.get("local_only_mean_auc")),
-        "local_only_pooled_auc": _num(base.get("local_only_pooled_auc")),
         "local_only_dp": base.get("dp_local_only"),
+        "members_worse_than_local_only": gain.get("members_worse_than_local_only"),
+        "gain_tolerance": gain.get("gain_tolerance"),
+        "chosen_pooled_auc": _num(gain.get("auc_personalized_pooled")),
         "institutions": rows,
         "note": ("global figures are computed exactly (to 1/8000 logit-bin resolution) from the pooled "
                  "holdout score histograms of the institutions, not averaged"),

@@ -87,10 +87,12 @@ def summary_section(card: dict) -> dict:
         mi = m["institutions"].get(inst, {})
         pr = p["institutions"].get(inst, {})
         fed, loc = mi.get("federated", {}).get("auc"), mi.get("local_only_auc")
+        gain = mi.get("gain_from_joining")  # the better of the shared and the personalised model, when scored
+        if gain is None and fed is not None and loc is not None:
+            gain = fed - loc
         spent, budget = pr.get("epsilon_spent"), pr.get("epsilon_budget")
         rows.append({"institution": inst, "rows_train": d["rows_train"], "default_rate": d["default_rate"],
-                     "local_only": loc, "federated": fed, "centralised": mi.get("centralised_auc"),
-                     "gain": fed - loc if fed is not None and loc is not None else None,
+                     "local_only": loc, "federated": fed, "centralised": mi.get("centralised_auc"), "gain": gain,
                      "epsilon": (f"{spent:.3f} / {budget:g}" if spent is not None and budget is not None
                                  else no_epsilon)})
     return {"tiles": tiles, "warnings": card.get("warnings") or [], "rows": rows}
@@ -160,9 +162,20 @@ def comparison_section(card: dict) -> dict:
     pooled = [("federated", num(g.get("auc"), 4, g.get("auc_sd"))),
               ("centralised (all data pooled, no DP)", num(m["centralised_pooled_auc"], 4)),
               (f"local-only, mean over institutions{' (DP)' if m.get('local_only_dp') else ''}",
-               num(m["local_only_mean_auc"], 4)),
-              ("local-only, each institution's model on its own holdout, pooled", num(m["local_only_pooled_auc"], 4))]
-    return {"figure": F.comparison_figure(inst, series), "has_base": has_base, "pooled": pooled if has_base else []}
+               num(m["local_only_mean_auc"], 4))]
+    return {"figure": F.comparison_figure(inst, series), "has_base": has_base, "pooled": pooled if has_base else [],
+            "member_gain": member_gain(m)}
+
+
+def member_gain(m: dict) -> dict | None:
+    """Per member: the AUC of the model it would use (the better, on its holdout, of the shared and its
+    personalised model) minus its local-only AUC; None when the run scored no personal models."""
+    rows = {i: r for i, r in m["institutions"].items() if r.get("gain_from_joining") is not None}
+    if not rows:
+        return None
+    tolerance = m.get("gain_tolerance") or 0.005
+    return {"figure": F.member_gain_figure(rows, tolerance), "tolerance": tolerance, "rows": rows,
+            "worse": m.get("members_worse_than_local_only")}
 
 
 def privacy_section(card: dict, doc: CardDocument) -> dict:

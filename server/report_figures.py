@@ -222,6 +222,25 @@ def comparison_figure(institutions: list[str], series: dict[str, list]) -> Figur
                    "n/a: the institution released no evaluation for that model.")
 
 
+def member_gain_figure(rows: dict[str, dict], tolerance: float) -> Figure:
+    """Gain from joining per member (``rows``: name → card row with ``gain_from_joining``, an AUC
+    difference, and ``chosen_model``); the grey band is ± ``tolerance``, red bars are below it."""
+    plt = pyplot()
+    gains = [r["gain_from_joining"] for r in rows.values()]
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.2 * len(rows) + 2), 3.2))
+    ax.bar(range(len(rows)), gains, 0.6, color=[TEAL if v >= -tolerance else RED for v in gains])
+    ax.axhline(0, color=GREY, lw=1)
+    ax.axhspan(-tolerance, tolerance, color=GREY, alpha=0.15, lw=0)
+    for x, r in enumerate(rows.values()):
+        ax.text(x, r["gain_from_joining"], f"{r['gain_from_joining']:+.3f}\n{r.get('chosen_model') or ''}",
+                ha="center", va="bottom" if r["gain_from_joining"] >= 0 else "top", fontsize=7.5)
+    ax.set_xticks(range(len(rows)), list(rows), fontsize=8.5)
+    ax.set_ylabel("AUC gain over local-only")
+    ax.set_title("Gain from joining, per member")
+    fig.tight_layout()
+    return _figure(fig, "AUC gain from joining per member")
+
+
 def privacy_figure(institutions: list[str], spent: list[float], budget: list[float | None]) -> Figure:
     """ε spent against the lifetime budget per institution; orange within 5 % of the budget."""
     from matplotlib.patches import Patch

@@ -329,8 +329,9 @@ def test_the_card_is_one_document_rendered_as_markdown_and_in_the_report(tmp_pat
     for section in doc.sections:
         assert f"## {section.title}\n" in md
         for block in section.blocks:
-            texts = ([block.text] if block.kind in ("paragraph", "heading") else list(block.items)
-                     if block.kind == "bullets" else [c for row in block.rows for c in row])
+            texts = {"paragraph": lambda: [block.text], "heading": lambda: [block.text],
+                     "bullets": lambda: list(block.items), "preformatted": lambda: list(block.lines),
+                     "table": lambda: [c for row in block.rows for c in row]}[block.kind]()
             for t in texts:
                 assert t.replace("|", "\\|") in md, t
                 if section.key in REPORT_SECTIONS:
