@@ -20,7 +20,6 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from scipy.stats import binom
 
 from clients.dataset import holdout_mask
@@ -33,36 +32,19 @@ from privacy.audit import AuditSettings, audit_membership, fair_coin_canaries
 from privacy.audit_bounds import correct_guesses, epsilon_for, epsilon_lower_bound, guess_grid, p_value
 from privacy.dpsgd import DPSGDGradients
 from privacy.planning import plan_noise, sample_rate_for, steps_per_epoch
+from tests import tables
 
 OVERFIT = LocalTrainConfig(local_epochs=60, batch_size=32, learning_rate=3e-3)
 REFERENCE = LocalTrainConfig(local_epochs=20, batch_size=32, learning_rate=3e-3)
 DP_EPSILON = 1.0
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def random_table(schema, n: int, seed: int) -> pd.DataFrame:
     """Valid rows in schema format with labels independent of the features: only memorisation fits them."""
-    rng = np.random.default_rng(seed)
-    cols = {schema.id_column: [f"r{seed}-{i}" for i in range(n)]} if schema.id_column else {}
-    for f in schema.features:
-        if f.kind == "categorical":
-            cols[f.name] = rng.choice(list(f.categories), size=n)
-        elif f.kind == "ordinal":
-            cols[f.name] = rng.integers(int(f.range[0]), int(f.range[1]) + 1, size=n).astype(float)
-        elif f.kind == "binary":
-            cols[f.name] = rng.integers(0, 2, size=n).astype(float)
-        else:
-            lo, hi = f.range
-            cols[f.name] = np.round(np.clip(rng.lognormal(np.log(max(lo, 1) + 3000), 1.5, size=n), lo, hi))
-    cols[schema.label.name] = rng.integers(0, 2, size=n)
-    return pd.DataFrame(cols)[schema.columns]
+    return tables.random_table(schema, n, seed, id_prefix="r", numeric=tables.rounded_amounts)
 
 
 def encoder_from_other_rows(schema):
