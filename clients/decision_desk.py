@@ -91,12 +91,19 @@ class DecisionDesk:
     def start(self) -> None:
         self._thread.start()
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Stop taking jobs, answer what is queued, stop the worker and close the trail."""
+    def close(self, timeout: float = 120.0) -> None:
+        """Stop taking jobs, answer what is queued, stop the worker and close the trail.
+
+        A worker still busy after ``timeout`` seconds is left alone (it may be writing the trail):
+        no service-stop entry then, and the process's exit ends it.
+        """
         with self._lock:
             self._closed = True
         self._queue.put(None)
-        self._thread.join(timeout)
+        if self._thread.is_alive() or self._thread.ident is not None:
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            return
         if self.log is not None:
             if self.failure is None:
                 self.log.append("service-stop", {"decisions": self.decided, "groups": self.groups})
