@@ -541,10 +541,11 @@ def headline(name: str, r: dict) -> str:
                     f"{r.get('ratio_cold')}; warm-up {r['flower_warmup_s']} s")
         if name == "serve_latency":
             t = r["trail"]
+            cost = (f"trail costs ≤ {r['trail_cost_max']:.0%} of throughput" if r["trail_cost_max"] > 0 else
+                    "no measurable trail cost (the trail-less service was no faster)")
             return (f"p99 at 8 concurrent {r['levels']['8']['trail']['p99_ms']} ms = {r['p99_c8_over_in_process']}× "
-                    f"in-process ({r['in_process_ms']['p50']} ms), target ≤ 10×; trail costs ≤ "
-                    f"{r['trail_cost_max']:.0%} of throughput (target ≤ 20 %); {r['errors']} errors, {t['lost']} of "
-                    f"{t['answered']} lost")
+                    f"in-process ({r['in_process_ms']['p50']} ms), target ≤ 10×; {cost} (target ≤ 20 %); "
+                    f"{r['errors']} errors, {t['lost']} of {t['answered']} lost")
         if name == "deploy_latency":
             text = (f"deployed/simulated round {r['ratio']} ({r['deployed_round_s']} s / {r['simulated_round_s']} s), "
                     "target ≤ 10")
