@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fedcredit.cli import number
+from fedcredit.arguments import number
 
 HELP = "membership-inference audit: measure what a released model leaks about an institution's rows"
 

@@ -340,15 +340,19 @@ def train(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict,
                           f"this node's data follows {data.schema.key}")
     x, y, _, _ = data.matrices(encoder)
     model = _model_from(cfg, weights)
+    personal = _personal_round(policy, cfg, model)  # the node's own layers (clients.personalization)
     tcfg = LocalTrainConfig(local_epochs=int(cfg["local-epochs"]), batch_size=int(cfg["batch-size"]),
                             learning_rate=float(cfg["learning-rate"]), optimizer=str(cfg["optimizer"]),
-                            proximal_mu=float(cfg.get("proximal-mu", 0.0)))
+                            proximal_mu=float(cfg.get("proximal-mu", 0.0)),
+                            output_bias_learning_rate=personal.settings.output_bias_learning_rate)
     rnd = int(cfg["server-round"])
     seed = int(cfg.get("seed", 0)) * 100_003 + rnd
     metrics: dict[str, float] = {"num-examples": float(len(x))}
     if not _wants_dp(policy, cfg):
         out = train_local(model, x, y, tcfg, seed=seed)
         metrics["train-loss"] = out["loss"]
+        metrics.update(personal.after_training(model, y, dp=False))
+        personal.personalise_if_last(cfg, x, y, tcfg, None, policy.institution_id, encoder, data.schema)
         return get_weights(model), metrics
 
     from privacy.accountant import BudgetExceeded
@@ -381,12 +385,21 @@ def train(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict,
         rule = DPSGDGradients(sigma, float(cfg["clipping-norm"]), q, seed=_noise_seed(policy, cfg, salt))
         event = rule.events(steps, run_id, rnd)
         event.rows, event.split = "train", data.split.split
+        events = [event] + personal.releases_with_update(True, run_id, data.split.split)
         try:
-            ledger.check([event])
+            ledger.check(events)
         except BudgetExceeded as exc:
             raise NodeRefusal.budget_exhausted(exc) from None
         out = train_local(model, x, y, tcfg, rule, seed=seed)
-        spent = ledger.record([event])  # persisted before the update leaves the node
+        label_rng = np.random.default_rng(_noise_seed(policy, cfg, "label-count"))
+        spent = ledger.record(events)  # persisted before the update leaves the node
+        metrics.update(personal.after_training(model, y, dp=True, rng=label_rng))
+        p_rule = DPSGDGradients(sigma, float(cfg["clipping-norm"]), q, seed=_noise_seed(policy, cfg, f"personal-{rnd}"))
+        try:
+            spent = personal.personalise_if_last(cfg, x, y, tcfg, p_rule, policy.institution_id, encoder,
+                                                 data.schema, ledger=ledger, steps=steps) or spent
+        except BudgetExceeded as exc:
+            raise NodeRefusal.budget_exhausted(exc) from None
         # no training loss under DP: it is an exact function of the private batches (unclipped,
         # unnoised), so it would be a release outside the accountant (docs/privacy.md)
         metrics.update({"epsilon-spent": spent, "epsilon-budget": ledger.max_epsilon,
@@ -394,9 +407,20 @@ def train(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict,
     return get_weights(model), metrics
 
 
+def _personal_round(policy: NodePolicy, cfg: dict, model=None):
+    """This round's :class:`clients.personalization.PersonalRound`; a bad key is a policy refusal."""
+    from clients.personalization import PersonalizationConfigError, PersonalRound
+
+    try:
+        return PersonalRound(policy.state_dir, str(cfg.get("run-id", "")), cfg, model)
+    except PersonalizationConfigError as exc:
+        raise NodeRefusal("policy", str(exc)) from None
+
+
 def _plan_shape(n_train: int, cfg: dict, first_round: int) -> str:
     """What :func:`_plan_run` depends on besides the ledger (to reuse a plan only when equal)."""
-    keys = ("run-id", "num-server-rounds", "local-epochs", "batch-size", "evaluate-every", "target-epsilon")
+    keys = ("run-id", "num-server-rounds", "local-epochs", "batch-size", "evaluate-every", "target-epsilon",
+            "aggregation-weight", "personalize", "personal-epochs")
     return json.dumps([n_train, first_round] + [str(cfg.get(k, "")) for k in keys])
 
 
@@ -412,8 +436,10 @@ def _plan_run(policy: NodePolicy, ledger, n_train: int, cfg: dict, first_round: 
 
     run_id = str(cfg.get("run-id", ""))
     batch = int(cfg["batch-size"])
-    rounds_left = max(1, int(cfg["num-server-rounds"]) - first_round + 1)
-    this_run = [e for e in ledger.events if e.run_id == run_id] + list(pending)
+    personal = _personal_round(policy, cfg)  # reserves the personal fine-tune and the label-count release
+    rounds_left = max(1, int(cfg["num-server-rounds"]) - first_round + 1) + personal.reserved_rounds(cfg)
+    this_run = ([e for e in ledger.events if e.run_id == run_id] + list(pending)
+                + personal.releases_with_update(True, run_id, ledger_split(ledger)))
     return plan_noise(prior_events=[e for e in ledger.events if e.run_id != run_id],
                       max_epsilon=ledger.max_epsilon, delta=ledger.delta,
                       sample_rate=sample_rate_for(n_train, batch),

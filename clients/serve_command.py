@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fedcredit.cli import number
+from fedcredit.arguments import number
 
 HELP = "serve instant credit decisions over HTTP, each recorded in a signed decision trail"
 DESCRIPTION = """\
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace):
     from clients.decision_log import DecisionLog
     from clients.score_command import check_model_dir
     from configs.errors import UserError
-    from fedcredit.cli import print_json
+    from fedcredit.json_values import print_json
     from fedcredit.outcome import Outcome
     from fedcredit.path_checks import check_output_dir
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fedcredit.cli import number
+from fedcredit.arguments import number
 
 HELP = "plan DP-SGD noise for a run: noise multiplier, sample rate, steps and ε after each round"
 

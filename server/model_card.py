@@ -238,15 +238,20 @@ def metrics_section(metrics: dict, institutions: list[str]) -> dict:
     local = base.get("local_only") or {}
     central = base.get("centralised") or {}
     final = metrics.get("institutions") or {}
+    gain = metrics.get("member_gain") or {}
     rows = {}
     for inst in institutions:
         ev = (final.get(inst) or {}).get("eval") or {}
+        g = (gain.get("institutions") or {}).get(inst) or {}
         rows[inst] = {
             "federated": {k: _num(ev.get(k)) for k in ("auc", "ks", "gini", "brier", "mean_pd")
                           for k in (k, k + "_sd") if k in ev},
             "release": ev.get("release"),
             "local_only_auc": _num((local.get(inst) or {}).get("auc")),
             "centralised_auc": _num((central.get("institutions") or {}).get(inst)),
+            "personalized_auc": _num(g.get("auc_personalized")),
+            "chosen_model": g.get("chosen_model"),
+            "gain_from_joining": _num(g.get("gain_from_joining")),
         }
     g = metrics.get("final") or {}
     return {
@@ -255,8 +260,10 @@ def metrics_section(metrics: dict, institutions: list[str]) -> dict:
         "baselines_available": bool(base),
         "centralised_pooled_auc": _num(central.get("pooled_auc")),
         "local_only_mean_auc": _num(base.get("local_only_mean_auc")),
-        "local_only_pooled_auc": _num(base.get("local_only_pooled_auc")),
         "local_only_dp": base.get("dp_local_only"),
+        "members_worse_than_local_only": gain.get("members_worse_than_local_only"),
+        "gain_tolerance": gain.get("gain_tolerance"),
+        "chosen_pooled_auc": _num(gain.get("auc_personalized_pooled")),
         "institutions": rows,
         "note": ("global figures are computed exactly (to 1/8000 logit-bin resolution) from the pooled "
                  "holdout score histograms of the institutions, not averaged"),
@@ -506,16 +513,41 @@ def card_warnings(card: dict) -> list[str]:
                    "pooled holdout rows: the score histograms are largely noise, so AUC and KS are pulled toward "
                    "0.5 and 0 beyond the ± shown. Do not judge or certify the model on them; evaluate it on an "
                    "exact holdout (simulation, or one the operator holds).")
-    worse = [inst for inst, r in card["metrics"]["institutions"].items()
-             if r["local_only_auc"] is not None and not noise_can_explain(
-                 r["local_only_auc"] - 0.01, r["federated"].get("auc") or 0, None, r["federated"].get("auc_sd"))]
+    tol = card["metrics"].get("gain_tolerance") or 0.01
+    # with personal models scored (simulation): the model each member would use; else the federated one
+    worse = [inst for inst, r in card["metrics"]["institutions"].items() if r["local_only_auc"] is not None and (
+        r["gain_from_joining"] < -tol if r.get("gain_from_joining") is not None else not noise_can_explain(
+            r["local_only_auc"] - tol, r["federated"].get("auc") or 0, None, r["federated"].get("auc_sd")))]
     if worse:
-        out.append(f"The federated model ranks worse (AUC lower by more than 0.01) than a local-only model for: "
-                   f"{', '.join(worse)}.")
+        out.append(f"Members worse off than alone — the model they would use ranks their holdout worse (AUC lower "
+                   f"by more than {tol:g}) than a local-only model: {', '.join(worse)}.")
     return out
 
 
 # --------------------------------------------------------------------------- markdown
+def member_gain_markdown(m: dict) -> list[str]:
+    """The per-member gain chart of the card: a text bar per institution (chosen − local-only AUC)."""
+    rows = {inst: r for inst, r in m["institutions"].items() if r.get("gain_from_joining") is not None}
+    if not rows:
+        return []
+    scale = max(0.02, max(abs(r["gain_from_joining"]) for r in rows.values()))
+    width = max(len(inst) for inst in rows)
+    lines = []
+    for inst, r in rows.items():
+        g = r["gain_from_joining"]
+        bar = "█" * max(1 if g else 0, round(20 * abs(g) / scale))
+        lines.append(f"{inst:<{width}}  {g:+.3f}  " + (" " * 20 + "|" + bar if g >= 0 else
+                                                       " " * (20 - len(bar)) + bar + "|") +
+                     f"  ({r.get('chosen_model') or '—'})")
+    worse = m.get("members_worse_than_local_only")
+    return ["### Gain from joining, per member", "",
+            "AUC of the model each member would use — the shared model or its own personalised one, whichever "
+            "ranks its holdout better — minus the AUC of its local-only model (trained alone, DP at the same "
+            "budget). Bars to the right: the member gains from joining.", "", "```", *lines, "```", "",
+            f"Members worse off than alone (by more than {m.get('gain_tolerance') or 0.005:g} AUC): "
+            f"{'—' if worse is None else worse}.", ""]
+
+
 def _f(x: Any, digits: int = 4, sd: Any = None) -> str:
     """A number for the card (``—`` for none), with ``± sd`` when the figure carries its noise's sd."""
     if isinstance(sd, (int, float)) and not isinstance(sd, bool) and x is not None:
@@ -648,6 +680,7 @@ def render_markdown(card: dict) -> str:
          _f(r["federated"].get("brier"), sd=r["federated"].get("brier_sd")), r["release"] or "—"]
         for inst, r in m["institutions"].items()])
     L += [f"_{m['note']}._", ""]
+    L += member_gain_markdown(m)
 
     L += ["## Fairness", ""]
     fa = card.get("fairness")

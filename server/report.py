@@ -26,9 +26,7 @@ released evaluation …) says so instead of showing a plot.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
 from datetime import datetime, timezone
@@ -37,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from fedcredit.figures import png_data_uri, pyplot
 from server.model_card import _f, _g, _pct, build_model_card, load_metrics, overall_approval
 
 SECTIONS: list[tuple[str, str]] = [
@@ -110,12 +109,7 @@ def _e(x: Any) -> str:
 
 def _png(fig) -> str:
     """The figure as a base64 PNG data URI (figure closed afterwards)."""
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight", facecolor="white")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return png_data_uri(fig)
 
 
 def _figure(fig, alt: str, caption: str = "") -> str:
@@ -128,12 +122,7 @@ def _absent(text: str) -> str:
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def _table(header: list[str], rows: list[list[Any]], text_cols: int | set[int] = 1) -> str:
@@ -202,8 +191,10 @@ def section_summary(card: dict, metrics: dict) -> str:
         mi = m["institutions"].get(inst, {})
         pr = p["institutions"].get(inst, {})
         fed, loc = mi.get("federated", {}).get("auc"), mi.get("local_only_auc")
-        gain = (f'<span class="{"good" if fed - loc >= 0 else "bad"}">{fed - loc:+.3f}</span>'
-                if fed is not None and loc is not None else "—")
+        g = mi.get("gain_from_joining")
+        if g is None and fed is not None and loc is not None:
+            g = fed - loc
+        gain = f'<span class="{"good" if g >= 0 else "bad"}">{g:+.3f}</span>' if g is not None else "—"
         rows.append([_e(inst), _f(d["rows_train"]), _e(_pct(d["default_rate"])), _f(loc, 3), _f(fed, 3), gain,
                      _f(mi.get("centralised_auc"), 3),
                      (f"{pr['epsilon_spent']:.3f} / {pr['epsilon_budget']:g}" if pr.get("epsilon_spent") is not None
@@ -211,7 +202,8 @@ def section_summary(card: dict, metrics: dict) -> str:
     out.append(_table(["institution", "training rows", "default rate", "AUC local-only", "AUC federated",
                        "gain", "AUC centralised", "ε spent / budget"], rows))
     out.append('<p class="explain">AUC of each column on the institution\'s own holdout. '
-               "<em>Gain</em> is federated minus local-only: what joining the consortium bought the institution. "
+               "<em>Gain</em> is the better of the federated and the institution's personalised model (when "
+               "the run made one) minus local-only: what joining the consortium bought the institution. "
                "The centralised model (all data pooled, no privacy) is the upper reference a federation "
                "aims at.</p>")
     return "".join(out)
@@ -468,14 +460,45 @@ def section_comparison(card: dict) -> str:
         pooled = _table(["model", "AUC on the pooled holdouts"], [
             ["federated", _f(g.get("auc"), 4, g.get("auc_sd"))], ["centralised (all data pooled, no DP)", _f(m["centralised_pooled_auc"], 4)],
             [f"local-only, mean over institutions{' (DP)' if m.get('local_only_dp') else ''}",
-             _f(m["local_only_mean_auc"], 4)],
-            ["local-only, each institution's model on its own holdout, pooled", _f(m["local_only_pooled_auc"], 4)]])
+             _f(m["local_only_mean_auc"], 4)]])
     return ('<p class="explain">Does federation pay off for each institution? <em>Local-only</em>: the same network '
             "trained by the institution alone (with DP at the same budget when the run is private). "
             "<em>Centralised</em>: trained on all institutions' data pooled, without privacy — the reference a "
             "federation cannot beat. All three are scored on the same holdout of each institution.</p>"
             + note + _figure(fig, "federated vs local-only vs centralised AUC per institution",
-                             "n/a: the institution released no evaluation for that model.") + pooled)
+                             "n/a: the institution released no evaluation for that model.") + pooled
+            + member_gain_figure(m))
+
+
+def member_gain_figure(m: dict) -> str:
+    """Per-member gain chart: chosen model (max of global and personalised) − local-only AUC."""
+    rows = {i: r for i, r in m["institutions"].items() if r.get("gain_from_joining") is not None}
+    if not rows:
+        return ""
+    plt = _plt()
+    tol = m.get("gain_tolerance") or 0.005
+    gains = [r["gain_from_joining"] for r in rows.values()]
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.2 * len(rows) + 2), 3.2))
+    ax.bar(range(len(rows)), gains, 0.6, color=[TEAL if v >= -tol else RED for v in gains])
+    ax.axhline(0, color=GREY, lw=1)
+    ax.axhspan(-tol, tol, color=GREY, alpha=0.15, lw=0)
+    for x, (inst, r) in enumerate(rows.items()):
+        ax.text(x, r["gain_from_joining"], f"{r['gain_from_joining']:+.3f}\n{r.get('chosen_model') or ''}",
+                ha="center", va="bottom" if r["gain_from_joining"] >= 0 else "top", fontsize=7.5)
+    ax.set_xticks(range(len(rows)), list(rows), fontsize=8.5)
+    ax.set_ylabel("AUC gain over local-only")
+    ax.set_title("Gain from joining, per member")
+    fig.tight_layout()
+    worse = m.get("members_worse_than_local_only")
+    rows_html = [[_e(i), _f(r["local_only_auc"], 3), _f(r["federated"].get("auc"), 3), _f(r.get("personalized_auc"), 3),
+                  _e(r.get("chosen_model") or "—"), _f(r["gain_from_joining"], 3)] for i, r in rows.items()]
+    return ("<h3>Gain from joining, per member</h3>"
+            '<p class="explain">Each member uses the better, on its own holdout, of the shared model and its '
+            "personalised model (kept at its node, fine-tuned there with DP on its budget); the gain is that "
+            "AUC minus its local-only AUC. Grey band: ± the tolerance "
+            f"({tol:g}); members below it are worse off than alone: <strong>{_e(worse)}</strong>.</p>"
+            + _figure(fig, "AUC gain from joining per member")
+            + _table(["institution", "AUC local-only", "AUC global", "AUC personalised", "chosen", "gain"], rows_html))
 
 
 def section_privacy(card: dict) -> str:

@@ -8,7 +8,8 @@
    (:mod:`simulation.flower_runtime`), each virtual node keeping its privacy state under
    ``RUN_DIR/node-state/<institution>`` (or ``--state-root``);
 3. train the centralised and local-only baselines with the run's encoder on the nodes' own
-   splits (:mod:`simulation.baselines`);
+   splits (:mod:`simulation.baselines`), and score each node's personal model on its holdout
+   (:mod:`simulation.member_gain`: what each member gains from joining);
 4. merge everything into ``RUN_DIR/metrics.json``, write ``report.html`` and the model card
    (:mod:`server.report`, :mod:`server.model_card`) and return the summary.
 """
@@ -225,6 +226,8 @@ def simulate(o: SimulationOptions, on_event: Callable[[dict], None] | None = Non
         metrics["baselines"] = run_baselines(nodes, encoder, spec, baseline_settings(settings, o.epsilon),
                                              budgets=budgets, progress=progress)
     metrics["baselines_s"] = time.time() - t_baselines
+    if metrics.get("model_dir"):
+        metrics["member_gain"] = gains_of_members(metrics, nodes, run_dir, run_config)
     metrics["data"] = data_summary(nodes)
     if not o.data_dir:
         metrics["oracle"] = oracle_aucs(nodes, o, n_nodes)
@@ -238,6 +241,17 @@ def simulate(o: SimulationOptions, on_event: Callable[[dict], None] | None = Non
     metrics["wall_s"] = metrics["summary"]["wall_s"] = time.time() - t_start  # the report's seconds too
     write_json_atomic(metrics_path, metrics, default=float)
     return metrics["summary"]
+
+
+def gains_of_members(metrics: dict, nodes: dict[str, NodeData], run_dir: Path, run_config: dict) -> dict:
+    """Local-only vs global vs personalised AUC per member (:func:`simulation.member_gain.member_gains`)."""
+    from simulation.member_gain import member_gains, node_run_ids
+
+    final_inst = metrics.get("institutions") or {}
+    federated = {k: ((final_inst.get(k) or {}).get("eval") or {}).get("auc") for k in nodes}
+    local = {k: v.get("auc") for k, v in ((metrics.get("baselines") or {}).get("local_only") or {}).items()}
+    return member_gains(nodes, Path(run_config["state-root"]), node_run_ids(run_dir, metrics),
+                        Path(metrics["model_dir"]), federated, local)
 
 
 def _baseline_progress(on_event: Callable[[dict], None] | None, total: int) -> Callable[[str], None] | None:
@@ -276,7 +290,8 @@ def baseline_settings(settings, epsilon: float):
                             batch_size=settings.batch_size, learning_rate=settings.learning_rate,
                             optimizer=settings.optimizer, seed=settings.seed, dp=settings.dp,
                             max_epsilon=float(epsilon), clipping_norm=settings.clipping_norm,
-                            delta_for=default_delta)
+                            delta_for=default_delta,
+                            output_bias_learning_rate=settings.output_bias_learning_rate)
 
 
 def oracle_aucs(nodes: dict[str, NodeData], o: SimulationOptions, n_nodes: int) -> dict:
@@ -309,20 +324,29 @@ def _noise_sd(figures: dict) -> dict:
 
 
 def summarise(metrics: dict, nodes: dict[str, NodeData], o: SimulationOptions) -> dict:
-    """The ``--json`` summary: federated vs local-only vs centralised, per institution."""
+    """The ``--json`` summary: federated vs local-only vs centralised vs personalised, per institution.
+
+    ``gain_from_joining`` = max(global, personalised) − local-only on the member's own holdout;
+    ``members_worse_than_local_only`` counts gains below −0.005 (:mod:`simulation.member_gain`).
+    """
     from server.model_card import reported_privacy
 
     base = metrics.get("baselines") or {}
     final_inst = metrics.get("institutions") or {}
+    gain = metrics.get("member_gain") or {}
     rows = []
     for inst, d in metrics["data"].items():
         ev = (final_inst.get(inst) or {}).get("eval") or {}
         pr = reported_privacy(metrics, inst)
+        g = (gain.get("institutions") or {}).get(inst) or {}
         rows.append({
-            "id": inst, "rows": d["rows"], "default_rate": d["default_rate"],
+            "id": inst, "rows": d["rows"], "rows_holdout": d["rows_holdout"], "default_rate": d["default_rate"],
             "auc_local_only": (base.get("local_only") or {}).get(inst, {}).get("auc"),
             "auc_federated": ev.get("auc"),
             **_noise_sd({"auc_federated": ev.get("auc_sd")}),  # from a DP-noised evaluation release only
+            "auc_personalized": g.get("auc_personalized"),
+            "chosen_model": g.get("chosen_model"),
+            "gain_from_joining": g.get("gain_from_joining"),
             "auc_centralized": (base.get("centralised") or {}).get("institutions", {}).get(inst),
             "epsilon_spent": pr.get("epsilon_spent") if o.dp else None,
             "epsilon_budget": pr.get("epsilon_budget") if o.dp else None,
@@ -338,7 +362,18 @@ def summarise(metrics: dict, nodes: dict[str, NodeData], o: SimulationOptions) -
         **_noise_sd({"auc_federated": final.get("auc_sd"), "ks_federated": final.get("ks_sd")}),
         "auc_centralized": (base.get("centralised") or {}).get("pooled_auc"),
         "auc_local_only_mean": base.get("local_only_mean_auc"),
+        "auc_personalized_pooled": gain.get("auc_personalized_pooled"),
+        "auc_chosen_mean": gain.get("auc_chosen_mean"),
+        "auc_centralized_mean": _mean_of((base.get("centralised") or {}).get("institutions")),
+        "members_worse_than_local_only": gain.get("members_worse_than_local_only"),
         "auc_oracle": (metrics.get("oracle") or {}).get("pooled_auc"),
         "dp": o.dp, "epsilon": o.epsilon if o.dp else None,
         "institutions": rows,
     }
+
+
+def _mean_of(values: dict | None) -> float | None:
+    import numpy as np
+
+    v = [x for x in (values or {}).values() if x is not None and np.isfinite(x)]
+    return float(np.mean(v)) if v else None

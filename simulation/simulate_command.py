@@ -14,8 +14,12 @@ machine: federated statistics → encoder, then ROUNDS rounds of local training 
 default, each institution enforcing its own budget), exact federated evaluation, a checkpoint
 per round and the model package at the end. Then the same network and encoder are trained
 centralised (pooled data, non-private) and local-only (each institution alone, DP at the same
-budget) on the same splits, and a table compares them per institution. On synthetic data the
-table also shows the oracle AUC: the AUC of each borrower's true PD, the ceiling for any model.
+budget) on the same splits, and a table compares them per institution. When the run asks the
+nodes for personal models (--run-config personalize=full …, see docs/operator.md) each node's
+personal model is scored on its own holdout too, and "gain" is max(global, personalised) −
+local-only: what joining bought the member (the JSON summary: gain_from_joining per
+institution, members_worse_than_local_only). On synthetic data the table also shows the oracle
+AUC: the AUC of each borrower's true PD, the ceiling for any model.
 
 Data: --synthetic (default) simulates the archetype consortium (see `fedcredit data synth
 --help`); --data DIR takes one CSV/Parquet file per institution (as `data synth` writes them, or
@@ -73,6 +77,7 @@ OPTION_KEYS = {"num-server-rounds": ("rounds", "--rounds"), "strategy": ("strate
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from server.settings import DEFAULTS as D
+    from server.settings import STRATEGIES
 
     src = p.add_mutually_exclusive_group()
     src.add_argument("--synthetic", action="store_true", help="simulate synthetic institutions (default)")
@@ -82,7 +87,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=D["num-server-rounds"], metavar="R", help="training rounds")
     p.add_argument("--schema", default="consumer-credit-v1", help="schema name or path")
     p.add_argument("--mapping", help="column mapping for --data files (name or path)")
-    p.add_argument("--strategy", choices=["fedavg", "fedprox", "fedadam"], default="fedavg")
+    p.add_argument("--strategy", choices=list(STRATEGIES), default=D["strategy"],
+                   help="server-side aggregation: FedAvg, FedProx, or a server optimiser (FedAdam, FedAvgM, FedYogi)")
     dp = p.add_mutually_exclusive_group()
     dp.add_argument("--epsilon", type=float, default=D["sim-max-epsilon"], metavar="E",
                     help="each institution's lifetime privacy budget ε (DP-SGD)")
@@ -295,18 +301,24 @@ def print_table(s: dict) -> None:
     t = Table(title=f"fedcredit simulation — {s['rounds']} round(s), status {s['status']}"
                     + (f" ({s['stop_reason']})" if s.get("stop_reason") else ""))
     oracle = s.get("auc_oracle") is not None
-    for col in ("institution", "rows", "default rate", "AUC local-only", "AUC federated", "AUC centralised",
-                *(("AUC oracle",) if oracle else ()), "ε spent / budget"):
+    for col in ("institution", "rows (holdout)", "default rate", "AUC local-only", "AUC federated", "AUC personalised",
+                "gain", "AUC centralised", *(("AUC oracle",) if oracle else ()), "ε spent / budget"):
         t.add_column(col, justify="left" if col == "institution" else "right")
     for r in s["institutions"]:
         eps = "no DP" if r["epsilon_budget"] is None and not s["dp"] else \
             f"{f(r['epsilon_spent'], '{:.3f}')} / {f(r['epsilon_budget'], '{:.2f}')}"
-        t.add_row(r["id"], str(r["rows"]), f(r["default_rate"], "{:.3f}"), f(r["auc_local_only"]),
-                  f(r["auc_federated"], sd=r.get("auc_federated_sd")), f(r["auc_centralized"]), *((f(r["auc_oracle"]),) if oracle else ()), eps)
+        rows = f"{r['rows']} ({r['rows_holdout']})" if r.get("rows_holdout") is not None else str(r["rows"])
+        t.add_row(r["id"], rows, f(r["default_rate"], "{:.3f}"), f(r["auc_local_only"]),
+                  f(r["auc_federated"], sd=r.get("auc_federated_sd")), f(r.get("auc_personalized")),
+                  f(r.get("gain_from_joining"), "{:+.4f}"),
+                  f(r["auc_centralized"]), *((f(r["auc_oracle"]),) if oracle else ()), eps)
     t.add_section()
-    t.add_row("all (pooled holdouts)", str(sum(r["rows"] for r in s["institutions"])), "",
-              f(s["auc_local_only_mean"]) + " (mean)", f(s["auc_federated"], sd=s.get("auc_federated_sd")),
-              f(s["auc_centralized"]),
+    holdout = [r.get("rows_holdout") for r in s["institutions"]]
+    worse = s.get("members_worse_than_local_only")
+    t.add_row("all (pooled holdouts)", f"({sum(holdout)})" if None not in holdout else "—", "",
+              f(s["auc_local_only_mean"]) + " (mean)",
+              f(s["auc_federated"], sd=s.get("auc_federated_sd")), f(s.get("auc_personalized_pooled")) + " (chosen)",
+              "" if worse is None else f"{worse} worse", f(s["auc_centralized"]),
               *((f(s["auc_oracle"]),) if oracle else ()), "")
     console = Console() if sys.stdout.isatty() else Console(width=132)
     console.print(t)
