@@ -159,7 +159,7 @@ def test_no_card_warning_that_the_noise_alone_explains():
         fed = {"auc": auc, **({"auc_sd": sd} if sd is not None else {})}
         return {"bank-a": {"federated": fed, "local_only_auc": 0.75, "centralised_auc": None, "release": "noised"}}
 
-    worse = "ranks worse"
+    worse = "worse off than alone"
     assert not any(worse in w for w in card_warnings(_card({}, inst(0.70, 0.04))))
     assert any(worse in w for w in card_warnings(_card({}, inst(0.70))))
     assert any(worse in w for w in card_warnings(_card({}, inst(0.60, 0.03))))
