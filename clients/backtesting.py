@@ -17,10 +17,12 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from models.backtest import CONFIDENCE, calibration_by_band, cutoff_figures, hosmer_lemeshow
 from models.delong import auc_interval
-from models.metrics import EvaluationSums
-from models.score_bands import bands_from_scores, mass_below_pd
+from models.metrics import SCORE_BINS, EvaluationSums, score_bin_index
+from models.score_bands import equal_mass_bands, mass_below_pd
 from models.stability import DEFAULT_GROUPS
 
 SIGNIFICANCE = 0.05
@@ -39,8 +41,9 @@ def discrimination(pd_values, y, confidence: float = CONFIDENCE) -> dict:
 def calibration(pd_values, y, scale, bands: int = DEFAULT_GROUPS, confidence: float = CONFIDENCE,
                 method: str = "exact") -> dict:
     """Per-band calibration table and the Hosmer–Lemeshow test."""
-    score_bands = bands_from_scores(pd_values, bands)
-    table = calibration_by_band(pd_values, y, score_bands.band_of(pd_values), score_bands.labels(scale),
+    bins = score_bin_index(pd_values, SCORE_BINS)  # once: the bands and every row's band come from it
+    score_bands = equal_mass_bands(np.bincount(bins, minlength=SCORE_BINS), bands)
+    table = calibration_by_band(pd_values, y, score_bands.bin_group[bins], score_bands.labels(scale),
                                 confidence, method)
     hl = hosmer_lemeshow(table)
     return {"bands": [b.to_dict() for b in table], "hosmer_lemeshow": hl.to_dict(), "interval": method,

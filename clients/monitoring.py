@@ -23,7 +23,6 @@ from __future__ import annotations
 import numpy as np
 
 from configs.errors import UserError
-from configs.schema import apply_transform
 from models.encoder import feature_statistics
 from models.reference import PopulationReference, denoise_counts, strong_counts
 from models.score_bands import ScoreBands, bands_from_scores, equal_mass_bands, mass_below_pd
@@ -41,13 +40,17 @@ def missing_rates(data) -> dict[str, float]:
 
 def outside_encoded_range(encoder, table) -> dict[str, float]:
     """Per numeric model feature, the share of rows outside ``[first knot, last knot]`` of the
-    encoder (in the feature's transformed space)."""
+    encoder. The knots live in the transformed space; the transforms are increasing, so the
+    raw values are compared with the knots mapped back (no transform of every row)."""
+    from models.encoder import inverse_transform
+
     out = {}
     for f in encoder.features:
         if f.kind != "numeric" or not f.knots:
             continue
-        t = apply_transform(f.transform, np.clip(table[f.name].to_numpy(dtype=float), *f.value_range))
-        out[f.name] = float(np.mean((t < f.knots[0]) | (t > f.knots[-1]))) if len(t) else 0.0
+        x = table[f.name].to_numpy(dtype=float)
+        lo, hi = inverse_transform(f.transform, f.knots[0]), inverse_transform(f.transform, f.knots[-1])
+        out[f.name] = float(np.count_nonzero((x < lo) | (x > hi)) / len(x)) if len(x) else 0.0
     return out
 
 

@@ -26,6 +26,7 @@ approved (the losses the policy accepts) and among the declined.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -37,10 +38,10 @@ def binomial_intervals(k, n, confidence: float = CONFIDENCE, method: str = "exac
     """Confidence intervals of proportions ``k / n`` (arrays), NaN where ``n = 0``.
 
     ``exact`` (Clopper–Pearson): the ``α/2`` and ``1 − α/2`` quantiles of Beta(k, n − k + 1) and
-    Beta(k + 1, n − k) (0 for k = 0, 1 for k = n). ``wilson``: the score interval
-    ``(p̂ + z²/2n ± z·sqrt(p̂(1 − p̂)/n + z²/4n²)) / (1 + z²/n)``. Quantiles from :mod:`scipy.stats`.
+    Beta(k + 1, n − k) (0 for k = 0, 1 for k = n; :func:`scipy.special.betaincinv`). ``wilson``: the
+    score interval ``(p̂ + z²/2n ± z·sqrt(p̂(1 − p̂)/n + z²/4n²)) / (1 + z²/n)``.
     """
-    from scipy.stats import beta, norm
+    from scipy.special import betaincinv
 
     if method not in INTERVAL_METHODS:
         raise ValueError(f"method must be one of {INTERVAL_METHODS}, got {method!r}")
@@ -49,10 +50,10 @@ def binomial_intervals(k, n, confidence: float = CONFIDENCE, method: str = "exac
     alpha = 1.0 - confidence
     with np.errstate(invalid="ignore", divide="ignore"):
         if method == "exact":
-            lo = np.where(k > 0, beta.ppf(alpha / 2, k, n - k + 1), 0.0)
-            hi = np.where(k < n, beta.ppf(1 - alpha / 2, k + 1, n - k), 1.0)
+            lo = np.where(k > 0, betaincinv(k, n - k + 1, alpha / 2), 0.0)
+            hi = np.where(k < n, betaincinv(k + 1, n - k, 1 - alpha / 2), 1.0)
         else:
-            z = norm.ppf(1 - alpha / 2)
+            z = NormalDist().inv_cdf(1 - alpha / 2)
             p = k / n
             centre = (p + z * z / (2 * n)) / (1 + z * z / n)
             half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
@@ -122,14 +123,15 @@ class HosmerLemeshow:
 
 
 def hosmer_lemeshow(bands: list[BandCalibration], out_of_sample: bool = True) -> HosmerLemeshow:
-    """The Hosmer–Lemeshow statistic over the bands (see the module docstring for the degrees of freedom)."""
-    from scipy.stats import chi2
+    """The Hosmer–Lemeshow statistic over the bands (see the module docstring for the degrees of
+    freedom); the p-value is the χ² survival function (:func:`scipy.special.chdtrc`)."""
+    from scipy.special import chdtrc
 
     used = [b for b in bands if b.n > 0 and 0 < b.expected_defaults < b.n]
     h = float(sum((b.defaults - b.expected_defaults) ** 2 / (b.expected_defaults * (1 - b.expected_defaults / b.n))
                   for b in used))
     dof = len(used) if out_of_sample else len(used) - 2
-    p = float(chi2.sf(h, dof)) if dof > 0 else float("nan")
+    p = float(chdtrc(dof, h)) if dof > 0 else float("nan")
     return HosmerLemeshow(h, dof, p)
 
 
