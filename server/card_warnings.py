@@ -99,6 +99,6 @@ def card_warnings(card: dict) -> list[str]:
         r["gain_from_joining"] < -tol if r.get("gain_from_joining") is not None else not noise_can_explain(
             r["local_only_auc"] - tol, r["federated"].get("auc") or 0, None, r["federated"].get("auc_sd")))]
     if worse:
-        out.append(f"Members worse off than alone — on their holdout the model they would use ranks worse (AUC "
-                   f"lower by more than {tol:g}) than a local-only model: {', '.join(worse)}.")
+        out.append(f"Members worse off than alone — the model they would use ranks their holdout worse (AUC lower "
+                   f"by more than {tol:g}) than a local-only model: {', '.join(worse)}.")
     return out
