@@ -1,7 +1,8 @@
 """Shared fixtures: the shipped schema and UCI mapping, the bad-input generator, the CLI runner,
-one torch thread, a pooled synthetic consortium, a real Chromium. Helpers that are not fixtures
-live beside this file: tables.py (random and synthetic tables), processes.py, serving.py,
-inprocess_grid.py, model_packages.py, deployment.py."""
+one torch thread, a process tag, a pooled synthetic consortium, a real Chromium. Helpers that
+are not fixtures live beside this file: tables.py (random and synthetic tables), processes.py, serving.py,
+inprocess_grid.py and inprocess_runs.py (in-process Flower runs), model_packages.py,
+deployment.py (a consortium on loopback)."""
 
 from __future__ import annotations
 

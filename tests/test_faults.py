@@ -27,7 +27,8 @@ import pytest
 from fedcredit import protocol as P
 from server.ledger import LEDGER_FILE, read_ledger, verify_ledger
 from tests.conftest import REPO, run_fedcredit
-from tests.inprocess_grid import InProcessGrid, _execute, _grid, _message, _run_config
+from tests.inprocess_grid import InProcessGrid
+from tests.inprocess_runs import _execute, _grid, _message, _run_config
 
 
 def _kinds(run_dir: Path) -> list[tuple[str, int | None]]:
