@@ -35,7 +35,7 @@ def run_plain(run_config: dict, n_nodes: int, evaluate_every_round: bool = True)
     t0 = time.time()
     policies = [N.policy_from_context({"partition-id": k, "num-partitions": n_nodes}, run_config, "plain")
                 for k in range(n_nodes)]
-    cfg_base = {"run-id": "plain", "schema-key": None, "dp": s.dp, "seed": s.seed,
+    cfg_base = {"run-id": "plain", "schema-key": "", "dp": s.dp, "seed": s.seed,
                 "target-epsilon": s.target_epsilon, "num-server-rounds": s.num_server_rounds,
                 # what the statistics query announces, so that nodes plan the run's budget (server.consortium)
                 "local-epochs": s.local_epochs, "batch-size": s.batch_size, "evaluate-every": s.evaluate_every}
