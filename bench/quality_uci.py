@@ -37,6 +37,8 @@ from bench.scratch import scratch_dir  # noqa: E402
 from server.settings import DEFAULTS  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "UCI_Credit_Card.csv"
+#: the institution files keep the UCI file's own columns and codes: every run reads them with it
+MAPPING = "uci-taiwan"
 
 
 def hgb_auc(nodes, schema) -> float:
@@ -84,30 +86,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure(args: argparse.Namespace, work: Path) -> dict:
-    from clients.validation import load_institution_table
     from configs.schema import load_schema
-    from simulation.partitioning import write_partition
+    from simulation.partition_files import load_partition_source, write_partition
     from simulation.runner import SimulationOptions, load_all_nodes, simulate
 
     t0 = time.time()
     schema = load_schema()
-    table = load_institution_table(args.data, schema, "uci-taiwan").table
+    source = load_partition_source(args.data, schema, MAPPING)
     data_dir = work / "institutions"
     if data_dir.exists():
         shutil.rmtree(data_dir)
-    write_partition(table, data_dir, schema=schema, k=args.institutions, method=args.partition, seed=args.seed,
-                    alpha=1.0, feature="credit_limit" if args.partition == "feature" else None,
-                    source=args.data)
+    write_partition(source, data_dir, k=args.institutions, method=args.partition, seed=args.seed,
+                    alpha=1.0, feature="credit_limit" if args.partition == "feature" else None)
 
     def run(name: str, **kw) -> dict:
-        opts = SimulationOptions(data_dir=str(data_dir), out=str(work / name), seed=args.seed, **kw)
+        opts = SimulationOptions(data_dir=str(data_dir), mapping=MAPPING, out=str(work / name), seed=args.seed, **kw)
         if (work / name).exists():
             shutil.rmtree(work / name)
         return simulate(opts)
 
     nodp = run("nodp", rounds=args.rounds, dp=False)
     metrics = json.loads((work / "nodp" / "metrics.json").read_text())
-    nodes = load_all_nodes({"data-dir": str(data_dir), "state-root": str(work / "scratch-state")},
+    nodes = load_all_nodes({"data-dir": str(data_dir), "mapping": MAPPING, "state-root": str(work / "scratch-state")},
                            len(list(data_dir.glob("*.csv"))))
     out = {
         "bench": "quality_uci", "institutions": args.institutions, "partition": args.partition,

@@ -127,6 +127,13 @@ BENCHES: list[Bench] = [
     Bench("sim_overhead", "Flower's simulation runtime vs the same training in a plain loop",
           lambda c: _py("sim_overhead.py", "--seed", SEED,
                         *(["--institutions", 3, "--rows", 2000, "--rounds", 3] if c.quick else [])), 1800),
+    Bench("deploy_latency", "a deployed DP round (TLS, node auth, 3 nodes on loopback) vs the same round simulated "
+          "(target ratio ≤ 10)",
+          lambda c: _py("deploy_latency.py", "--seed", 11,
+                        *(["--rounds", 2, "--node-runtime", "fedcredit"] if c.quick else [])), 3600),
+    Bench("serve_latency", "fedcredit serve over loopback HTTP at concurrency 1, 8, 32, with and without the "
+          "decision trail (targets: no errors or losses; p99 at 8 ≤ 10× in-process; trail ≤ 20 % of throughput)",
+          lambda c: _py("serve_latency.py", "--seed", SEED, "--requests", 100 if c.quick else 600), 1800),
     Bench("quality_uci", "AUC on the UCI credit-card file: centralised, local-only, federated, federated + DP",
           lambda c: _uci(c, *(["--epsilons", "1", "--rounds", 3, "--dp-rounds", 3] if c.quick else [])), 3600),
     Bench("poisoning", "poisoned updates vs robust aggregation", _poisoning, 3600),
@@ -397,6 +404,44 @@ def key_figures(name: str, r: dict) -> list[tuple[str, Any]]:
                 ("first repetition (both cold): ratio rounds 1…R / whole run",
                  f"{r.get('ratio_cold')} / {r.get('ratio_total')}"),
                 ("AUC Flower / plain", f"{_fmt(r.get('auc_flower'))} / {_fmt(r.get('auc_plain'))}")]
+    if name == "serve_latency":
+        out = [("one application in process, no HTTP or trail (ms, p50 / p99)",
+                f"{r['in_process_ms']['p50']} / {r['in_process_ms']['p99']}")]
+        for level, v in (r.get("levels") or {}).items():
+            for variant in ("trail", "no_trail"):
+                x = v[variant]
+                out.append((f"concurrency {level}, {variant.replace('_', ' ')}: p50 / p99 ms, decisions/s, errors",
+                            f"{x['p50_ms']} / {x['p99_ms']}, {x['decisions_per_s']}, {x['errors']}"))
+            out.append((f"concurrency {level}: throughput the trail costs", f"{v['trail_cost']:.1%}"))
+        t = r.get("trail") or {}
+        out += [("answered with the trail / lost / trail verifies", f"{t.get('answered')} / {t.get('lost')} / "
+                                                                     f"{_fmt(t.get('trail_ok'))}"),
+                ("p99 at concurrency 8 ÷ in-process p50 (target ≤ 10)", r.get("p99_c8_over_in_process")),
+                ("largest trail cost (target ≤ 20 %)", f"{r.get('trail_cost_max', 0):.1%}"),
+                ("targets met", ", ".join(f"{k}: {_fmt(v)}" for k, v in (r.get("ok") or {}).items())),
+                ("load average during the run", r.get("load_avg"))]
+        return out
+    if name == "deploy_latency":
+        ph, before = r.get("phases_s") or {}, r.get("before") or {}
+        out = [("institutions × rows × rounds", f"{r.get('institutions')} × {r.get('rows')} × {r.get('rounds')}"),
+               ("evaluate-every", r.get("evaluate_every")),
+               ("node runtime", r.get("node_runtime")), ("nodes ready (s)", r.get("nodes_ready_s")),
+               ("submit / app start / statistics (s)",
+                f"{ph.get('submit')} / {ph.get('app_start')} / {ph.get('statistics')}"),
+               ("rounds (s)", ", ".join(map(str, ph.get("rounds") or []))), ("final (s)", ph.get("final")),
+               ("deployed round s / simulated round s (medians, rounds 2…R)",
+                f"{r.get('deployed_round_s')} / {r.get('simulated_round_s')}"),
+               ("ratio deployed ÷ simulated (target ≤ 10)", r.get("ratio")), ("ratio, all rounds", r.get("ratio_all"))]
+        if before:
+            bph = before.get("phases_s") or {}
+            out += [("before (raw flower-supernode): rounds (s)", ", ".join(map(str, bph.get("rounds") or []))),
+                    ("before: app start / statistics / final (s)",
+                     f"{bph.get('app_start')} / {bph.get('statistics')} / {bph.get('final')}"),
+                    ("before: round s, ratio", f"{before.get('round_s')}, {before.get('ratio')}"),
+                    ("speed-up of a round (before ÷ after)", r.get("speedup"))]
+        out.append(("final AUC deployed / simulated",
+                    f"{_fmt(r.get('deployed_final_auc'))} / {_fmt(r.get('simulated_final_auc'))}"))
+        return out
     if name == "privacy_utility":
         return [("points", r.get("points")), ("ran / skipped / failed",
                                               f"{r.get('ran')} / {r.get('skipped')} / {len(r.get('failed') or [])}")]
@@ -458,6 +503,18 @@ def headline(name: str, r: dict) -> str:
         if name == "sim_overhead":
             return (f"Flower/plain rounds 2…R {r['ratio']} (median of {r.get('repeats')}); cold, rounds 1…R "
                     f"{r.get('ratio_cold')}; warm-up {r['flower_warmup_s']} s")
+        if name == "serve_latency":
+            t = r["trail"]
+            return (f"p99 at 8 concurrent {r['levels']['8']['trail']['p99_ms']} ms = {r['p99_c8_over_in_process']}× "
+                    f"in-process ({r['in_process_ms']['p50']} ms), target ≤ 10×; trail costs ≤ "
+                    f"{r['trail_cost_max']:.0%} of throughput (target ≤ 20 %); {r['errors']} errors, {t['lost']} of "
+                    f"{t['answered']} lost")
+        if name == "deploy_latency":
+            text = (f"deployed/simulated round {r['ratio']} ({r['deployed_round_s']} s / {r['simulated_round_s']} s), "
+                    "target ≤ 10")
+            if r.get("before"):
+                text += f"; before #19 {r['before']['ratio']} ({r['before']['round_s']} s)"
+            return text
         if name == "privacy_utility":
             return f"{r['points']} runs; see the curve"
         if name == "render_report":

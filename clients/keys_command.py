@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import json
 import re
-from pathlib import Path
 
 HELP = "create an institution's SuperNode key pair (OpenSSH ECDSA; the .pub goes to the operator)"
 
@@ -40,6 +38,7 @@ Existing files are not overwritten unless --force (a new key must be registered 
 Exit codes: 0 written; 2 a mistake (bad name, existing files without --force). With --json the
 last line of standard output is {"private_key", "public_key", "fingerprint", "curve"}.
 """
+JSON = "{private_key, public_key, fingerprint, curve}"  # what --json prints (fedcredit.cli adds the option)
 
 CURVES = {"p256": ("SECP256R1", "nistp256"), "p384": ("SECP384R1", "nistp384"), "p521": ("SECP521R1", "nistp521")}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -51,7 +50,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="institution id: the file name and the key's comment (letters, digits, . _ -)")
     parser.add_argument("--curve", choices=sorted(CURVES), default="p384", help="NIST curve of the ECDSA key")
     parser.add_argument("--force", action="store_true", help="overwrite an existing key pair")
-    parser.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
 
 
 def fingerprint(public_line: str) -> str:
@@ -65,15 +63,15 @@ def run(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from configs.errors import UserError
-    from server.certs_command import write_private, write_public
+    from fedcredit.atomic_write import write_atomic
+    from fedcredit.outcome import Outcome
+    from fedcredit.path_checks import check_output_dir
 
     name = args.name
     if not _NAME.match(name):
         raise UserError(f"--name '{name}': use letters, digits, '.', '_' and '-' only (starting with a letter "
                         "or digit, at most 100 characters), e.g. --name regional-bank-1")
-    out = Path(args.out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory")
+    out = check_output_dir(args.out, "--out")
     private, public = out / name, out / f"{name}.pub"
     existing = [str(p) for p in (private, public) if p.exists()]
     if existing and not args.force:
@@ -87,13 +85,10 @@ def run(args: argparse.Namespace) -> int:
                                       serialization.NoEncryption())
     public_line = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                 serialization.PublicFormat.OpenSSH).decode() + f" {name}"
-    write_private(private, private_bytes)
-    write_public(public, (public_line + "\n").encode())
+    write_atomic(private, private_bytes, mode=0o600)  # never readable by others, not even briefly
+    write_atomic(public, public_line + "\n", mode=0o644)
     fp = fingerprint(public_line)
     print(f"private key {private}  (mode 0600; stays on this node host)")
     print(f"public key  {public}  (send to the consortium operator)")
     print(f"fingerprint {fp}  (tell the operator through a second channel)")
-    if args.json:
-        print(json.dumps({"private_key": str(private), "public_key": str(public), "fingerprint": fp,
-                          "curve": args.curve}))
-    return 0
+    return Outcome({"private_key": str(private), "public_key": str(public), "fingerprint": fp, "curve": args.curve})

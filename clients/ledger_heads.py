@@ -15,11 +15,11 @@ leaves a torn line.
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 from configs.errors import UserError
+from fedcredit.atomic_write import write_atomic
 
 HEADS_FILE = "ledger-heads.jsonl"
 
@@ -66,25 +66,7 @@ def _append_head(d: Path, path: Path, run_id: str, server_round: int, head: str,
         old += b"\n"
     entry = {"run_id": str(run_id), "round": int(server_round), "stage": stage, "head": head,
              "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
-    tmp = path.with_name(f".{HEADS_FILE}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(old + json.dumps(entry, sort_keys=True).encode() + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return path
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return path
+    return write_atomic(path, old + json.dumps(entry, sort_keys=True).encode() + b"\n")
 
 
 def read_ledger_heads(state_dir: str | Path) -> list[dict]:

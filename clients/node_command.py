@@ -1,30 +1,37 @@
-"""``fedcredit node start``: check an institution's node, then run Flower's SuperNode.
+"""``fedcredit node start``: check an institution's node, then run it with the installed fedcredit.
 
 Flower's ``flower-supernode`` only connects; it never opens the institution's data, so a
-broken table would surface as a refusal in the middle of a run. This command first does what
-the node will do — read the node config, load and validate the table exactly as ``fedcredit
-data validate`` does, open the lifetime privacy state in ``state-dir`` (writable, undamaged,
-not held by another running node) and check the TLS root certificate and the node key — and
-stops with the report (exit 2) when anything is wrong. Only then it replaces itself
-(``exec``) with ``flower-supernode`` and the right flags, so signals, the process id and the
-exit status are the SuperNode's own.
+broken table would surface as a refusal in the middle of a run — and by default it would run
+whatever ClientApp the coordinator ships in the run's FAB. This command first does what the
+node will do — read the node config, load and validate the table exactly as ``fedcredit data
+validate`` does, open the lifetime privacy state in ``state-dir`` (writable, undamaged, not held
+by another running node), check the TLS root certificate and the node key, and connect to the
+SuperLink once to test its certificate against ``ca.crt`` — and stops with the report (exit 2)
+when anything is wrong. Then it runs the node (:mod:`clients.node_supervisor`): Flower's
+SuperNode in ``--isolation process`` mode, which executes nothing itself, and the fedcredit
+runtime (:mod:`clients.node_runtime`), which executes every ClientApp task with the fedcredit
+installed here and refuses runs of any other app (``app-not-allowed``, :mod:`clients.app_release`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import stat
 import sys
+import tempfile
+import time
 from pathlib import Path
 
-HELP = "check an institution's data and privacy state, then run Flower's SuperNode (flower-supernode)"
+HELP = "check an institution's data, privacy state and SuperLink connection, then run the node"
 
 DESCRIPTION = """\
-Start an institution's node: check everything the node needs, then run Flower's SuperNode.
+Start an institution's node: check everything the node needs, then run Flower's SuperNode with
+the fedcredit runtime, which executes every message with the fedcredit installed here.
 
-Checks, in order (any failure prints the report and exits 2 without starting Flower):
+Checks, in order (any failure prints the report and exits 2 without starting anything):
   1. --node-config: the keys the node reads (data-path, state-dir, max-epsilon, ...) in
      Flower's 'key=value key2=value2' syntax (strings in quotes) or a .toml file
   2. the data: read, mapped and validated exactly like 'fedcredit data validate FILE
@@ -32,11 +39,19 @@ Checks, in order (any failure prints the report and exits 2 without starting Flo
   3. the privacy state in state-dir: created if new, otherwise checked (not damaged, not
      locked by another node process, delta not larger than recorded); prints ε spent/left
   4. --root-certificates (PEM certificate) and --key (OpenSSH ECDSA private key, not readable
-     by other users)
+     by other users); --insecure with --key is refused (node authentication needs TLS)
+  5. the SuperLink: one TLS handshake, its certificate verified against --root-certificates
+     for the host in --superlink (not signed by the CA, another name, expired, a SuperLink
+     without TLS, or TLS for an --insecure node: exit 2 with the fix). With --check a
+     SuperLink that does not answer is an error; otherwise the node waits for it.
 
-Then it runs (exec, same process id):
-  flower-supernode --superlink ADDR --root-certificates CA --auth-supernode-private-key KEY
-                   --node-config '<the node config, paths made absolute>' --port P
+Then it runs, and supervises, two processes (their lines get a UTC timestamp):
+  flower-supernode --isolation process --host 127.0.0.1 --port P ...   (connects, holds tasks)
+  python -m clients.node_runtime ...   (runs each task with the installed fedcredit, warm;
+                                        restarted if it dies)
+A run whose app (FAB) is not this installed release is refused with 'app-not-allowed'; the
+FAB's code is never run. A SuperLink that refuses the node's key ends the node with exit 2
+and the fix.
 
 Node config keys (see docs/institution.md):
   data-path (required)   the institution's table (CSV or Parquet)
@@ -49,10 +64,15 @@ Node config keys (see docs/institution.md):
   delta                  δ of the guarantee (default: largest power of ten ≤ 1/(10·rows))
   release-eval           noised (default) | off: what evaluation results leave
   allow-non-private      false (default): refuse runs with dp = false
+  allowed-fab-hashes     optional: SHA-256 of the only FAB files accepted, comma-separated
   split-seed, holdout-fraction, accountant (rdp | prv)
 
---check only runs the checks and prints the flower-supernode command. Arguments after '--'
-are passed to flower-supernode unchanged (e.g. -- --max-retries 10).
+--check only runs the checks and prints the two commands. Arguments after '--' are passed to
+flower-supernode unchanged (e.g. -- --max-retries 10).
+
+Exit codes: 0 stopped by SIGTERM/SIGINT (or --check passed); 2 a mistake to fix (the message
+says which: data, config, key, certificate, TLS mismatch, key not registered); otherwise the
+SuperNode's own exit status.
 
 Example:
   fedcredit node start --superlink superlink.consortium.example:8000 \\
@@ -60,6 +80,8 @@ Example:
       --node-config "data-path='/data/loans.csv' mapping='uci-taiwan' \\
                      state-dir='/var/lib/fedcredit' max-epsilon=8.0 institution-id='regional-bank-1'"
 """
+
+WAIT_REPORT_S = 10.0  # while the SuperLink does not answer, say so this often
 
 PATH_KEYS = ("data-path", "state-dir")
 
@@ -103,7 +125,7 @@ def parse_node_config(text: str) -> dict:
         raise UserError(f"--node-config: no key=value pairs in {text!r}; e.g. "
                         "\"data-path='/data/loans.csv' state-dir='/var/lib/fedcredit' max-epsilon=8.0\"")
     known = ("data-path", "state-dir", "max-epsilon", "institution-id", "mapping", "schema", "delta", "release-eval",
-             "allow-non-private", "split-seed", "holdout-fraction", "accountant")
+             "allow-non-private", "split-seed", "holdout-fraction", "accountant", "allowed-fab-hashes")
     unknown = [k for k in cfg if k not in known]
     if unknown:
         import difflib
@@ -203,6 +225,10 @@ def check_tls_and_key(root_certificates: str | None, key: str | None, insecure: 
     if insecure:
         if root_certificates:
             raise UserError("--insecure and --root-certificates exclude each other")
+        if key:
+            raise UserError("--insecure with --key: SuperNode authentication needs TLS (Flower would stop with "
+                            "exit code 303). Drop --insecure and give --root-certificates ca.crt, or — for a test "
+                            "SuperLink without --enable-supernode-auth on this machine only — drop --key")
         out("warning: --insecure: no TLS — the SuperLink's identity is not checked and traffic is readable")
     else:
         if not root_certificates:
@@ -248,25 +274,72 @@ def check_tls_and_key(root_certificates: str | None, key: str | None, insecure: 
     out(f"node key OK: {kpath}")
 
 
-def supernode_command(args: argparse.Namespace, cfg: dict) -> list[str]:
-    exe = Path(sys.executable).with_name("flower-supernode")
-    binary = str(exe) if exe.exists() else shutil.which("flower-supernode")
+def flower_tool(name: str) -> str:
+    """A Flower executable of this environment (next to this Python, else on PATH)."""
+    exe = Path(sys.executable).with_name(name)
+    binary = str(exe) if exe.exists() else shutil.which(name)
     if not binary:
         from configs.errors import UserError
 
-        raise UserError("flower-supernode not found next to this Python or on PATH; install flwr in this environment")
-    cmd = [binary, "--superlink", args.superlink]
+        raise UserError(f"{name} not found next to this Python or on PATH; install flwr in this environment")
+    return binary
+
+
+def supernode_command(args: argparse.Namespace, cfg: dict, secret_file: Path) -> list[str]:
+    """``flower-supernode`` in process isolation: it runs no app; tasks wait for the runtime on
+    127.0.0.1:PORT, which only a holder of ``secret_file`` may claim them from."""
+    cmd = [flower_tool("flower-supernode"), "--superlink", args.superlink]
     if args.insecure:
         cmd.append("--insecure")
     else:
         cmd += ["--root-certificates", str(Path(args.root_certificates).expanduser().resolve())]
     if args.key:
         cmd += ["--auth-supernode-private-key", str(Path(args.key).expanduser().resolve())]
-    cmd += ["--node-config", format_node_config(cfg), "--port", str(args.port)]
+    cmd += ["--node-config", format_node_config(cfg), "--isolation", "process", "--host", "127.0.0.1",
+            "--port", str(args.port), "--superexec-auth-secret-file", str(secret_file)]
     extra = list(args.supernode_args or [])
     if extra and extra[0] == "--":
         extra = extra[1:]
     return cmd + extra
+
+
+def runtime_command(args: argparse.Namespace, cfg: dict, secret_file: Path) -> list[str]:
+    """The fedcredit runtime that executes the SuperNode's tasks (:mod:`clients.node_runtime`)."""
+    return [sys.executable, "-m", "clients.node_runtime", "--runtime-api", f"127.0.0.1:{args.port}",
+            "--node-config", format_node_config(cfg), "--superexec-auth-secret-file", str(secret_file)]
+
+
+def check_superlink(args: argparse.Namespace, out=print, wait: bool = False) -> None:
+    """Check 5: the SuperLink answers and its TLS matches (:mod:`clients.superlink_probe`).
+    ``wait``: a SuperLink that does not answer yet is waited for (a node may start first)."""
+    from clients.superlink_probe import probe_superlink
+    from configs.errors import UserError
+
+    reported = 0.0
+    while True:
+        probe = probe_superlink(args.superlink, args.root_certificates, args.insecure)
+        if probe.reachable or not wait:
+            break
+        if time.monotonic() - reported >= WAIT_REPORT_S:
+            out(f"waiting for the SuperLink: {probe.problem}")
+            reported = time.monotonic()
+        time.sleep(1.0)
+    if not probe.reachable:
+        raise UserError(f"--superlink {args.superlink}: {probe.problem}; check the address and that the "
+                        "SuperLink is running (and reachable from here through firewalls)")
+    if probe.problem:
+        raise UserError(f"--superlink {args.superlink}: {probe.problem}")
+    out(f"SuperLink OK: {args.superlink}, certificate {probe.certificate}")
+
+
+def _secret_file() -> Path:
+    """A fresh random secret that the SuperNode and the runtime share (0600, in a 0700 directory)."""
+    folder = Path(tempfile.mkdtemp(prefix="fedcredit-node-"))
+    path = folder / "superexec.secret"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(secrets.token_bytes(32))
+    return path
 
 
 def run(args: argparse.Namespace) -> int:
@@ -280,17 +353,28 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--superlink {args.superlink!r}: give HOST:PORT without a scheme, e.g. "
                         "superlink.consortium.example:8000")
     cfg = absolute_paths(parse_node_config(args.node_config))
+    from clients.app_release import parse_allowed_hashes
+
+    parse_allowed_hashes(cfg.get("allowed-fab-hashes"))
     check_node(cfg)
     check_tls_and_key(args.root_certificates, args.key, args.insecure)
-    cmd = supernode_command(args, cfg)
-    if args.check:
-        print("checks passed; would run: " + shlex.join(cmd), flush=True)
-        return 0
-    print("starting: " + shlex.join(cmd), flush=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    from simulation.flower_runtime import with_flower_tools_on_path
+    check_superlink(args, wait=not args.check)
+    secret = _secret_file()
+    try:
+        supernode, runtime = supernode_command(args, cfg, secret), runtime_command(args, cfg, secret)
+        if args.check:
+            print("checks passed; would run: " + shlex.join(supernode) + "\n  and: " + shlex.join(runtime), flush=True)
+            return 0
+        print("starting: " + shlex.join(supernode) + "\n  and: " + shlex.join(runtime), flush=True)
+        return supervise(args, supernode, runtime)
+    finally:
+        shutil.rmtree(secret.parent, ignore_errors=True)
 
-    # flower-supernode starts flower-superexec by name: keep this environment's tools on PATH
-    os.execve(cmd[0], cmd, with_flower_tools_on_path(dict(os.environ)))
-    return 0  # pragma: no cover
+
+def supervise(args: argparse.Namespace, supernode: list[str], runtime: list[str]) -> int:
+    from clients.node_supervisor import Child, NodeSupervisor, runtime_environment
+
+    env = dict(os.environ)  # in process isolation the SuperNode starts no Flower tool of its own
+    sup = NodeSupervisor(Child("supernode", supernode, env), Child("runtime", runtime, runtime_environment(env)),
+                         args.port, args.key)
+    return sup.run()

@@ -77,7 +77,7 @@ def _shown(value: Any) -> str:
 def config_number(cfg: dict, key: str, default: Any = _REQUIRED) -> int | float:
     """``cfg[key]`` as the type and within the bounds of :data:`CONFIG_LIMITS`."""
     kind, lo, hi = CONFIG_LIMITS[key]
-    if key not in cfg:
+    if cfg.get(key) is None:  # absent (in-process callers may pass None; Flower records hold no None)
         if default is _REQUIRED:
             raise _refuse(f"the config lacks '{key}'")
         return default
@@ -100,7 +100,7 @@ def config_number(cfg: dict, key: str, default: Any = _REQUIRED) -> int | float:
 
 
 def config_bool(cfg: dict, key: str, default: bool) -> bool:
-    v = cfg.get(key, default)
+    v = default if cfg.get(key) is None else cfg[key]
     if not isinstance(v, bool):
         raise _refuse(f"'{key}' must be true or false, got {_shown(v)}")
     return v
@@ -108,7 +108,7 @@ def config_bool(cfg: dict, key: str, default: bool) -> bool:
 
 def config_text(cfg: dict, key: str, default: str | None = None, choices: tuple[str, ...] = (),
                 max_chars: int = MAX_TEXT) -> str:
-    if key not in cfg:
+    if cfg.get(key) is None:
         if default is None:
             raise _refuse(f"the config lacks '{key}'")
         return default

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 HELP = "score applicants: PD, score points and decision per row"
 DESCRIPTION = """\
@@ -20,6 +19,7 @@ adverse-action reasons (see docs/institution.md).
 Output goes to --out (CSV, or Parquet when the name ends in .parquet) or stdout.
 Exit codes: 0 scored; 2 a user mistake (invalid file, bad options, damaged model package).
 """
+JSON = "a summary (needs --out: stdout carries the scores otherwise)"  # what --json prints (fedcredit.cli adds the option)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,7 +32,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-odds", type=float, help="good:bad odds that score the base score (default 50)")
     p.add_argument("--pdo", type=float, help="points to double the odds (default 20)")
     p.add_argument("--explain", type=int, default=0, metavar="K", help="add the K main adverse-action reasons")
-    p.add_argument("--json", action="store_true", help="print a summary as JSON (last line of stdout; needs --out)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
 
     from clients.validation import load_institution_table
     from configs.errors import UserError
+    from fedcredit.outcome import Outcome
+    from fedcredit.path_checks import check_output_file
     from models.package import load_package
     from models.scoring import ScoreScale, decisions
 
@@ -50,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--json needs --out (stdout carries the scores otherwise)")
     if args.explain < 0:
         raise UserError("--explain must be ≥ 0")
+    if args.out:  # before any work: a path that cannot be written is found now, not after scoring
+        check_output_file(args.out, "--out", SCORE_SUFFIXES)
+    check_model_dir(args.model)
     pkg = load_package(args.model)
     scale = pkg.scale
     if args.base_score is not None or args.base_odds is not None or args.pdo is not None:
@@ -75,15 +79,33 @@ def run(args: argparse.Namespace) -> int:
     out["decision"] = decisions(pd_values, cutoff)
     for k in range(args.explain):
         out[f"reason_{k + 1}"] = reasons[:, k]
-    write_scores(out, args.out)
-    if args.json:
-        approved = int((out["decision"] == "approve").sum())
-        rows = len(pd_values)
-        print(json.dumps({"file": args.data, "out": args.out, "rows": rows, "approved": approved,
-                          "approval_rate": approved / max(rows, 1), "cutoff_pd": cutoff,
-                          "mean_pd": float(pd_values.mean()) if rows else None,
-                          "seconds": time.time() - t0}))
-    return 0
+    try:
+        write_scores(out, args.out)
+    except OSError as exc:  # checked before scoring; what is left is the file system's (full, read-only, /proc)
+        raise UserError(f"--out {args.out}: cannot be written ({exc.strerror or exc}); choose another path") from None
+    approved = int((out["decision"] == "approve").sum())
+    rows = len(pd_values)
+    return Outcome({"file": args.data, "out": args.out, "rows": rows, "approved": approved,
+                    "approval_rate": approved / max(rows, 1), "cutoff_pd": cutoff,
+                    "mean_pd": float(pd_values.mean()) if rows else None, "seconds": time.time() - t0})
+
+
+#: what --out may be: CSV, or Parquet
+SCORE_SUFFIXES = (".csv", ".parquet")
+
+
+def check_model_dir(model: str) -> None:
+    """--model names a package directory: say what to give instead of a file or a run directory."""
+    from pathlib import Path
+
+    from configs.errors import UserError
+
+    p = Path(model)
+    if p.is_file():
+        raise UserError(f"--model {model}: a file; give the model package directory (RUN_DIR/model, which holds "
+                        f"{p.name if p.name == 'model.json' else 'model.json'} and the weights)")
+    if p.is_dir() and not (p / "model.json").exists() and (p / "model" / "model.json").is_file():
+        raise UserError(f"--model {model}: a run directory; give its model package, --model {p / 'model'}")
 
 
 #: applicants encoded and scored at a time: the encoded block stays small (no n × inputs matrix)

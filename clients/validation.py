@@ -15,7 +15,9 @@ Checks, in the order they are reported: unreadable bytes and malformed records (
 :mod:`clients.tabular_io`), a missing delimiter, duplicated column names (in the file, or two
 columns that the mapping renames to the same schema column), repeated header lines, missing
 columns, then per feature: stored type, non-numeric text, out-of-range and infinite values
-(after the mapping's ``[scale]``), non-integer ordinal levels, unknown categories and missing
+(after the mapping's affine map: ``[scale]``, ``[offset]``, ``[unstandardise]``), non-integer
+ordinal levels (with advice that fits the column: a typo, a column of fractions, or
+standardised values), unknown categories and missing
 values (an error under ``missing = "reject"``; the declared value is imputed under
 ``missing = "impute"``); then duplicate or empty borrower ids, label values, a single-class
 label, an empty table and the minimum rows / positives DP training needs. Unknown extra
@@ -39,9 +41,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clients.tabular_io import (MAX_EXAMPLES, DataValidationError, Problem, RawTable, read_table,
+from clients.tabular_io import (MAX_EXAMPLES, DataValidationError, Problem, RawTable, ReadOptions, read_table,
                                 rows_phrase)
-from configs.mapping import Mapping, apply_mapping, load_mapping, scale_factor
+from configs.mapping import Mapping, affine_for, apply_mapping, load_mapping
 from configs.schema import Feature, Schema, load_schema
 
 __all__ = ["Problem", "DataValidationError", "InstitutionTable", "load_institution_table",
@@ -75,6 +77,7 @@ class InstitutionTable:
     warnings: list[Problem] = field(default_factory=list)
     missing_counts: dict[str, int] = field(default_factory=dict)
     imputed_counts: dict[str, int] = field(default_factory=dict)
+    read_options: ReadOptions = ReadOptions()  # how the file was read (the delimiter as found)
 
     @property
     def has_label(self) -> bool:
@@ -107,24 +110,34 @@ class InstitutionTable:
             "positives": positives,
             "default_rate": (positives / n if n else None) if positives is not None else None,
             "has_id": bool(self.schema.id_column and self.schema.id_column in t.columns),
+            "delimiter": self.read_options.delimiter_name(),
+            "drop_leading_column": self.read_options.drop_leading_column,
             "features": features,
         }
 
 
 def load_institution_table(path: str | Path, schema: Schema | str | Path | None = None,
                            mapping: Mapping | str | Path | None = None, *, require_label: bool = True,
-                           min_rows: int = DEFAULT_MIN_ROWS,
-                           min_positives: int = DEFAULT_MIN_POSITIVES) -> InstitutionTable:
+                           min_rows: int = DEFAULT_MIN_ROWS, min_positives: int = DEFAULT_MIN_POSITIVES,
+                           read_options: ReadOptions | None = None) -> InstitutionTable:
     """Read ``path`` (CSV or Parquet), map it with ``mapping`` and validate it against ``schema``.
 
     ``schema`` and ``mapping`` may be objects or names/paths (shipped names are resolved).
     ``require_label=False`` validates an applicant file for scoring: the label column may be
-    absent, and there is no minimum of rows or positives. Raises :class:`DataValidationError`
-    listing every problem.
+    absent, and there is no minimum of rows or positives. The file is read with the mapping's
+    ``[read]`` options and ``read_options`` on top. Raises :class:`DataValidationError` listing
+    every problem.
     """
     schema, mapping = _resolve(schema, mapping)
-    return validate_raw(read_table(path), schema, mapping, require_label=require_label,
-                        min_rows=min_rows, min_positives=min_positives)
+    return validate_raw(read_table(path, mapping_read_options(mapping).merged(read_options)), schema, mapping,
+                        require_label=require_label, min_rows=min_rows, min_positives=min_positives)
+
+
+def mapping_read_options(mapping: Mapping | None) -> ReadOptions:
+    """The :class:`ReadOptions` of a mapping's ``[read]`` table (defaults without a mapping)."""
+    if mapping is None:
+        return ReadOptions()
+    return ReadOptions.from_names(mapping.delimiter, mapping.drop_leading_column)
 
 
 def validate_frame(raw: pd.DataFrame, schema: Schema | str | Path | None = None,
@@ -236,7 +249,8 @@ class _Validator:
             table[label] = label_values
         table.index = pd.RangeIndex(len(table))
         return InstitutionTable(table=table, schema=self.schema, source=self.raw.source, warnings=self.warnings,
-                                missing_counts=self.missing_counts, imputed_counts=self.imputed_counts)
+                                missing_counts=self.missing_counts, imputed_counts=self.imputed_counts,
+                                read_options=self.raw.read_options)
 
     # -- header ------------------------------------------------------------------------------
 
@@ -254,7 +268,7 @@ class _Validator:
             shown = names[0] if len(names[0]) <= 80 else names[0][:77] + "..."
             self.error("bad-delimiter", None, [],
                        f"only one column was found: the header line reads '{shown}'. The fields must be "
-                       f"separated by a comma, a semicolon, a tab or '|' (the same one on every line); "
+                       f"separated by a comma, a semicolon, a tab, '|' or spaces (the same on every line); "
                        f"save the file again as CSV with one of these delimiters.", count=1)
             raise self.fail()
 
@@ -391,46 +405,22 @@ class _Validator:
 
     def _check_numeric(self, f: Feature, s: pd.Series):
         values, missing, bad, text = _parse_numbers(s)
-        name = self.colname(f.name)
         ok = True
         if bad.any():
             ok = False
             self._report_non_numeric(f, text, bad)
-        factor = scale_factor(self.mapping, f.name) if f.kind == "numeric" else 1.0
-        if factor != 1.0:
-            values = values * factor
+        raw_values = values
+        affine = affine_for(self.mapping, f.name)
+        values = affine.apply(values)
         valid = ~missing & ~bad
         lo, hi = f.range  # type: ignore[misc]
         with np.errstate(invalid="ignore"):
             inside = (values >= lo) & (values <= hi)
-        out = valid & ~inside
-        if out.any():
+        zscores = _looks_standardised(raw_values[valid])
+        if not self._check_range(f, values, valid & ~inside, affine, zscores):
             ok = False
-            vals = values[out]
-            infinite = ~np.isfinite(vals)
-            shown = _examples(pd.Series(vals[np.isfinite(vals)] / factor).map(_fmt_number), 3)
-            if infinite.any():
-                shown = ([("infinite" if infinite.sum() == 1 else f"{int(infinite.sum())} infinite values")]
-                         + shown)[:3]
-            scaled = (f" after scaling by {_fmt_number(factor)} (the mapping's [scale] for '{f.name}')"
-                      if factor != 1.0 else "")
-            inf_note = " Infinite values are never valid." if infinite.any() else ""
-            scale_hint = " or the mapping's [scale] factor" if factor != 1.0 else ""
-            self.error("out-of-range", f.name, out,
-                       f"{name}: {int(out.sum())} value{_s(out)} outside the valid range {_fmt_number(lo)} to {_fmt_number(hi)}"
-                       f"{scaled} ({self.rows_of(out)}), e.g. {', '.join(shown)}.{inf_note} Correct the "
-                       f"values{scale_hint}, or remove the rows if they are data-entry errors.")
-        if f.kind in ("ordinal", "binary"):
-            with np.errstate(invalid="ignore"):
-                frac = valid & inside & (values != np.floor(values))
-            if frac.any():
-                ok = False
-                shown = _examples(pd.Series(values[frac]).map(_fmt_number), 3)
-                levels = "0 or 1" if f.kind == "binary" else f"whole numbers from {_fmt_number(lo)} to {_fmt_number(hi)}"
-                self.error("not-integer", f.name, frac,
-                           f"{name} is {f.kind}: its values must be {levels}, but {int(frac.sum())} "
-                           f"value{_s(frac)} {_are(frac)} not whole ({self.rows_of(frac)}), e.g. {', '.join(shown)}. "
-                           f"Round them to the level they stand for.")
+        if f.kind in ("ordinal", "binary") and not self._check_whole(f, values, valid & inside, valid, zscores):
+            ok = False
         if self._missing(f, missing, "fill them in or remove those rows"):
             ok = False
         elif missing.any():
@@ -439,6 +429,60 @@ class _Validator:
         if not ok:
             return None
         return pd.Series(values.astype(np.float64, copy=False))
+
+    def _check_range(self, f: Feature, values: np.ndarray, out: np.ndarray, affine, zscores: str) -> bool:
+        """Report the values outside the feature's range (after the mapping's affine map); True if none."""
+        if not out.any():
+            return True
+        lo, hi = f.range  # type: ignore[misc]
+        vals = values[out]
+        infinite = ~np.isfinite(vals)
+        shown = _examples(pd.Series(affine.invert(vals[np.isfinite(vals)])).map(_fmt_number), 3)
+        if infinite.any():
+            shown = ([("infinite" if infinite.sum() == 1 else f"{int(infinite.sum())} infinite values")] + shown)[:3]
+        mapped = affine.scale != 1.0 or affine.offset != 0.0
+        after = f" {affine.words(f.name)}" if mapped else ""
+        inf_note = " Infinite values are never valid." if infinite.any() else ""
+        if zscores and not mapped:
+            fix = (f"The column looks standardised {zscores}: map it back to the schema's unit with "
+                   f"[unstandardise.{f.name}] mean = …, sd = … in the mapping (the mean and sd it was standardised "
+                   f"with), or use a schema written for standardised values (`fedcredit schema infer` drafts one).")
+        else:
+            fix = (f"Correct the values{' or the mapping' + chr(39) + 's transform' if mapped else ''}, or remove "
+                   f"the rows if they are data-entry errors.")
+        self.error("out-of-range", f.name, out,
+                   f"{self.colname(f.name)}: {int(out.sum())} value{_s(out)} outside the valid range "
+                   f"{_fmt_number(lo)} to {_fmt_number(hi)}{after} ({self.rows_of(out)}), e.g. {', '.join(shown)}."
+                   f"{inf_note} {fix}")
+        return False
+
+    def _check_whole(self, f: Feature, values: np.ndarray, candidates: np.ndarray, valid: np.ndarray,
+                     zscores: str) -> bool:
+        """Ordinal and binary values must be whole numbers; True if they are. The advice fits the
+        column: a few fractions are typing errors, a column of them is not levels at all."""
+        with np.errstate(invalid="ignore"):
+            frac = candidates & (values != np.floor(values))
+        if not frac.any():
+            return True
+        lo, hi = f.range  # type: ignore[misc]
+        shown = _examples(pd.Series(values[frac]).map(_fmt_number), 3)
+        levels = "0 or 1" if f.kind == "binary" else f"whole numbers from {_fmt_number(lo)} to {_fmt_number(hi)}"
+        share = float(frac.sum()) / max(1, int(valid.sum()))
+        if zscores:
+            fix = (f"The column looks standardised {zscores}, so its values are not levels: map it back with "
+                   f"[unstandardise.{f.name}] mean = …, sd = … in the mapping if the original levels are known, or "
+                   f"declare '{f.name}' numeric in the schema (`fedcredit schema infer` drafts a schema from the "
+                   f"file).")
+        elif share > 0.5:
+            fix = (f"Most values ({share:.0%}) are fractions, so the column does not hold levels: declare "
+                   f"'{f.name}' numeric in the schema, or map the values to levels with [scale]/[offset] or "
+                   f"[recode.{f.name}] in the mapping.")
+        else:
+            fix = "These look like data-entry errors: correct them to the level they stand for, or remove those rows."
+        self.error("not-integer", f.name, frac,
+                   f"{self.colname(f.name)} is {f.kind}: its values must be {levels}, but {int(frac.sum())} "
+                   f"value{_s(frac)} {_are(frac)} not whole ({self.rows_of(frac)}), e.g. {', '.join(shown)}. {fix}")
+        return False
 
     def _report_non_numeric(self, f: Feature, text: pd.Series, bad: np.ndarray) -> None:
         vals = text[bad]
@@ -736,6 +780,19 @@ def _classify_non_number(v: str) -> str:
     if re.search(r"\d", low) and re.search(r"[$€£¥%]|[a-z]{1,4}\$?\s*\d|\d\s*[a-z%]{1,5}$", low):
         return "unit"
     return "other"
+
+
+def _looks_standardised(values: np.ndarray) -> str:
+    """``"(mean 0.01, sd 1.00)"`` when ``values`` look like z-scores — mean within 0.2 of 0, sd
+    between 0.5 and 2, negative values and mostly fractions; ``""`` otherwise."""
+    v = values[np.isfinite(values)]
+    if v.size < 20:
+        return ""
+    mean, sd = float(v.mean()), float(v.std())
+    fractional = float(np.mean(v != np.floor(v)))
+    if abs(mean) <= 0.2 and 0.5 <= sd <= 2.0 and (v < 0).any() and fractional > 0.5:
+        return f"(mean {round(mean, 2) + 0.0:.2f}, sd {sd:.2f})"  # (+ 0.0: no "-0.00")
+    return ""
 
 
 def _examples(values: pd.Series, k: int) -> list[str]:

@@ -30,6 +30,16 @@ def read_toml(path: str | Path, what: str = "configuration") -> dict[str, Any]:
         raise ConfigError(f"{path}: not a UTF-8 text file; save it as UTF-8 TOML") from None
 
 
+def parse_toml_value(text: str) -> Any:
+    """One TOML value written as text (``3``, ``0.5``, ``true``, ``"x"``, ``[1, 2]``); text that is
+    not a TOML value is returned as it is (a bare word such as ``fedprox``), as Flower's
+    ``--run-config`` does."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
 def resolve_config_file(name_or_path: str | Path, directory: Path, what: str) -> Path:
     """A config file given by path, or by the name of a file shipped in ``directory``.
 

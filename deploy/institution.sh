@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Institution: key pair, data check, node start. A template of docs/institution.md — set the variables:
-#   deploy/institution.sh keys | check | start | raw | status
+#   deploy/institution.sh keys | check | start | status
 set -euo pipefail
 
 NAME=${NAME:-regional-bank-1}                          # institution id (key name, shown to the consortium)
@@ -24,9 +24,6 @@ case "${1:-}" in
             --port "$PORT" --node-config "$node_config" --check ;;
   start)  FLWR_HOME=${FLWR_HOME:-$STATE/flwr} exec fedcredit node start --superlink "$SUPERLINK" \
             --root-certificates "$CA" --key "$KEYS/$NAME" --port "$PORT" --node-config "$node_config" ;;
-  raw)    FLWR_HOME=${FLWR_HOME:-$STATE/flwr} exec flower-supernode --superlink "$SUPERLINK" \
-            --root-certificates "$CA" --auth-supernode-private-key "$KEYS/$NAME" \
-            --node-config "$node_config" --port "$PORT" ;;
   status) fedcredit privacy status --state-dir "$STATE" ;;
   *)      sed -n '2,3p' "$0"; exit 2 ;;
 esac

@@ -4,9 +4,9 @@
 #   deploy/operator.sh certs | superlink | connection | register KEY.pub... | run [RUN_CONFIG] | status
 set -euo pipefail
 
-HOSTS=${HOSTS:-superlink.consortium.example}         # names/addresses nodes use (certificate SANs), comma-separated
-ADDRESS=${ADDRESS:-superlink.consortium.example:8000} # what nodes and the CLI connect to
-PORT=${PORT:-8000}
+HOSTS=${HOSTS:-superlink.consortium.example,localhost,127.0.0.1}  # names nodes and the CLI use (certificate SANs)
+ADDRESS=${ADDRESS:-127.0.0.1:8001}                    # what the CLI connects to (on this host; the SuperLink's loopback port)
+PORT=${PORT:-8001}                                    # loopback only: nginx (deploy/superlink-gate.nginx.conf) serves :8000 to nodes
 BASE=${BASE:-/var/lib/fedcredit}                      # certs, SuperLink state, runs
 APP=${APP:-$(cd "$(dirname "$0")/.." && pwd)}          # this repository (the Flower app)
 CONNECTION=${CONNECTION:-consortium}
@@ -22,7 +22,7 @@ case "${1:-}" in
     FLWR_HOME="$BASE/superlink" exec flower-superlink \
       --ssl-ca-certfile "$BASE/certs/ca.crt" --ssl-certfile "$BASE/certs/server.crt" \
       --ssl-keyfile "$BASE/certs/server.key" --enable-supernode-auth \
-      --database "$BASE/superlink/state.db" --host 0.0.0.0 --port "$PORT" ;;
+      --database "$BASE/superlink/state.db" --host 127.0.0.1 --port "$PORT" ;;
   connection)   # the CLI's connection, in $FLWR_HOME/config.toml of this machine
     home=${FLWR_HOME:-$HOME/.flwr}; mkdir -p "$home"
     if [ -e "$home/config.toml" ]; then echo "$home/config.toml exists: add [superlink.$CONNECTION] by hand" >&2; exit 2; fi

@@ -1,14 +1,20 @@
 """The ``fedcredit`` command: one dispatcher over the commands that live in each package.
 
 Each command is a module with ``HELP`` (one line), ``DESCRIPTION`` (the ``--help`` text),
-``add_arguments(parser)`` and ``run(args) -> int``. Command modules keep heavy imports (torch,
-Flower) inside ``run`` so that ``--help`` stays instant.
+``add_arguments(parser)`` and ``run(args) -> int | Outcome`` (:mod:`fedcredit.outcome`). Command modules keep heavy imports
+(torch, Flower) inside ``run`` so that ``--help`` stays instant.
+
+``--json``: a module that sets ``JSON`` (the words for what it prints, e.g. ``"the run's
+summary"``) gets the option from here, and its ``run`` returns an :class:`Outcome` — the exit
+code and the summary. This dispatcher prints the summary as one JSON line, the last line of
+standard output (NumPy values and paths allowed, :func:`fedcredit.json_values.json_default`).
+No command prints JSON itself.
 
 User mistakes raise :class:`configs.errors.UserError`; they are printed as one message without
 a traceback and the command exits with code 2 — and, for a command run with ``--json``, also
-as ``{"ok": false, "error": MESSAGE}`` on the last line of standard output, unless the command
-already printed its own JSON report (it sets ``json_reported`` on the exception). Any other
-exception is a bug and keeps its traceback.
+as ``{"ok": false, "error": MESSAGE}`` on the last line of standard output, or as the
+exception's own ``json_report`` when the command attached one (e.g. a validation report). Any
+other exception is a bug and keeps its traceback.
 
 :func:`number` builds the argparse types the commands share (whole or real numbers within
 bounds), so every command words its range errors the same way.
@@ -21,8 +27,10 @@ import importlib
 import json
 import math
 import sys
+from typing import Any
 
 from configs.errors import UserError
+from fedcredit.outcome import Outcome
 
 # (command path, module). Groups ("data", "privacy", ...) are created from the paths.
 COMMANDS: list[tuple[str, str]] = [
@@ -32,6 +40,11 @@ COMMANDS: list[tuple[str, str]] = [
     ("simulate", "simulation.simulate_command"),
     ("sweep", "simulation.sweep_command"),
     ("score", "clients.score_command"),
+    ("serve", "clients.serve_command"),
+    ("decisions verify", "clients.decisions_verify_command"),
+    ("decisions show", "clients.decisions_show_command"),
+    ("decisions override", "clients.decisions_override_command"),
+    ("decisions notice", "clients.decisions_notice_command"),
     ("report", "server.report_command"),
     ("ledger verify", "server.ledger_command"),
     ("ledger keygen", "server.ledger_keygen_command"),
@@ -48,8 +61,17 @@ GROUP_HELP = {
     "data": "validate an institution's table; synthesise a consortium; partition one table into institutions",
     "privacy": "plan, inspect and audit differential privacy",
     "ledger": "verify the signed audit ledger of a run; create the operator's signing key",
+    "decisions": "the decision service's trail: verify it, show and reproduce a decision, record an override, "
+                 "print an adverse-action notice",
     "node": "run an institution's node (checks its data, then starts Flower's SuperNode)",
 }
+
+
+def print_json(summary: Any) -> None:
+    """``summary`` as one JSON line on standard output (flushed: it must be the last line)."""
+    from fedcredit.json_values import json_default
+
+    print(json.dumps(summary, default=json_default), flush=True)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -97,6 +119,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                                            formatter_class=_Formatter)
         if wanted is None or words == wanted[:len(words)]:
             module.add_arguments(sub)
+            if getattr(module, "JSON", None):
+                sub.add_argument("--json", action="store_true",
+                                 help=f"print {module.JSON} as JSON, the last line of standard output")
         sub.set_defaults(_run=module.run)
     return parser
 
@@ -152,15 +177,20 @@ def main(argv: list[str] | None = None) -> int:
         (getattr(args, "_group_parser", None) or parser).print_help(sys.stderr)
         return 2
     try:
-        return int(run(args) or 0)
+        result = run(args)
     except UserError as exc:
-        if getattr(args, "json", False) and not getattr(exc, "json_reported", False):
-            print(json.dumps({"ok": False, "error": str(exc)}), flush=True)
+        if getattr(args, "json", False):
+            print_json(getattr(exc, "json_report", None) or {"ok": False, "error": str(exc)})
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    if isinstance(result, Outcome):
+        if getattr(args, "json", False):
+            print_json(result.summary)
+        return result.exit_code
+    return int(result or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,11 +2,13 @@
 
 ``json.dumps(obj, default=json_default)`` writes NumPy scalars as numbers, NumPy arrays as lists
 and paths as strings; anything else that JSON cannot hold is a TypeError, as without it.
+:func:`loads_strict` reads JSON that must mean one thing (signed entries, applications).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,3 +21,28 @@ def json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(type(o).__name__)
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key '{k}'")
+        out[k] = v
+    return out
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads_strict(text: str | bytes) -> Any:
+    """Parse JSON that must mean one thing: a repeated key in an object, or NaN / Infinity
+    (which Python's json accepts but JSON does not), is a ValueError naming it; bytes must be UTF-8
+    (UnicodeDecodeError otherwise)."""
+    import json
+
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8")
+    return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)
+

@@ -3,29 +3,32 @@
 ``RUN_DIR/model/`` holds
 
 * ``weights.safetensors`` — the network's tensors (safetensors: no pickle, safe to load from
-  anyone); the same tensors load with ``torch.load(weights_only=True)`` from ``weights.pt``;
+  anyone; the one weights format — packages written before also held ``weights.pt``, which
+  :func:`load_package` still verifies by its hash but never unpickles);
 * ``encoder.json`` — the fitted :class:`models.encoder.FeatureEncoder`;
 * ``schema.toml`` — the consortium schema the model was trained on (byte copy);
 * ``model.json`` — format tag, :class:`models.network.ModelSpec`, schema key and fingerprint,
   score scaling, cut-off PD, sha256 of the weights and encoder files, and run metadata.
 
-:func:`load_package` checks both hashes before it builds anything, so a modified or truncated
-file is reported instead of loaded.
+:func:`load_package` checks every hash before it builds anything, so a modified or truncated
+file is reported instead of loaded. The package directory is written as a whole
+(:func:`fedcredit.atomic_write.atomic_directory`): a crash leaves the old package or the new
+one, never a mix, and every file gets the same mode (that of a newly created file: 0o666 less
+the umask).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from configs.errors import UserError
 from configs.schema import Schema, load_schema
+from fedcredit.atomic_write import atomic_directory
 from models.encoder import FeatureEncoder
 from models.network import DefaultNet, ModelSpec, build_model, predict_pd, set_weights
 from models.scoring import ScoreScale
@@ -72,19 +75,45 @@ class ModelPackage:
         return predict_pd(self.model(), self.encoder.transform(table))
 
 
-def save_package(directory: str | Path, package: ModelPackage) -> Path:
-    """Write the package into ``directory`` (created; existing files replaced)."""
-    from safetensors.numpy import save_file
+#: the files whose sha256 model.json records (schema.toml is checked by its fingerprint)
+HASHED_FILES = ("weights.safetensors", "encoder.json")
 
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
+
+def save_package(directory: str | Path, package: ModelPackage) -> Path:
+    """Write the package as ``directory`` (created; an existing package there is replaced whole)."""
+    from safetensors.numpy import save
+
+    final = Path(directory)
+    _refuse_foreign_files(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in package.weights.items()}
-    save_file(arrays, str(d / "weights.safetensors"))
-    torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, d / "weights.pt")
-    (d / "encoder.json").write_text(package.encoder.to_json())
-    if package.schema.source and Path(package.schema.source).is_file():
-        shutil.copyfile(package.schema.source, d / "schema.toml")
-    meta = {
+    with atomic_directory(final) as d:
+        (d / "weights.safetensors").write_bytes(save(arrays))
+        (d / "encoder.json").write_text(package.encoder.to_json())
+        if package.schema.source and Path(package.schema.source).is_file():
+            (d / "schema.toml").write_bytes(Path(package.schema.source).read_bytes())
+        (d / "model.json").write_text(json.dumps(_model_json(d, package, arrays), indent=2, sort_keys=True,
+                                                 default=str))
+    return final
+
+
+#: what a package directory may hold (weights.pt: packages written before safetensors was the one format)
+PACKAGE_FILES = frozenset({"model.json", "weights.safetensors", "weights.pt", "encoder.json", "schema.toml"})
+
+
+def _refuse_foreign_files(directory: Path) -> None:
+    """A package replaces its directory whole: refuse one that holds anything but a package."""
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"{directory}: exists and is not a directory; a model package is a directory")
+    foreign = sorted(p.name for p in directory.iterdir() if p.name not in PACKAGE_FILES) if directory.is_dir() else []
+    if foreign:
+        raise UserError(f"{directory}: holds {', '.join(foreign[:5])}{' …' if len(foreign) > 5 else ''}, which are "
+                        "not part of a model package; a package replaces its directory whole, so write it to an "
+                        "empty or new directory")
+
+
+def _model_json(d: Path, package: ModelPackage, arrays: dict[str, np.ndarray]) -> dict:
+    return {
         "format": FORMAT,
         "spec": package.spec.to_dict(),
         "schema_key": package.schema.key,
@@ -92,12 +121,9 @@ def save_package(directory: str | Path, package: ModelPackage) -> Path:
         "score_scale": package.scale.to_dict(),
         "cutoff_pd": package.cutoff_pd,
         "weights_sha256": weights_digest(arrays),
-        "files_sha256": {name: sha256_file(d / name)
-                         for name in ("weights.safetensors", "weights.pt", "encoder.json")},
+        "files_sha256": {name: sha256_file(d / name) for name in HASHED_FILES},
         **{k: v for k, v in package.meta.items() if k not in ("format",)},
     }
-    (d / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-    return d
 
 
 def load_package(directory: str | Path) -> ModelPackage:

@@ -34,6 +34,7 @@ With --json the last line of standard output is one JSON object:
    "epsilon_lower_bound", "notes"}
 On a failure (exit 2) it is {"ok": false, "error"}.
 """
+JSON = "the audit"  # what --json prints (fedcredit.cli adds the option)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,15 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference-epochs", type=int, default=20, metavar="E",
                         help="training epochs of each reference model (match the model's training if known)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits and reference models")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object (the audit) as the last line of standard output")
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     import warnings
 
     from configs.errors import UserError
+    from fedcredit.outcome import Outcome
     from privacy.audit import audit_model
 
     if args.reference_epochs < 1:
@@ -70,9 +69,7 @@ def run(args: argparse.Namespace) -> int:
                              confidence=args.confidence, seed=args.seed, delta=args.delta,
                              reference_models=args.reference_models, reference_epochs=args.reference_epochs)
     _print(report)
-    if args.json:
-        print(json.dumps({"ok": True, **report}), flush=True)
-    return 0
+    return Outcome({"ok": True, **report})
 
 
 def _print(r: dict) -> None:

@@ -21,6 +21,7 @@ With --json the last line of standard output is one JSON object:
   {"ok", "state_dir", "institution_id", "epsilon_spent_before", "started", "reason"}
 On a failure (exit 2) it is {"ok": false, "error"}.
 """
+JSON = "the recorded fresh start"  # what --json prints (fedcredit.cli adds the option)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,14 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="why the borrowers are a wholly new population (recorded in the ledger)")
     parser.add_argument("--yes", action="store_true",
                         help="confirm: the borrowers of the earlier releases are not in the new table")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object as the last line of standard output")
 
 
-def run(args: argparse.Namespace) -> int:
-    import json
-
+def run(args: argparse.Namespace):
     from configs.errors import UserError
+    from fedcredit.outcome import Outcome
     from privacy.ledger import PrivacyLedger
     from privacy.status import read_state
 
@@ -52,7 +50,5 @@ def run(args: argparse.Namespace) -> int:
         started = ledger.populations[-1]["started"]
     print(f"{args.state_dir}: fresh start recorded at {started} ({args.reason}); ε {before:.4f} spent by the earlier "
           "population no longer counts against the budget")
-    if args.json:
-        print(json.dumps({"ok": True, "state_dir": str(args.state_dir), "institution_id": state["institution_id"],
-                          "epsilon_spent_before": before, "started": started, "reason": args.reason}), flush=True)
-    return 0
+    return Outcome({"ok": True, "state_dir": str(args.state_dir), "institution_id": state["institution_id"],
+                    "epsilon_spent_before": before, "started": started, "reason": args.reason})

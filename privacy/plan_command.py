@@ -52,6 +52,7 @@ With --json the last line of standard output is one JSON object:
    "sample_rate", "steps", "epsilon_after", "epsilon_remaining"}}]}}
 On a failure (exit 2) it is {{"ok": false, "error"}}.
 """
+JSON = "the plan"  # what --json prints (fedcredit.cli adds the option)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,16 +77,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not reserve the row-count and feature-statistics releases (already spent)")
     parser.add_argument("--release-eval", choices=("noised", "exact", "off"), default="noised",
                         help="the node's evaluation release (noised: one Gaussian release per evaluation)")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object (the plan) as the last line of standard output")
 
 
-def run(args: argparse.Namespace) -> int:
-    import json
-
+def run(args: argparse.Namespace):
     from configs.errors import UserError
+    from fedcredit.outcome import Outcome
     from fedcredit.protocol import evaluation_rounds
-    from privacy.dp_release import STATISTICS_NOISE_MULTIPLIER, count_events
+    from privacy.dp_release import count_events
     from privacy.events import PrivacyEvent
     from privacy.planning import default_delta, plan_run_noise, plan_table, sample_rate_for, steps_per_epoch
 
@@ -109,13 +107,11 @@ def run(args: argparse.Namespace) -> int:
     reserved = {"counts": 0 if args.no_statistics else 2, "statistics": 0 if args.no_statistics else 1,
                 "evaluation": evaluations}
     _print(args, plan, table, delta, reserved)
-    if args.json:
-        print(json.dumps({"ok": True, "noise_multiplier": plan.noise_multiplier, "sample_rate": q,
-                          "steps_per_round": steps, "rounds": args.rounds, "epsilon": args.epsilon, "delta": delta,
-                          "accountant": args.accountant, "epsilon_run": plan.epsilon_run,
-                          "evaluation_noise_multiplier": plan.evaluation_noise_multiplier,
-                          "reserved_events": reserved, "table": table}), flush=True)
-    return 0
+    return Outcome({"ok": True, "noise_multiplier": plan.noise_multiplier, "sample_rate": q, "steps_per_round": steps,
+                    "rounds": args.rounds, "epsilon": args.epsilon, "delta": delta,
+                    "accountant": args.accountant, "epsilon_run": plan.epsilon_run,
+                    "evaluation_noise_multiplier": plan.evaluation_noise_multiplier,
+                    "reserved_events": reserved, "table": table})
 
 
 def _print(args, plan, table, delta, reserved) -> None:

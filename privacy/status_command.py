@@ -31,26 +31,22 @@ With --json the last line of standard output is one JSON object:
    "policy_history"}]}   (one entry: the institution's ledger; none before its first release)
 On a failure (exit 2) it is {"ok": false, "error"}.
 """
+JSON = "the ledger and all its events"  # what --json prints (fedcredit.cli adds the option)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", required=True, metavar="DIR", help="the node's state-dir (node config)")
     parser.add_argument("--events", type=int, default=50, metavar="N",
                         help="show at most the last N events in the table (0: none)")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object (the ledger, all events) as the last line of standard output")
 
 
-def run(args: argparse.Namespace) -> int:
-    import json
-
+def run(args: argparse.Namespace):
+    from fedcredit.outcome import Outcome
     from privacy.status import read_state
 
     datasets = read_state(args.state_dir)
     _print(args, datasets)
-    if args.json:
-        print(json.dumps({"ok": True, "state_dir": str(args.state_dir), "datasets": datasets}), flush=True)
-    return 0
+    return Outcome({"ok": True, "state_dir": str(args.state_dir), "datasets": datasets})
 
 
 def _print(args, datasets) -> None:

@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
-import os
 import re
-from pathlib import Path
 
 HELP = "create the consortium CA and the SuperLink's TLS certificate (ca.crt, server.crt, keys)"
 
@@ -54,6 +51,7 @@ with --reuse-ca). With --json the last line of standard output is a JSON summary
   {"out", "ca_cert", "ca_key", "server_cert", "server_key", "hosts", "ca_sha256", "server_sha256",
    "not_after"}
 """
+JSON = "a summary (the written files, hosts, fingerprints)"  # what --json prints (fedcredit.cli adds the option)
 
 CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY = "ca.crt", "ca.key", "server.crt", "server.key"
 
@@ -114,26 +112,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reuse-ca", action="store_true",
                         help="sign with the ca.crt/ca.key already in DIR instead of making a new CA")
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
-    parser.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write a private key with mode 0600 (never readable by others, not even briefly)."""
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
-def write_public(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+#: file modes: private keys readable by their owner only; certificates by anyone
+PRIVATE, PUBLIC = 0o600, 0o644
 
 
 def run(args: argparse.Namespace) -> int:
@@ -145,13 +127,14 @@ def run(args: argparse.Namespace) -> int:
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     from configs.errors import UserError
+    from fedcredit.atomic_write import write_atomic
+    from fedcredit.outcome import Outcome
+    from fedcredit.path_checks import check_output_dir
 
     hosts = parse_hosts(args.hosts)
     if args.days < 1 or args.ca_days < 1:
         raise UserError("--days and --ca-days must be at least 1")
-    out = Path(args.out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory")
+    out = check_output_dir(args.out, "--out")
     out.mkdir(parents=True, exist_ok=True)
     targets = [SERVER_CERT, SERVER_KEY] if args.reuse_ca else [CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY]
     existing = [n for n in targets if (out / n).exists()]
@@ -221,10 +204,10 @@ def run(args: argparse.Namespace) -> int:
     pkcs8 = serialization.PrivateFormat.PKCS8
     none = serialization.NoEncryption()
     if not args.reuse_ca:
-        write_private(out / CA_KEY, ca_key.private_bytes(pem, pkcs8, none))
-        write_public(out / CA_CERT, ca_cert.public_bytes(pem))
-    write_private(out / SERVER_KEY, server_key.private_bytes(pem, pkcs8, none))
-    write_public(out / SERVER_CERT, server_cert.public_bytes(pem))
+        write_atomic(out / CA_KEY, ca_key.private_bytes(pem, pkcs8, none), mode=PRIVATE)
+        write_atomic(out / CA_CERT, ca_cert.public_bytes(pem), mode=PUBLIC)
+    write_atomic(out / SERVER_KEY, server_key.private_bytes(pem, pkcs8, none), mode=PRIVATE)
+    write_atomic(out / SERVER_CERT, server_cert.public_bytes(pem), mode=PUBLIC)
 
     ca_fp = ca_cert.fingerprint(hashes.SHA256()).hex(":").upper()
     srv_fp = server_cert.fingerprint(hashes.SHA256()).hex(":").upper()
@@ -236,9 +219,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"  hosts: {', '.join(hosts)}; valid until {not_after:%Y-%m-%d}")
     print(f"  flower-superlink --ssl-ca-certfile {out / CA_CERT} --ssl-certfile {out / SERVER_CERT} "
           f"--ssl-keyfile {out / SERVER_KEY} ...")
-    if args.json:
-        print(json.dumps({"out": str(out), "ca_cert": str(out / CA_CERT), "ca_key": str(out / CA_KEY),
-                          "server_cert": str(out / SERVER_CERT), "server_key": str(out / SERVER_KEY),
-                          "hosts": hosts, "ca_sha256": ca_fp, "server_sha256": srv_fp,
-                          "not_after": not_after.isoformat()}))
-    return 0
+    return Outcome({"out": str(out), "ca_cert": str(out / CA_CERT), "ca_key": str(out / CA_KEY),
+                    "server_cert": str(out / SERVER_CERT), "server_key": str(out / SERVER_KEY),
+                    "hosts": hosts, "ca_sha256": ca_fp, "server_sha256": srv_fp, "not_after": not_after.isoformat()})

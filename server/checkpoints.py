@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from configs.errors import UserError
+from fedcredit.atomic_write import atomic_directory
 from fedcredit.json_values import json_default
 from models.package import sha256_file
 
@@ -55,30 +54,19 @@ def checkpoint_dir(run_dir: Path, rnd: int) -> Path:
 
 def save_checkpoint(run_dir: Path, rnd: int, weights: dict[str, np.ndarray],
                     strategy_state: dict[str, np.ndarray], state: dict) -> Path:
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     final = checkpoint_dir(run_dir, rnd)
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(tmp / "weights.safetensors"))
-    save_file({k: np.ascontiguousarray(v) for k, v in strategy_state.items()},
-              str(tmp / "strategy.safetensors"))
-    body = dict(state, round=rnd, files_sha256={
-        name: sha256_file(tmp / name) for name in ("weights.safetensors", "strategy.safetensors")})
-    text = json.dumps(body, sort_keys=True, default=json_default)
-    (tmp / "state.json").write_text(text)
-    (tmp / "state.sha256").write_text(hashlib.sha256(text.encode()).hexdigest() + "\n")
-    _fsync_dir(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with atomic_directory(final) as tmp:
+        (tmp / "weights.safetensors").write_bytes(save({k: np.ascontiguousarray(v) for k, v in weights.items()}))
+        (tmp / "strategy.safetensors").write_bytes(
+            save({k: np.ascontiguousarray(v) for k, v in strategy_state.items()}))
+        body = dict(state, round=rnd, files_sha256={
+            name: sha256_file(tmp / name) for name in ("weights.safetensors", "strategy.safetensors")})
+        text = json.dumps(body, sort_keys=True, default=json_default)
+        (tmp / "state.json").write_text(text)
+        (tmp / "state.sha256").write_text(hashlib.sha256(text.encode()).hexdigest() + "\n")
     return final
-
-
-def _fsync_dir(d: Path) -> None:
-    for f in d.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
 
 
 def list_checkpoints(run_dir: Path) -> list[int]:

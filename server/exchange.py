@@ -26,6 +26,7 @@ MAX_POLL_S = 0.5
 class Exchange:
     """Replies of one round: node id → reply; nodes that errored or never answered."""
 
+    sent: list[int] = field(default_factory=list)  # the nodes messages were addressed to, in order
     replies: dict[int, Message] = field(default_factory=dict)
     errors: dict[int, str] = field(default_factory=dict)
     missing: list[int] = field(default_factory=list)
@@ -45,7 +46,7 @@ def exchange(grid: Grid, messages: Iterable[Message], timeout: float,
         if mid:
             dst[mid] = msg.metadata.dst_node_id
             ids.append(mid)
-    result = Exchange()
+    result = Exchange(sent=[m.metadata.dst_node_id for m in messages])
     pending = set(ids)
     delay = FIRST_POLL_S
     deadline = time.monotonic() + timeout

@@ -1,21 +1,11 @@
 """The run's audit ledger: an append-only hash chain of entries signed by the operator.
 
-``RUN_DIR/ledger.jsonl`` holds one JSON object per line, one per event of the run (run start,
-the statistics round, every training round, refusals, dropouts, rejected updates, rejected
-statistics or evaluation replies, a resume, a stop, run end)::
-
-    {"index": 7, "time": "2026-11-29T03:02:31.233+00:00", "kind": "round",
-     "payload": {...}, "prev": "<hash of entry 6>", "key_id": "1a2b3c4d5e6f7a8b",
-     "hash": "<sha256 hex>", "signature": "<Ed25519 signature hex>"}
-
-* ``hash`` = sha256 over the canonical JSON (sorted keys, no spaces, UTF-8, no NaN) of the
-  entry *without* ``hash`` and ``signature`` — so it covers index, time, kind, payload, the
-  previous entry's hash and the key id;
-* ``prev`` of entry 0 is 64 zeros (genesis); of entry *i* the ``hash`` of entry *i − 1*;
-* ``signature`` = Ed25519 signature, by the operator's private key, of the 32 raw bytes of
-  ``hash``; ``key_id`` = the first 16 hex digits of sha256 over the raw 32-byte public key.
-* Every line is written in exactly that canonical form, followed by ``\\n``, flushed and
-  fsynced before the run goes on.
+``RUN_DIR/ledger.jsonl`` holds one entry per event of the run (run start, the statistics round,
+every training round, refusals, dropouts, rejected updates, rejected statistics or evaluation
+replies, a resume, a stop, run end): a signed hash chain in the format of
+:mod:`fedcredit.signed_chain` (canonical JSON lines; each entry's sha256 covers its index, time,
+kind, payload, the previous entry's hash and the key id, and is signed with the operator's
+Ed25519 key). Every entry is flushed and fsynced before the run goes on.
 
 What this proves, and what not: whoever verifies with the operator's published public key
 knows that every entry was written by the holder of the operator's key, in this order, and
@@ -24,6 +14,11 @@ not rewrite the whole file and re-sign it — that is what the nodes' stored hea
 node keeps the head hash it was shown each round (:mod:`clients.ledger_heads`), and a rewritten
 or truncated history no longer contains it. It is a signed hash chain, not a blockchain.
 
+The chain itself — canonical encoding, hashing, signing, keys, verification, appending — lives
+in :mod:`fedcredit.signed_chain`, shared with the institutions' decision trail; this module adds
+what is particular to a run: the file names, the entry kinds, the run ids and nodes' heads, and
+:class:`RunLedger`.
+
 See ``docs/ledger.md`` for the operator's view and ``fedcredit ledger verify --help``.
 """
 
@@ -31,193 +26,59 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from configs.errors import UserError
+from fedcredit.signed_chain import (ENTRY_FIELDS, GENESIS, HASHED_FIELDS, ChainCheck, SignedChain, canonical_json,
+                                    entry_hash, is_hash, plain, verify_chain)
+from fedcredit.signing_keys import (PASSPHRASE_ENV, ChainError, generate_key_pair, key_id, load_public_key,
+                                    public_key_pem, raw_public_key, read_file_bytes)
+from fedcredit.signing_keys import load_private_key as _load_private_key
+
+__all__ = ["LEDGER_FILE", "KEY_FILE", "PUBLIC_KEY_FILE", "GENESIS", "HASHED_FIELDS", "ENTRY_FIELDS",
+           "PASSPHRASE_ENV", "KINDS", "LedgerError", "plain", "canonical_json", "entry_hash", "is_hash",
+           "raw_public_key", "key_id", "public_key_pem", "generate_operator_key", "load_private_key",
+           "load_public_key", "VerificationResult", "verify_ledger", "read_ledger", "AuditLedger", "RunLedger"]
 
 LEDGER_FILE = "ledger.jsonl"
 KEY_FILE = "ledger-key.pem"
 PUBLIC_KEY_FILE = "ledger-key.pub.pem"
-GENESIS = "0" * 64
-HASHED_FIELDS = ("index", "time", "kind", "payload", "prev", "key_id")
-ENTRY_FIELDS = HASHED_FIELDS + ("hash", "signature")
-#: environment variable with the passphrase of an encrypted operator key (PEM)
-PASSPHRASE_ENV = "FEDCREDIT_LEDGER_KEY_PASSPHRASE"
+#: the kind of a run ledger's first entry, which names the operator's key
+START_KIND = "run-start"
 
 KINDS = ("run-start", "statistics", "round", "refusal", "dropout", "rejected-update", "rejected-reply",
          "resume", "run-stopped", "run-end")
 
-
-class LedgerError(UserError):
-    """A ledger that cannot be continued (broken chain, wrong key) or a key that cannot be used."""
-
-
-# ------------------------------------------------------------------------- encoding
-def plain(obj: Any) -> Any:
-    """``obj`` as plain JSON data: NumPy scalars/arrays unwrapped, NaN/±inf → None, Paths → str."""
-    if isinstance(obj, dict):
-        return {str(k): plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return plain(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, str):
-        return obj
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"ledger payload: cannot record a {type(obj).__name__}")
-
-
-def canonical_json(obj: Any) -> bytes:
-    """The one byte string an object hashes to: sorted keys, no spaces, UTF-8, no NaN."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
-
-
-def entry_hash(entry: dict) -> str:
-    """sha256 (hex) over the canonical JSON of the hashed fields of ``entry``."""
-    return hashlib.sha256(canonical_json({k: entry[k] for k in HASHED_FIELDS})).hexdigest()
-
-
-def is_hash(text: Any) -> bool:
-    return isinstance(text, str) and len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+#: A ledger that cannot be continued (broken chain, wrong key) or a key that cannot be used — the
+#: signed chain's own error (:class:`fedcredit.signed_chain.ChainError`), under the ledger's name.
+LedgerError = ChainError
 
 
 # ------------------------------------------------------------------------------ keys
-def raw_public_key(public_key: Ed25519PublicKey) -> bytes:
-    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-def key_id(public_key: Ed25519PublicKey) -> str:
-    """The key's short name: the first 16 hex digits of sha256 over the raw 32-byte public key."""
-    return hashlib.sha256(raw_public_key(public_key)).hexdigest()[:16]
-
-
-def public_key_pem(public_key: Ed25519PublicKey) -> str:
-    return public_key.public_bytes(serialization.Encoding.PEM,
-                                   serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
-
-
 def generate_operator_key(directory: str | Path, name: str = "ledger-key") -> tuple[Path, Path]:
-    """Create an Ed25519 key pair: ``DIR/<name>.pem`` (private, mode 0600) and ``DIR/<name>.pub.pem``.
-
-    Existing files are never overwritten (:class:`LedgerError`).
-    """
-    d = Path(directory).expanduser()
-    d.mkdir(parents=True, exist_ok=True)
-    private_path, public_path = d / f"{name}.pem", d / f"{name}.pub.pem"
-    for p in (private_path, public_path):
-        if p.exists():
-            raise LedgerError(f"{p}: already exists; a key is never overwritten (choose another directory "
-                              "or remove the old key pair yourself)")
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(private_path, 0o600)
-    public_path.write_text(public_key_pem(key.public_key()))
-    return private_path, public_path
-
-
-def _read_key_file(path: str | Path, what: str) -> bytes:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise LedgerError(f"{what} {p}: not found (create an operator key pair with "
-                          "'fedcredit ledger keygen --out DIR')")
-    try:
-        return p.read_bytes()
-    except OSError as exc:
-        raise LedgerError(f"{what} {p}: cannot be read ({exc.strerror})") from None
+    """Create the operator's Ed25519 key pair: ``DIR/<name>.pem`` (0600) and ``DIR/<name>.pub.pem``."""
+    return generate_key_pair(directory, name)
 
 
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     """The operator's Ed25519 private key from a PEM file (passphrase from $FEDCREDIT_LEDGER_KEY_PASSPHRASE)."""
-    data = _read_key_file(path, "ledger key")
-    passphrase = os.environ.get(PASSPHRASE_ENV)
-    try:
-        key = serialization.load_pem_private_key(data, password=passphrase.encode() if passphrase else None)
-    except TypeError:
-        raise LedgerError(f"ledger key {path}: the key is encrypted; put its passphrase in "
-                          f"${PASSPHRASE_ENV}") from None
-    except ValueError as exc:
-        raise LedgerError(f"ledger key {path}: not a readable PEM private key ({exc}); give the operator's "
-                          "Ed25519 private key, e.g. from 'fedcredit ledger keygen'") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise LedgerError(f"ledger key {path}: a {type(key).__name__.lstrip('_')}, not an Ed25519 key; "
-                          "the ledger is signed with Ed25519 ('fedcredit ledger keygen' makes one)")
-    return key
-
-
-def load_public_key(path: str | Path) -> Ed25519PublicKey:
-    """An Ed25519 public key from a PEM file (a private key file is accepted too)."""
-    data = _read_key_file(path, "public key")
-    try:
-        key = serialization.load_pem_public_key(data)
-    except ValueError:
-        try:
-            key = serialization.load_pem_private_key(data, password=None).public_key()
-        except (ValueError, TypeError):
-            raise LedgerError(f"public key {path}: not a readable PEM public key; give the operator's "
-                              "Ed25519 public key (e.g. ledger-key.pub.pem)") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise LedgerError(f"public key {path}: a {type(key).__name__.lstrip('_')}, not an Ed25519 key")
-    return key
-
-
-def _public_key_from_pem_text(text: Any) -> Ed25519PublicKey | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        key = serialization.load_pem_public_key(text.encode("ascii"))
-    except (ValueError, UnicodeEncodeError):
-        return None
-    return key if isinstance(key, Ed25519PublicKey) else None
+    return _load_private_key(path, "ledger key", PASSPHRASE_ENV)
 
 
 # ------------------------------------------------------------------------ verifying
 @dataclass
-class VerificationResult:
-    """The outcome of :func:`verify_ledger`.
+class VerificationResult(ChainCheck):
+    """The outcome of :func:`verify_ledger`: the chain's check (:class:`~fedcredit.signed_chain.ChainCheck`)
+    plus the run ids it holds and the nodes' heads.
 
     ``ok`` is True only when every entry verifies *and* every given head is on the chain.
-    ``entries`` is the number of entries (lines) in the file; ``valid`` how many of them, from
-    the start, verify; ``first_bad_index`` the position of the first one that does not (None when
-    the chain is intact); ``bad_kind`` its ``kind`` as far as it could be read; ``reason`` what is
-    wrong. ``head`` is the hash of the last valid entry (GENESIS for none).
     """
 
-    ok: bool
-    entries: int
-    first_bad_index: int | None = None
-    reason: str = ""
-    bad_kind: str | None = None
-    valid: int = 0
-    head: str = GENESIS
-    key_id: str | None = None
-    key_from_ledger: bool = False
     run_ids: list[str] = field(default_factory=list)
     heads: list[dict] = field(default_factory=list)  # {"head", "found", "index", + caller's labels}
-    chain: list[dict] = field(default_factory=list, repr=False)  # the valid entries, parsed
 
     def to_json(self) -> dict:
         return {"ok": self.ok, "entries": self.entries, "valid": self.valid,
@@ -227,98 +88,21 @@ class VerificationResult:
                 "run_ids": self.run_ids, "heads": self.heads}
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
-    out: dict = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key '{k}'")
-        out[k] = v
-    return out
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _parse_line(line: bytes) -> tuple[dict | None, str]:
-    try:
-        obj = json.loads(line.decode("utf-8"), object_pairs_hook=_no_duplicate_keys,
-                         parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
-        return None, f"is not a valid JSON line ({exc})"
-    if not isinstance(obj, dict):
-        return None, "is not a JSON object"
-    missing = [f for f in ENTRY_FIELDS if f not in obj]
-    extra = sorted(set(obj) - set(ENTRY_FIELDS))
-    if missing:
-        what = "has no signature (unsigned entry)" if missing == ["signature"] else \
-            f"lacks the field(s) {', '.join(missing)}"
-        return obj, what
-    if extra:
-        return obj, f"has unexpected field(s) {', '.join(extra)}"
-    return obj, ""
-
-
-def _check_entry(entry: dict, position: int, prev: str, public_key: Ed25519PublicKey, expected_key_id: str,
-                 line: bytes) -> str:
-    """'' when ``entry`` is a valid entry at ``position`` after ``prev``; otherwise what is wrong."""
-    if not isinstance(entry["index"], int) or isinstance(entry["index"], bool):
-        return f"its index {entry['index']!r} is not a whole number"
-    if entry["index"] != position:
-        return (f"its index is {entry['index']} where {position} was expected: an entry was removed, "
-                "inserted or the entries were reordered")
-    if not isinstance(entry["kind"], str) or not isinstance(entry["time"], str) \
-            or not isinstance(entry["payload"], dict):
-        return "kind, time or payload has the wrong type"
-    if entry["prev"] != prev:
-        return (f"its prev hash {str(entry['prev'])[:16]}… is not the hash of the entry before it "
-                f"({prev[:16]}…): an entry before it was removed, replaced or reordered")
-    try:
-        computed = entry_hash(entry)
-    except (TypeError, ValueError) as exc:
-        return f"cannot be hashed ({exc})"
-    if entry["hash"] != computed:
-        if is_hash(entry["hash"]):
-            return ("its contents do not match its hash: the entry (index, time, kind, payload, prev or "
-                    "key id) or its stored hash was modified after it was written")
-        return "its hash field is not a sha256 hex digest"
-    if entry["key_id"] != expected_key_id:
-        return (f"it is signed by key {entry['key_id']!r}, not by the ledger's key {expected_key_id}: "
-                "appended or re-signed by someone else")
-    sig = entry["signature"]
-    if not isinstance(sig, str) or not sig:
-        return "has no signature (unsigned entry)"
-    try:
-        raw_sig = bytes.fromhex(sig)
-    except ValueError:
-        return "its signature is not hex"
-    try:
-        public_key.verify(raw_sig, bytes.fromhex(computed))
-    except InvalidSignature:
-        return f"its signature does not verify under key {expected_key_id}: modified or signed by another key"
-    if line != canonical_json(entry):
-        return "the line is not in the canonical form it was written in: it was edited"
-    return ""
-
-
-def _key_from_first_entry(entry: dict) -> tuple[Ed25519PublicKey | None, str]:
-    payload = entry.get("payload") if isinstance(entry.get("payload"), dict) else {}
-    key_info = payload.get("key") if isinstance(payload.get("key"), dict) else {}
-    if entry.get("kind") != "run-start":
-        return None, "the first entry is not a run-start entry, so the ledger names no key; give --public-key"
-    public_key = _public_key_from_pem_text(key_info.get("public_key_pem"))
-    if public_key is None:
-        return None, "the run-start entry carries no readable public key; give --public-key"
-    if key_info.get("key_id") != key_id(public_key):
-        return None, "the run-start entry's key id does not belong to its public key"
-    return public_key, ""
-
-
 def _as_head_items(head: Any) -> list[dict]:
     if head is None:
         return []
     items = [head] if isinstance(head, (str, dict)) else list(head)
     return [dict(h) if isinstance(h, dict) else {"head": h} for h in items]
+
+
+def _run_ids(chain: list[dict]) -> list[str]:
+    out: list[str] = []
+    for entry in chain:
+        if entry["kind"] in ("run-start", "resume") and entry["payload"].get("run_id") is not None:
+            rid = str(entry["payload"]["run_id"])
+            if rid not in out:
+                out.append(rid)
+    return out
 
 
 def verify_ledger(path: str | Path, public_key: Ed25519PublicKey | None = None,
@@ -331,54 +115,14 @@ def verify_ledger(path: str | Path, public_key: Ed25519PublicKey | None = None,
     labels such as ``round``/``run_id``) that nodes stored — each must be the hash of an entry.
     A missing file raises :class:`LedgerError`.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise LedgerError(f"{p}: no ledger file there (a run writes RUN_DIR/{LEDGER_FILE})")
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise LedgerError(f"{p}: cannot be read ({exc.strerror})") from None
-    lines = data.split(b"\n")
-    torn = lines[-1] != b""
-    if not torn:
-        lines = lines[:-1]
-    result = VerificationResult(ok=False, entries=len(lines), key_from_ledger=public_key is None)
+    data = read_file_bytes(path, str(path), f"no ledger file there (a run writes RUN_DIR/{LEDGER_FILE})")
+    check = verify_chain(data, public_key, START_KIND)
+    result = VerificationResult(**{f: getattr(check, f) for f in ChainCheck.__dataclass_fields__})
+    result.run_ids = _run_ids(check.chain)
     heads = _as_head_items(head)
-
-    def bad(i: int, reason: str, entry: dict | None = None) -> VerificationResult:
-        result.first_bad_index, result.reason = i, reason
-        if isinstance(entry, dict) and isinstance(entry.get("kind"), str):
-            result.bad_kind = entry["kind"]
+    if not check.ok:
         result.heads = [dict(h, found=False, index=None) for h in heads]
         return result
-
-    if not lines:
-        return bad(0, "the ledger is empty: it has no run-start entry")
-    expected = key_id(public_key) if public_key is not None else None
-    prev = GENESIS
-    for i, line in enumerate(lines):
-        entry, problem = _parse_line(line)
-        if not problem and torn and i == len(lines) - 1:
-            problem = "is not terminated by a newline (an incomplete write, or the file was cut)"
-        if problem:
-            return bad(i, f"entry {i} {problem}", entry)
-        if i == 0 and public_key is None:
-            public_key, why = _key_from_first_entry(entry)
-            if public_key is None:
-                return bad(0, why, entry)
-            expected = key_id(public_key)
-        result.key_id = expected
-        problem = _check_entry(entry, i, prev, public_key, expected, line)
-        if problem:
-            return bad(i, problem, entry)
-        if entry["kind"] in ("run-start", "resume") and entry["payload"].get("run_id") is not None:
-            rid = str(entry["payload"]["run_id"])
-            if rid not in result.run_ids:
-                result.run_ids.append(rid)
-        result.chain.append(entry)
-        prev = entry["hash"]
-        result.valid = i + 1
-        result.head = prev
     index_of = {e["hash"]: e["index"] for e in result.chain}
     missing = []
     for h in heads:
@@ -389,11 +133,10 @@ def verify_ledger(path: str | Path, public_key: Ed25519PublicKey | None = None,
     if missing:
         h = missing[0]
         where = ", ".join(f"{k} {h[k]}" for k in ("source", "run_id", "round") if h.get(k) not in (None, ""))
+        result.ok = False
         result.reason = (f"node head {str(h.get('head'))[:16]}…{f' ({where})' if where else ''} is not on the "
                          f"chain{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}: the ledger was "
                          "truncated or rewritten after that head was shown to the node")
-        return result
-    result.ok = True
     return result
 
 
@@ -403,27 +146,26 @@ def read_ledger(path: str | Path) -> list[dict]:
 
 
 # -------------------------------------------------------------------------- writing
-class AuditLedger:
-    """An open ledger file that entries are appended to, signed with the operator's key."""
+class AuditLedger(SignedChain):
+    """A run's open ledger file that entries are appended to, signed with the operator's key.
+
+    ``entries`` holds every entry so far (those read at open and those appended).
+    """
+
+    NAME = "audit ledger"
+    SIGNER = "the run's key"
+    BUSY_HINT = " (is the run still going?)"
 
     def __init__(self, path: Path, signing_key: Ed25519PrivateKey, entries: list[dict]):
-        self.path = path
-        self._key = signing_key
-        self.public_key = signing_key.public_key()
-        self.key_id = key_id(self.public_key)
-        self.entries = entries  # every entry so far (those read at open and those appended)
-        self.head = entries[-1]["hash"] if entries else GENESIS
-        self._fh = open(self.path, "ab")
-        try:
-            import fcntl
+        super().__init__(path, signing_key, entries[-1]["hash"] if entries else GENESIS, len(entries))
+        self.entries = entries
 
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # pragma: no cover - not on POSIX
-            pass
-        except OSError:
-            self._fh.close()
-            raise LedgerError(f"{self.path}: another process is writing this ledger (is the run still going?)") \
-                from None
+    @classmethod
+    def broken_hint(cls, path: Path, check: ChainCheck) -> str:
+        return (f"; inspect it with 'fedcredit ledger verify {path}'."
+                + (" A run that continues a ledger must use the key that started it (run config "
+                   "'ledger-key')." if "key" in check.reason else "")
+                + " To start afresh use a new run-dir.")
 
     @classmethod
     def open(cls, path: str | Path, signing_key: Ed25519PrivateKey) -> "AuditLedger":
@@ -433,51 +175,16 @@ class AuditLedger:
         continued then) or was signed by another key.
         """
         p = Path(path)
-        entries: list[dict] = []
-        if p.exists() and p.stat().st_size > 0:
-            res = verify_ledger(p, signing_key.public_key())
-            if not res.ok:
-                raise LedgerError(
-                    f"{p}: the existing audit ledger does not verify under the run's key "
-                    f"{key_id(signing_key.public_key())} — entry {res.first_bad_index}"
-                    f"{f' ({res.bad_kind})' if res.bad_kind else ''}: {res.reason}. It is not continued; "
-                    f"inspect it with 'fedcredit ledger verify {p}'."
-                    + (" A run that continues a ledger must use the key that started it (run config "
-                       "'ledger-key')." if "key" in res.reason else "")
-                    + " To start afresh use a new run-dir.")
-            entries = res.chain
+        check = cls.existing_chain(p, signing_key.public_key(), START_KIND)
         p.parent.mkdir(parents=True, exist_ok=True)
-        return cls(p, signing_key, entries)
+        if check is not None and not check.ok:
+            raise LedgerError(cls.broken_message(p, key_id(signing_key.public_key()), check))
+        return cls(p, signing_key, check.chain if check is not None else [])
 
-    @property
-    def next_index(self) -> int:
-        return len(self.entries)
-
-    def append(self, kind: str, payload: dict) -> str:
+    def append(self, kind: str, payload: dict, sync: bool = True) -> str:
         """Append one signed entry (flushed and fsynced); returns the new head hash."""
-        if self._fh.closed:
-            raise ValueError("the ledger is closed")
-        entry = {"index": self.next_index,
-                 "time": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
-                 "kind": str(kind), "payload": plain(payload), "prev": self.head, "key_id": self.key_id}
-        entry["hash"] = entry_hash(entry)
-        entry["signature"] = self._key.sign(bytes.fromhex(entry["hash"])).hex()
-        self._fh.write(canonical_json(entry) + b"\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self.entries.append(entry)
-        self.head = entry["hash"]
+        self.entries.append(super().append(kind, payload, sync))
         return self.head
-
-    def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.close()
-
-    def __enter__(self) -> "AuditLedger":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 # ------------------------------------------------------------------- one run's ledger

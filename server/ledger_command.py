@@ -30,12 +30,14 @@ chain. A head that is not means the history was truncated or rewritten after the
 Exit codes:
   0  the ledger is intact (and every given head is on it)
   1  it is not: the first bad entry, or a head that is not on the chain, is named
-  2  a user mistake: no such ledger file, an unreadable key or heads file, a malformed --head
+  2  a user mistake: no such ledger file, a file that is not a ledger (empty, or no line of it is a
+     ledger entry), an unreadable key or heads file, a malformed --head
 
 With --json the last line of standard output is one JSON object:
   {"ok", "ledger", "entries", "valid", "first_bad_index", "bad_kind", "reason", "head",
    "key_id", "key_source" ("given" | "ledger"), "run_ids", "heads", "heads_skipped"}
 """
+JSON = "the result"  # what --json prints (fedcredit.cli adds the option)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,7 +49,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heads-file", action="append", default=[], metavar="FILE",
                    help="a node's STATE_DIR/ledger-heads.jsonl; its heads of this ledger's runs must be on the "
                         "chain (repeatable)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON (last line of stdout)")
 
 
 def _read_heads_file(path: str) -> list[dict]:
@@ -76,15 +77,49 @@ def _read_heads_file(path: str) -> list[dict]:
     return out
 
 
+#: the fields every ledger entry has (a line without them is not a ledger entry at all)
+ENTRY_MARKERS = ("index", "kind", "prev", "hash")
+
+
+def require_ledger_file(path) -> None:
+    """Refuse (:class:`UserError`, exit 2) a file that is not an audit ledger at all — missing,
+    empty, or without a single line that is a ledger entry (a JSON object with index, kind, prev
+    and hash) — rather than reporting "0 of N entries verify". A ledger whose entries were
+    damaged still has some entry lines and is verified (exit 1 names the first bad one)."""
+    from configs.errors import UserError
+    from server.ledger import LEDGER_FILE
+
+    if not path.is_file():
+        raise UserError(f"{path}: no ledger file there; give a run's audit ledger (RUN_DIR/{LEDGER_FILE}) or "
+                        "its run directory")
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 20)
+    if not head.strip():
+        raise UserError(f"{path}: the file is empty — not an audit ledger (a run's {LEDGER_FILE} starts with a "
+                        "signed run-start entry). Give the ledger of a run that has started")
+    for line in head.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and all(k in entry for k in ENTRY_MARKERS):
+            return
+    raise UserError(f"{path}: not an audit ledger — none of its lines is a ledger entry (a JSON object with "
+                    f"{', '.join(ENTRY_MARKERS)}, payload, key_id and signature). Give RUN_DIR/{LEDGER_FILE}, "
+                    "not another file of the run")
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from configs.errors import UserError
+    from fedcredit.outcome import Outcome
     from server.ledger import LEDGER_FILE, is_hash, load_public_key, verify_ledger
 
     path = Path(args.ledger)
     if path.is_dir():
         path = path / LEDGER_FILE
+    require_ledger_file(path)
     public_key = load_public_key(args.public_key) if args.public_key else None
     heads: list[dict] = []
     for h in args.head:
@@ -109,9 +144,7 @@ def run(args: argparse.Namespace) -> int:
     out = result.to_json()
     out.update({"ledger": str(path), "heads_skipped": len(skipped)})
     _print_report(result, path, skipped, args.public_key)
-    if args.json:
-        print(json.dumps(out))
-    return 0 if result.ok else 1
+    return Outcome(out, 0 if result.ok else 1)
 
 
 def _print_report(r, path, skipped: list[dict], public_key_file: str | None) -> None:
@@ -133,8 +166,13 @@ def _print_report(r, path, skipped: list[dict], public_key_file: str | None) -> 
                       "shows the file is self-consistent, since whoever rewrote the whole file could re-sign it "
                       "with a key of their own. Verify with --public-key (the operator's published key) and "
                       "against the nodes' stored heads.")
-        else:
+        elif r.first_bad_index is None:
             con.print(f"  every entry is signed by the given public key {r.key_id} ({public_key_file})")
+        elif r.valid:
+            con.print(f"  the {r.valid} entries before entry {r.first_bad_index} are signed by the given public key "
+                      f"{r.key_id} ({public_key_file}); from entry {r.first_bad_index} on nothing is confirmed")
+        else:
+            con.print(f"  checked against the given public key {r.key_id} ({public_key_file}): no entry verifies")
     if r.chain and r.first_bad_index is None:
         rounds = [e["payload"].get("round") for e in r.chain if e["kind"] == "round"]
         end = next((e["payload"] for e in reversed(r.chain) if e["kind"] == "run-end"), None)

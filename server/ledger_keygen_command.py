@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 HELP = "create the operator's Ed25519 key pair for signing audit ledgers"
 DESCRIPTION = """\
@@ -19,17 +18,20 @@ sha256 of the raw public key; every ledger entry names it.
 
 Exit codes: 0 created; 2 a user mistake (files exist already, directory not writable).
 """
+JSON = "{private_key, public_key, key_id}"  # what --json prints (fedcredit.cli adds the option)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="directory for the key pair (created if needed)")
-    p.add_argument("--json", action="store_true", help="print {private_key, public_key, key_id} as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     from configs.errors import UserError
+    from fedcredit.outcome import Outcome
+    from fedcredit.path_checks import check_output_dir
     from server.ledger import generate_operator_key, key_id, load_public_key
 
+    check_output_dir(args.out, "--out")
     try:
         private_path, public_path = generate_operator_key(args.out)
     except PermissionError as exc:
@@ -37,7 +39,5 @@ def run(args: argparse.Namespace) -> int:
     kid = key_id(load_public_key(public_path))
     print(f"private key {private_path} (mode 0600; run config: ledger-key = \"{private_path.resolve()}\")")
     print(f"public key  {public_path} (publish it; key id {kid})")
-    if args.json:
-        print(json.dumps({"private_key": str(private_path.resolve()), "public_key": str(public_path.resolve()),
-                          "key_id": kid}))
-    return 0
+    return Outcome({"private_key": str(private_path.resolve()), "public_key": str(public_path.resolve()),
+                    "key_id": kid})

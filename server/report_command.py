@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 HELP = "write a run's report.html and model card (model_card.md / .json)"
 DESCRIPTION = """\
@@ -23,13 +22,13 @@ with `flwr run` or in deployment, or after a simulation's privacy state was upda
 Exit codes: 0 written (also with a ledger warning); 2 a user mistake (no metrics.json in RUN_DIR,
 unwritable output).
 """
+JSON = "the written paths"  # what --json prints (fedcredit.cli adds the option)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="directory of a finished run (holds metrics.json)")
     p.add_argument("--out", metavar="FILE", help="where to write the HTML report (default RUN_DIR/report.html)")
     p.add_argument("--no-card", action="store_true", help="do not (re)write model_card.md / model_card.json")
-    p.add_argument("--json", action="store_true", help="print the written paths as JSON (last line of stdout)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,12 +36,18 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from configs.errors import UserError
+    from fedcredit.outcome import Outcome
+    from fedcredit.path_checks import check_output_file
     from server.model_card import ledger_verification, ledger_warning, load_metrics
     from server.report import write_report
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: not a directory; give the run directory (it holds metrics.json)")
+    if args.out:  # checked before the report is rendered
+        check_output_file(args.out, "--out", (".html", ".htm"), create_parent=True)
+    if not args.no_card:
+        check_output_file(run_dir / "model_card.md", "RUN_DIR (the model card is written there; --no-card skips it)")
     try:
         report = write_report(run_dir, args.out, write_card=not args.no_card)
     except PermissionError as exc:
@@ -55,9 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_card:
         out.update({"model_card_md": str(run_dir.resolve() / "model_card.md"),
                     "model_card_json": str(run_dir.resolve() / "model_card.json")})
-    if args.json:
-        print(json.dumps(out))
-    else:
+    if not args.json:
         for k, v in out.items():
             print(f"{k}: {v}")
-    return 0
+    return Outcome(out)

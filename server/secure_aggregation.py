@@ -222,7 +222,7 @@ def secure_exchange(grid: Grid, messages: list[Message], rnd: int, before: dict[
                 workflow(fast, ctx)
             except ZeroDivisionError:
                 strategy.aggregated = None  # every node contributed weight 0 (all refused)
-    result = Exchange()
+    result = Exchange(sent=list(node_ids))
     contributors, examples, clipped = [], 0.0, {}
     replies: dict[int, Message] = {}
     for node, reply in fast.stage2.items():

@@ -27,10 +27,11 @@ the pseudo-gradient FedAdam feeds its moments with is *robust aggregate − glob
 Python's method resolution does this with Flower's classes unchanged: ``FedAdam.aggregate_train``
 calls ``super().aggregate_train``, which is the robust rule's.
 
-The round driver in :mod:`server.consortium` uses a strategy for what Flower does well —
+The round loop in :mod:`server.consortium` uses a strategy for what Flower does well —
 sampling nodes (``configure_train`` / ``configure_evaluate``) and aggregating weights
-(:func:`aggregate_updates`) — and does the message exchange, refusal handling, update checks
-and server-side clipping itself. It checks node availability itself too, so the strategy is
+(:func:`aggregate_updates`) — and does the message exchange, refusal handling and update
+checks itself (:mod:`server.replies`). Server-side clipping (``clip-update-norm``) is a wrapper
+around the strategy (:mod:`server.clipping`), as Flower's DP wrappers are. It checks node availability itself too, so the strategy is
 built with ``min_available_nodes = 1`` (Flower's sampler would otherwise wait forever for a
 node that died).
 """
@@ -43,6 +44,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, MultiKrum
 
+from server.clipping import ServerSideClipping, unwrap
 from server.settings import RunSettings
 
 ROBUST_RULES: dict[str, type[FedAvg]] = {
@@ -61,6 +63,8 @@ def strategy_class(strategy: str, aggregation: str) -> type[FedAvg]:
 
 
 def build_strategy(s: RunSettings) -> FedAvg:
+    """The run's strategy; wrapped in :class:`server.clipping.ServerSideClipping` when the server
+    clips updates (``clip-update-norm`` > 0)."""
     common = dict(
         fraction_train=s.fraction_train,
         fraction_evaluate=s.fraction_evaluate,
@@ -77,6 +81,8 @@ def build_strategy(s: RunSettings) -> FedAvg:
         strategy = cls(**common)
     if isinstance(strategy, MultiKrum):
         strategy.num_malicious_nodes = s.max_malicious_nodes
+    if s.clip_update_norm > 0:
+        return ServerSideClipping(strategy, s.clip_update_norm)
     return strategy
 
 
@@ -86,18 +92,23 @@ def aggregate_updates(strategy: FedAvg, s: RunSettings, rnd: int, replies: list[
 
     The robust rules are sized per round from the number n of updates: trimmed-mean drops
     f = ``max-malicious-nodes`` values from each end of every coordinate, multi-krum keeps n − f.
+    ``strategy`` may be wrapped (:class:`server.clipping.ServerSideClipping`); the rule is the
+    innermost strategy, and (Multi-)Krum's choice is read from the replies as they were
+    aggregated (clipped, when the server clips).
     """
+    rule = unwrap(strategy)
     n, f = len(replies), s.max_malicious_nodes
     info: dict = {"rule": s.aggregation, "updates": n}
-    if isinstance(strategy, FedTrimmedAvg):
-        strategy.beta = min(f / n + 1e-9, 0.4999999) if f else 0.0  # Flower trims int(beta · n) per end
-        info["trimmed_per_end"] = int(strategy.beta * n)
-    elif isinstance(strategy, MultiKrum):
-        strategy.num_malicious_nodes = f
-        if not isinstance(strategy, Krum):
-            strategy.num_nodes_to_select = max(1, n - f)
-        info["selected"] = _krum_selection(replies, f, strategy.num_nodes_to_select)
+    if isinstance(rule, FedTrimmedAvg):
+        rule.beta = min(f / n + 1e-9, 0.4999999) if f else 0.0  # Flower trims int(beta · n) per end
+        info["trimmed_per_end"] = int(rule.beta * n)
+    elif isinstance(rule, MultiKrum):
+        rule.num_malicious_nodes = f
+        if not isinstance(rule, Krum):
+            rule.num_nodes_to_select = max(1, n - f)
     arrays, metrics = strategy.aggregate_train(rnd, replies)
+    if isinstance(rule, MultiKrum):
+        info["selected"] = _krum_selection(replies, f, rule.num_nodes_to_select)
     return arrays, metrics, info
 
 
@@ -114,16 +125,22 @@ def strategy_state(strategy: FedAvg) -> dict[str, np.ndarray]:
     """Arrays a strategy carries between rounds (FedAdam: first and second moments)."""
     out: dict[str, np.ndarray] = {}
     for attr in ("m_t", "v_t"):
-        for k, v in (getattr(strategy, attr, None) or {}).items():
+        for k, v in (getattr(unwrap(strategy), attr, None) or {}).items():
             out[f"{attr}/{k}"] = np.asarray(v)
     return out
 
 
-def restore_strategy_state(strategy: FedAvg, state: dict[str, np.ndarray]) -> None:
+def restore_strategy_state(strategy: FedAvg, state: dict[str, np.ndarray],
+                           global_weights: dict[str, np.ndarray]) -> None:
+    """Put a checkpoint's strategy state (and, for FedAdam, the global weights it steps from)
+    back into the innermost strategy."""
+    base = unwrap(strategy)
     for attr in ("m_t", "v_t"):
         part = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(attr + "/")}
         if part:
-            setattr(strategy, attr, part)
+            setattr(base, attr, part)
+    if hasattr(base, "current_arrays"):
+        base.current_arrays = dict(global_weights)
 
 
 def snapshot_grid(grid, node_ids: Iterable[int]):

@@ -16,10 +16,10 @@ Institutions not listed get ``--epsilon``. The file becomes the run config's ``s
 from __future__ import annotations
 
 import math
-import tomllib
 from pathlib import Path
 
-from configs.errors import UserError
+from configs.errors import ConfigError, UserError
+from configs.toml_reader import read_toml
 
 TABLE = "max-epsilon"
 
@@ -28,13 +28,9 @@ def load_budgets(path: str | Path) -> dict[str, float]:
     """``{institution: ε}`` from a budgets file; a mistake is a :class:`UserError` naming the key."""
     p = Path(path)
     try:
-        doc = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"--budgets {p}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"--budgets {p}: cannot read it ({exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"--budgets {p}: not valid TOML ({exc})") from None
+        doc = read_toml(p, "--budgets")
+    except ConfigError as exc:
+        raise UserError(f"--budgets {exc}" if str(exc).startswith(str(p)) else str(exc)) from None
     extra = sorted(set(doc) - {TABLE})
     if extra:
         raise UserError(f"--budgets {p}: unknown key(s) {', '.join(extra)}; the file holds one table [{TABLE}] "

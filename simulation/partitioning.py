@@ -5,12 +5,16 @@ Methods (each seeded; every row goes to exactly one institution):
 ``iid``
     A seeded shuffle, then :class:`flwr_datasets.partitioner.IidPartitioner` (K contiguous
     shards of the shuffled rows; sizes differ by at most one).
-``dirichlet``
+``dirichlet`` (also called ``label``)
     Label skew: :class:`flwr_datasets.partitioner.DirichletPartitioner` on the label column —
     for each class, the shares of its rows going to the K institutions are drawn from
     Dirichlet(α·1). Small α (0.1) gives institutions with very different default rates, large α
-    (100) is close to IID. Sizes vary too; ``min_rows`` is enforced by re-drawing (at most 10
-    attempts), after which a clear error asks for a larger α or fewer institutions.
+    (100) is close to IID. Sizes vary too. Every institution must get at least ``min_rows``
+    rows and ``min_positives`` defaults (and as many non-defaults): a draw that misses is
+    redrawn with the next seed of a seeded sequence (draw 0 uses ``seed`` itself; at most
+    :data:`MAX_REDRAWS`), and the seed of the draw kept is recorded. When no draw fits, the
+    error says which ``--alpha`` (with which ``--seed``) does — found by trying — or that no α
+    can, because the table has too few defaults.
 ``quantity``
     Quantity skew: institution sizes ``min_rows + Multinomial(n − K·min_rows, p)`` with
     p ~ Dirichlet(α·1), then :class:`flwr_datasets.partitioner.SizePartitioner` over a seeded
@@ -43,10 +47,22 @@ import pandas as pd
 from configs.errors import UserError
 
 METHODS = ("iid", "dirichlet", "quantity", "feature")
+#: other names of methods (``--by label`` is Dirichlet label skew)
+METHOD_ALIASES = {"label": "dirichlet"}
 #: the methods that give every institution at least ``min_rows`` rows
 MIN_ROWS_METHODS = ("dirichlet", "quantity")
 DEFAULT_ALPHA = 0.5
 DEFAULT_MIN_ROWS = 10
+#: fewest defaults (and non-defaults) per institution of a label-skew partition: the DP-training
+#: minimum of ``fedcredit data validate`` (clients.validation.DEFAULT_MIN_POSITIVES)
+DEFAULT_MIN_POSITIVES = 50
+#: seeded redraws of a label-skew partition before it is refused
+MAX_REDRAWS = 50
+#: to advise a refused partition, α is multiplied by this factor until it passes :data:`SUGGEST_MAX_ALPHA`
+#: (near IID), each with up to :data:`SUGGEST_REDRAWS` seeds
+SUGGEST_ALPHA_FACTOR = 4
+SUGGEST_MAX_ALPHA = 1000.0
+SUGGEST_REDRAWS = 5
 _ROW = "__fedcredit_row__"
 
 
@@ -112,10 +128,11 @@ def iid_partition(table: pd.DataFrame, k: int, *, seed: int = 0) -> Partition:
 
 
 def dirichlet_partition(table: pd.DataFrame, k: int, *, label: str, alpha: float = DEFAULT_ALPHA,
-                        seed: int = 0, min_rows: int = DEFAULT_MIN_ROWS) -> Partition:
-    """Label skew: each class's rows split over the K institutions by Dirichlet(α) shares."""
-    from flwr_datasets.partitioner import DirichletPartitioner
-
+                        seed: int = 0, min_rows: int = DEFAULT_MIN_ROWS,
+                        min_positives: int = 0) -> Partition:
+    """Label skew: each class's rows split over the K institutions by Dirichlet(α) shares,
+    redrawn (seeded) until every institution has ``min_rows`` rows and ``min_positives`` of each
+    class (the label's value 1 is a default; see the module docstring)."""
     _check_common(len(table), k, seed)
     alpha = _check_alpha(alpha)
     if label not in table.columns:
@@ -123,24 +140,83 @@ def dirichlet_partition(table: pd.DataFrame, k: int, *, label: str, alpha: float
     if min_rows * k > len(table):
         raise UserError(f"{k} institutions of at least {min_rows} rows need {min_rows * k} rows; the table has "
                         f"{len(table)}. Lower --min-rows or --institutions")
-    p = DirichletPartitioner(num_partitions=int(k), partition_by=label, alpha=alpha,
-                             min_partition_size=int(min_rows), self_balancing=False, shuffle=False,
-                             seed=int(seed))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    y = table[label].to_numpy()
+    _check_enough_of_each_class(y, k, int(min_positives))
+    dataset = _dataset(table, [label])
+    for attempt in range(MAX_REDRAWS):
+        draw = draw_seed(int(seed), attempt)
+        idx = _dirichlet_draw(dataset, label, int(k), alpha, draw, int(min_rows))
+        if idx is not None and _has_both_classes(idx, y, int(min_positives)):
+            return Partition("dirichlet", int(seed), idx, {
+                "alpha": alpha, "min_rows": int(min_rows), "min_positives": int(min_positives), "label": label,
+                "redraws": attempt, "draw_seed": draw})
+    raise UserError(_refusal(dataset, label, y, int(k), alpha, int(seed), int(min_rows), int(min_positives)))
+
+
+def draw_seed(seed: int, attempt: int) -> int:
+    """The seed of redraw ``attempt`` (0: ``seed`` itself; then a seeded sequence from it)."""
+    if attempt == 0:
+        return seed
+    return int(np.random.SeedSequence(seed, spawn_key=(0x4C42, attempt)).generate_state(1)[0])
+
+
+def _dirichlet_draw(dataset, label: str, k: int, alpha: float, seed: int, min_rows: int) -> list[np.ndarray] | None:
+    """One flwr-datasets Dirichlet partition (its own ≤ 10 redraws for ``min_rows``); None when
+    it gives up."""
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    p = DirichletPartitioner(num_partitions=k, partition_by=label, alpha=alpha,
+                             min_partition_size=min_rows, self_balancing=False, shuffle=False, seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         try:
-            idx = _collect(p, _dataset(table, [label]), int(k))
+            return _collect(p, dataset, k)
         except ValueError as exc:
             if "attempts" not in str(exc):
                 raise
+            return None
+
+
+def _has_both_classes(indices: list[np.ndarray], y: np.ndarray, minimum: int) -> bool:
+    """Every institution holds at least ``minimum`` defaults (y = 1) and ``minimum`` non-defaults
+    (and at least one of each, whatever ``minimum``)."""
+    floor = max(1, minimum)
+    for ix in indices:
+        positives = int((y[ix] == 1).sum())
+        if positives < floor or len(ix) - positives < floor:
+            return False
+    return True
+
+
+def _check_enough_of_each_class(y: np.ndarray, k: int, minimum: int) -> None:
+    positives = int((y == 1).sum())
+    negatives = len(y) - positives
+    floor = max(1, minimum)
+    for count, what in ((positives, "defaults"), (negatives, "non-defaults")):
+        if count < k * floor:
             raise UserError(
-                f"Dirichlet label skew with --alpha {alpha:g} could not give each of the {k} institutions "
-                f"at least {min_rows} rows in 11 draws (flwr-datasets' limit). Raise --alpha, lower "
-                f"--institutions or --min-rows, or try another --seed"
-            ) from None
-    retries = sum(1 for w in caught if "min_partition_size" in str(w.message))
-    return Partition("dirichlet", int(seed), idx, {"alpha": alpha, "min_rows": int(min_rows),
-                                                   "label": label, "redraws": retries})
+                f"the table has {count} {what}; {k} institutions with at least {floor} {what} each need {k * floor}, "
+                f"so no --alpha or --seed can give every institution enough. Lower --min-positives to at most "
+                f"{count // k} or --institutions to at most {max(1, count // floor)}")
+
+
+def _refusal(dataset, label: str, y: np.ndarray, k: int, alpha: float, seed: int, min_rows: int, min_positives: int) -> str:
+    """Why no draw fitted, and an ``--alpha``/``--seed`` that does (tried with the real partitioner)."""
+    need = (f"at least {min_rows} rows and {max(1, min_positives)} defaults and non-defaults each"
+            if min_positives else f"at least {min_rows} rows and both classes")
+    head = (f"Dirichlet label skew with --alpha {alpha:g} gave no partition in which each of the {k} institutions "
+            f"has {need}, in {MAX_REDRAWS} seeded draws from --seed {seed}")
+    larger = alpha
+    while larger < SUGGEST_MAX_ALPHA:
+        larger *= SUGGEST_ALPHA_FACTOR
+        for attempt in range(SUGGEST_REDRAWS):
+            draw = draw_seed(seed, attempt)
+            idx = _dirichlet_draw(dataset, label, k, larger, draw, min_rows)
+            if idx is not None and _has_both_classes(idx, y, min_positives):
+                return (f"{head}. --alpha {larger:g} --seed {draw} works (a larger alpha is closer to IID); or lower "
+                        f"--institutions, --min-rows or --min-positives")
+    return (f"{head}, nor with --alpha up to {larger:g} (close to IID). Lower --institutions, --min-rows or "
+            f"--min-positives")
 
 
 def quantity_partition(table: pd.DataFrame, k: int, *, alpha: float = DEFAULT_ALPHA, seed: int = 0,
@@ -219,14 +295,16 @@ def feature_partition(table: pd.DataFrame, k: int, *, feature: str, seed: int = 
 
 def partition_table(table: pd.DataFrame, k: int, method: str, *, seed: int = 0, label: str | None = None,
                     alpha: float = DEFAULT_ALPHA, feature: str | None = None, strictness: float = 1.0,
-                    min_rows: int = DEFAULT_MIN_ROWS) -> Partition:
-    """Dispatch to one of :data:`METHODS` (see the module docstring)."""
+                    min_rows: int = DEFAULT_MIN_ROWS, min_positives: int = 0) -> Partition:
+    """Dispatch to one of :data:`METHODS` or their :data:`METHOD_ALIASES` (see the module docstring)."""
+    method = METHOD_ALIASES.get(method, method)
     if method == "iid":
         part = iid_partition(table, k, seed=seed)
     elif method == "dirichlet":
         if label is None:
             raise UserError("the dirichlet method needs the label column")
-        part = dirichlet_partition(table, k, label=label, alpha=alpha, seed=seed, min_rows=min_rows)
+        part = dirichlet_partition(table, k, label=label, alpha=alpha, seed=seed, min_rows=min_rows,
+                                   min_positives=min_positives)
     elif method == "quantity":
         part = quantity_partition(table, k, alpha=alpha, seed=seed, min_rows=min_rows)
     elif method == "feature":
@@ -260,85 +338,3 @@ def label_skew(part: Partition, y: np.ndarray) -> float:
         local = np.array([(y[ix] == c).mean() for c in classes])
         tv += len(ix) / n * 0.5 * np.abs(local - pooled).sum()
     return float(tv)
-
-
-PARTITION_GENERATOR = "fedcredit-partition"
-
-
-def _whole_numbers(table: pd.DataFrame, schema) -> pd.DataFrame:
-    """Numeric/ordinal/binary columns holding only whole numbers as int64 (so 20000.0 → 20000)."""
-    out = table.copy()
-    for f in schema.features:
-        if f.name in out.columns and f.is_numeric_kind:
-            v = out[f.name].to_numpy(dtype=float)
-            if np.isfinite(v).all() and (np.abs(v) < 2**53).all() and np.array_equal(v, np.round(v)):
-                out[f.name] = v.astype(np.int64)
-    return out
-
-
-def write_partition(table: pd.DataFrame, out_dir, *, schema, k: int, method: str, seed: int = 0,
-                    alpha: float = DEFAULT_ALPHA, feature: str | None = None, strictness: float = 1.0,
-                    min_rows: int = DEFAULT_MIN_ROWS, source: str | None = None,
-                    force: bool = False, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Partition a clean ``table`` and write ``institution-<k>.csv`` files and ``manifest.json``.
-
-    Returns the manifest. Files keep the table's columns (the schema's clean columns) and the
-    source row order. ``extra`` adds keys to the manifest (a sweep records the fingerprint of
-    the settings the partition was made with).
-    """
-    import json
-    import os
-    from pathlib import Path
-
-    from simulation.synthetic import file_sha256, prepare_out_dir, write_csv
-
-    label = schema.label.name
-    part = partition_table(table, k, method, seed=seed, label=label if label in table.columns else None,
-                           alpha=alpha, feature=feature, strictness=strictness, min_rows=min_rows)
-    out = Path(out_dir)
-    prepare_out_dir(out, force)
-    out.mkdir(parents=True, exist_ok=True)
-    clean = _whole_numbers(table, schema)
-    width = len(str(k))
-    y = clean[label].to_numpy() if label in clean.columns else None
-    entries = []
-    warnings_out = []
-    for i, ix in enumerate(part.indices):
-        iid = f"institution-{i + 1:0{width}d}"
-        frame = clean.iloc[ix].reset_index(drop=True)
-        write_csv(frame, out / f"{iid}.csv")
-        defaults = int((y[ix] == 1).sum()) if y is not None else None
-        entry: dict[str, Any] = {
-            "id": iid, "rows": int(len(ix)), "defaults": defaults,
-            "default_rate": (round(defaults / len(ix), 6) if defaults is not None and len(ix) else None),
-            "file": f"{iid}.csv",
-        }
-        if part.groups is not None:
-            entry["group"] = part.groups[i]
-        if len(ix) < 500 or (defaults is not None and defaults < 50):
-            warnings_out.append(f"{iid}: {len(ix)} rows, {defaults} defaults — below the DP-training "
-                                f"minimum of 500 rows and 50 defaults")
-        if defaults is not None and len(ix) and defaults in (0, len(ix)):
-            which = "every row is a default (default rate 100%)" if defaults else "no row is a default (default rate 0%)"
-            hint = " (a larger --alpha makes this less likely)" if part.method == "dirichlet" else ""
-            warnings_out.append(f"{iid}: a single class — {which}; a model cannot be trained or evaluated on one "
-                                f"class and `fedcredit data validate` refuses such a table{hint}")
-        entries.append(entry)
-    manifest: dict[str, Any] = {
-        "generator": PARTITION_GENERATOR,
-        "schema": schema.key,
-        "source": str(source) if source is not None else None,
-        "source_sha256": file_sha256(source) if source is not None and Path(source).is_file() else None,
-        "method": part.method,
-        "seed": int(seed),
-        "params": part.params,
-        "rows": int(len(table)),
-        "label_skew": round(label_skew(part, y), 6) if y is not None else None,
-        "institutions": entries,
-        "warnings": warnings_out,
-        **(extra or {}),
-    }
-    tmp = out / "manifest.json.partial"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out / "manifest.json")
-    return manifest

@@ -19,7 +19,10 @@ from clients import node as N
 from models.encoder import fit_encoder_from_histograms, sum_statistics
 from models.metrics import EvaluationSums, sum_evaluations
 from models.network import ModelSpec, build_model, get_weights
+from server.round_config import evaluate_config, statistics_config, train_config
 from server.settings import parse_run_config
+
+RUN_ID = "plain"
 
 
 def fedavg(updates: list[tuple[dict[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
@@ -35,12 +38,11 @@ def run_plain(run_config: dict, n_nodes: int, evaluate_every_round: bool = True)
     t0 = time.time()
     policies = [N.policy_from_context({"partition-id": k, "num-partitions": n_nodes}, run_config, "plain")
                 for k in range(n_nodes)]
-    cfg_base = {"run-id": "plain", "schema-key": "", "dp": s.dp, "seed": s.seed,
-                "target-epsilon": s.target_epsilon, "num-server-rounds": s.num_server_rounds,
-                # what the statistics query announces, so that nodes plan the run's budget (server.consortium)
-                "local-epochs": s.local_epochs, "batch-size": s.batch_size, "evaluate-every": s.evaluate_every}
+    # what the ServerApp sends (server.round_config); the statistics query announces the run's
+    # shape so that the nodes plan their budget for it
+    stats_cfg = statistics_config(s, RUN_ID, None)
     states = [dict() for _ in policies]  # each node's per-run state (its noise plan), as Flower's context.state
-    parts = [N.answer_statistics(p, cfg_base, st)[0] for p, st in zip(policies, states)]
+    parts = [N.answer_statistics(p, stats_cfg, st)[0] for p, st in zip(policies, states)]
     schema_key = N.load_node_data(policies[0]).schema.key
     from configs.schema import load_schema
 
@@ -54,11 +56,8 @@ def run_plain(run_config: dict, n_nodes: int, evaluate_every_round: bool = True)
     round_s = []
     for rnd in range(1, s.num_server_rounds + 1):
         t_round = time.time()
-        cfg = dict(cfg_base, **{
-            "server-round": rnd, "local-epochs": s.local_epochs, "batch-size": s.batch_size,
-            "learning-rate": s.learning_rate, "optimizer": s.optimizer,
-            "proximal-mu": s.proximal_mu if s.strategy == "fedprox" else 0.0, "clipping-norm": s.clipping_norm,
-            "encoder": encoder.to_json(), "model-spec": json.dumps(spec.to_dict()), "cutoff-pd": s.cutoff_pd})
+        encoder_json, spec_json = encoder.to_json(), json.dumps(spec.to_dict())
+        cfg = train_config(s, RUN_ID, rnd, encoder_json, spec_json)
         updates = []
         for p, st in zip(policies, states):
             w, m = N.train(p, weights, cfg, st)
@@ -67,7 +66,8 @@ def run_plain(run_config: dict, n_nodes: int, evaluate_every_round: bool = True)
         weights = fedavg(updates)
         record = {"round": rnd}
         if evaluate_every_round or rnd == s.num_server_rounds:
-            sums = [EvaluationSums.from_arrays(N.evaluate(p, weights, cfg)[0]) for p in policies]
+            eval_cfg = evaluate_config(s, RUN_ID, rnd, encoder_json, spec_json)
+            sums = [EvaluationSums.from_arrays(N.evaluate(p, weights, eval_cfg)[0]) for p in policies]
             record["global"] = sum_evaluations(sums).metrics()
         history.append(record)
         round_s.append(time.time() - t_round)

@@ -16,10 +16,10 @@ rounds from its own privacy ledger.
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
-from configs.errors import UserError
+from configs.errors import ConfigError, UserError
+from configs.toml_reader import read_toml
 from simulation.runner import SimulationOptions, read_simulate_options
 
 
@@ -36,8 +36,8 @@ def resume_options(path: str | Path, *, cpus: int | None = None, baselines: bool
         raise UserError(f"--resume {path}: {cfg_path} is missing, so this is not the directory of a fedcredit run "
                         "(give the --out directory of the simulation to continue)")
     try:
-        rc = dict(tomllib.loads(cfg_path.read_text())["run-config"])
-    except (tomllib.TOMLDecodeError, KeyError) as exc:
+        rc = dict(read_toml(cfg_path, "resolved run configuration")["run-config"])
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{cfg_path}: not a resolved run configuration ({exc})") from None
     planned = int(rc.get("num-server-rounds", 0))
     metrics_path = run_dir / "metrics.json"

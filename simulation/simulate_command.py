@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from fedcredit.outcome import Outcome
 
 HELP = "run a simulated consortium in Flower's simulation runtime, with baselines"
 DESCRIPTION = """\
@@ -37,6 +38,7 @@ the given training rounds (default: all), e.g. --inject-fault 0:fail@1 --inject-
 Exit codes: 0 run finished (also when it stopped cleanly, e.g. budgets exhausted — see
 "status"); 2 a user mistake (bad options or data, a damaged checkpoint).
 """
+JSON = "the run's summary"  # what --json prints (fedcredit.cli adds the option)
 
 #: options --resume takes from the run it continues, not from the command line
 RESUME_TAKES_FROM_RUN = ("synthetic", "data", "institutions", "scale", "rounds", "schema", "mapping", "strategy",
@@ -82,24 +84,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inject-fault", action="append", default=[], metavar="NODE:KIND[@ROUNDS]",
                    help="simulation only: virtual node NODE fails (fail) or straggles past the round timeout "
                         "(straggle) in those training rounds; repeatable")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON (last line of stdout)")
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
 
 
 def parse_key_values(items: list[str]) -> dict:
-    import tomllib
-
     from configs.errors import UserError
+    from configs.toml_reader import parse_toml_value
 
     out = {}
     for item in items:
         if "=" not in item:
             raise UserError(f"--run-config {item!r}: expected KEY=VALUE")
         key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = value
+        out[key.strip()] = parse_toml_value(value)
     return out
 
 
@@ -179,9 +176,7 @@ def run(args: argparse.Namespace) -> int:
         summary = simulate(opts, on_event)
         bar.update(task, description="done")
     print_table(summary)
-    if args.json:
-        print(json.dumps(summary, default=float))
-    return 0
+    return Outcome(summary)
 
 
 def print_table(s: dict) -> None:

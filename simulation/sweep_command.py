@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from fedcredit.outcome import Outcome
 
 HELP = "run a grid of simulations (ε, strategy, rounds, epochs, institutions, partitioning, seeds)"
 DESCRIPTION = """\
@@ -25,13 +26,13 @@ same data and settings) are skipped, the others run.
 Exit codes: 0 every point ran (a run that stopped cleanly, e.g. budget exhausted, counts);
 1 some points failed (listed; rerun to retry them); 2 a mistake in the sweep file or the data.
 """
+JSON = "a summary"  # what --json prints (fedcredit.cli adds the option)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", metavar="CONFIG.toml", help="sweep file (see configs/sweeps/)")
     p.add_argument("--out", metavar="DIR", help="output directory (default runs/sweep-<name>); rerun into it to resume")
     p.add_argument("--list", action="store_true", help="list the grid points (done or to do) and exit")
-    p.add_argument("--json", action="store_true", help="print a summary as JSON (last line of stdout)")
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
 
 
@@ -51,9 +52,7 @@ def run(args: argparse.Namespace) -> int:
         fp = cfg.fingerprint()
         for p in points:
             print(f"{'done' if stored_result(out, p, fp) else 'todo'}  {p.key}")
-        if args.json:
-            print(json.dumps({"ok": True, "out": str(out), "points": [p.key for p in points]}))
-        return 0
+        return Outcome({"ok": True, "out": str(out), "points": [p.key for p in points]})
     if not args.verbose:
         from flwr.common.logger import FLOWER_LOGGER
 
@@ -98,9 +97,7 @@ def run(args: argparse.Namespace) -> int:
                       f"again to resume (finished points are kept in {out / 'points'})")
             raise
     print_results(outcome)
-    if args.json:
-        print(json.dumps(outcome.summary()))
-    return 1 if outcome.failed else 0
+    return Outcome(outcome.summary(), 1 if outcome.failed else 0)
 
 
 def print_results(outcome) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from fedcredit.cli import number
+from fedcredit.outcome import Outcome
 
 HELP = "synthesise a consortium of lenders (one CSV per institution, true PDs kept aside)"
 
@@ -63,6 +64,7 @@ With --json the last line of standard output is a JSON summary:
   {{"out", "seed", "scale", "schema", "generator_version", "rows", "default_rate", "oracle_auc",
    "institutions": [{{"id", "archetype", "rows", "default_rate", "oracle_auc", "file"}}, ...]}}
 """
+JSON = "a summary (or, with --list-archetypes, the archetypes)"  # what --json prints (fedcredit.cli adds the option)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,8 +84,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write into a non-empty --out, replacing a previous consortium there")
     parser.add_argument("--list-archetypes", action="store_true",
                         help="print the archetypes with all their parameters and exit")
-    parser.add_argument("--json", action="store_true",
-                        help="print a JSON summary as the last line of standard output")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,12 +96,10 @@ def run(args: argparse.Namespace) -> int:
     archetypes = load_archetypes(args.archetypes)
     if args.list_archetypes:
         data = [a.to_dict() for a in archetypes]
-        if args.json:
-            print(json.dumps(data), flush=True)
-        else:
+        if not args.json:
             for a in data:
                 print(json.dumps(a))
-        return 0
+        return Outcome(data)
     if not args.out:
         raise UserError("--out DIR is required: the directory to write the consortium to")
     if args.seed < 0:
@@ -141,14 +139,11 @@ def run(args: argparse.Namespace) -> int:
                   f"{manifest['oracle_auc']:.3f}", "manifest.json")
     out.print(table)
     out.print("true PDs are in truth/ (for evaluation only; never give them to a model)")
-    if args.json:
-        summary = {
-            "out": str(args.out), "seed": manifest["seed"], "scale": manifest["scale"],
-            "schema": manifest["schema"], "generator_version": manifest["generator_version"],
-            "rows": manifest["rows"], "default_rate": manifest["default_rate"],
-            "oracle_auc": manifest["oracle_auc"],
-            "institutions": [{k: e[k] for k in ("id", "archetype", "rows", "default_rate", "oracle_auc", "file")}
-                             for e in manifest["institutions"]],
-        }
-        print(json.dumps(summary), flush=True)
-    return 0
+    return Outcome({
+        "out": str(args.out), "seed": manifest["seed"], "scale": manifest["scale"],
+        "schema": manifest["schema"], "generator_version": manifest["generator_version"],
+        "rows": manifest["rows"], "default_rate": manifest["default_rate"],
+        "oracle_auc": manifest["oracle_auc"],
+        "institutions": [{k: e[k] for k in ("id", "archetype", "rows", "default_rate", "oracle_auc", "file")}
+                         for e in manifest["institutions"]],
+    })

@@ -50,7 +50,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -60,6 +59,7 @@ import pandas as pd
 
 from configs.errors import UserError
 from configs.schema import Schema, load_schema
+from fedcredit.atomic_write import atomic_path, write_json_atomic
 from simulation.archetypes import (
     EDUCATION_LEVELS,
     Archetype,
@@ -402,9 +402,8 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> None:
     import pyarrow.csv as pacsv
 
     table = pa.Table.from_pandas(df, preserve_index=False)
-    tmp = Path(str(path) + ".partial")
-    pacsv.write_csv(table, tmp, write_options=pacsv.WriteOptions(quoting_style="needed"))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pacsv.write_csv(table, tmp, write_options=pacsv.WriteOptions(quoting_style="needed"))
 
 
 #: generators whose previous output ``--force`` may remove (files listed in their manifest only)
@@ -530,9 +529,7 @@ def generate_consortium(out_dir: str | Path | None, *, institutions: int = 5, sc
         "note": "truth/ holds each borrower's true PD; never feed it (or manifest figures) to a model",
     }
     if out is not None:
-        tmp = out / "manifest.json.partial"
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-        os.replace(tmp, out / "manifest.json")
+        write_json_atomic(out / "manifest.json", manifest)
     else:
         manifest["_data"] = data
     return manifest

@@ -50,7 +50,7 @@ def _has_tag(pid: int, tag: str) -> bool:
     except OSError:  # gone, or not ours to read
         return False
 
-FLOWER_AND_RAY = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-simulation",
+FLOWER_AND_RAY = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-simulation", "clients.node_runtime",
                   "flwr-serverapp", "flwr-clientapp", "raylet", "gcs_server", "ray::", "default_worker.py")
 
 

@@ -1,5 +1,6 @@
 """The bad-input corpus: every malformed file is refused by ``fedcredit data validate`` (exit 2),
-with the expected problem codes and wording, and never with a traceback."""
+with the expected problem codes and wording, and never with a traceback; every file of its
+``readable`` list (each delimiter, each shape of a leading index column) is accepted."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 CORPUS = Path(__file__).resolve().parent / "data" / "bad_inputs"
 MANIFEST = json.loads((CORPUS / "MANIFEST.json").read_text(encoding="utf-8"))
 ENTRIES = MANIFEST["files"]
+READABLE = MANIFEST["readable"]
 
 
 def command(entry: dict, path: Path | None = None) -> list[str]:
@@ -32,10 +34,12 @@ def corpus_results(fedcredit_cli):
 
 
 def test_manifest_lists_every_file_and_enough_of_them():
-    listed = {e["file"] for e in ENTRIES}
+    listed = {e["file"] for e in ENTRIES + READABLE}
     on_disk = {p.name for p in CORPUS.iterdir() if p.name != "MANIFEST.json" and not p.name.startswith(".")}
     assert listed == on_disk
-    assert len(listed) >= 30
+    assert len(ENTRIES) >= 30
+    assert {e["delimiter"] for e in READABLE} >= {"comma", "semicolon", "tab", "whitespace"}
+    assert sum("--drop-leading-column" in e["args"] for e in READABLE) >= 3
     for e in ENTRIES:
         assert e["codes"] and e["contains"] and e["about"], e["file"]
         assert e["mapping"] in (None, "uci-taiwan")
@@ -57,6 +61,7 @@ def test_corpus_is_reproduced_byte_for_byte(tmp_path, bad_inputs_generator):
         assert pq.read_table(fresh / name).equals(pq.read_table(CORPUS / name)), name
 
 
+@pytest.mark.timeout(400)  # the first one waits for the module fixture: ~35 commands, 3 at a time
 @pytest.mark.parametrize("entry", ENTRIES, ids=[e["file"] for e in ENTRIES])
 def test_corpus_file_is_refused_with_a_clear_message(entry, corpus_results):
     r = corpus_results[entry["file"]]
@@ -71,6 +76,17 @@ def test_corpus_file_is_refused_with_a_clear_message(entry, corpus_results):
         if p["rows"]:  # row-level problems say which data rows, counted from 1
             assert re.search(rf"data rows? {p['rows'][0]}\b", p["message"]), p["message"]
             assert len(p["rows"]) <= 5 and p["rows"] == sorted(p["rows"])
+
+
+@pytest.mark.parametrize("entry", READABLE, ids=[e["file"] for e in READABLE])
+def test_readable_corpus_file_is_accepted_with_its_delimiter(entry, fedcredit_cli):
+    r = fedcredit_cli(*command(entry), timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["ok"] is True and result["rows"] == entry["rows"]
+    assert result["delimiter"] == entry["delimiter"]
+    assert result["drop_leading_column"] == ("--drop-leading-column" in entry["args"])
+    assert result["features"]["age"]["min"] >= 21  # the columns are where they belong, not shifted by one
 
 
 def _fifty_megabyte_csv(path: Path, generator) -> int:

@@ -162,22 +162,21 @@ def test_sim_overhead_removes_its_temporary_directory(scratch, tmp_path, monkeyp
 
 
 def test_quality_uci_removes_its_temporary_directory(scratch, tmp_path, monkeypatch):
-    import clients.validation
-    import simulation.partitioning
+    import simulation.partition_files
 
     bench = load_bench("quality_uci")
     data = tmp_path / "uci.csv"
     data.write_text("ID\n1\n")
     made = []
 
-    def write_partition(table, out_dir, **kw):
+    def write_partition(source, out_dir, **kw):
         Path(out_dir).mkdir(parents=True)
         (Path(out_dir) / "institution-1.csv").write_text("a\n1\n")
         made.append(Path(out_dir))
         raise RuntimeError("partition failed")
 
-    monkeypatch.setattr(clients.validation, "load_institution_table", lambda *a, **k: SimpleNamespace(table=None))
-    monkeypatch.setattr(simulation.partitioning, "write_partition", write_partition)
+    monkeypatch.setattr(simulation.partition_files, "load_partition_source", lambda *a, **k: SimpleNamespace(table=None))
+    monkeypatch.setattr(simulation.partition_files, "write_partition", write_partition)
     with pytest.raises(RuntimeError, match="partition failed"):
         run_main(bench, monkeypatch, "--data", str(data))
     assert made and made[0].is_relative_to(scratch)

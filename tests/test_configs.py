@@ -170,6 +170,19 @@ def test_shipped_mapping_loads(uci_mapping):
     (MAP_HEAD + "\n[scale]\ncredit_limit = -1\n", ["scale.credit_limit", "positive"]),
     (MAP_HEAD + "\n[scale]\ncredit_limit = \"1000\"\n", ["scale.credit_limit", "expected a number"]),
     (MAP_HEAD + "\n[ignore]\ncolumns = [1, 2]\n", ["ignore.columns", "list of column names"]),
+    (MAP_HEAD + "\n[offset]\nsex = 1\n", ["offset.sex", "only numeric or ordinal"]),
+    (MAP_HEAD + "\n[offset]\npay_status_1 = 0.5\n", ["offset.pay_status_1", "whole number"]),
+    (MAP_HEAD + "\n[offset]\nage = \"1\"\n", ["offset.age", "expected a number"]),
+    (MAP_HEAD + "\n[unstandardise.age]\nmean = 35\n", ["unstandardise.age.sd", "required"]),
+    (MAP_HEAD + "\n[unstandardise.age]\nmean = 35\nsd = 0\n", ["unstandardise.age.sd", "positive"]),
+    (MAP_HEAD + "\n[unstandardise.age]\nmean = 35\nsd = 9\nscale = 2\n", ["unstandardise.age.scale",
+                                                                          "allowed keys: mean, sd"]),
+    (MAP_HEAD + "\n[scale]\nage = 2\n[unstandardise.age]\nmean = 35\nsd = 9\n", ["unstandardise.age",
+                                                                                    "one of the two ways"]),
+    (MAP_HEAD + "\n[unstandardise.education]\nmean = 1\nsd = 1\n", ["unstandardise.education",
+                                                                     "only numeric features"]),
+    (MAP_HEAD + "\n[read]\ndelimiter = \"colon\"\n", ["read.delimiter", "whitespace"]),
+    (MAP_HEAD + "\n[read]\ndrop_leading_column = \"yes\"\n", ["read.drop_leading_column", "a boolean"]),
     (MAP_HEAD + "\n[ignore]\ncols = [\"A\"]\n", ["ignore.cols", "did you mean 'columns'"]),
     (MAP_HEAD + "\n[renames]\nA = \"age\"\n", ["renames", "unknown key"]),
     (MAP_HEAD.replace('name = "bank"\n', ""), ["mapping.name", "required"]),
@@ -199,3 +212,43 @@ def test_apply_mapping_renames_recodes_and_ignores(tmp_path, schema):
     text = apply_mapping(pd.DataFrame({"GENDER": ["1.0", "2.0", "2.5", "12.0"]}), m)
     assert text["sex"].tolist() == ["male", "female", "2.5", "12.0"]  # ... and "1.0" from a CSV export
     assert apply_mapping(raw, None) is raw
+
+
+def test_affine_maps_and_read_options_are_loaded(tmp_path, schema):
+    from configs.mapping import affine_for
+
+    p = tmp_path / "m.toml"
+    p.write_text(MAP_HEAD + '\n[scale]\ncredit_limit = 1000\n[offset]\ncredit_limit = 50\npay_status_1 = -1\n'
+                            '[unstandardise.age]\nmean = 35.5\nsd = 9.25\n[read]\ndelimiter = "whitespace"\n'
+                            'drop_leading_column = true\n')
+    m = load_mapping(p, schema)
+    assert affine_for(m, "credit_limit").apply(2.0) == 2050.0
+    assert affine_for(m, "pay_status_1").apply(3.0) == 2.0
+    age = affine_for(m, "age")
+    assert age.apply(-1.0) == 26.25 and age.invert(26.25) == -1.0 and "[unstandardise.age]" in age.words("age")
+    assert affine_for(m, "bill_amount_1").apply(7.0) == 7.0 and affine_for(None, "age").apply(7.0) == 7.0
+    assert (m.delimiter, m.drop_leading_column) == ("whitespace", True)
+    assert scale_factor(m, "credit_limit") == 1000.0 and m.scale == {"credit_limit": 1000.0, "age": 9.25}
+
+
+@pytest.mark.parametrize("cell, matched", [
+    ("1", True), ("1.0", True), ("01", True), ("1e0", True), (" 1 ", True), ("1.4", False), ("11", False),
+    ("-0.7043", True), ("-0.70431", True), ("-7.0429e-01", True), ("-0.70425", True), ("-0.7044", False),
+    ("-0.704", False), ("A11", True), ("a11", False), ("NaN", False), ("", False),
+])
+def test_recode_matches_text_then_numeric_value_at_the_precision_written(schema, cell, matched):
+    from configs.mapping import RecodeKeys
+
+    keys = RecodeKeys({"1": "one", "-0.7043": "married", "A11": "low"})
+    assert keys.lookup(cell.strip())[0] is matched
+    if matched:
+        assert keys.lookup(cell.strip())[1] in ("one", "married", "low")
+
+
+def test_recode_by_value_prefers_the_key_with_more_decimals_and_exact_text():
+    from configs.mapping import RecodeKeys
+
+    keys = RecodeKeys({"1.2": "coarse", "1.25": "fine", "1.20": "text"})
+    assert keys.lookup("1.249") == (True, "fine")
+    assert keys.lookup("1.16") == (True, "coarse")
+    assert keys.lookup("1.20") == (True, "text")  # the same text wins before any number

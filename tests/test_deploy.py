@@ -70,6 +70,19 @@ def flwr(args: list, home: Path, timeout: float = 120, cwd: Path | None = None) 
                           capture_output=True, text=True, timeout=timeout)
 
 
+def consortium_files(work: Path, institutions: int, extra_keys: tuple[str, ...] = (), seed: int = 11) -> list[str]:
+    """``fedcredit certs`` (work/certs), ``data synth`` (work/data) and ``keys`` (work/keys) for a
+    consortium on loopback; returns the institutions' names (their files are data/<name>.csv)."""
+    assert run_fedcredit("certs", "--out", work / "certs", "--hosts", "localhost,127.0.0.1").returncode == 0
+    synth = run_fedcredit("data", "synth", "--out", work / "data", "--institutions", institutions, "--scale", 0.3,
+                          "--seed", seed, "--json", timeout=300)
+    assert synth.returncode == 0, synth.stderr
+    names = [i["id"] for i in json.loads(synth.stdout.strip().splitlines()[-1])["institutions"]]
+    for name in [*names, *extra_keys]:
+        assert run_fedcredit("keys", "--out", work / "keys", "--name", name).returncode == 0
+    return names
+
+
 def superlink_command(certs: Path, port: int, database: Path | None = None) -> list[str]:
     """``flower-superlink`` with TLS and SuperNode authentication on loopback (operator.md)."""
     return [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
@@ -129,10 +142,16 @@ def test_node_start_checks_config_key_and_certificate(tmp_path):
     good = f"data-path='{csv}' state-dir='{tmp_path / 'st'}' max-epsilon=4.0"
     common = ["node", "start", "--superlink", "127.0.0.1:9", "--root-certificates", tmp_path / "certs" / "ca.crt"]
 
-    ok = run_fedcredit(*common, "--key", tmp_path / "keys" / "bank", "--node-config", good, "--check", "--port", 9123)
+    from tests.test_node_runtime import _Server
+
+    with _Server(tmp_path / "certs" / "server.crt", tmp_path / "certs" / "server.key") as superlink:
+        common[3] = f"127.0.0.1:{superlink.port}"
+        ok = run_fedcredit(*common, "--key", tmp_path / "keys" / "bank", "--node-config", good, "--check",
+                           "--port", 9123)
     assert ok.returncode == 0, ok.stderr
     assert "ε spent 0.0000 of 4" in ok.stdout
     assert "--auth-supernode-private-key" in ok.stdout and "--port 9123" in ok.stdout
+    assert "--isolation process" in ok.stdout and "--runtime-api 127.0.0.1:9123" in ok.stdout
 
     cases = [
         (["--key", tmp_path / "keys" / "bank.pub", "--node-config", good], "this is a public key"),
@@ -161,13 +180,7 @@ def test_deploy_two_dp_rounds_with_tls_and_node_auth(tmp_path, process_tag):
     certs, keys, data, run_dir = work / "certs", work / "keys", work / "data", work / "run"
     try:
         # --- operator: CA and SuperLink certificate; institutions: data and keys
-        assert run_fedcredit("certs", "--out", certs, "--hosts", "localhost,127.0.0.1").returncode == 0
-        synth = run_fedcredit("data", "synth", "--out", data, "--institutions", 3, "--scale", 0.3, "--seed", 11,
-                              "--json", timeout=300)
-        assert synth.returncode == 0, synth.stderr
-        institutions = [i["id"] for i in json.loads(synth.stdout.strip().splitlines()[-1])["institutions"]]
-        for name in [*institutions, "intruder"]:
-            assert run_fedcredit("keys", "--out", keys, "--name", name).returncode == 0
+        institutions = consortium_files(work, 3, extra_keys=("intruder",))
 
         # --- operator: SuperLink with TLS, node authentication and a persistent database
         port = free_port()

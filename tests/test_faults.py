@@ -640,8 +640,8 @@ def test_deployment_survives_a_killed_supernode_and_resumes_a_killed_server_app(
     the nodes' spend before the crash kept and the resumed rounds added."""
     from privacy.accountant import PrivacyEvent, compute_epsilon, read_state
     from server.checkpoints import list_checkpoints
-    from tests.test_deploy import (BIN, MAX_EPSILON, flower_env, flwr, free_port, node_start_command, operator_cli,
-                                   superlink_command, wait_for_port)
+    from tests.test_deploy import (BIN, MAX_EPSILON, consortium_files, flower_env, flwr, free_port,
+                                   node_start_command, operator_cli, superlink_command, wait_for_port)
 
     started: list[subprocess.Popen] = []
 
@@ -656,13 +656,7 @@ def test_deployment_survives_a_killed_supernode_and_resumes_a_killed_server_app(
     t0 = time.monotonic()
     left: dict[int, str] = {}
     try:
-        assert run_fedcredit("certs", "--out", certs, "--hosts", "localhost,127.0.0.1").returncode == 0
-        synth = run_fedcredit("data", "synth", "--out", data, "--institutions", 3, "--scale", 0.3, "--seed", 11,
-                              "--json", timeout=300)
-        assert synth.returncode == 0, synth.stderr
-        names = [i["id"] for i in json.loads(synth.stdout.strip().splitlines()[-1])["institutions"]]
-        for name in names:
-            assert run_fedcredit("keys", "--out", keys, "--name", name).returncode == 0
+        names = consortium_files(tmp_path, 3)
 
         port = free_port()
         link = start(superlink_command(certs, port), flower_env(tmp_path / "home-link"), tmp_path / "superlink.log")

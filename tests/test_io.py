@@ -238,3 +238,81 @@ def test_arbitrary_bytes_never_escape_as_anything_but_a_user_error(tmp_path, sch
         assert exc.problems and all(x.message for x in exc.problems)
     else:  # pragma: no cover - would need every schema column
         assert list(result.table.columns) == schema.columns
+
+
+# ------------------------------------------------------------------ whitespace and leading columns
+def test_whitespace_separated_columns_are_sniffed_and_quotes_keep_spaces(tmp_path):
+    data = ('  id   amount  name\n'
+            '   1     10.5  ann\n'
+            '   2    -20    "bob  jr"\n'
+            '   3     30    cy\n')
+    raw = read_table(write(tmp_path, "t.txt", data.encode()))
+    assert raw.delimiter == "whitespace" and raw.problems == []
+    assert list(raw.frame.columns) == ["id", "amount", "name"]
+    assert raw.frame["amount"].tolist() == ["10.5", "-20", "30"]
+    assert raw.frame["name"].tolist() == ["ann", "bob  jr", "cy"]
+
+
+@pytest.mark.parametrize("data,expected", [
+    ("a, b, c\n1, 2, 3\n4, 5, 6\n", ","),  # spaces after the commas: still a CSV
+    ('"a","b"\n"1","2"\n"3","4"\n', ","),  # quoted fields: no whitespace in sight
+    ("a\tb c\tz\n1\tx y\t2\n3\tp q\t4\n", "\t"),  # spaces inside tab-separated values
+    ("a b c\n1 2 3\n4 5 6\n", "whitespace"),
+])
+def test_whitespace_wins_only_where_no_real_delimiter_splits_as_well(data, expected):
+    assert sniff_delimiter(data) == expected
+
+
+def test_a_given_delimiter_overrides_the_sniffer(tmp_path):
+    from clients.raw_table import ReadOptions
+
+    p = write(tmp_path, "t.csv", b"a b;c\n1 2;3\n")
+    assert read_table(p).delimiter == ";"
+    raw = read_table(p, ReadOptions.from_names("whitespace"))
+    assert list(raw.frame.columns) == ["a", "b;c"] and raw.frame.iloc[0].tolist() == ["1", "2;3"]
+    with pytest.raises(UserError, match="unknown delimiter 'colon'"):
+        ReadOptions.from_names("colon")
+
+
+LEADING_SHAPES = {
+    "index column": ",a,b\n0,1,x\n1,2,y\n",  # pandas' to_csv with its index
+    "title over the row labels": "rows,a,b\n1,x\n2,y\n",  # the header has one name more
+    "unnamed row labels": "a,b\nr1,1,x\nr2,2,y\n",  # the records have one field more (R's write.table)
+}
+
+
+@pytest.mark.parametrize("shape", list(LEADING_SHAPES))
+def test_drop_leading_column_reads_every_shape_to_the_same_table(tmp_path, shape):
+    from clients.raw_table import ReadOptions
+
+    raw = read_table(write(tmp_path, "t.csv", LEADING_SHAPES[shape].encode()), ReadOptions(drop_leading_column=True))
+    assert raw.problems == []
+    assert list(raw.frame.columns) == ["a", "b"]
+    assert raw.frame.to_dict("list") == {"a": ["1", "2"], "b": ["x", "y"]}
+    assert raw.row_numbers.tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("shape, words", [("title over the row labels", "one field fewer"),
+                                          ("unnamed row labels", "one field more")])
+def test_a_header_one_name_off_names_the_option_that_reads_it(tmp_path, shape, words):
+    raw = read_table(write(tmp_path, "t.csv", LEADING_SHAPES[shape].encode()))
+    (p,) = raw.problems
+    assert p.code == "bad-row" and words in p.message and "--drop-leading-column" in p.message
+
+
+def test_drop_leading_column_that_does_not_fit_the_shape_is_refused(tmp_path):
+    from clients.raw_table import ReadOptions
+
+    with pytest.raises(DataValidationError, match="not one more or one fewer"):
+        read_table(write(tmp_path, "t.csv", b"a,b,c,d\n1,2\n3,4\n"), ReadOptions(drop_leading_column=True))
+
+
+def test_record_spans_cut_the_text_where_the_parser_does(tmp_path):
+    from clients.csv_reader import record_spans
+
+    data = b'a,b\r\n1,"two\nlines"\r\n3,4\n\n5,"x ""q"" y"'
+    starts, ends = record_spans(data)
+    records = [data[s:e] for s, e in zip(starts, ends)]
+    assert records == [b"a,b", b'1,"two\nlines"', b"3,4", b"", b'5,"x ""q"" y"']
+    raw = read_table(write(tmp_path, "t.csv", data))
+    assert raw.row_numbers.tolist() == [1, 2, 4]  # the blank record 3 is skipped, the numbering agrees

@@ -281,6 +281,49 @@ def test_wrong_public_key_fails_at_the_first_entry(ledger, tmp_path):
 
 
 # ------------------------------------------------------------------------ user mistakes
+def test_tampered_ledger_with_the_given_key_does_not_claim_every_entry_is_signed(ledger):
+    lines = list(ledger["lines"])
+    lines[3] = lines[3].replace(b'"participants":["bank-a","bank-b"]', b'"participants":["bank-a","bank-x"]')
+    proc = run_fedcredit("ledger", "verify", _write(ledger["path"], lines), "--public-key", ledger["public"])
+    assert proc.returncode == 1 and "NOT INTACT" in proc.stdout, proc.stdout + proc.stderr
+    assert "every entry is signed" not in proc.stdout
+    assert "the 3 entries before entry 3 are signed by the given public key" in proc.stdout
+    assert "from entry 3 on nothing is confirmed" in proc.stdout
+
+    lines = list(ledger["lines"])
+    lines[0] = lines[0].replace(b'"seed":0', b'"seed":1')
+    proc = run_fedcredit("ledger", "verify", _write(ledger["path"], lines), "--public-key", ledger["public"])
+    assert proc.returncode == 1 and "every entry is signed" not in proc.stdout
+    assert "no entry verifies" in proc.stdout, proc.stdout
+
+    intact = run_fedcredit("ledger", "verify", _write(ledger["path"], ledger["lines"]), "--public-key",
+                           ledger["public"])
+    assert intact.returncode == 0 and "every entry is signed by the given public key" in intact.stdout
+
+
+def test_verify_says_when_a_file_is_not_a_ledger_at_all(ledger, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text("\n\n")
+    csv = tmp_path / "loans.csv"
+    csv.write_text("borrower_id,credit_limit\nA1,1000\n")
+    progress = tmp_path / "progress.jsonl"  # JSON lines, but not ledger entries
+    progress.write_text('{"time": "t", "event": "run-start"}\n{"time": "t", "event": "round-end"}\n')
+    for path, words in ((empty, "the file is empty"), (blank, "the file is empty"), (csv, "not an audit ledger"),
+                        (progress, "not an audit ledger")):
+        proc = run_fedcredit("ledger", "verify", path, "--json")
+        assert proc.returncode == 2, (path, proc.stdout, proc.stderr)
+        assert words in proc.stderr and str(path) in proc.stderr and "Traceback" not in proc.stderr
+        assert "entries verify" not in proc.stdout
+        assert json.loads(proc.stdout.strip().splitlines()[-1])["ok"] is False
+    # a ledger cut in the middle of its first line is damaged, not "not a ledger": it still has entries
+    lines = list(ledger["lines"])
+    damaged = _write(tmp_path / "damaged.jsonl", [lines[0][:40] + b"\n"] + lines[1:])
+    proc = run_fedcredit("ledger", "verify", damaged)
+    assert proc.returncode == 1 and "entry 0" in proc.stdout, proc.stdout + proc.stderr
+
+
 def test_cli_user_mistakes_exit_2(ledger, tmp_path, capsys):
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,7 @@ from models.encoder import (
 )
 from models.metrics import SCORE_BINS, EvaluationSums, auc_from_histograms, ks_from_histograms
 from models.network import ModelSpec, build_model, get_weights, predict_pd
-from models.package import ModelPackage, load_package, save_package
+from models.package import ModelPackage, load_package, save_package, sha256_file
 from models.scoring import ScoreScale, decisions
 from models.training import LocalTrainConfig, train_local
 
@@ -193,10 +194,9 @@ def test_model_package_round_trip_and_tamper_detection(schema, tmp_path):
     assert np.array_equal(loaded.predict_pd(t), pkg.predict_pd(t))
     assert loaded.meta["run_id"] == "test"
 
-    import torch
-
-    state = torch.load(d / "weights.pt", weights_only=True)
-    assert set(state) == set(pkg.weights)
+    # one weights format (safetensors), and every file of the package with the same mode
+    assert sorted(p.name for p in d.iterdir()) == ["encoder.json", "model.json", "schema.toml", "weights.safetensors"]
+    assert len({stat.S_IMODE(p.stat().st_mode) for p in d.iterdir()}) == 1
 
     meta = json.loads((d / "model.json").read_text())
     assert meta["schema_key"] == schema.key
@@ -205,6 +205,40 @@ def test_model_package_round_trip_and_tamper_detection(schema, tmp_path):
     (d / "weights.safetensors").write_bytes(bytes(raw))
     with pytest.raises(UserError, match="weights.safetensors"):
         load_package(d)
+
+
+def test_a_package_of_the_older_layout_with_weights_pt_still_loads_and_is_verified(schema, tmp_path):
+    """Packages written before safetensors was the one format also held weights.pt (listed in
+    model.json's files_sha256): they load (from safetensors), and weights.pt is still hash-checked."""
+    import torch
+
+    t = random_table(schema, 200, 6)
+    enc = fit_encoder_from_tables(schema, [t])
+    spec = ModelSpec("mlp", enc.n_outputs, (8,))
+    pkg = ModelPackage(spec=spec, encoder=enc, weights=get_weights(build_model(spec, seed=2)), schema=schema)
+    d = save_package(tmp_path / "model", pkg)
+    torch.save({k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in pkg.weights.items()}, d / "weights.pt")
+    meta = json.loads((d / "model.json").read_text())
+    meta["files_sha256"]["weights.pt"] = sha256_file(d / "weights.pt")
+    (d / "model.json").write_text(json.dumps(meta))
+    assert np.array_equal(load_package(d).predict_pd(t), pkg.predict_pd(t))
+    (d / "weights.pt").write_bytes((d / "weights.pt").read_bytes()[:-1])
+    with pytest.raises(UserError, match="weights.pt"):
+        load_package(d)
+    # writing a package over it replaces the directory whole: the old weights.pt is gone
+    save_package(d, pkg)
+    assert not (d / "weights.pt").exists() and np.array_equal(load_package(d).predict_pd(t), pkg.predict_pd(t))
+
+
+def test_a_package_is_never_written_over_a_directory_of_other_files(schema, tmp_path):
+    t = random_table(schema, 100, 6)
+    enc = fit_encoder_from_tables(schema, [t])
+    spec = ModelSpec("scorecard", enc.n_outputs, ())
+    pkg = ModelPackage(spec=spec, encoder=enc, weights=get_weights(build_model(spec, seed=2)), schema=schema)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="notes.txt"):
+        save_package(tmp_path, pkg)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_platt_recalibration_from_histograms_restores_the_mean_pd(schema):

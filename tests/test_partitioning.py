@@ -105,9 +105,18 @@ def test_numeric_feature_gives_ordered_bands(table):
     assert y[part.indices[0]].mean() > y[part.indices[-1]].mean()  # low limits default more
 
 
-def test_impossible_dirichlet_is_a_clear_error(table):
-    with pytest.raises(UserError, match="Raise --alpha"):
-        dirichlet_partition(table, 8, label=LABEL, alpha=0.01, seed=0, min_rows=len(table) // 9)
+def test_a_refused_dirichlet_names_an_alpha_and_seed_that_work(table):
+    import re
+
+    big = len(table) // 9
+    with pytest.raises(UserError, match="gave no partition") as info:
+        dirichlet_partition(table, 8, label=LABEL, alpha=0.01, seed=0, min_rows=big)
+    found = re.search(r"--alpha ([0-9.e+]+) --seed (\d+) works", str(info.value))
+    assert found, str(info.value)
+    part = dirichlet_partition(table, 8, label=LABEL, alpha=float(found[1]), seed=int(found[2]), min_rows=big)
+    assert min(part.sizes) >= big and part.params["redraws"] == 0  # the advice works as written, first draw
+    with pytest.raises(UserError, match="nor with --alpha up to .*Lower --institutions, --min-rows"):
+        dirichlet_partition(table, 9, label=LABEL, alpha=0.01, seed=0, min_rows=len(table) // 9)
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -130,7 +139,7 @@ def test_methods_listed():
 
 # ----------------------------------------------------------------------------- command
 
-def test_partition_command_writes_clean_files(tmp_path, table, capsys):
+def test_partition_command_writes_the_source_rows_as_they_are(tmp_path, table, capsys):
     src = tmp_path / "pooled.csv"
     write_csv(table, src)
     out = tmp_path / "parts"
@@ -150,6 +159,10 @@ def test_partition_command_writes_clean_files(tmp_path, table, capsys):
     joined = pd.concat(parts).sort_values("borrower_id").reset_index(drop=True)
     original = pd.read_csv(src, dtype={"borrower_id": str}).sort_values("borrower_id").reset_index(drop=True)
     pd.testing.assert_frame_equal(joined, original)
+    source_lines = src.read_text().splitlines()
+    copied = [line for e in manifest["institutions"] for line in (out / e["file"]).read_text().splitlines()[1:]]
+    assert sorted(copied) == sorted(source_lines[1:])  # every record byte for byte, none twice
+    assert manifest["layout"] == "source" and manifest["read"] == {"delimiter": "comma", "drop_leading_column": False}
     # same seed again: identical files
     again = tmp_path / "again"
     assert main(["data", "partition", str(src), "-k", "4", "--by", "dirichlet", "--alpha", "0.3", "--seed", "5",
@@ -187,23 +200,45 @@ def test_partition_command_feature_bands_and_warnings(tmp_path, table, capsys):
     assert manifest["warnings"] and "below the DP-training minimum" in captured.err
 
 
-def test_partition_command_warns_about_single_class_institutions(tmp_path, table, capsys):
+def test_label_skew_redraws_until_every_institution_has_enough_defaults(tmp_path, table, capsys):
     src = tmp_path / "pooled.csv"
     write_csv(table, src)
     out = tmp_path / "skewed"
-    # Dirichlet α = 0.3, seed 5: institution-3 gets 1,132 rows, every one a default
-    assert main(["data", "partition", str(src), "-k", "4", "--by", "dirichlet", "--alpha", "0.3", "--seed", "5",
-                 "--out", str(out), "--json"]) == 0
+    # Dirichlet α = 0.3, seed 5: the first draw gives an institution of 1,132 rows, every one a default
+    first = dirichlet_partition(table, 4, label=LABEL, alpha=0.3, seed=5, min_positives=0)
+    y = table[LABEL].to_numpy()
+    assert first.params["redraws"] >= 1  # even without a minimum, a single-class institution is redrawn
+    assert main(["data", "partition", str(src), "-k", "4", "--by", "label", "--alpha", "0.3", "--seed", "5",
+                 "--min-positives", "30", "--out", str(out), "--json"]) == 0
     captured = capsys.readouterr()
     manifest = json.loads(captured.out.strip().splitlines()[-1])
-    single = [e["id"] for e in manifest["institutions"] if e["defaults"] in (0, e["rows"])]
-    assert "institution-3" in single
-    for iid in single:
-        (w,) = [w for w in manifest["warnings"] if w.startswith(f"{iid}: a single class")]
-        assert w in " ".join(captured.err.split())
-    (w,) = [w for w in manifest["warnings"] if w.startswith("institution-3:")]
-    assert "every row is a default (default rate 100%)" in w and "--alpha" in w
-    # a mixed partition has no such warning
-    assert main(["data", "partition", str(src), "-k", "4", "--by", "iid", "--out", str(tmp_path / "iid"),
-                 "--json"]) == 0
-    assert not any("single class" in w for w in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["warnings"])
+    params = manifest["params"]
+    assert manifest["method"] == "dirichlet" and params["redraws"] >= 1 and params["draw_seed"] != 5
+    assert "after" in captured.out and str(params["draw_seed"]) in captured.out  # the table title says so
+    for e in manifest["institutions"]:
+        assert 30 <= e["defaults"] <= e["rows"] - 30
+    # the recorded draw seed reproduces it: as --seed, the first draw already fits
+    again = dirichlet_partition(table, 4, label=LABEL, alpha=0.3, seed=params["draw_seed"], min_positives=30)
+    assert again.params["redraws"] == 0
+    assert [len(ix) for ix in again.indices] == [e["rows"] for e in manifest["institutions"]]
+    assert y.sum() == sum(e["defaults"] for e in manifest["institutions"])
+
+
+def test_too_few_defaults_for_any_alpha_says_what_to_lower(table):
+    with pytest.raises(UserError, match=r"no --alpha or --seed .* Lower --min-positives to at most \d+ or "
+                                        r"--institutions to at most \d+"):
+        dirichlet_partition(table, 5, label=LABEL, alpha=1.0, min_positives=int(table[LABEL].sum()) // 4)
+
+
+@pytest.mark.parametrize("rows, defaults, says, not_says", [
+    (320, 80, "320 rows (minimum 500)", "defaults (minimum"),
+    (900, 41, "41 defaults (minimum 50)", "rows (minimum"),
+    (300, 20, "300 rows (minimum 500) and 20 defaults (minimum 50)", None),
+    (700, 0, "a single class — no row is a default", None),
+])
+def test_warnings_name_what_is_below_the_minimum(rows, defaults, says, not_says):
+    from simulation.partition_files import _warnings
+
+    text = " ".join(_warnings({"id": "institution-2", "rows": rows, "defaults": defaults}, "iid"))
+    assert says in text and (not_says is None or not_says not in text), text
+    assert "below 500 rows and 50 defaults" not in text

@@ -83,3 +83,44 @@ def test_a_damaged_model_package_is_refused(package, tmp_path):
     (tmp_path / "model" / "encoder.json").write_text("{}")
     proc = run_fedcredit("score", "--model", tmp_path / "model", "--data", d / "applicants.csv", timeout=180)
     assert proc.returncode == 2 and "encoder.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("out, words", [
+    ("missing/dir/scores.csv", "does not exist; create it first"),
+    ("scores.xlsx", "name the file with .csv or .parquet"),
+    (".", "a file without a suffix"),
+    ("is-a-dir.csv", "is a directory"),
+])
+def test_an_unwritable_out_is_refused_before_any_scoring(package, tmp_path, monkeypatch, capsys, out, words):
+    """`score --out` into a missing directory ended in a traceback after all the scoring; now every output
+    path is checked first (load_package is never reached), exit 2 naming the option and the path."""
+    import models.package
+    from fedcredit.cli import main as cli_main
+
+    d, _, _ = package
+    (tmp_path / "is-a-dir.csv").mkdir()
+
+    def no_work(*a, **k):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(models.package, "load_package", no_work)
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["score", "--model", str(d / "model"), "--data", str(d / "applicants.csv"), "--out", out,
+                     "--json"]) == 2
+    captured = capsys.readouterr()
+    assert f"--out {out}" in captured.err and words in captured.err, captured.err
+    assert json.loads(captured.out.strip().splitlines()[-1])["ok"] is False
+    assert not (tmp_path / "missing").exists()
+
+
+def test_model_option_names_the_package_directory(package, tmp_path, capsys):
+    from fedcredit.cli import main as cli_main
+
+    d, _, _ = package
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "model").symlink_to(d / "model")
+    for model, words in ((d / "model" / "model.json", "a file; give the model package directory"),
+                         (run_dir, f"a run directory; give its model package, --model {run_dir / 'model'}")):
+        assert cli_main(["score", "--model", str(model), "--data", str(d / "applicants.csv")]) == 2
+        assert words in capsys.readouterr().err

@@ -184,7 +184,7 @@ def table_sweep(tmp_path: Path, table: Path, name: str = "sweep.toml", **data) -
 
 
 def test_changed_partition_settings_repartition_on_resume(tmp_path, pooled_csv, monkeypatch):
-    from simulation import sweep
+    from simulation import sweep_run as sweep
 
     seen: list[dict[str, bytes]] = []
 

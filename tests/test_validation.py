@@ -165,7 +165,7 @@ def test_scale_factors_apply_before_range_checks(tmp_path, schema, uci_frame):
     exc = fails(with_cells(raw, "LIMIT_BAL", {5: "3000000"}), schema, mapping)
     p = only(exc, "out-of-range")
     assert p.column == "credit_limit" and p.rows == [5]
-    assert "scaling by 10 " in p.message and "'3000000'" in p.message
+    assert "the mapping's [scale] for 'credit_limit' (× 10)" in p.message and "'3000000'" in p.message
 
 
 # ------------------------------------------------------------------------------------------
@@ -211,6 +211,64 @@ def test_ordinal_must_be_whole(schema, uci_mapping, uci_frame):
     raw = with_cells(uci_frame, "PAY_3", {11: "1.5", 12: "2.0"})  # 2.0 is the whole level 2
     p = only(fails(raw, schema, uci_mapping), "not-integer")
     assert p.column == "pay_status_3" and p.rows == [11] and "'1.5'" in p.message
+    assert "data-entry errors" in p.message and "standardised" not in p.message  # one typo: fix the typo
+
+
+def _standardised(values: np.ndarray) -> list[str]:
+    z = (values - values.mean()) / values.std()
+    return [f"{v:.6f}" for v in z]
+
+
+def test_standardised_levels_get_advice_for_standardised_values(schema, uci_mapping, uci_frame):
+    raw = uci_frame.copy()
+    raw["PAY_3"] = _standardised(raw["PAY_3"].astype(float).to_numpy())
+    p = only(fails(raw, schema, uci_mapping), "not-integer")
+    assert "looks standardised (mean 0.00, sd 1.00)" in p.message and "[unstandardise.pay_status_3]" in p.message
+    assert "Round them" not in p.message and "data-entry" not in p.message
+
+
+def test_a_column_of_fractions_is_not_levels(schema, uci_mapping, uci_frame):
+    raw = uci_frame.copy()
+    raw["PAY_3"] = [f"{(i % 9) + 0.5}" for i in range(len(raw))]  # positive, not centred: not z-scores
+    p = only(fails(raw, schema, uci_mapping), "not-integer")
+    assert "Most values (100%) are fractions" in p.message and "numeric in the schema" in p.message
+
+
+def test_standardised_amounts_out_of_range_point_to_unstandardise(schema, uci_mapping, uci_frame):
+    raw = uci_frame.copy()
+    raw["AGE"] = _standardised(raw["AGE"].astype(float).to_numpy())
+    p = only(fails(raw, schema, uci_mapping), "out-of-range")
+    assert "looks standardised" in p.message and "[unstandardise.age] mean = …, sd = …" in p.message
+
+
+def test_unstandardise_and_offset_apply_before_the_range_checks(tmp_path, schema, uci_frame):
+    ages = uci_frame["AGE"].astype(float).to_numpy()
+    raw = uci_frame.copy()
+    raw["AGE"] = [repr(float(v)) for v in (ages - 40.0) / 12.5]
+    raw["PAY_0"] = [str(int(v) + 2) for v in uci_frame["PAY_0"]]  # levels 0..11 for the schema's -2..9
+    text = (Path(load_mapping("uci-taiwan", schema).source).read_text()
+            + "\n[unstandardise.age]\nmean = 40\nsd = 12.5\n[offset]\npay_status_1 = -2\n")
+    path = tmp_path / "std.toml"
+    path.write_text(text)
+    mapping = load_mapping(path, schema)
+    t = validate_frame(raw, schema, mapping).table
+    np.testing.assert_allclose(t["age"].to_numpy(), ages, atol=1e-9)
+    assert t["pay_status_1"].tolist() == uci_frame["PAY_0"].astype(float).tolist()
+    bad = with_cells(raw, "AGE", {3: "8.0"})  # 8 × 12.5 + 40 = 140 > 100
+    p = only(fails(bad, schema, mapping), "out-of-range")
+    assert p.rows == [3] and "[unstandardise.age]" in p.message and "'8'" in p.message
+
+
+def test_recode_by_numeric_value_names_standardised_codes(tmp_path, schema, uci_frame):
+    codes = {"1": -0.9876543, "2": 1.0123457}
+    raw = uci_frame.copy()
+    raw["SEX"] = [f"{codes[v]:.7f}" for v in uci_frame["SEX"]]
+    text = Path(load_mapping("uci-taiwan", schema).source).read_text().replace(
+        '[recode.sex]\n"1" = "male"\n"2" = "female"', '[recode.sex]\n"-0.9877" = "male"\n"1.0123" = "female"')
+    path = tmp_path / "codes.toml"
+    path.write_text(text)
+    t = validate_frame(raw, schema, load_mapping(path, schema)).table
+    assert t["sex"].tolist() == ["male" if v == "1" else "female" for v in uci_frame["SEX"]]
 
 
 def test_unknown_categories_and_case_hint(schema, uci_mapping, uci_frame, schema_frame):

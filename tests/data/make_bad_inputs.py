@@ -5,7 +5,9 @@ with a seeded :class:`random.Random`; nothing is copied from real data) in the U
 format (validated with ``--mapping uci-taiwan``) or in the consortium schema's own format
 (no mapping). ``MANIFEST.json`` records, per file, the mapping to use, extra command-line
 arguments, the error codes ``fedcredit data validate`` must report (exactly) and a substring
-its message must contain.
+its message must contain. Its ``readable`` list holds the files that must be *accepted* — one
+per delimiter (comma, semicolon, tab, whitespace) and per shape of a leading index column
+(with ``--drop-leading-column``) — with the delimiter they must be read with.
 
 The output is byte-identical on every run (tests check that the committed files match a
 fresh run, so nobody edits them by hand). Regenerate with::
@@ -118,8 +120,13 @@ def cases() -> list[dict]:
         out.append({"file": name, "data": data, "mapping": mapping, "args": list(args),
                     "codes": sorted(codes), "contains": contains, "about": about})
 
-    add("wrong_delimiter_space.txt", csv_bytes(UCI_HEADER, base, delimiter=" "),
-        ["bad-delimiter"], "only one column", about="fields separated by spaces")
+    add("wrong_delimiter_colon.txt", csv_bytes(UCI_HEADER, base, delimiter=":"),
+        ["bad-delimiter"], "only one column", about="fields separated by colons (not a supported delimiter)")
+
+    junk_header = csv_bytes(["Borrowers"] + UCI_HEADER, base)
+    add("header_extra_name.csv", junk_header, ["bad-row", "empty"], "--drop-leading-column",
+        about="the header has one name more than every record has fields (a title over the row labels); "
+              "readable with --drop-leading-column (see readable_header_extra_name.csv)")
 
     mixed = csv_bytes(UCI_HEADER, base[:199]) + csv_bytes(None, base[199:210], delimiter=";") + csv_bytes(None, base[210:])
     add("mixed_delimiters.csv", mixed, ["bad-row"], "fewer fields than the header",
@@ -293,16 +300,54 @@ def cases() -> list[dict]:
     return out
 
 
+def whitespace_bytes(header: list[str], rows: list[list[str]]) -> bytes:
+    """Fields aligned in columns by runs of spaces (a fixed-width style export), a leading space
+    on every line."""
+    table = [header] + rows
+    widths = [max(len(r[j]) for r in table) for j in range(len(header))]
+    return "".join(" " + "  ".join(c.rjust(w) for c, w in zip(r, widths)) + "\n" for r in table).encode()
+
+
+def readable_cases() -> list[dict]:
+    """Files that must be *accepted*: each delimiter, and each shape of a leading index column.
+    ``delimiter`` is how the file must be read (``fedcredit data validate --json`` reports it)."""
+    base = base_rows()
+    out: list[dict] = []
+
+    def add(name, data, delimiter, args=(), about=""):
+        out.append({"file": name, "data": data, "mapping": UCI, "args": list(args), "delimiter": delimiter,
+                    "rows": len(base), "about": about})
+
+    add("readable_comma.csv", csv_bytes(UCI_HEADER, base), "comma", about="comma-separated")
+    add("readable_semicolon.csv", csv_bytes(UCI_HEADER, base, delimiter=";"), "semicolon",
+        about="semicolon-separated (a European spreadsheet export)")
+    add("readable_tab.tsv", csv_bytes(UCI_HEADER, base, delimiter="\t"), "tab", about="tab-separated")
+    add("readable_whitespace.txt", whitespace_bytes(UCI_HEADER, base), "whitespace",
+        about="columns aligned with runs of spaces, a leading space on every line")
+    add("readable_header_extra_name.csv", csv_bytes(["Borrowers"] + UCI_HEADER, base), "comma",
+        ["--drop-leading-column"], about="a header with one name more than the records (dropped)")
+    add("readable_unnamed_row_labels.txt",
+        csv_bytes(UCI_HEADER, [[f"r{i + 1}"] + r for i, r in enumerate(base)], delimiter=" "),
+        "whitespace", ["--drop-leading-column"],
+        about="space-separated rows that start with a row label the header does not name (R's write.table)")
+    add("readable_index_column.csv", csv_bytes([""] + UCI_HEADER, [[str(i)] + r for i, r in enumerate(base)]),
+        "comma", ["--drop-leading-column"], about="a pandas-style unnamed index column (dropped)")
+    return out
+
+
 def generate(outdir: str | Path = DEFAULT_OUT) -> list[dict]:
     """Write every corpus file and MANIFEST.json into ``outdir``; return the manifest entries."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    manifest = []
+    manifest, readable = [], []
     for case in cases():
         (outdir / case["file"]).write_bytes(case["data"])
         manifest.append({k: v for k, v in case.items() if k != "data"})
-    text = json.dumps({"generator": "tests/data/make_bad_inputs.py", "seed": SEED, "files": manifest},
-                      indent=1, ensure_ascii=False) + "\n"
+    for case in readable_cases():
+        (outdir / case["file"]).write_bytes(case["data"])
+        readable.append({k: v for k, v in case.items() if k != "data"})
+    text = json.dumps({"generator": "tests/data/make_bad_inputs.py", "seed": SEED, "files": manifest,
+                       "readable": readable}, indent=1, ensure_ascii=False) + "\n"
     (outdir / "MANIFEST.json").write_text(text, encoding="utf-8")
     return manifest
 
