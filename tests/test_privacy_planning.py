@@ -175,3 +175,21 @@ def test_evaluation_bins_follow_the_released_holdout_size():
 
     for fine, coarse in zip((SCORE_BINS, *EVALUATION_BIN_CHOICES), EVALUATION_BIN_CHOICES):
         assert fine % coarse == 0
+
+
+def test_the_exhausted_budget_message_states_what_was_spent_and_what_the_run_would_add():
+    """(issue 15) The refusal at the statistics query said 'ε 1.5510 of max 1.5 … already spent'
+    when 1.4954 was spent: the spent ε and the ε with this run's other releases are told apart."""
+    prior = [PrivacyEvent("train", 1.0, 0.05, 320)]
+    spent = compute_epsilon(prior, DELTA)
+    extra = [PrivacyEvent("statistics", STATISTICS_NOISE_MULTIPLIER, 1.0, 1)]
+    budget = round(spent + 0.02, 3)
+    with_extra = compute_epsilon(prior + extra, DELTA)
+    assert with_extra >= budget - 0.01  # the statistics would leave less than the tolerance
+    with pytest.raises(BudgetExceeded) as info:
+        plan_noise(prior_events=prior, max_epsilon=budget, delta=DELTA, sample_rate=0.05, steps_per_round=20,
+                   rounds=2, extra_events=extra)
+    message = str(info.value)
+    assert f"ε {spent:.4f} of max {budget:g}" in message and "is spent" in message
+    assert f"would bring it to {with_extra:.4f}" in message and "already spent" not in message
+    assert info.value.spent == pytest.approx(spent)
