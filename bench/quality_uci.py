@@ -106,7 +106,6 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
         return simulate(opts)
 
     nodp = run("nodp", rounds=args.rounds, dp=False)
-    metrics = json.loads((work / "nodp" / "metrics.json").read_text())
     nodes = load_all_nodes({"data-dir": str(data_dir), "mapping": MAPPING, "state-root": str(work / "scratch-state")},
                            len(list(data_dir.glob("*.csv"))))
     out = {
@@ -116,7 +115,6 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
         "auc_centralized_hgb": hgb_auc(nodes, schema),
         "auc_centralized_mlp": nodp["auc_centralized"],
         "auc_local_only_mean": nodp["auc_local_only_mean"],
-        "auc_local_only_pooled": metrics["baselines"]["local_only_pooled_auc"],
         "auc_federated_nodp": nodp["auc_federated"],
         "auc_federated_dp": {}, "auc_local_only_dp_mean": {}, "epsilon_spent_max": {},
     }

@@ -7,13 +7,14 @@ card-issuer applicants — the cost of deciding does not depend on what the weig
 starts two real services, ``python -m fedcredit serve --port 0``: one writing the decision
 trail (fsync before every answer, group commit), one with ``--no-trail``. A real HTTP client
 (httpx, keep-alive connections) sends one application per ``POST /v1/decisions`` over loopback
-at each concurrency level, the two services taking turns level by level, and measures each
+at each concurrency level, the two services taking turns (``--rounds`` alternating turns per
+level, so that the machine's load drifts over both alike), and measures each
 request from send to parsed answer: p50 / p99 latency, decisions per second (answered
 decisions / wall time of the level) and errors (anything but a 201 with a decision).
 
 In the same run, in this process: the time to decide one application without HTTP or trail
 (:class:`clients.decision_engine.DecisionModel`: validate as ``data validate``, encode, PD,
-points, 3 reasons) — ``in_process_ms``, the median over the applicants.
+points, 3 reasons) — ``in_process_ms``, over 100 applicants before the load and 100 after it.
 
 After the load the services are stopped and the trail is verified (``decisions verify``'s
 check); every answered decision must be on it with the hash it was answered with (``lost``).
@@ -60,19 +61,14 @@ def applicants(n: int, seed: int) -> list[dict]:
     return json.loads(table.drop(columns=[schema.label.name]).to_json(orient="records"))
 
 
-def in_process_ms(package: Path, apps: list[dict]) -> dict:
-    """Deciding one application in this process (validate, encode, PD, points, reasons), in ms."""
-    from clients.decision_engine import DecisionModel
-
-    model = DecisionModel(package)
-    for app in apps[:20]:  # warm-up
-        model.score(model.validate_table([app]).table)
+def in_process_times(model, apps: list[dict]) -> list[float]:
+    """Milliseconds to decide each application in this process (validate, encode, PD, points, reasons)."""
     times = []
     for app in apps:
         t0 = time.perf_counter()
         model.score(model.validate_table([app]).table)
         times.append((time.perf_counter() - t0) * 1000)
-    return {"p50": round(statistics.median(times), 2), "p99": round(_quantile(times, 0.99), 2), "n": len(times)}
+    return times
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -140,10 +136,20 @@ async def load(url: str, apps: list[dict], requests: int, concurrency: int) -> d
         answered.clear()
         wall = await run(requests)
     answered_all = warm + answered
-    return {"requests": requests, "p50_ms": round(statistics.median(latencies), 2) if latencies else None,
+    return {"latencies": latencies, "answered": answered_all, "decided": len(answered), "errors": errors,
+            "wall_s": wall}
+
+
+def summarise(parts: list[dict]) -> dict:
+    """One variant at one level over its interleaved parts: latency quantiles, decisions/s, errors."""
+    latencies = [x for p in parts for x in p["latencies"]]
+    errors = [e for p in parts for e in p["errors"]]
+    wall = sum(p["wall_s"] for p in parts)
+    return {"requests": len(latencies) + len(errors),
+            "p50_ms": round(statistics.median(latencies), 2) if latencies else None,
             "p99_ms": round(_quantile(latencies, 0.99), 2) if latencies else None,
-            "decisions_per_s": round(len(answered) / wall, 1), "errors": len(errors), "error_examples": errors[:3],
-            "wall_s": round(wall, 2), "_answered": answered_all}
+            "decisions_per_s": round(sum(p["decided"] for p in parts) / wall, 1), "errors": len(errors),
+            "error_examples": errors[:3], "wall_s": round(wall, 2)}
 
 
 def lost_decisions(trail_dir: Path, answered: list[dict]) -> dict:
@@ -161,6 +167,8 @@ def lost_decisions(trail_dir: Path, answered: list[dict]) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=400, help="decisions per concurrency level and service")
+    ap.add_argument("--rounds", type=int, default=4, help="turns per level: each service sends requests/rounds per "
+                                                         "turn, alternately")
     ap.add_argument("--levels", default="1,8,32", help="concurrency levels")
     ap.add_argument("--applicants", type=int, default=500, help="distinct applications sent (cycled)")
     ap.add_argument("--seed", type=int, default=0)
@@ -171,27 +179,33 @@ def main() -> int:
         apps = applicants(args.applicants, args.seed)
         import pandas as pd
 
+        from clients.decision_engine import DecisionModel
+
         package = make_package(work / "model", pd.DataFrame(apps))
-        single = in_process_ms(package, apps[:200])
+        model = DecisionModel(package)
+        in_process_times(model, apps[:20])  # warm-up
+        times = in_process_times(model, apps[:100])  # before the load, and again after it
         services = {}
         try:
             services["trail"] = start_service(package, work / "decisions", work / "serve-trail.log")
             services["no_trail"] = start_service(package, None, work / "serve-no-trail.log")
             results: dict[str, dict] = {}
             answered: list[dict] = []
-            for k, c in enumerate(levels):
-                order = ["trail", "no_trail"] if k % 2 == 0 else ["no_trail", "trail"]
-                results[str(c)] = {}
-                for variant in order:
-                    r = asyncio.run(load(services[variant][1], apps, args.requests, c))
-                    if variant == "trail":
-                        answered += r["_answered"]
-                    del r["_answered"]
-                    results[str(c)][variant] = r
+            for c in levels:
+                parts: dict[str, list[dict]] = {"trail": [], "no_trail": []}
+                for k in range(args.rounds):  # the two services take turns, so load on the machine hits both
+                    for variant in (["trail", "no_trail"] if k % 2 == 0 else ["no_trail", "trail"]):
+                        part = asyncio.run(load(services[variant][1], apps, args.requests // args.rounds, c))
+                        parts[variant].append(part)
+                        if variant == "trail":
+                            answered += part["answered"]
+                results[str(c)] = {variant: summarise(p) for variant, p in parts.items()}
         finally:
             for proc, _ in services.values():
                 stop_service(proc)
         trail = lost_decisions(work / "decisions", answered)
+        times += in_process_times(model, apps[100:200])
+    single = {"p50": round(statistics.median(times), 2), "p99": round(_quantile(times, 0.99), 2), "n": len(times)}
     for c, r in results.items():
         r["trail_cost"] = round(1 - r["trail"]["decisions_per_s"] / r["no_trail"]["decisions_per_s"], 3)
     p99_c8 = results.get("8", {}).get("trail", {}).get("p99_ms")

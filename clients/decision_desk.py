@@ -168,15 +168,15 @@ class DecisionDesk:
         if self.failure is not None:
             return [TrailUnavailable(self.failure)] * len(group)
         answers: list = [None] * len(group)
-        tables: list[tuple[int, pd.DataFrame, list[dict]]] = []  # (job position, table, warnings per row)
+        valid: list[tuple[int, Validated]] = []  # (job position, its validated rows)
         singles = [i for i, j in enumerate(group) if j.kind == "single"]
         for i, checked in zip(singles, self.model.validate_each([group[i].applications[0] for i in singles])):
-            self._collect(i, checked, answers, tables)
+            self._collect(i, checked, answers, valid)
         for i, job in enumerate(group):
             if job.kind == "batch":
-                self._collect(i, self.model.validate_table(job.applications), answers, tables)
-        if tables:
-            self._record_decisions(group, tables, answers)
+                self._collect(i, self.model.validate_table(job.applications), answers, valid)
+        if valid:
+            self._record_decisions(group, valid, answers)
         for i, job in enumerate(group):
             if job.kind == "override":
                 answers[i] = self._record_override(job.override or {})
@@ -186,26 +186,33 @@ class DecisionDesk:
         return answers
 
     @staticmethod
-    def _collect(i: int, checked: Validated | Rejected, answers: list, tables: list) -> None:
+    def _collect(i: int, checked: Validated | Rejected, answers: list, valid: list) -> None:
         if isinstance(checked, Rejected):
             answers[i] = checked
         else:
-            tables.append((i, checked.table, checked.warnings))
+            valid.append((i, checked))
 
-    def _record_decisions(self, group: list[Job], tables: list, answers: list) -> None:
-        combined = pd.concat([t for _, t, _ in tables], ignore_index=True) if len(tables) > 1 else tables[0][1]
+    def _record_decisions(self, group: list[Job], valid: list[tuple[int, Validated]], answers: list) -> None:
+        """Score every valid row of the group at once (each distinct table once), then record each decision."""
+        tables: dict[int, pd.DataFrame] = {}
+        for _, checked in valid:
+            tables.setdefault(id(checked.table), checked.table)
+        offsets, start = {}, 0
+        for key, table in tables.items():
+            offsets[key] = start
+            start += len(table)
+        combined = pd.concat(list(tables.values()), ignore_index=True) if len(tables) > 1 else \
+            next(iter(tables.values()))
         scores = self.model.score(combined)
-        row = 0
-        for i, table, warnings in tables:
+        for i, checked in valid:
             job = group[i]
             batch_id = str(uuid.uuid4()) if job.kind == "batch" else None
-            records = []
-            for item, application in enumerate(job.applications):
-                records.append(self._record_one(application, scores, row, warnings,
-                                                {"id": batch_id, "item": item + 1} if batch_id else None))
-                row += 1
+            base = offsets[id(checked.table)]
+            records = [self._record_one(application, scores, base + row, checked.warnings,
+                                        {"id": batch_id, "item": item + 1} if batch_id else None)
+                       for item, (application, row) in enumerate(zip(job.applications, checked.rows))]
             answers[i] = Decided(records, batch_id)
-        self.decided += row
+            self.decided += len(records)
 
     def _record_one(self, application: dict, scores, row: int, warnings: list[dict], batch: dict | None) -> dict:
         """One decision's trail entry (written, not yet synced) and the answer built from it."""
@@ -231,7 +238,7 @@ class DecisionDesk:
 
     def _record_override(self, request: dict) -> dict | Exception:
         """A person's override of a decision, chained after it (written, not yet synced)."""
-        if self.log is None:
+        if self.log is None:  # the HTTP layer refuses overrides without a trail before they get here
             return TrailUnavailable("the service runs without a decision trail, so there is nothing to override")
         ref = self.log.index.decisions.get(request["decision_id"])
         if ref is None:

@@ -36,10 +36,20 @@ DEFAULT_EXPLAIN = 3
 
 @dataclass
 class Validated:
-    """A valid application (or batch): its clean table and the validator's warnings."""
+    """A valid application (or batch): its clean table and the validator's warnings.
+
+    Applications validated together share one table; ``row`` is then this application's row in
+    it (None: every row of ``table`` is this job's, as for a batch).
+    """
 
     table: pd.DataFrame
     warnings: list[dict] = field(default_factory=list)
+    row: int | None = None
+
+    @property
+    def rows(self) -> range:
+        """This application's (or batch's) rows of ``table``."""
+        return range(len(self.table)) if self.row is None else range(self.row, self.row + 1)
 
 
 @dataclass
@@ -95,12 +105,12 @@ class DecisionModel:
     @property
     def identity(self) -> dict:
         """What each decision records about the model that made it."""
-        return {"package_sha256": self.package_sha256, "weights_sha256": self.weights_sha256}
+        return {"package_sha256": self.package_sha256, "weights_sha256": self.weights_sha256,
+                "run_id": self.package.meta.get("run_id")}
 
     def settings(self) -> dict:
         """What a service start records: the package, mapping and policy."""
-        return {"model": dict(self.identity, dir=str(self.package_dir), run_id=self.package.meta.get("run_id"),
-                              schema=self.schema.key),
+        return {"model": dict(self.identity, dir=str(self.package_dir), schema=self.schema.key),
                 "mapping": ({"path": str(self.mapping.source), "name": self.mapping.name,
                              "sha256": self.mapping_sha256} if self.mapping else None),
                 "cutoff_pd": self.cutoff_pd, "explain": self.explain, "score_scale": self.scale.to_dict()}
@@ -140,7 +150,7 @@ class DecisionModel:
                 if len(members) > 1 else None
             if isinstance(together, Validated):
                 for row, i in enumerate(members):
-                    out[i] = Validated(together.table.iloc[row:row + 1].reset_index(drop=True), together.warnings)
+                    out[i] = Validated(together.table, together.warnings, row)
                 continue
             for i in members:
                 out[i] = self.validate_table([applications[i]], numbered=False)
@@ -178,7 +188,7 @@ class DecisionModel:
             fields.append(item)
         id_col = self.schema.id_column
         return {
-            "model": dict(self.identity, run_id=meta.get("run_id"), spec=self.package.spec.to_dict()),
+            "model": dict(self.identity, spec=self.package.spec.to_dict()),
             "card": {k: meta.get(k) for k in ("status", "rounds_completed", "strategy", "dp", "final_metrics")
                      if k in meta},
             "schema": {"key": self.schema.key, "fingerprint": self.schema.fingerprint(),

@@ -38,6 +38,7 @@ from clients.decision_desk import (OUTCOMES, DecisionDesk, Job, Overloaded, Trai
                                    UnknownDecision)
 from clients.decision_engine import Rejected
 from fedcredit.json_values import loads_strict
+from fedcredit.signing_keys import ChainError
 
 log = logging.getLogger("fedcredit.serve")
 
@@ -174,20 +175,28 @@ def build_app(desk: DecisionDesk, limits: Limits = Limits(), institution: str = 
         return JSONResponse({"batch_id": answer.batch_id, "count": len(answer.records),
                              "decisions": answer.records}, 201)
 
-    def stored(decision_id: str) -> tuple[dict, list[dict]]:
+    def require_trail() -> None:
         if desk.log is None:
             raise Problem(409, "no-trail", "the service runs without a decision trail; nothing is stored")
+
+    def stored(decision_id: str) -> tuple[dict, list[dict]]:
+        require_trail()
         ref = desk.log.index.decisions.get(decision_id)
         if ref is None:
             raise Problem(404, "unknown-decision", f"no decision {decision_id!r} on this service's trail")
-        return (desk.log.read_entry(ref.offset, ref.hash),
-                [desk.log.read_entry(o["offset"], o["hash"]) for o in list(ref.overrides)])
+        try:
+            return (desk.log.read_entry(ref.offset, ref.hash),
+                    [desk.log.read_entry(o["offset"], o["hash"]) for o in list(ref.overrides)])
+        except ChainError as exc:  # the file was changed under the running service
+            log.error("%s", exc)
+            raise Problem(500, "trail-changed", str(exc)) from None
 
     async def show(request: Request) -> Response:
         decision, overrides = await run_in_threadpool(stored, request.path_params["decision_id"])
         return JSONResponse({"decision": decision, "overrides": overrides})
 
     async def override(request: Request) -> Response:
+        require_trail()
         decision_id = request.path_params["decision_id"]
         fields = override_request(await read_json(request, limits.body_bytes), decision_id)
         return JSONResponse(await submit(Job("override", override=fields)), 201)

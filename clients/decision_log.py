@@ -127,6 +127,7 @@ class DecisionLog(SignedChain):
     def __init__(self, path: Path, signing_key: Ed25519PrivateKey):
         super().__init__(path, signing_key)
         self.index = DecisionIndex()
+        self.torn: dict | None = None  # what a crash cut short, found at open (recorded as a recovered entry)
 
     @classmethod
     def broken_hint(cls, path: Path, check: ChainCheck) -> str:
@@ -153,9 +154,11 @@ class DecisionLog(SignedChain):
         try:
             if exists:
                 log._continue_chain(d)
-            else:
+            if log.next_index == 0:  # a new trail (or one whose first write was cut short)
                 log.append(START_KIND, {"key": dict(key_record(key.public_key()), **key_info)})
                 fsync_directory(d)
+            if log.torn is not None:
+                log.append("recovered", log.torn)
         except BaseException:
             log.close()
             raise
@@ -173,8 +176,8 @@ class DecisionLog(SignedChain):
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         saved = write_atomic(directory / f"torn-tail-{check.valid}-{stamp}.bin", torn)  # kept before it is cut
         self.cut_torn_tail(check)
-        self.append("recovered", {"torn_bytes": len(torn), "torn_sha256": hashlib.sha256(torn).hexdigest(),
-                                  "saved_as": saved.name, "reason": check.reason})
+        self.torn = {"torn_bytes": len(torn), "torn_sha256": hashlib.sha256(torn).hexdigest(),
+                     "saved_as": saved.name, "reason": check.reason}
 
     def append(self, kind: str, payload: dict, sync: bool = True) -> dict:
         """Append one entry (see :meth:`SignedChain.append`) and index it."""
@@ -232,6 +235,9 @@ def read_trail(directory: str | Path, public_key: Ed25519PublicKey | None = None
     ``with_hashes`` also collects every entry's hash."""
     path = log_path(directory)
     data = read_file_bytes(path, str(path), f"no decision log there (the service writes DIR/{LOG_FILE})")
+    if not data.strip():
+        raise UserError(f"{path}: the file is empty — not a decision trail yet (the service's first entry is a "
+                        "signed log-start entry); give the --decisions directory of a service that has started")
     index = DecisionIndex(hashes=set() if with_hashes else None)
     check = verify_chain(data, public_key, START_KIND, keep_entries=False, visit=index.add)
     return TrailCheck(path, check, index)

@@ -1,7 +1,7 @@
 """``fedcredit keys``: an institution's SuperNode key pair for Flower's node authentication.
 
 With ``flower-superlink --enable-supernode-auth`` the SuperLink only admits SuperNodes whose
-public key the operator registered (``flwr supernode register KEY.pub``). Flower 1.42 reads the
+public key the operator registered (``fedcredit nodes register KEY.pub``). Flower 1.42 reads the
 public key with ``load_ssh_public_key`` and the SuperNode's private key
 (``--auth-supernode-private-key``) with ``load_ssh_private_key``; both must be ECDSA on a NIST
 curve in OpenSSH format — what ``ssh-keygen -t ecdsa -b 384`` writes. This command writes the
@@ -12,9 +12,6 @@ passphrase).
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
-import re
 
 HELP = "create an institution's SuperNode key pair (OpenSSH ECDSA; the .pub goes to the operator)"
 
@@ -27,7 +24,7 @@ Files written to --out DIR:
              (or fedcredit node start --key DIR/NAME)
   NAME.pub   public key, one line "ecdsa-sha2-nistp384 AAAA... NAME": send it to the
              consortium operator, who registers it with
-             flwr supernode register NAME.pub <connection>
+             fedcredit nodes register NAME.pub <connection> (the name is bound to the key)
 
 The key is ECDSA on a NIST curve (--curve p384 by default; p256 and p521 also work), the only
 kind Flower 1.42's SuperNode authentication accepts. Give the operator the fingerprint through
@@ -41,7 +38,6 @@ last line of standard output is {"private_key", "public_key", "fingerprint", "cu
 JSON = "{private_key, public_key, fingerprint, curve}"  # what --json prints (fedcredit.cli adds the option)
 
 CURVES = {"p256": ("SECP256R1", "nistp256"), "p384": ("SECP384R1", "nistp384"), "p521": ("SECP521R1", "nistp521")}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,12 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="overwrite an existing key pair")
 
 
-def fingerprint(public_line: str) -> str:
-    """OpenSSH's SHA256 fingerprint of a public key line (as ``ssh-keygen -lf`` prints it)."""
-    blob = base64.b64decode(public_line.split()[1])
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-
-
 def run(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -65,12 +55,10 @@ def run(args: argparse.Namespace) -> int:
     from configs.errors import UserError
     from fedcredit.atomic_write import write_atomic
     from fedcredit.outcome import Outcome
+    from fedcredit.node_keys import check_institution_id, ssh_fingerprint
     from fedcredit.path_checks import check_output_dir
 
-    name = args.name
-    if not _NAME.match(name):
-        raise UserError(f"--name '{name}': use letters, digits, '.', '_' and '-' only (starting with a letter "
-                        "or digit, at most 100 characters), e.g. --name regional-bank-1")
+    name = check_institution_id(args.name, "--name")
     out = check_output_dir(args.out, "--out")
     private, public = out / name, out / f"{name}.pub"
     existing = [str(p) for p in (private, public) if p.exists()]
@@ -87,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                                                 serialization.PublicFormat.OpenSSH).decode() + f" {name}"
     write_atomic(private, private_bytes, mode=0o600)  # never readable by others, not even briefly
     write_atomic(public, public_line + "\n", mode=0o644)
-    fp = fingerprint(public_line)
+    fp = ssh_fingerprint(public_line)
     print(f"private key {private}  (mode 0600; stays on this node host)")
     print(f"public key  {public}  (send to the consortium operator)")
     print(f"fingerprint {fp}  (tell the operator through a second channel)")

@@ -32,7 +32,15 @@ import numpy as np
 
 from clients.node_data import NodeData, clear_data_cache, load_node_data
 from clients.node_policy import DATA_SUFFIXES, DEPLOYMENT_RELEASE_MODES, NodePolicy, policy_from_context  # noqa: F401
-from clients.node_privacy import inputs_digest, noise_seed, open_ledger, plan_run, plan_shape, released_counts
+from clients.node_privacy import (
+    inputs_digest,
+    noise_seed,
+    open_ledger,
+    personal_round,
+    plan_run,
+    plan_shape,
+    released_counts,
+)
 from clients.refusal import NodeRefusal
 from clients.request_checks import (
     MAX_ABS_WEIGHT,
@@ -178,34 +186,54 @@ def train(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict,
     data = load_node_data(policy)
     x, y, _, _ = data.matrices(encoder)
     model = _model_from(spec, weights)
+    personal = personal_round(policy, req, model)  # the node's own layers (clients.personalization)
     tcfg = LocalTrainConfig(local_epochs=req["local-epochs"], batch_size=req["batch-size"],
                             learning_rate=req["learning-rate"], optimizer=req["optimizer"],
-                            proximal_mu=req["proximal-mu"])
+                            proximal_mu=req["proximal-mu"],
+                            output_bias_learning_rate=personal.settings.output_bias_learning_rate)
     seed = req["seed"] * 100_003 + rnd  # the training loop's own generator (public; not DP-SGD's sample)
     if not _wants_dp(policy, req):
         out = train_local(model, x, y, tcfg, seed=seed)
-        return finite_weights(get_weights(model)), {"num-examples": float(len(x)), "train-loss": out["loss"]}
+        metrics = {"num-examples": float(len(x)), "train-loss": out["loss"], **personal.after_training(model, y, dp=False)}
+        personal.personalise_if_last(req, x, y, tcfg, None, policy.institution_id, encoder, data.schema)
+        return finite_weights(get_weights(model)), metrics
+    with open_ledger(policy, data) as ledger:
+        metrics = _train_private(policy, ledger, data, req, state, model, personal, tcfg, x, y, seed, weights,
+                                 encoder)
+    return finite_weights(get_weights(model)), metrics
+
+
+def _train_private(policy, ledger, data, req, state, model, personal, tcfg, x, y, seed, weights, encoder) -> dict:
+    """DP-SGD for one round (and, after the last, the personal fine-tune); every release checked
+    against the budget first and recorded before anything leaves. Returns the reply's metrics."""
     from privacy.dpsgd import DPSGDGradients
     from privacy.planning import sample_rate_for, steps_per_epoch
 
-    with open_ledger(policy, data) as ledger:
-        n_hat = _budget(released_counts, policy, ledger, data, req)["train"]
-        q = sample_rate_for(int(n_hat), tcfg.batch_size)
-        steps = tcfg.local_epochs * steps_per_epoch(int(n_hat), tcfg.batch_size)
-        plan = _run_plan(policy, ledger, data, n_hat, req, state, rnd)
-        sigma = float(plan["noise-multiplier"])
-        salt = f"train-{req['run-id']}-{rnd}"
-        rule = DPSGDGradients(sigma, req["clipping-norm"], q, steps=steps, expected_batch_size=q * n_hat,
-                              seed=noise_seed(policy, req, ledger, salt, inputs_digest(weights, req, sigma)))
-        event = _side_event(rule.events(steps, req["run-id"], rnd), req, data, "train", rnd)
-        _budget(ledger.check, [event])
-        train_local(model, x, y, tcfg, rule, seed=seed)
-        spent = _budget(ledger.record, [event])  # persisted before the update leaves the node
-        # no training loss under DP: it is an exact function of the private batches (unclipped,
-        # unnoised), so it would be a release outside the accountant (docs/privacy.md)
-        metrics = {"num-examples": n_hat, **_public_figures(ledger, spent), "noise-multiplier": sigma,
-                   "sample-rate": q, "steps": float(steps)}
-    return finite_weights(get_weights(model)), metrics
+    rnd, run_id = req["server-round"], req["run-id"]
+    n_hat = _budget(released_counts, policy, ledger, data, req)["train"]
+    q = sample_rate_for(int(n_hat), tcfg.batch_size)
+    steps = tcfg.local_epochs * steps_per_epoch(int(n_hat), tcfg.batch_size)
+    sigma = float(_run_plan(policy, ledger, data, n_hat, req, state, rnd)["noise-multiplier"])
+
+    def rule(salt: str, n_steps: int) -> DPSGDGradients:
+        seed_ = noise_seed(policy, req, ledger, salt, inputs_digest(weights, req, sigma))
+        return DPSGDGradients(sigma, req["clipping-norm"], q, steps=n_steps, expected_batch_size=q * n_hat, seed=seed_)
+
+    round_rule = rule(f"train-{run_id}-{rnd}", steps)
+    events = [_side_event(round_rule.events(steps, run_id, rnd), req, data, "train", rnd)]
+    events += personal.releases_with_update(True, run_id, data.split.split)
+    _budget(ledger.check, events)
+    train_local(model, x, y, tcfg, round_rule, seed=seed)
+    label_rng = np.random.default_rng(noise_seed(policy, req, ledger, f"label-count-{run_id}"))
+    spent = _budget(ledger.record, events)  # persisted before the update leaves the node
+    metrics = {"num-examples": n_hat, **personal.after_training(model, y, dp=True, rng=label_rng, n_rows=n_hat)}
+    p_steps = personal.settings.personal_rounds(tcfg.local_epochs) * steps
+    spent = _budget(personal.personalise_if_last, req, x, y, tcfg, rule(f"personal-{run_id}", max(p_steps, 1)),
+                    policy.institution_id, encoder, data.schema, ledger=ledger, steps=steps) or spent
+    # no training loss under DP: it is an exact function of the private batches (unclipped,
+    # unnoised), so it would be a release outside the accountant (docs/privacy.md)
+    return {**metrics, **_public_figures(ledger, spent), "noise-multiplier": sigma, "sample-rate": q,
+            "steps": float(steps)}
 
 
 # ------------------------------------------------------------------------- evaluation

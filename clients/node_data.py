@@ -59,7 +59,7 @@ def clear_data_cache() -> None:
 def load_node_data(policy: NodePolicy) -> NodeData:
     """Load, validate and split the node's table (cached per process)."""
     key = (policy.source, policy.mapping, policy.schema, policy.split_seed, policy.holdout_fraction,
-           policy.synthetic_scale, policy.synthetic_seed)
+           policy.synthetic_scale, policy.synthetic_seed, policy.min_rows, policy.min_positives)
     if key in _DATA_CACHE:
         return _DATA_CACHE[key]
     schema = load_schema(policy.schema)
@@ -68,7 +68,8 @@ def load_node_data(policy: NodePolicy) -> NodeData:
     else:
         from clients.validation import load_institution_table
 
-        table = load_institution_table(policy.source, schema, policy.mapping).table
+        table = load_institution_table(policy.source, schema, policy.mapping, min_rows=policy.min_rows,
+                                       min_positives=policy.min_positives).table
     split = split_institution(table, schema, policy.institution_id, policy.holdout_fraction, policy.split_seed)
     data = NodeData(schema=schema, split=split, encoded={})
     _DATA_CACHE[key] = data

@@ -15,8 +15,8 @@ sets the budget, δ or the release policy of a deployed node.
 Simulation: a virtual node only has ``partition-id`` / ``num-partitions``; it takes file
 ``partition-id`` of the run's ``data-dir`` (sorted) or synthesises institution ``partition-id``,
 keeps its privacy state under ``state-root/<institution-id>``, its budget from
-``sim-budgets`` (its own entry) or ``sim-max-epsilon``, releases exact evaluations and may
-train without DP (``dp = false``).
+``sim-budgets`` (its own entry) or ``sim-max-epsilon``, its data minimum from ``min-rows`` /
+``min-positives``, releases exact evaluations and may train without DP (``dp = false``).
 """
 
 from __future__ import annotations
@@ -50,6 +50,10 @@ class NodePolicy:
     simulation: bool
     synthetic_scale: float = 1.0
     synthetic_seed: int = 0
+    #: the table's minimum rows / defaults (``fedcredit data validate``'s); simulation: run config
+    #: ``min-rows`` / ``min-positives`` (research mode, see simulation.research_mode)
+    min_rows: int = 500
+    min_positives: int = 50
 
 
 def _get(cfg: dict, key: str, default: Any = None) -> Any:
@@ -105,7 +109,8 @@ def policy_from_context(node_config: dict, run_config: dict, run_id: str = "") -
         delta=None, release_eval="exact", allow_non_private=True, split_seed=0, holdout_fraction=0.2,
         accountant="rdp", simulation=True,
         synthetic_scale=float(_get(run_config, "synthetic-scale", 1.0)),
-        synthetic_seed=int(_get(run_config, "synthetic-seed", 0)))
+        synthetic_seed=int(_get(run_config, "synthetic-seed", 0)),
+        min_rows=int(_get(run_config, "min-rows", 500)), min_positives=int(_get(run_config, "min-positives", 50)))
 
 
 def _simulated_budget(run_config: dict, institution: str) -> float:

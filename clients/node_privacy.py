@@ -17,7 +17,7 @@ generators afresh for each release), so no two releases share noise or Poisson s
 
 Simulation (reproducible research runs): a seed from sha256 over the run's ``seed``, the
 institution, the ledger's release counter (its number of events) and the sha256 of its whole
-history (without the times of the releases), the release's kind and round, and a digest of the release's own inputs (weights,
+history (without the times of the releases and their table versions), the release's kind and round, and a digest of the release's own inputs (weights,
 config, σ). The counter and history make every release of one ledger draw fresh noise, in this
 run or any later one — including every run id ever recorded — so two runs on the same state
 never share noise or samples. The run id itself is left out: a DP simulation with the same
@@ -71,7 +71,8 @@ def noise_seed(policy: NodePolicy, cfg: dict, ledger, salt: str, inputs: str = "
     if not policy.simulation:
         return None
     history = ledger.all_events
-    what = inputs_digest([{k: v for k, v in e.to_dict().items() if k != "time"} for e in history])  # not when
+    # what was released, not when, nor from which table version (a hash of the data)
+    what = inputs_digest([{k: v for k, v in e.to_dict().items() if k not in ("time", "data")} for e in history])
     blob = f"{cfg.get('seed', 0)}|{policy.institution_id}|{len(history)}|{what}|{salt}|{inputs}"
     return int.from_bytes(hashlib.sha256(blob.encode()).digest()[:8], "little")
 
@@ -98,9 +99,18 @@ def released_counts(policy: NodePolicy, ledger, data: NodeData, cfg: dict) -> di
     return counts
 
 
+def personal_round(policy: NodePolicy, cfg: dict, model=None):
+    """This round's :class:`clients.personalization.PersonalRound` (``cfg``'s keys are checked:
+    :func:`clients.request_checks.personal_keys`)."""
+    from clients.personalization import PersonalRound
+
+    return PersonalRound(policy.state_dir, str(cfg.get("run-id", "")), cfg, model)
+
+
 def plan_shape(n_train: float, cfg: dict, first_round: int) -> str:
     """What :func:`plan_run` depends on besides the ledger (to reuse a plan only when equal)."""
-    keys = ("run-id", "num-server-rounds", "local-epochs", "batch-size", "evaluate-every", "target-epsilon")
+    keys = ("run-id", "num-server-rounds", "local-epochs", "batch-size", "evaluate-every", "target-epsilon",
+            "aggregation-weight", "personalize", "personal-epochs")
     return json.dumps([n_train, first_round] + [str(cfg.get(k, "")) for k in keys])
 
 
@@ -113,22 +123,28 @@ def plan_run(policy: NodePolicy, ledger, data: NodeData, n_train: float, cfg: di
     size must fit the node's lifetime budget together with every earlier release; this run's
     releases (``pending`` ones, planned noised evaluations: the scheduled ones and the final
     evaluation of the recalibrated model, see ``server.consortium``) must also fit the run's
-    ``target-epsilon`` when the operator asks for less. Returns ``{"run-id",
+    ``target-epsilon`` when the operator asks for less. The personal fine-tune after the last
+    round and the label-count release (:mod:`clients.personalization`) are reserved too.
+    Returns ``{"run-id",
     "noise-multiplier", "evaluation-noise", "rounds"}``; raises ``BudgetExceeded``.
     """
     from privacy.planning import plan_run_noise, sample_rate_for, steps_per_epoch
 
     run_id = str(cfg.get("run-id", ""))
     n_rows, batch, last = int(n_train), int(cfg["batch-size"]), int(cfg["num-server-rounds"])
+    personal = personal_round(policy, cfg)
+    reserved = personal.releases_with_update(True, run_id, data.split.split)
+    for e in reserved:
+        e.data = data.split.fingerprint
     evaluations = 0
     if policy.release_eval == "noised":
         evaluations = 1 + len(evaluation_rounds(first_round, last, int(cfg.get("evaluate-every", 1))))
     plan = plan_run_noise(prior_events=[e for e in ledger.events if e.run_id != run_id],
-                          run_events=[e for e in ledger.events if e.run_id == run_id] + list(pending),
+                          run_events=[e for e in ledger.events if e.run_id == run_id] + list(pending) + reserved,
                           evaluations=evaluations, max_epsilon=ledger.max_epsilon, delta=ledger.delta,
                           sample_rate=sample_rate_for(n_rows, batch),
                           steps_per_round=int(cfg["local-epochs"]) * steps_per_epoch(n_rows, batch),
-                          rounds=max(1, last - first_round + 1),
+                          rounds=max(1, last - first_round + 1) + personal.reserved_rounds(cfg),
                           run_epsilon_cap=float(cfg.get("target-epsilon", 0.0)) or None,
                           accountant=policy.accountant, split=data.split.split, data=data.split.fingerprint)
     from privacy.dp_release import EVALUATION_NOISE_MULTIPLIER

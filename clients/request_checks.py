@@ -120,6 +120,24 @@ def config_text(cfg: dict, key: str, default: str | None = None, choices: tuple[
     return v
 
 
+#: the personalisation keys (:mod:`clients.personalization`), checked by models.personalization
+PERSONAL_KEYS = ("local-layers", "output-bias-learning-rate", "aggregation-weight", "personalize",
+                 "personal-epochs", "personal-proximal-mu")
+
+
+def personal_keys(cfg: dict) -> dict:
+    """The personalisation keys the message carries, after :func:`models.personalization.personal_settings`
+    checked them (typed, bounded)."""
+    from models.personalization import PersonalizationConfigError, personal_settings
+
+    keys = {k: cfg[k] for k in PERSONAL_KEYS if cfg.get(k) is not None}
+    try:
+        personal_settings(keys)
+    except PersonalizationConfigError as exc:
+        raise _refuse(str(exc)) from None
+    return keys
+
+
 def _ledger_head(cfg: dict) -> str:
     head = config_text(cfg, "ledger-head", "")
     if head and not (len(head) == 64 and all(c in "0123456789abcdef" for c in head)):
@@ -137,7 +155,7 @@ def statistics_request(cfg: dict) -> dict:
     if any(k in cfg for k in shape):
         out.update({k: config_number(cfg, k) for k in shape})
         out["evaluate-every"] = config_number(cfg, "evaluate-every", 1)
-    return out
+    return {**out, **personal_keys(cfg)}
 
 
 def train_request(cfg: dict, schema: Schema) -> tuple[dict, FeatureEncoder, ModelSpec]:
@@ -153,7 +171,10 @@ def train_request(cfg: dict, schema: Schema) -> tuple[dict, FeatureEncoder, Mode
     if out["server-round"] < 1:
         raise _refuse(f"'server-round' of a training round must be at least 1, got {out['server-round']}")
     encoder = check_encoder(cfg.get("encoder"), schema)
-    return out, encoder, check_model_spec(cfg.get("model-spec"), encoder.n_outputs)
+    spec = check_model_spec(cfg.get("model-spec"), encoder.n_outputs)
+    out.update(personal_keys(cfg))
+    out["model-spec"] = json.dumps(spec.to_dict())  # the checked spec (the personal fine-tune rebuilds it)
+    return out, encoder, spec
 
 
 def evaluation_request(cfg: dict, schema: Schema) -> tuple[dict, FeatureEncoder, ModelSpec]:

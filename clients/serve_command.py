@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fedcredit.cli import number
+from fedcredit.arguments import number
 
 HELP = "serve instant credit decisions over HTTP, each recorded in a signed decision trail"
 DESCRIPTION = """\
@@ -73,6 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="most applications decided (and fsynced) together")
     p.add_argument("--max-waiting", type=number(int, minimum=1), default=DEFAULT_MAX_QUEUE,
                    help="applications waiting before new ones are answered 503")
+    p.add_argument("--max-connections", type=number(int, minimum=1), default=1000,
+                   help="open connections before new ones are answered 503")
     p.add_argument("--no-trail", action="store_true",
                    help="record nothing (for benchmarks only: decisions are then untraceable)")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"),
@@ -112,7 +114,7 @@ def run(args: argparse.Namespace):
     from clients.decision_log import DecisionLog
     from clients.score_command import check_model_dir
     from configs.errors import UserError
-    from fedcredit.cli import print_json
+    from fedcredit.json_values import print_json
     from fedcredit.outcome import Outcome
     from fedcredit.path_checks import check_output_dir
 
@@ -143,6 +145,7 @@ def run(args: argparse.Namespace):
         print_json(ready)  # the address first: with --port 0 the caller learns the port here
     config = uvicorn.Config(app, log_level=args.log_level, access_log=args.log_level in ("info", "debug"),
                             lifespan="on", timeout_keep_alive=30, timeout_graceful_shutdown=30,
+                            limit_concurrency=args.max_connections,
                             server_header=False)
     server = uvicorn.Server(config)
     # uvicorn stops gracefully on SIGTERM / SIGINT, then raises the signal again with the handlers

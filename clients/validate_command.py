@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from fedcredit.cli import number
+from fedcredit.arguments import number
 
 HELP = "check an institution's table against the consortium schema (locally; nothing is sent)"
 

@@ -668,7 +668,8 @@ class _Validator:
             self.error("too-few-rows", None, [],
                        f"the table has {n} data row{'s' if n != 1 else ''}; differentially private training needs "
                        f"at least {self.min_rows} (with fewer, the privacy noise drowns the signal). Add rows (a "
-                       f"longer history), or agree a different minimum with the consortium (--min-rows).",
+                       f"longer history), or agree a lower minimum with the consortium: --min-rows {n} (`fedcredit "
+                       f"simulate --min-rows {n}` is research mode).",
                        count=n)
         pos = getattr(self, "positives", None)
         neg = getattr(self, "negatives", None)
@@ -685,8 +686,9 @@ class _Validator:
             self.error("too-few-positives", label, [],
                        f"{self.colname(label)}: only {pos} row{'s' if pos != 1 else ''} {'have' if pos != 1 else 'has'} "
                        f"the value {lab.positive!r} (default); differentially private training needs at least "
-                       f"{self.min_positives} defaults. Add rows (a longer history), or agree a different minimum "
-                       f"with the consortium (--min-positives).", count=pos)
+                       f"{self.min_positives} defaults. Add rows (a longer history), or agree a lower minimum with "
+                       f"the consortium: --min-positives {pos} (`fedcredit simulate --min-positives {pos}` is "
+                       f"research mode).", count=pos)
 
 
 # --------------------------------------------------------------------------------------------

@@ -80,23 +80,11 @@ def atomic_path(path: str | Path, *, mode: int | None = None) -> Iterator[Path]:
 
 def write_atomic(path: str | Path, data: bytes | str, *, mode: int | None = None) -> Path:
     """Replace ``path`` with ``data`` (text is written as UTF-8) atomically and durably."""
-    path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    tmp = _temporary_name(path)
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    try:
-        with os.fdopen(_create(tmp, mode), "wb") as fh:
+    with atomic_path(path, mode=mode) as tmp:
+        with open(tmp, "wb") as fh:  # created by atomic_path with ``mode``: never readable by others if 0o600
             fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_directory(path.parent)
-    return path
+    return Path(path)
 
 
 def write_json_atomic(path: str | Path, obj: Any, *, indent: int | None = 2, sort_keys: bool = False,

@@ -16,20 +16,19 @@ as ``{"ok": false, "error": MESSAGE}`` on the last line of standard output, or a
 exception's own ``json_report`` when the command attached one (e.g. a validation report). Any
 other exception is a bug and keeps its traceback.
 
-:func:`number` builds the argparse types the commands share (whole or real numbers within
-bounds), so every command words its range errors the same way.
+Command modules never import this module (it imports them): the helpers they share live below
+it — argparse types in :mod:`fedcredit.arguments`, the JSON line in :mod:`fedcredit.json_values`,
+the returned :class:`Outcome` in :mod:`fedcredit.outcome`.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import math
 import sys
-from typing import Any
 
 from configs.errors import UserError
+from fedcredit.json_values import print_json
 from fedcredit.outcome import Outcome
 
 # (command path, module). Groups ("data", "privacy", ...) are created from the paths.
@@ -37,6 +36,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("data validate", "clients.validate_command"),
     ("data synth", "simulation.synth_command"),
     ("data partition", "simulation.partition_command"),
+    ("schema infer", "clients.schema_command"),
     ("simulate", "simulation.simulate_command"),
     ("sweep", "simulation.sweep_command"),
     ("score", "clients.score_command"),
@@ -51,27 +51,24 @@ COMMANDS: list[tuple[str, str]] = [
     ("certs", "server.certs_command"),
     ("keys", "clients.keys_command"),
     ("node start", "clients.node_command"),
+    ("nodes register", "server.nodes_register_command"),
+    ("nodes list", "server.nodes_list_command"),
     ("privacy plan", "privacy.plan_command"),
     ("privacy status", "privacy.status_command"),
     ("privacy new-population", "privacy.new_population_command"),
-    ("privacy audit", "privacy.audit_command"),
+    ("privacy audit", "clients.audit_command"),
 ]
 
 GROUP_HELP = {
     "data": "validate an institution's table; synthesise a consortium; partition one table into institutions",
     "privacy": "plan, inspect and audit differential privacy",
+    "schema": "draft a consortium schema from a table (docs/schemas.md explains writing one)",
     "ledger": "verify the signed audit ledger of a run; create the operator's signing key",
     "decisions": "the decision service's trail: verify it, show and reproduce a decision, record an override, "
                  "print an adverse-action notice",
     "node": "run an institution's node (checks its data, then starts Flower's SuperNode)",
+    "nodes": "operator: register institutions' node keys under their names; list the registered nodes",
 }
-
-
-def print_json(summary: Any) -> None:
-    """``summary`` as one JSON line on standard output (flushed: it must be the last line)."""
-    from fedcredit.json_values import json_default
-
-    print(json.dumps(summary, default=json_default), flush=True)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -124,39 +121,6 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                                  help=f"print {module.JSON} as JSON, the last line of standard output")
         sub.set_defaults(_run=module.run)
     return parser
-
-
-def number(kind: type = float, *, minimum: float | None = None, maximum: float | None = None,
-           open_minimum: bool = False, open_maximum: bool = False):
-    """An argparse ``type``: a whole (``int``) or real (``float``) number within the bounds."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}") from None
-        if isinstance(value, float) and not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
-        low_bad = minimum is not None and (value <= minimum if open_minimum else value < minimum)
-        high_bad = maximum is not None and (value >= maximum if open_maximum else value > maximum)
-        if low_bad or high_bad:
-            raise argparse.ArgumentTypeError(f"must be {_range_words(minimum, maximum, open_minimum, open_maximum)}, "
-                                             f"got {text}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
-    return parse
-
-
-def _range_words(lo, hi, open_lo, open_hi) -> str:
-    if lo == 0 and hi is None:
-        return "a positive number" if open_lo else "0 or more"
-    if lo is not None and hi is not None:
-        return f"between {lo:g} and {hi:g}" + (" (exclusive)" if open_lo or open_hi else "")
-    if lo is not None:
-        return f"above {lo:g}" if open_lo else f"at least {lo:g}"
-    return f"below {hi:g}" if open_hi else f"at most {hi:g}"
 
 
 def _version() -> str:

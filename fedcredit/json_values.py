@@ -3,10 +3,12 @@
 ``json.dumps(obj, default=json_default)`` writes NumPy scalars as numbers, NumPy arrays as lists
 and paths as strings; anything else that JSON cannot hold is a TypeError, as without it.
 :func:`loads_strict` reads JSON that must mean one thing (signed entries, applications).
+:func:`print_json` prints a summary as one JSON line (the ``--json`` output of the commands).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,11 @@ def json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(type(o).__name__)
+
+
+def print_json(summary: Any) -> None:
+    """``summary`` as one JSON line on standard output (flushed: it must be the last line)."""
+    print(json.dumps(summary, default=json_default), flush=True)
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
@@ -40,8 +47,6 @@ def loads_strict(text: str | bytes) -> Any:
     """Parse JSON that must mean one thing: a repeated key in an object, or NaN / Infinity
     (which Python's json accepts but JSON does not), is a ValueError naming it; bytes must be UTF-8
     (UnicodeDecodeError otherwise)."""
-    import json
-
     if isinstance(text, (bytes, bytearray)):
         text = bytes(text).decode("utf-8")
     return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)

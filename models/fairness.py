@@ -65,7 +65,8 @@ def group_counts(table: pd.DataFrame, pd_values: np.ndarray, y: np.ndarray, sche
 
 
 def _ratio(a: float, b: float) -> float | None:
-    return float(a / b) if b > 0 else None
+    """a / b clipped to [0, 1] (noised counts can put a part above its whole); None when b ≤ 0."""
+    return float(np.clip(a / b, 0.0, 1.0)) if b > 0 else None
 
 
 def fairness_metrics(counts: dict[str, np.ndarray], schema: Schema) -> dict:
@@ -78,11 +79,12 @@ def fairness_metrics(counts: dict[str, np.ndarray], schema: Schema) -> dict:
         groups = []
         for label, (n, dflt, dec, dec_d) in zip(group_labels(f), m):
             dec_d, dec = min(dec_d, dec), min(dec, n)
+            fpr = _ratio(dec - dec_d, n - dflt)
             groups.append({
                 "group": label, "n": float(n), "defaults": float(dflt),
                 "approval_rate": None if n <= 0 else 1.0 - dec / n,
-                "tpr": _ratio(dec_d, dflt), "fpr": _ratio(dec - dec_d, n - dflt),
-                "good_approval_rate": None if n - dflt <= 0 else 1.0 - (dec - dec_d) / (n - dflt),
+                "tpr": _ratio(dec_d, dflt), "fpr": fpr,
+                "good_approval_rate": None if fpr is None else 1.0 - fpr,
             })
         appr = [g["approval_rate"] for g in groups if g["approval_rate"] is not None]
         good = [g["good_approval_rate"] for g in groups if g["good_approval_rate"] is not None]

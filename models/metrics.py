@@ -85,18 +85,32 @@ class EvaluationSums:
                    n, pos, sum_pd, brier, ll)
 
     def metrics(self) -> dict[str, float]:
-        """AUC, KS, Gini from the histograms; Brier, log loss, mean PD, default rate from sums."""
-        n = max(self.n, _EPS)
+        """AUC, KS, Gini from the histograms; Brier, log loss, mean PD, default rate from sums.
+
+        Every figure lies in its valid range — AUC, KS, Brier, mean PD and default rate in
+        [0, 1], Gini in [−1, 1], log loss and n ≥ 0 — even from DP-noised sums, whose noise can
+        push a ratio outside it (a negative default rate from a noised count of defaults); the
+        rates are NaN when the (noised) n is not positive. Exact sums are always in range.
+
+        Batched: with histograms of shape (draws, bins) and sums of shape (draws,) every figure
+        is an array over the draws (:mod:`server.metric_noise`).
+        """
+        n = np.asarray(self.n, dtype=float)
         auc = auc_from_histograms(self.hist_neg, self.hist_pos)
+
+        def per_row(total, high: float = 1.0):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return _scalar(np.where(n > 0, np.clip(np.asarray(total, dtype=float) / n, 0.0, high), np.nan))
+
         return {
             "auc": auc,
-            "gini": 2 * auc - 1 if np.isfinite(auc) else float("nan"),
+            "gini": 2 * auc - 1,
             "ks": ks_from_histograms(self.hist_neg, self.hist_pos),
-            "brier": self.brier_sum / n,
-            "log_loss": self.logloss_sum / n,
-            "mean_pd": self.sum_pd / n,
-            "default_rate": self.positives / n,
-            "n": self.n,
+            "brier": per_row(self.brier_sum),
+            "log_loss": per_row(self.logloss_sum, np.inf),
+            "mean_pd": per_row(self.sum_pd),
+            "default_rate": per_row(self.positives),
+            "n": _scalar(np.maximum(n, 0.0)),
         }
 
 
@@ -104,26 +118,34 @@ def _clean(h: np.ndarray) -> np.ndarray:
     return np.clip(np.asarray(h, dtype=float), 0, None)
 
 
+def _scalar(x):
+    """A 0-d result as a float; a batch (one value per draw) as it is."""
+    return float(x) if np.ndim(x) == 0 else x
+
+
 def auc_from_histograms(hist_neg: np.ndarray, hist_pos: np.ndarray) -> float:
     """P(score of a defaulter > score of a non-defaulter), ties within a bin counted ½.
 
     AUC = Σ_b pos_b · (N_{<b} + ½ neg_b) / (P · N), bins in increasing PD order. NaN when a
-    class is absent. Negative (noised) counts are treated as zero.
+    class is absent. Negative (noised) counts are treated as zero. Histograms of shape
+    (draws, bins) give one AUC per draw.
     """
     neg, pos = _clean(hist_neg), _clean(hist_pos)
-    n_neg, n_pos = neg.sum(), pos.sum()
-    if n_neg <= 0 or n_pos <= 0:
-        return float("nan")
-    neg_below = np.concatenate([[0.0], np.cumsum(neg)[:-1]])
-    return float(np.sum(pos * (neg_below + 0.5 * neg)) / (n_pos * n_neg))
+    n_neg, n_pos = neg.sum(axis=-1), pos.sum(axis=-1)
+    neg_below = np.cumsum(neg, axis=-1) - neg
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auc = np.sum(pos * (neg_below + 0.5 * neg), axis=-1) / (n_pos * n_neg)
+    return _scalar(np.where((n_neg > 0) & (n_pos > 0), auc, np.nan))
 
 
 def ks_from_histograms(hist_neg: np.ndarray, hist_pos: np.ndarray) -> float:
-    """Kolmogorov–Smirnov statistic: max over cut-offs of |CDF_neg − CDF_pos|."""
+    """Kolmogorov–Smirnov statistic: max over cut-offs of |CDF_neg − CDF_pos| (one per draw for
+    histograms of shape (draws, bins))."""
     neg, pos = _clean(hist_neg), _clean(hist_pos)
-    if neg.sum() <= 0 or pos.sum() <= 0:
-        return float("nan")
-    return float(np.max(np.abs(np.cumsum(neg) / neg.sum() - np.cumsum(pos) / pos.sum())))
+    n_neg, n_pos = neg.sum(axis=-1, keepdims=True), pos.sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ks = np.max(np.abs(np.cumsum(neg, axis=-1) / n_neg - np.cumsum(pos, axis=-1) / n_pos), axis=-1)
+    return _scalar(np.where((n_neg[..., 0] > 0) & (n_pos[..., 0] > 0), ks, np.nan))
 
 
 def roc_from_histograms(hist_neg: np.ndarray, hist_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

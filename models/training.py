@@ -10,6 +10,13 @@ plain-loop benchmark, so all of them train the same way. What differs is the *gr
 FedProx: with ``proximal_mu = μ > 0`` the local objective gains ``μ/2 · ‖w − w_global‖²``. Its
 gradient ``μ (w − w_global)`` does not depend on the data, so it is added after the gradient
 rule (after clipping and noise under DP) and costs no privacy.
+
+Output bias: ``output_bias_learning_rate`` (> 0) gives the bias of the last Linear layer — the
+intercept, i.e. the institution's base rate on the logit scale — its own step size. Under
+DP-SGD its gradient ``mean(PD − y)`` is large and consistent while the weights' are mostly
+noise, so with Adam (steps ≈ learning rate per coordinate) a larger step lets the intercept
+reach a prime lender's prior (logit 0.5 % ≈ −5.3) within a round instead of dragging the
+weights along. Changing a step size is post-processing of the noised gradient: no privacy cost.
 """
 
 from __future__ import annotations
@@ -38,12 +45,15 @@ class LocalTrainConfig:
     optimizer: str = "adam"
     proximal_mu: float = 0.0
     weight_decay: float = 0.0
+    output_bias_learning_rate: float = 0.0  # 0: the same as learning_rate
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}")
         if self.local_epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
             raise ValueError("local_epochs, batch_size and learning_rate must be positive")
+        if not self.output_bias_learning_rate >= 0:
+            raise ValueError("output_bias_learning_rate must be ≥ 0")
 
     def steps_per_epoch(self, n_rows: int) -> int:
         return max(1, -(-n_rows // self.batch_size))
@@ -80,11 +90,26 @@ class PlainGradients:
         return float(loss.detach())
 
 
+def output_bias(model: nn.Module) -> nn.Parameter | None:
+    """The bias of the model's last ``nn.Linear`` layer (the logit's intercept), if it has one."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].bias if linears else None
+
+
+def parameter_groups(model: nn.Module, cfg: LocalTrainConfig) -> list[dict]:
+    """One optimiser group, or two when the output bias has its own learning rate."""
+    bias = output_bias(model) if cfg.output_bias_learning_rate > 0 else None
+    if bias is None:
+        return [{"params": list(model.parameters())}]
+    rest = [p for p in model.parameters() if p is not bias]
+    return [{"params": rest}, {"params": [bias], "lr": cfg.output_bias_learning_rate}]
+
+
 def make_optimizer(model: nn.Module, cfg: LocalTrainConfig) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, cfg)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=cfg.learning_rate, momentum=0.9,
-                           weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.learning_rate, momentum=0.9, weight_decay=cfg.weight_decay)
 
 
 def train_local(
@@ -123,6 +148,30 @@ def train_local(
     finite = [v for v in losses if np.isfinite(v)]
     return {"loss": float(np.mean(finite)) if finite else float("nan"),
             "steps": float(len(losses)), "examples": float(n)}
+
+
+def initial_weights(spec, seed: int = 0) -> dict[str, np.ndarray]:
+    """The first global model: :func:`models.network.build_model`'s initialisation with the last
+    Linear layer set to zero, so every borrower starts at PD ½ (logit 0).
+
+    Under DP-SGD a randomly initialised output layer maps the hidden units to a random ranking,
+    and the first noisy round mostly moves the intercept: the global model of round 1 ranked
+    at AUC ≈ 0.57 on a label-skewed UCI consortium (ε = 3) and its mean PD collapsed towards
+    the largest lender's prior. From a zero output layer the first round's gradient for the
+    output weights is the hidden units' covariance with the label — the most useful direction —
+    and round 1 reached AUC ≈ 0.72 (docs/benchmarks.md). The hidden layers keep their random
+    initialisation (they need it to break symmetry) and start learning once the output weights
+    are non-zero, after the first step.
+    """
+    from models.network import build_model, get_weights
+
+    model = build_model(spec, seed)
+    last = model.linear_layers()[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        if last.bias is not None:
+            last.bias.zero_()
+    return get_weights(model)
 
 
 @torch.no_grad()

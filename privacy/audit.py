@@ -1,297 +1,170 @@
-"""Membership-inference audit of a trained model: measure what it leaks, don't only assert.
+"""Membership-inference audit of a released model at one institution: measure what it leaks.
 
-Given the model package and two labelled tables in the consortium schema — **members** (rows the
-model was trained on) and **non-members** (rows it never saw, drawn from the same population,
-e.g. the institution's holdout) — :func:`audit_model` runs two attacks that score each row,
-higher = "more likely a member":
+The institution gives the released model and its own labelled rows, each marked *member*
+(on the training side of the node's split) or not (holdout). :func:`audit_membership`
 
-* ``loss-threshold`` (Yeom et al. 2018): score = − binary cross-entropy of the model on the row.
-* ``calibrated`` — offline LiRA with a global variance (Carlini et al. 2022, offline variant;
-  equivalently difficulty calibration, Watson et al. 2022): ``K`` reference models with the
-  package's architecture are trained (non-privately, ``reference_epochs`` epochs, Adam) on the
-  two halves A and B of the non-members, ``K/2`` per half. Every row, member or not, is
-  assigned to a half (non-members: their own; members: at random) and compared with the ``K/2``
-  reference models trained on the other half, which never saw it — the same number for
-  members and non-members, so that without leakage their scores are exchangeable. Score = the
-  target model's logit-scaled confidence in the true label, ``φ = (2y − 1) · logit``, minus the
-  mean ``φ`` of the row's reference models, divided by the pooled standard deviation of
-  those reference confidences. It removes per-row difficulty (rows every model gets right or wrong)
-  that blurs the plain loss attack.
+1. **draws the canaries** — the rows whose membership counts as an independent fair coin
+   (:func:`fair_coin_canaries`). The node puts each row on the training side by an
+   independent draw with probability ``p`` (``1 − holdout-fraction``, from a hash of the row's
+   content and the node's ``split-seed``, ``clients.dataset.holdout_mask``). Keeping every row
+   of the rarer side and each row of the commoner side with probability
+   ``min(p, 1 − p) / max(p, 1 − p)`` (the audit's own coin) leaves rows whose membership is, given
+   that they were kept, independent and ½ each: ``p · (1 − p)/p = (1 − p) · 1``. Rows that
+   occur more than once (same encoded features and label) are left out: identical rows share
+   one hash, hence one side, and are not independent canaries;
+2. **scores** every row with the attacks of :mod:`privacy.audit_attacks` — the loss threshold
+   and offline LiRA with ``K`` reference models trained here on random halves of all rows;
+3. **reports** per attack, on the canaries: ROC AUC (members = positives), TPR at 0.1 % and 1 %
+   FPR (with fewer than 1,000 non-member canaries the 0.1 % figure is the TPR at FPR = 0), and
+   the **ε lower bound** of Steinke, Nasr & Jagielski (2023) at the stated confidence
+   (:mod:`privacy.audit_bounds`), Bonferroni-corrected over the attacks (and, inside, over the
+   fixed grid of guess counts), so the largest reported bound holds at that confidence.
 
-For each attack the audit reports the ROC AUC (members = positives), the TPR at 0.1 % and 1 %
-FPR (resolution: one non-member is ``1/n`` of the FPR, so with fewer than 1,000 non-members the
-0.1 % figure is the TPR at FPR = 0), and an **empirical ε lower bound** computed as follows:
-
-1. Members and non-members are each split at random (``seed``) into a *selection* half and an
-   *evaluation* half.
-2. On the selection half, the threshold ``t`` and direction (predict "member" when score ≥ t,
-   or when score < t) are chosen that maximise the bound of step 3 computed on that half.
-3. On the evaluation half, with ``TPR`` and ``FPR`` of that one test, Clopper–Pearson one-sided
-   bounds ``TPR_lo`` and ``FPR_hi``, each at level ``1 − α/2`` (α = 1 − confidence, union
-   bound over the two), give
-
-       ε_lb = max(0, ln((TPR_lo − δ) / FPR_hi), ln((1 − FPR_hi − δ) / (1 − TPR_lo)))
-
-   — the two inequalities any (ε, δ)-DP mechanism imposes on a membership test
-   (Kairouz et al. 2015; as used by Jagielski et al. 2020 and Nasr et al. 2021).
-4. With A attacks, each attack's bound is computed at α/A, so the reported maximum over the
-   attacks holds at the stated confidence.
-
-What this is and is not: the bound treats every audited row as an independent membership
-trial of one trained model. Jagielski et al. and Nasr et al. obtain independent trials by
-training many models; with one model the rows are not independent and the figure is an
-indicator of leakage, not a certified lower bound (Steinke, Nasr & Jagielski 2023 give the
-rigorous one-run analysis). It never *proves* privacy: an AUC near 0.5 only says these two
-attacks found nothing. With n rows per half the largest bound the audit can show is about
-ln(n), so small audits cannot distinguish moderate ε values.
+What the bound means. It is evidence against "this model is (ε, δ)-DP for these rows" for any ε
+below it, at the stated confidence, assuming the split really was independent coins (the hash
+stands in for them). "Member vs non-member" here is "on the training side vs on the holdout
+side": a model that spends ε_train on training rows and ε_eval on holdout rows (noised
+evaluations; the server fits its Platt recalibration on them) is (ε_train + ε_eval)-DP for that
+distinction, so a correct node's bound stays below that sum — and below ε_train when the
+holdout was never released. It is a *lower* bound: 0 means these attacks found nothing, never
+that the model is private. With ``m`` canaries it cannot exceed about ``ln(m)``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from configs.errors import UserError
+from privacy.audit_attacks import ATTACKS, attack_scores, cross_entropy, logits, train_reference_models
+from privacy.audit_bounds import epsilon_lower_bound
 
-ATTACKS = ("loss-threshold", "calibrated")
-DEFAULT_DELTA = 1e-5
-DEFAULT_REFERENCE_MODELS = 4
-DEFAULT_REFERENCE_EPOCHS = 20
-MIN_ROWS = 20
+if TYPE_CHECKING:
+    from models.training import LocalTrainConfig
+
+MIN_CANARIES = 20
+DEFAULT_REFERENCE_MODELS = 16
 
 
-def audit_model(package_dir: str | Path, members_file: str | Path, non_members_file: str | Path, *,
-                mapping=None, confidence: float = 0.95, seed: int = 0, delta: float = DEFAULT_DELTA,
-                reference_models: int = DEFAULT_REFERENCE_MODELS,
-                reference_epochs: int = DEFAULT_REFERENCE_EPOCHS, batch_size: int = 256) -> dict:
-    """Run the membership-inference audit (see the module docstring); returns a JSON-able dict.
+@dataclass(frozen=True)
+class AuditSettings:
+    """What the audit does. ``reference_models`` = K (even; 0 runs the loss attack only);
+    ``reference_training`` = a ``models.training.LocalTrainConfig`` for each reference model
+    (non-private; ideally the way the audited model was trained); ``confidence`` of the ε lower
+    bound; ``delta`` = the δ of the (ε, δ) being tested; ``seed`` of the canary draw and the
+    reference models."""
 
-    Keys: ``package``, ``members``, ``non_members``, ``confidence``, ``delta``, ``seed``,
-    ``model`` (AUC and mean loss of the model on each set), ``attacks`` (per attack: ``name``,
-    ``auc``, ``tpr_at_0.1pct_fpr``, ``tpr_at_1pct_fpr``, ``epsilon_lower_bound``, ``test``),
-    ``auc`` and ``epsilon_lower_bound`` (maxima over the attacks), ``notes``.
+    reference_training: LocalTrainConfig
+    reference_models: int = DEFAULT_REFERENCE_MODELS
+    confidence: float = 0.95
+    delta: float = 1e-5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.confidence < 1:
+            raise UserError(f"confidence must be between 0 and 1 (exclusive), got {self.confidence}")
+        if not 0 <= self.delta < 1:
+            raise UserError(f"delta must be in [0, 1), got {self.delta}")
+        if self.reference_models < 0 or self.reference_models % 2:
+            raise UserError("the number of reference models must be 0 (loss attack only) or even (they are "
+                            f"trained in complementary pairs), got {self.reference_models}")
+
+
+def fair_coin_canaries(x: np.ndarray, y: np.ndarray, member: np.ndarray, member_probability: float,
+                       rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """Rows whose membership is an independent fair coin (see the module docstring).
+
+    Returns ``(mask, duplicates)``: the canary mask over the rows and how many rows were left
+    out because their encoded features and label occur more than once.
     """
-    from clients.validation import load_institution_table
-    from models.package import load_package
-
-    if not 0 < confidence < 1:
-        raise UserError(f"confidence must be between 0 and 1, got {confidence}")
-    if not 0 <= delta < 1:
-        raise UserError(f"delta must be in [0, 1), got {delta}")
-    if reference_models < 0 or reference_models % 2:
-        raise UserError(f"reference models must be an even number ≥ 0 (half per half of the non-members), got {reference_models}")
-    pkg = load_package(package_dir)
-    tables = {}
-    for name, path in (("members", members_file), ("non-members", non_members_file)):
-        t = load_institution_table(path, pkg.schema, mapping, require_label=True, min_rows=0, min_positives=0).table
-        if len(t) < MIN_ROWS:
-            raise UserError(f"{path}: the {name} file has {len(t)} rows; the audit needs at least {MIN_ROWS}")
-        tables[name] = t
-    label = pkg.schema.label.name
-    xm = pkg.encoder.transform(tables["members"])
-    ym = tables["members"][label].to_numpy(dtype=np.float32)
-    xn = pkg.encoder.transform(tables["non-members"])
-    yn = tables["non-members"][label].to_numpy(dtype=np.float32)
-    model = pkg.model()
-    report = run_attacks(model, pkg.spec, xm, ym, xn, yn, confidence=confidence, seed=seed, delta=delta,
-                         reference_models=reference_models, reference_epochs=reference_epochs,
-                         batch_size=batch_size)
-    report["package"] = str(package_dir)
-    return report
+    p = float(member_probability)
+    if not 0 < p < 1:
+        raise UserError(f"the probability that a row is on the training side must be in (0, 1), got {p}")
+    member = np.asarray(member, dtype=bool)
+    rows = np.column_stack([np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.float32)])
+    _, first, counts = np.unique(rows, axis=0, return_index=True, return_counts=True)
+    unique = np.zeros(len(rows), dtype=bool)
+    unique[first[counts == 1]] = True
+    keep_common = min(p, 1 - p) / max(p, 1 - p)
+    common = member if p > 0.5 else ~member
+    coin = rng.random(len(rows)) < keep_common
+    return unique & (~common | coin), int((~unique).sum())
 
 
-def run_attacks(model, spec, xm: np.ndarray, ym: np.ndarray, xn: np.ndarray, yn: np.ndarray, *,
-                confidence: float = 0.95, seed: int = 0, delta: float = DEFAULT_DELTA,
-                reference_models: int = DEFAULT_REFERENCE_MODELS, reference_epochs: int = DEFAULT_REFERENCE_EPOCHS,
-                batch_size: int = 256) -> dict:
-    """The audit on encoded matrices (members ``xm, ym``, non-members ``xn, yn``)."""
-    from models.metrics import auc_score
-    from models.network import predict_pd
+def audit_membership(model, spec, x: np.ndarray, y: np.ndarray, member: np.ndarray, member_probability: float,
+                     settings: AuditSettings,
+                     on_reference_model: Callable[[int, int], None] | None = None) -> dict:
+    """Run the audit on encoded rows ``x``, labels ``y`` and the membership mask; JSON-able report.
 
-    logit_m, logit_n = _logits(model, xm), _logits(model, xn)
-    loss_m, loss_n = _bce(logit_m, ym), _bce(logit_n, yn)
-    is_member = np.concatenate([np.ones(len(xm)), np.zeros(len(xn))])
-    scores = {"loss-threshold": -np.concatenate([loss_m, loss_n])}
+    Keys: ``rows``, ``members``, ``non_members``, ``member_probability``, ``canaries``
+    (``total``, ``members``, ``non_members``, ``duplicates_excluded``), ``model`` (mean
+    cross-entropy on members and non-members), ``confidence``, ``delta``, ``seed``,
+    ``reference_models``, ``attacks`` (per attack: ``name``, ``auc``, ``tpr_at_0.1pct_fpr``,
+    ``tpr_at_1pct_fpr``, ``epsilon_lower_bound``, ``test``), ``auc`` and ``epsilon_lower_bound``
+    (maxima over the attacks), ``bound`` (which bound and how it was corrected), ``notes``.
+    """
+    import time
+
+    member = np.asarray(member, dtype=bool)
+    y = np.asarray(y, dtype=np.float32)
+    rng = np.random.default_rng([settings.seed, 0xCA7A])
+    canary, duplicates = fair_coin_canaries(x, y, member, member_probability, rng)
+    n_canaries = int(canary.sum())
+    if n_canaries < MIN_CANARIES:
+        raise UserError(f"only {n_canaries} rows can serve as audit canaries ({int(member.sum())} training-side and "
+                        f"{int((~member).sum())} holdout rows, {duplicates} duplicates); the audit needs at least "
+                        f"{MIN_CANARIES} — audit a larger table")
+    target_logit = logits(model, x)
+    started = time.monotonic()
+    refs, inside = (None, None)
+    if settings.reference_models:
+        refs, inside = train_reference_models(spec, x, y, settings.reference_models, settings.reference_training,
+                                              settings.seed, on_reference_model)
+    reference_seconds = time.monotonic() - started
+    scores = attack_scores(target_logit, y, refs, inside)
+    alpha = (1 - settings.confidence) / len(scores)
+    truth = member[canary]
+    attacks = [{"name": name, **_roc_figures(truth, s[canary]),
+                **_bound_figures(s[canary], truth, settings.delta, alpha)}
+               for name, s in scores.items()]
+    loss = cross_entropy(target_logit, y)
     notes = []
-    if reference_models > 0 and len(xn) >= 2 * MIN_ROWS:
-        scores["calibrated"] = _calibrated_scores(spec, xm, ym, logit_m, xn, yn, logit_n, reference_models,
-                                                  reference_epochs, batch_size, seed)
-    else:
-        notes.append("calibrated attack skipped (needs reference models and at least "
-                     f"{2 * MIN_ROWS} non-members)")
-    alpha = (1 - confidence) / len(scores)
-    split = _selection_split(len(xm), len(xn), seed)
-    attacks = []
-    for name, s in scores.items():
-        auc = float(_auc(is_member, s))
-        attacks.append({
-            "name": name,
-            "auc": auc,
-            "tpr_at_0.1pct_fpr": _tpr_at_fpr(is_member, s, 0.001),
-            "tpr_at_1pct_fpr": _tpr_at_fpr(is_member, s, 0.01),
-            **_epsilon_lower_bound(is_member, s, split, alpha, delta),
-        })
-    if len(xn) < 1000:
-        notes.append(f"{len(xn)} non-members: TPR at 0.1 % FPR is the TPR at FPR = 0")
+    if int((~truth).sum()) < 1000:
+        notes.append(f"{int((~truth).sum())} non-member canaries: the TPR at 0.1 % FPR is the TPR at FPR = 0")
     return {
-        "members": int(len(xm)), "non_members": int(len(xn)), "confidence": confidence, "delta": delta,
-        "seed": seed, "reference_models": reference_models if "calibrated" in scores else 0,
-        "reference_epochs": reference_epochs,
-        "model": {"auc_members": auc_score(ym, predict_pd(model, xm)),
-                  "auc_non_members": auc_score(yn, predict_pd(model, xn)),
-                  "loss_members": float(loss_m.mean()), "loss_non_members": float(loss_n.mean())},
+        "rows": int(len(x)), "members": int(member.sum()), "non_members": int((~member).sum()),
+        "member_probability": float(member_probability),
+        "canaries": {"total": n_canaries, "members": int(truth.sum()), "non_members": int((~truth).sum()),
+                     "duplicates_excluded": duplicates},
+        "model": {"loss_members": float(loss[member].mean()) if member.any() else None,
+                  "loss_non_members": float(loss[~member].mean()) if (~member).any() else None},
+        "confidence": settings.confidence, "delta": settings.delta, "seed": settings.seed,
+        "reference_models": settings.reference_models, "reference_seconds": reference_seconds,
         "attacks": attacks,
         "auc": max(a["auc"] for a in attacks),
         "epsilon_lower_bound": max(a["epsilon_lower_bound"] for a in attacks),
+        "bound": {"method": "Steinke, Nasr & Jagielski 2023 (one training run, fair-coin canaries)",
+                  "confidence": settings.confidence, "confidence_per_attack": 1 - alpha,
+                  "attacks": list(scores), "available_attacks": list(ATTACKS)},
         "notes": notes,
     }
 
 
-# ----------------------------------------------------------------------------- scores
-def _logits(model, x: np.ndarray) -> np.ndarray:
-    import torch
+def _roc_figures(member: np.ndarray, score: np.ndarray) -> dict:
+    """ROC AUC and the TPR at 0.1 % and 1 % FPR (members = positives; scikit-learn)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
 
-    model.eval()
-    with torch.no_grad():
-        return model(torch.as_tensor(np.asarray(x, dtype=np.float32))).double().numpy().reshape(-1)
-
-
-def _bce(logit: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per-row binary cross-entropy from logits (numerically stable)."""
-    y = np.asarray(y, dtype=float)
-    return np.logaddexp(0.0, logit) - y * logit
+    if member.all() or not member.any():
+        return {"auc": 0.5, "tpr_at_0.1pct_fpr": 0.0, "tpr_at_1pct_fpr": 0.0}
+    fpr, tpr, _ = roc_curve(member, score)
+    return {"auc": float(roc_auc_score(member, score)),
+            "tpr_at_0.1pct_fpr": float(tpr[fpr <= 0.001].max()),
+            "tpr_at_1pct_fpr": float(tpr[fpr <= 0.01].max())}
 
 
-def _phi(logit: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Logit-scaled confidence in the true label: log(p_y / (1 − p_y)) = (2y − 1) · logit."""
-    return (2 * np.asarray(y, dtype=float) - 1) * logit
-
-
-def _calibrated_scores(spec, xm, ym, logit_m, xn, yn, logit_n, k, epochs, batch_size, seed) -> np.ndarray:
-    """Offline-LiRA scores of members then non-members (see the module docstring).
-
-    Symmetric by construction: every row — member or not — is put in half A or half B, and is
-    scored against the ``k/2`` reference models trained on the *other* half of the
-    non-members. Were the target independent of membership, member and non-member scores
-    would be exchangeable; a calibration that used more reference models for members than for
-    non-members would make their score distributions differ without any leakage.
-    """
-    from models.network import build_model
-    from models.training import LocalTrainConfig, train_local
-
-    rng = np.random.default_rng([seed, 1])
-    half_a_n = np.zeros(len(xn), dtype=bool)
-    half_a_n[rng.permutation(len(xn))[: len(xn) // 2]] = True
-    half_a_m = np.zeros(len(xm), dtype=bool)
-    half_a_m[rng.permutation(len(xm))[: len(xm) // 2]] = True
-    cfg = LocalTrainConfig(local_epochs=max(1, int(epochs)), batch_size=max(1, min(batch_size, len(xn) // 4)))
-    phi = {"m": [], "n": []}
-    for j in range(k):
-        trained_on_a = j % 2 == 0
-        train_rows = half_a_n if trained_on_a else ~half_a_n
-        ref = build_model(spec, seed=10_000 + 101 * seed + j)
-        train_local(ref, xn[train_rows], yn[train_rows], cfg, seed=7919 * seed + j)
-        phi["m"].append((_phi(_logits(ref, xm), ym), ~half_a_m if trained_on_a else half_a_m))
-        phi["n"].append((_phi(_logits(ref, xn), yn), ~half_a_n if trained_on_a else half_a_n))
-    scores, resid = [], []
-    for key, logit, y in (("m", logit_m, ym), ("n", logit_n, yn)):
-        total, count = np.zeros(len(y)), np.zeros(len(y))
-        for p, use in phi[key]:
-            total[use] += p[use]
-            count[use] += 1
-        mu = total / count
-        resid += [(p - mu)[use] for p, use in phi[key]]
-        scores.append(_phi(logit, y) - mu)
-    # pooled ("global") standard deviation of the out-confidences around each row's mean
-    sd = float(np.sqrt(np.mean(np.concatenate(resid) ** 2))) or 1.0
-    return np.concatenate(scores) / sd
-
-
-# ----------------------------------------------------------------------------- statistics
-def _auc(is_member: np.ndarray, score: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(is_member, score))
-
-
-def _tpr_at_fpr(is_member: np.ndarray, score: np.ndarray, fpr_max: float) -> float:
-    """Largest TPR among thresholds whose FPR ≤ ``fpr_max`` (members: score ≥ threshold)."""
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, _ = roc_curve(is_member, score)
-    ok = fpr <= fpr_max + 1e-12
-    return float(tpr[ok].max()) if ok.any() else 0.0
-
-
-def _selection_split(n_members: int, n_non: int, seed: int) -> np.ndarray:
-    """Boolean mask over [members, non-members]: True = selection half, False = evaluation half."""
-    rng = np.random.default_rng([seed, 2])
-    sel = np.zeros(n_members + n_non, dtype=bool)
-    sel[rng.permutation(n_members)[: n_members // 2]] = True
-    sel[n_members + rng.permutation(n_non)[: n_non // 2]] = True
-    return sel
-
-
-def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
-    """One-sided (1 − alpha) Clopper–Pearson lower bound of a binomial proportion k/n."""
-    from scipy.stats import beta
-
-    if n == 0 or k == 0:
-        return 0.0
-    return float(beta.ppf(alpha, k, n - k + 1))
-
-
-def clopper_pearson_upper(k: int, n: int, alpha: float) -> float:
-    """One-sided (1 − alpha) Clopper–Pearson upper bound of a binomial proportion k/n."""
-    from scipy.stats import beta
-
-    if n == 0 or k == n:
-        return 1.0
-    return float(beta.ppf(1 - alpha, k + 1, n - k))
-
-
-def _bound(tp: np.ndarray, n_pos: int, fp: np.ndarray, n_neg: int, alpha: float, delta: float) -> np.ndarray:
-    """ε lower bound per candidate test with ``tp`` of ``n_pos`` members and ``fp`` of ``n_neg``
-    non-members flagged, both directions of the DP inequality, CP bounds at ``alpha/2`` each."""
-    from scipy.stats import beta
-
-    a = alpha / 2
-    tp = np.asarray(tp, dtype=float)
-    fp = np.asarray(fp, dtype=float)
-    with np.errstate(all="ignore"):
-        tpr_lo = np.where(tp > 0, beta.ppf(a, tp, n_pos - tp + 1), 0.0)
-        fpr_hi = np.where(fp < n_neg, beta.ppf(1 - a, fp + 1, n_neg - fp), 1.0)
-        e1 = np.log((tpr_lo - delta) / fpr_hi)
-        e2 = np.log((1 - fpr_hi - delta) / (1 - tpr_lo))
-    e = np.fmax(np.nan_to_num(e1, nan=-np.inf, posinf=-np.inf), np.nan_to_num(e2, nan=-np.inf, posinf=-np.inf))
-    return np.maximum(e, 0.0)
-
-
-def _counts_at_thresholds(is_member: np.ndarray, score: np.ndarray, thresholds: np.ndarray):
-    """Members and non-members with score ≥ t for each threshold t."""
-    sm = np.sort(score[is_member == 1])
-    sn = np.sort(score[is_member == 0])
-    tp = len(sm) - np.searchsorted(sm, thresholds, side="left")
-    fp = len(sn) - np.searchsorted(sn, thresholds, side="left")
-    return tp, fp, len(sm), len(sn)
-
-
-def _epsilon_lower_bound(is_member: np.ndarray, score: np.ndarray, selection: np.ndarray, alpha: float,
-                         delta: float) -> dict:
-    """Threshold chosen on the selection half, bound evaluated on the evaluation half."""
-    sel_m, sel_s = is_member[selection], score[selection]
-    ev_m, ev_s = is_member[~selection], score[~selection]
-    thresholds = np.unique(sel_s)
-    if len(thresholds) > 2000:  # a fixed grid of quantiles is as good and keeps it fast
-        thresholds = np.unique(np.quantile(sel_s, np.linspace(0, 1, 2001)))
-    tp, fp, n_pos, n_neg = _counts_at_thresholds(sel_m, sel_s, thresholds)
-    b = _bound(tp, n_pos, fp, n_neg, alpha, delta)
-    best = int(np.argmax(b))
-    t = float(thresholds[best])
-    tp_e, fp_e, n_pos_e, n_neg_e = _counts_at_thresholds(ev_m, ev_s, np.array([t]))
-    eps = float(_bound(tp_e, n_pos_e, fp_e, n_neg_e, alpha, delta)[0])
-    return {"epsilon_lower_bound": eps,
-            "test": {"threshold": t, "tpr": float(tp_e[0] / max(n_pos_e, 1)), "fpr": float(fp_e[0] / max(n_neg_e, 1)),
-                     "members_evaluated": int(n_pos_e), "non_members_evaluated": int(n_neg_e),
-                     "confidence_per_attack": 1 - alpha}}
+def _bound_figures(score: np.ndarray, member: np.ndarray, delta: float, alpha: float) -> dict:
+    test = epsilon_lower_bound(score, member, delta, alpha)
+    return {"epsilon_lower_bound": test.pop("epsilon_lower_bound"), "test": test}

@@ -195,6 +195,11 @@ class PrivacyLedger:
         """ε spent if ``new_events`` were added to the ledger."""
         return compute_epsilon([*self.events, *self._stamped(new_events)], self._delta(), self.accountant)
 
+    @property
+    def node_split(self) -> str:
+        """The split rule of the current table version (``rows`` of its events refer to it)."""
+        return (self.versions.get(self.data_version) or {}).get("split", "")
+
     def version_counts(self) -> dict | None:
         """The row counts released for the current table version (:mod:`privacy.dp_release`), if any."""
         return (self.versions.get(self.data_version) or {}).get("counts")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fedcredit.cli import number
+from fedcredit.arguments import number
 from privacy.noise_defaults import (
     COUNT_NOISE_MULTIPLIER,
     EVALUATION_BIN_CHOICES,

@@ -22,7 +22,8 @@ recalibrated final model.
    in (FedAdam: float64), so updates are checked against one dtype. ``evaluate``: the sampled
    nodes evaluate the new global model on their holdouts and the pooled histograms give the
    global AUC/KS/Gini exactly (:mod:`server.evaluation`); evaluation replies are sorted the same
-   way. ``end_round``: a checkpoint, the ledger's round entry, a progress event.
+   way. ``end_round``: a checkpoint, the ledger's round entry, a progress event and a line in
+   the ServerApp's log (:mod:`server.run_log`, what ``flwr log`` shows).
 3. **End.** When all rounds are done — or fewer than ``min-train-nodes`` nodes can train, which
    stops the run cleanly with the reason — the final model is recalibrated and evaluated once
    more, and the model package, ``metrics.json`` and the ledger's run-end entry are written
@@ -57,6 +58,7 @@ from models.encoder import FeatureEncoder, fit_encoder_from_histograms, statisti
 from models.metrics import EvaluationSums
 from models.network import ModelSpec, build_model, get_weights
 from models.package import weights_digest
+from models.training import initial_weights
 from server.checkpoints import Checkpoint, load_checkpoint, resume_source, save_checkpoint
 from server.clipping import ServerSideClipping
 from server.evaluation import calibration_record, pool_evaluations
@@ -64,6 +66,7 @@ from server.exchange import Exchange, exchange
 from server.ledger import RunLedger
 from server.replies import SortedReplies, by_institution, releases_nothing, sort_replies, stop_reason
 from server.round_config import as_record, evaluate_config, statistics_config, train_config
+from server.run_log import emit, end_line, round_line, statistics_line
 from server.run_records import (RunRecorder, drop_node_sums, privacy_fields, public, resolve_run_dir,
                                 write_resolved_config)
 from server.run_summary import run_summary
@@ -124,6 +127,7 @@ class ConsortiumRun:
             self.recorder.event("run-stopped", reason=reason, detail=detail)
         summary = self.finish(status, reason, detail, self.final_evaluation())
         self.recorder.event("run-end", status=status, reason=reason, ledger_head=summary.get("ledger_head"))
+        emit(end_line(summary))
         self.recorder.close()
         self.audit.close()
         return summary
@@ -214,6 +218,7 @@ class ConsortiumRun:
             reason = stop_reason(replies.refusal_codes(), {**dropped, **rejected})
             record["stopped"] = reason
             self.history.append(record)
+            emit(round_line(record, s.num_server_rounds))
             raise RunStopped(reason, f"round {rnd}: {len(accepted)} usable update(s), min-train-nodes is "
                              f"{s.min_train_nodes}; refused: {sorted(refused) or 'none'}, "
                              f"dropped: {sorted(dropped) or 'none'}, rejected: {sorted(rejected) or 'none'}")
@@ -279,6 +284,7 @@ class ConsortiumRun:
             drop_node_sums(self.history[:-1])
         self.checkpoint(rnd)
         self.audit.round(record)
+        emit(round_line(record, self.settings.num_server_rounds))
         self.recorder.event("round-end", round=rnd, participants=len(record["participants"]),
                             auc=(record.get("global") or {}).get("auc"),
                             loss=record.get("train_loss"), wall_s=record["wall_s"])
@@ -307,6 +313,7 @@ class ConsortiumRun:
         self.recorder.event("statistics-end", contributors=self.statistics["contributors"], refused=refused,
                             dropped=dropped, rejected=rejected)
         self.audit.statistics(self.statistics)
+        emit(statistics_line(self.statistics))
         if len(replies.accepted) < s.min_train_nodes:
             raise RunStopped(stop_reason(replies.refusal_codes(), {**dropped, **rejected}),
                              f"only {len(replies.accepted)} node(s) answered the statistics query "
@@ -318,7 +325,7 @@ class ConsortiumRun:
             parts.append({k: stats[k] for k in layout})  # one order for all, whatever order it came in
         self.encoder = fit_encoder_from_histograms(self.schema, sum_statistics(parts), s.encoder_knots)
         self.spec = ModelSpec(s.model, self.encoder.n_outputs, s.hidden if s.model == "mlp" else ())
-        self.weights = get_weights(build_model(self.spec, s.seed))
+        self.weights = initial_weights(self.spec, s.seed)  # output layer zero: no round-1 collapse
         self.dtypes = {k: v.dtype for k, v in self.weights.items()}
 
     # ------------------------------------------------------------------- helpers

@@ -238,23 +238,32 @@ def metrics_section(metrics: dict, institutions: list[str]) -> dict:
     local = base.get("local_only") or {}
     central = base.get("centralised") or {}
     final = metrics.get("institutions") or {}
+    gain = metrics.get("member_gain") or {}
     rows = {}
     for inst in institutions:
         ev = (final.get(inst) or {}).get("eval") or {}
+        g = (gain.get("institutions") or {}).get(inst) or {}
         rows[inst] = {
-            "federated": {k: _num(ev.get(k)) for k in ("auc", "ks", "gini", "brier", "mean_pd") if k in ev},
+            "federated": {k: _num(ev.get(k)) for k in ("auc", "ks", "gini", "brier", "mean_pd")
+                          for k in (k, k + "_sd") if k in ev},
             "release": ev.get("release"),
             "local_only_auc": _num((local.get(inst) or {}).get("auc")),
             "centralised_auc": _num((central.get("institutions") or {}).get(inst)),
+            "personalized_auc": _num(g.get("auc_personalized")),
+            "chosen_model": g.get("chosen_model"),
+            "gain_from_joining": _num(g.get("gain_from_joining")),
         }
     g = metrics.get("final") or {}
     return {
         "global": {k: _num(v) for k, v in g.items()} if g else None,
+        "noise_share": _num((metrics.get("evaluation_noise") or {}).get("noise_share")),
         "baselines_available": bool(base),
         "centralised_pooled_auc": _num(central.get("pooled_auc")),
         "local_only_mean_auc": _num(base.get("local_only_mean_auc")),
-        "local_only_pooled_auc": _num(base.get("local_only_pooled_auc")),
         "local_only_dp": base.get("dp_local_only"),
+        "members_worse_than_local_only": gain.get("members_worse_than_local_only"),
+        "gain_tolerance": gain.get("gain_tolerance"),
+        "chosen_pooled_auc": _num(gain.get("auc_personalized_pooled")),
         "institutions": rows,
         "note": ("global figures are computed exactly (to 1/8000 logit-bin resolution) from the pooled "
                  "holdout score histograms of the institutions, not averaged"),
@@ -377,6 +386,7 @@ def build_model_card(run_dir: str | Path) -> dict:
                    "entries": ledger.get("entries"), "verification": verification}
         if metrics.get("ledger_head") or verification is not None else None,
     }
+    card["research_mode"] = metrics.get("research_mode")  # simulation.research_mode: below the DP minimum
     card["warnings"] = card_warnings(card)
     return card
 
@@ -431,14 +441,30 @@ def ledger_warning(verification: dict | None) -> str:
             "check with 'fedcredit ledger verify'.")
 
 
-def overall_approval_rate(fairness_attributes: dict | None) -> float | None:
-    """Approval rate of all holdout applicants at the cut-off, from the first attribute's groups."""
+def overall_approval(fairness_attributes: dict | None) -> tuple[float | None, float | None]:
+    """(approval rate of all holdout applicants at the cut-off, its noise sd or None), from the
+    first attribute's groups; the sd combines the groups' (Σ (n_g/N)² sd_g²)^½ — noised counts only."""
     for a in (fairness_attributes or {}).values():
         groups = [g for g in a.get("groups", []) if g.get("approval_rate") is not None]
         n = sum(g["n"] for g in groups)
         if n > 0:
-            return sum(g["n"] * g["approval_rate"] for g in groups) / n
-    return None
+            sds = [g.get("approval_rate_sd") for g in groups]
+            sd = (sum((g["n"] / n * s) ** 2 for g, s in zip(groups, sds)) ** 0.5
+                  if all(isinstance(s, (int, float)) for s in sds) else None)
+            return sum(g["n"] * g["approval_rate"] for g in groups) / n, sd
+    return None, None
+
+
+def noise_can_explain(low: float, high: float, low_sd: float | None, high_sd: float | None,
+                      factor: float = 1.0) -> bool:
+    """Whether ``low < factor · high`` could hold for values within 2 noise sd of the figures —
+    i.e. the DP noise alone could have made ``low`` look at least ``factor · high``. Figures
+    without an sd (exact releases) are taken as they are."""
+    return (low - 2 * (low_sd or 0.0)) <= factor * (high + 2 * (high_sd or 0.0))
+
+
+#: noise sd of the pooled row count over that count from which noised evaluation figures are flagged
+NOISE_DOMINATED_SHARE = 0.25
 
 
 def card_warnings(card: dict) -> list[str]:
@@ -456,6 +482,8 @@ def card_warnings(card: dict) -> list[str]:
                    f"{run.get('rounds_planned')} rounds).")
     if not card["privacy"]["dp"]:
         out.append("Trained without differential privacy: no privacy guarantee for the training borrowers.")
+    if card.get("research_mode"):
+        out.append(card["research_mode"]["summary"])
     for inst, r in card["privacy"]["institutions"].items():
         st = r.get("state") or {}
         if "error" in st:
@@ -463,27 +491,67 @@ def card_warnings(card: dict) -> list[str]:
         elif r.get("state_matches") is False:
             out.append(f"{inst}: ε reported by the node ({r['epsilon_spent']:.6g}) differs from ε recomputed from "
                        f"its privacy state ({st['epsilon_spent']:.6g}).")
+    # no warning that the evaluation noise alone can explain: a figure from noised releases counts
+    # only when it stays beyond the threshold 2 noise sd away from where it was measured
     g = card["metrics"].get("global") or {}
     mean_pd, dr = g.get("mean_pd"), g.get("default_rate")
-    if mean_pd and dr and not 0.8 <= mean_pd / dr <= 1.25:
-        out.append(f"Miscalibrated: mean PD {100 * mean_pd:.1f} % against an observed default rate of "
-                   f"{100 * dr:.1f} % on the pooled holdouts. The ranking (AUC) is unaffected, but PDs must be "
+    mpd_sd, dr_sd = g.get("mean_pd_sd"), g.get("default_rate_sd")
+    if mean_pd and dr and not 0.8 <= mean_pd / dr <= 1.25 and not (
+            noise_can_explain(mean_pd, dr, mpd_sd, dr_sd, 1.25) and noise_can_explain(0.8 * dr, mean_pd, dr_sd, mpd_sd)):
+        out.append(f"Miscalibrated: mean PD {_pct(mean_pd, mpd_sd)} against an observed default rate of "
+                   f"{_pct(dr, dr_sd)} on the pooled holdouts. The ranking (AUC) is unaffected, but PDs must be "
                    "recalibrated before they are used as probabilities or with the cut-off.")
     fa = card.get("fairness") or {}
-    appr = overall_approval_rate(fa.get("attributes"))
-    if appr is not None and not 0.02 <= appr <= 0.98:
-        out.append(f"At the cut-off PD {fa.get('cutoff_pd')} the model approves {100 * appr:.1f} % of holdout "
+    appr, appr_sd = overall_approval(fa.get("attributes"))
+    if appr is not None and not 0.02 <= appr <= 0.98 and not (
+            noise_can_explain(0.02, appr, None, appr_sd) and noise_can_explain(appr, 0.98, appr_sd, None)):
+        out.append(f"At the cut-off PD {fa.get('cutoff_pd')} the model approves {_pct(appr, appr_sd)} of holdout "
                    "applicants: the cut-off barely separates anyone, and the fairness figures say little.")
-    worse = [inst for inst, r in card["metrics"]["institutions"].items()
-             if r["local_only_auc"] is not None and (r["federated"].get("auc") or 0) < r["local_only_auc"] - 0.01]
+    share = card["metrics"].get("noise_share")
+    if share is not None and share >= NOISE_DOMINATED_SHARE:
+        out.append(f"The evaluation figures come from DP-noised releases whose noise is {100 * share:.0f} % of the "
+                   "pooled holdout rows: the score histograms are largely noise, so AUC and KS are pulled toward "
+                   "0.5 and 0 beyond the ± shown. Do not judge or certify the model on them; evaluate it on an "
+                   "exact holdout (simulation, or one the operator holds).")
+    tol = card["metrics"].get("gain_tolerance") or 0.01
+    # with personal models scored (simulation): the model each member would use; else the federated one
+    worse = [inst for inst, r in card["metrics"]["institutions"].items() if r["local_only_auc"] is not None and (
+        r["gain_from_joining"] < -tol if r.get("gain_from_joining") is not None else not noise_can_explain(
+            r["local_only_auc"] - tol, r["federated"].get("auc") or 0, None, r["federated"].get("auc_sd")))]
     if worse:
-        out.append(f"The federated model ranks worse (AUC lower by more than 0.01) than a local-only model for: "
-                   f"{', '.join(worse)}.")
+        out.append(f"Members worse off than alone — the model they would use ranks their holdout worse (AUC lower "
+                   f"by more than {tol:g}) than a local-only model: {', '.join(worse)}.")
     return out
 
 
 # --------------------------------------------------------------------------- markdown
-def _f(x: Any, digits: int = 4) -> str:
+def member_gain_markdown(m: dict) -> list[str]:
+    """The per-member gain chart of the card: a text bar per institution (chosen − local-only AUC)."""
+    rows = {inst: r for inst, r in m["institutions"].items() if r.get("gain_from_joining") is not None}
+    if not rows:
+        return []
+    scale = max(0.02, max(abs(r["gain_from_joining"]) for r in rows.values()))
+    width = max(len(inst) for inst in rows)
+    lines = []
+    for inst, r in rows.items():
+        g = r["gain_from_joining"]
+        bar = "█" * max(1 if g else 0, round(20 * abs(g) / scale))
+        lines.append(f"{inst:<{width}}  {g:+.3f}  " + (" " * 20 + "|" + bar if g >= 0 else
+                                                       " " * (20 - len(bar)) + bar + "|") +
+                     f"  ({r.get('chosen_model') or '—'})")
+    worse = m.get("members_worse_than_local_only")
+    return ["### Gain from joining, per member", "",
+            "AUC of the model each member would use — the shared model or its own personalised one, whichever "
+            "ranks its holdout better — minus the AUC of its local-only model (trained alone, DP at the same "
+            "budget). Bars to the right: the member gains from joining.", "", "```", *lines, "```", "",
+            f"Members worse off than alone (by more than {m.get('gain_tolerance') or 0.005:g} AUC): "
+            f"{'—' if worse is None else worse}.", ""]
+
+
+def _f(x: Any, digits: int = 4, sd: Any = None) -> str:
+    """A number for the card (``—`` for none), with ``± sd`` when the figure carries its noise's sd."""
+    if isinstance(sd, (int, float)) and not isinstance(sd, bool) and x is not None:
+        return f"{_f(x, digits)} ± {_f(sd, digits)}"
     if x is None:
         return "—"
     if isinstance(x, str):
@@ -502,8 +570,15 @@ def _g(x: Any) -> str:
     return "—" if x is None else f"{float(x):g}"
 
 
-def _pct(x: Any) -> str:
-    return "—" if x is None else (x if isinstance(x, str) else f"{100 * float(x):.1f} %")
+def _pct(x: Any, sd: Any = None) -> str:
+    """A rate as a percentage, with ``± sd`` (percentage points) when the figure carries its noise's sd."""
+    if x is None:
+        return "—"
+    if isinstance(x, str):
+        return x
+    if isinstance(sd, (int, float)) and not isinstance(sd, bool):
+        return f"{100 * float(x):.1f} ± {100 * float(sd):.1f} %"
+    return f"{100 * float(x):.1f} %"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -580,9 +655,17 @@ def render_markdown(card: dict) -> str:
     L += ["## Performance", ""]
     g = m["global"] or {}
     if g:
-        L += [f"Global (pooled holdouts, n = {_f(int(g.get('n') or 0))}): AUC {_f(g.get('auc'))}, "
-              f"Gini {_f(g.get('gini'))}, KS {_f(g.get('ks'))}, Brier {_f(g.get('brier'))}, "
-              f"mean PD {_pct(g.get('mean_pd'))} vs observed default rate {_pct(g.get('default_rate'))}.", ""]
+        n_sd = g.get("n_sd")
+        L += [f"Global (pooled holdouts, n = {_f(int(g.get('n') or 0))}"
+              + (f" ± {_f(int(round(n_sd)))}" if isinstance(n_sd, (int, float)) else "")
+              + f"): AUC {_f(g.get('auc'), sd=g.get('auc_sd'))}, "
+              f"Gini {_f(g.get('gini'), sd=g.get('gini_sd'))}, KS {_f(g.get('ks'), sd=g.get('ks_sd'))}, "
+              f"Brier {_f(g.get('brier'), sd=g.get('brier_sd'))}, mean PD {_pct(g.get('mean_pd'), g.get('mean_pd_sd'))} "
+              f"vs observed default rate {_pct(g.get('default_rate'), g.get('default_rate_sd'))}.", ""]
+        if g.get("auc_sd") is not None:
+            L += ["Figures with ± are computed from DP-noised evaluation releases: ± is the noise's standard "
+                  "deviation (the figures are clipped to their valid ranges). Certify a model on an exact "
+                  "evaluation, not on these.", ""]
     else:
         L += ["No global evaluation was released in this run.", ""]
     if m["baselines_available"]:
@@ -592,10 +675,12 @@ def render_markdown(card: dict) -> str:
     else:
         L += ["No centralised or local-only baselines (they are trained by `fedcredit simulate`).", ""]
     L += _table(["institution", "AUC federated", "AUC local-only", "AUC centralised", "KS", "Brier", "release"], [
-        [inst, _f(r["federated"].get("auc")), _f(r["local_only_auc"]), _f(r["centralised_auc"]),
-         _f(r["federated"].get("ks")), _f(r["federated"].get("brier")), r["release"] or "—"]
+        [inst, _f(r["federated"].get("auc"), sd=r["federated"].get("auc_sd")), _f(r["local_only_auc"]),
+         _f(r["centralised_auc"]), _f(r["federated"].get("ks"), sd=r["federated"].get("ks_sd")),
+         _f(r["federated"].get("brier"), sd=r["federated"].get("brier_sd")), r["release"] or "—"]
         for inst, r in m["institutions"].items()])
     L += [f"_{m['note']}._", ""]
+    L += member_gain_markdown(m)
 
     L += ["## Fairness", ""]
     fa = card.get("fairness")
@@ -605,10 +690,11 @@ def render_markdown(card: dict) -> str:
               "approval rate among borrowers who did not default.", ""]
         for attr, a in fa["attributes"].items():
             L += [f"### {attr}", "",
-                  f"Demographic-parity difference {_f(a.get('demographic_parity_difference'))}; "
-                  f"equal-opportunity difference {_f(a.get('equal_opportunity_difference'))}.", ""]
+                  f"Demographic-parity difference {_f(a.get('demographic_parity_difference'), sd=a.get('demographic_parity_difference_sd'))}; "
+                  f"equal-opportunity difference {_f(a.get('equal_opportunity_difference'), sd=a.get('equal_opportunity_difference_sd'))}.", ""]
             L += _table(["group", "n", "approval rate", "TPR (defaulters declined)", "FPR (good borrowers declined)"],
-                        [[g["group"], _f(int(g["n"])), _pct(g["approval_rate"]), _pct(g["tpr"]), _pct(g["fpr"])]
+                        [[g["group"], _f(int(g["n"])), _pct(g["approval_rate"], g.get("approval_rate_sd")),
+                          _pct(g["tpr"], g.get("tpr_sd")), _pct(g["fpr"], g.get("fpr_sd"))]
                          for g in a["groups"]])
     else:
         L += ["No fairness counts were released in this run.", ""]

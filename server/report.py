@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from server.model_card import _f, _g, _pct, build_model_card, load_metrics, overall_approval_rate
+from server.model_card import _f, _g, _pct, build_model_card, load_metrics, overall_approval
 
 SECTIONS: list[tuple[str, str]] = [
     ("summary", "Summary"),
@@ -184,7 +184,8 @@ def section_summary(card: dict, metrics: dict) -> str:
     p = card["privacy"]
     eps = [r["epsilon_spent"] for r in p["institutions"].values() if r["epsilon_spent"] is not None]
     budgets = [r["epsilon_budget"] for r in p["institutions"].values() if r["epsilon_budget"] is not None]
-    tiles = [("global AUC", _f(g.get("auc"), 3)), ("KS", _f(g.get("ks"), 3)), ("Gini", _f(g.get("gini"), 3)),
+    tiles = [("global AUC", _f(g.get("auc"), 3, g.get("auc_sd"))), ("KS", _f(g.get("ks"), 3, g.get("ks_sd"))),
+             ("Gini", _f(g.get("gini"), 3, g.get("gini_sd"))),
              ("centralised AUC", _f(m.get("centralised_pooled_auc"), 3)),
              ("local-only AUC (mean)", _f(m.get("local_only_mean_auc"), 3)),
              ("max ε spent / budget", (f"{max(eps):.2f} / {max(budgets):g}" if eps and budgets else
@@ -201,8 +202,10 @@ def section_summary(card: dict, metrics: dict) -> str:
         mi = m["institutions"].get(inst, {})
         pr = p["institutions"].get(inst, {})
         fed, loc = mi.get("federated", {}).get("auc"), mi.get("local_only_auc")
-        gain = (f'<span class="{"good" if fed - loc >= 0 else "bad"}">{fed - loc:+.3f}</span>'
-                if fed is not None and loc is not None else "—")
+        g = mi.get("gain_from_joining")
+        if g is None and fed is not None and loc is not None:
+            g = fed - loc
+        gain = f'<span class="{"good" if g >= 0 else "bad"}">{g:+.3f}</span>' if g is not None else "—"
         rows.append([_e(inst), _f(d["rows_train"]), _e(_pct(d["default_rate"])), _f(loc, 3), _f(fed, 3), gain,
                      _f(mi.get("centralised_auc"), 3),
                      (f"{pr['epsilon_spent']:.3f} / {pr['epsilon_budget']:g}" if pr.get("epsilon_spent") is not None
@@ -210,7 +213,8 @@ def section_summary(card: dict, metrics: dict) -> str:
     out.append(_table(["institution", "training rows", "default rate", "AUC local-only", "AUC federated",
                        "gain", "AUC centralised", "ε spent / budget"], rows))
     out.append('<p class="explain">AUC of each column on the institution\'s own holdout. '
-               "<em>Gain</em> is federated minus local-only: what joining the consortium bought the institution. "
+               "<em>Gain</em> is the better of the federated and the institution's personalised model (when "
+               "the run made one) minus local-only: what joining the consortium bought the institution. "
                "The centralised model (all data pooled, no privacy) is the upper reference a federation "
                "aims at.</p>")
     return "".join(out)
@@ -356,8 +360,9 @@ def section_calibration(metrics: dict) -> str:
              _pct(b["mean_pd"]), _pct(b["observed"])] for b in bands]
     head = ""
     if _fin(g.get("mean_pd")) and _fin(g.get("default_rate")):
-        head = (f"<p>Overall: mean PD <strong>{_pct(g['mean_pd'])}</strong> against an observed default rate of "
-                f"<strong>{_pct(g['default_rate'])}</strong> (Brier score {_f(g.get('brier'))}).</p>")
+        head = (f"<p>Overall: mean PD <strong>{_pct(g['mean_pd'], g.get('mean_pd_sd'))}</strong> against an observed "
+                f"default rate of <strong>{_pct(g['default_rate'], g.get('default_rate_sd'))}</strong> (Brier score "
+                f"{_f(g.get('brier'), 4, g.get('brier_sd'))}).</p>")
     return ('<p class="explain">Are the PDs probabilities? The pooled holdouts are cut into bands of about equal '
             "size by PD; a calibrated model puts every band on the diagonal. Points below the diagonal: the model "
             "over-states risk; above: it under-states it. A model can rank well (high AUC) and still need "
@@ -464,16 +469,47 @@ def section_comparison(card: dict) -> str:
     pooled = ""
     if has_base:
         pooled = _table(["model", "AUC on the pooled holdouts"], [
-            ["federated", _f(g.get("auc"), 4)], ["centralised (all data pooled, no DP)", _f(m["centralised_pooled_auc"], 4)],
+            ["federated", _f(g.get("auc"), 4, g.get("auc_sd"))], ["centralised (all data pooled, no DP)", _f(m["centralised_pooled_auc"], 4)],
             [f"local-only, mean over institutions{' (DP)' if m.get('local_only_dp') else ''}",
-             _f(m["local_only_mean_auc"], 4)],
-            ["local-only, each institution's model on its own holdout, pooled", _f(m["local_only_pooled_auc"], 4)]])
+             _f(m["local_only_mean_auc"], 4)]])
     return ('<p class="explain">Does federation pay off for each institution? <em>Local-only</em>: the same network '
             "trained by the institution alone (with DP at the same budget when the run is private). "
             "<em>Centralised</em>: trained on all institutions' data pooled, without privacy — the reference a "
             "federation cannot beat. All three are scored on the same holdout of each institution.</p>"
             + note + _figure(fig, "federated vs local-only vs centralised AUC per institution",
-                             "n/a: the institution released no evaluation for that model.") + pooled)
+                             "n/a: the institution released no evaluation for that model.") + pooled
+            + member_gain_figure(m))
+
+
+def member_gain_figure(m: dict) -> str:
+    """Per-member gain chart: chosen model (max of global and personalised) − local-only AUC."""
+    rows = {i: r for i, r in m["institutions"].items() if r.get("gain_from_joining") is not None}
+    if not rows:
+        return ""
+    plt = _plt()
+    tol = m.get("gain_tolerance") or 0.005
+    gains = [r["gain_from_joining"] for r in rows.values()]
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.2 * len(rows) + 2), 3.2))
+    ax.bar(range(len(rows)), gains, 0.6, color=[TEAL if v >= -tol else RED for v in gains])
+    ax.axhline(0, color=GREY, lw=1)
+    ax.axhspan(-tol, tol, color=GREY, alpha=0.15, lw=0)
+    for x, (inst, r) in enumerate(rows.items()):
+        ax.text(x, r["gain_from_joining"], f"{r['gain_from_joining']:+.3f}\n{r.get('chosen_model') or ''}",
+                ha="center", va="bottom" if r["gain_from_joining"] >= 0 else "top", fontsize=7.5)
+    ax.set_xticks(range(len(rows)), list(rows), fontsize=8.5)
+    ax.set_ylabel("AUC gain over local-only")
+    ax.set_title("Gain from joining, per member")
+    fig.tight_layout()
+    worse = m.get("members_worse_than_local_only")
+    rows_html = [[_e(i), _f(r["local_only_auc"], 3), _f(r["federated"].get("auc"), 3), _f(r.get("personalized_auc"), 3),
+                  _e(r.get("chosen_model") or "—"), _f(r["gain_from_joining"], 3)] for i, r in rows.items()]
+    return ("<h3>Gain from joining, per member</h3>"
+            '<p class="explain">Each member uses the better, on its own holdout, of the shared model and its '
+            "personalised model (kept at its node, fine-tuned there with DP on its budget); the gain is that "
+            "AUC minus its local-only AUC. Grey band: ± the tolerance "
+            f"({tol:g}); members below it are worse off than alone: <strong>{_e(worse)}</strong>.</p>"
+            + _figure(fig, "AUC gain from joining per member")
+            + _table(["institution", "AUC local-only", "AUC global", "AUC personalised", "chosen", "gain"], rows_html))
 
 
 def section_privacy(card: dict) -> str:
@@ -535,9 +571,9 @@ def section_fairness(card: dict) -> str:
            "<em>Equal-opportunity difference</em>: largest gap in approval rates among borrowers who did not "
            "default (1 − FPR). TPR: share of defaulters declined; FPR: share of good borrowers declined. "
            "Protected attributes are never model inputs.</p>"]
-    appr = overall_approval_rate(fa["attributes"])
+    appr, appr_sd = overall_approval(fa["attributes"])
     if appr is not None:
-        out.append(f"<p>Overall approval rate on the pooled holdouts: <strong>{_pct(appr)}</strong>.</p>")
+        out.append(f"<p>Overall approval rate on the pooled holdouts: <strong>{_pct(appr, appr_sd)}</strong>.</p>")
     for attr, a in fa["attributes"].items():
         groups = a["groups"]
         labels = [g["group"] for g in groups]
@@ -562,12 +598,13 @@ def section_fairness(card: dict) -> str:
         a2.legend(loc="upper right", fontsize=7.5)
         fig.tight_layout()
         out.append(f"<h3>{_e(attr)}</h3>")
-        out.append(f"<p>Demographic-parity difference <strong>{_f(a.get('demographic_parity_difference'), 3)}</strong>; "
-                   f"equal-opportunity difference <strong>{_f(a.get('equal_opportunity_difference'), 3)}</strong>.</p>")
+        out.append(f"<p>Demographic-parity difference <strong>{_f(a.get('demographic_parity_difference'), 3, a.get('demographic_parity_difference_sd'))}</strong>; "
+                   f"equal-opportunity difference <strong>{_f(a.get('equal_opportunity_difference'), 3, a.get('equal_opportunity_difference_sd'))}</strong>.</p>")
         out.append(_figure(fig, f"fairness by {attr}: approval rate, TPR and FPR per group"))
         out.append(_table(["group", "rows", "defaults", "approval rate", "TPR", "FPR"],
-                          [[_e(g["group"]), f"{int(g['n']):,}", f"{int(g['defaults']):,}", _pct(g["approval_rate"]),
-                            _pct(g["tpr"]), _pct(g["fpr"])] for g in groups]))
+                          [[_e(g["group"]), f"{int(g['n']):,}", f"{int(g['defaults']):,}",
+                            _pct(g["approval_rate"], g.get("approval_rate_sd")), _pct(g["tpr"], g.get("tpr_sd")),
+                            _pct(g["fpr"], g.get("fpr_sd"))] for g in groups]))
     return "".join(out)
 
 
@@ -597,7 +634,7 @@ def section_participation(metrics: dict) -> str:
                      names(with_evaluation(r, "refused", "evaluation_refused")),
                      names(with_evaluation(r, "dropped", "evaluation_failed")),
                      names(with_evaluation(r, "rejected", "evaluation_rejected")),
-                     _f(g.get("auc"), 4), _f(r.get("train_loss"), 4),
+                     _f(g.get("auc"), 4, g.get("auc_sd")), _f(r.get("train_loss"), 4),
                      _f(r.get("wall_s"), 1) if r.get("wall_s") is not None else "—"])
     final = metrics.get("final_evaluation") or {}
     if any(final.get(k) for k in ("evaluation_refused", "evaluation_rejected", "evaluation_failed")):

@@ -19,16 +19,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.settings import RunSettings
+from server.settings import PERSONALIZATION_KEYS, RunSettings
 
 #: the keys a node's noise plan depends on (clients.node re-plans when any of them changes)
 PLANNING_KEYS = ("dp", "target-epsilon", "num-server-rounds", "local-epochs", "batch-size", "evaluate-every")
 
 
 def planning_config(s: RunSettings, run_id: str) -> dict[str, Any]:
-    """The run id and :data:`PLANNING_KEYS`: what fixes a node's noise plan for the run."""
+    """The run id, :data:`PLANNING_KEYS` and the personalisation keys (the fine-tune and the label
+    count are reserved in the plan; :mod:`clients.personalization`): what fixes a node's noise
+    plan for the run, and what it keeps of its own during the run."""
     values = s.as_run_config()
-    return {"run-id": str(run_id), **{k: values[k] for k in PLANNING_KEYS}}
+    return {"run-id": str(run_id), **{k: values[k] for k in PLANNING_KEYS + PERSONALIZATION_KEYS}}
 
 
 def statistics_config(s: RunSettings, run_id: str, schema_key: str | None) -> dict[str, Any]:

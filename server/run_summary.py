@@ -59,6 +59,8 @@ def run_summary(run: "ConsortiumRun", status: str, reason: str, detail: str, fin
         summary["final_evaluation"] = {k: v for k, v in public(final_record).items() if k != "weights"}
     if pooled is not None:
         summary["final_histograms"] = {"hist_neg": pooled.hist_neg, "hist_pos": pooled.hist_pos}
+    if (last_eval or {}).get("evaluation_noise"):  # the final figures come from DP-noised releases
+        summary["evaluation_noise"] = last_eval["evaluation_noise"]
     if last_eval is not None:
         summary["final_institution_histograms"] = institution_histograms(last_eval["institutions"])
         summary["fairness"] = last_eval.get("fairness")

@@ -17,7 +17,7 @@ from typing import Any
 
 from configs.errors import ConfigError
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedavgm", "fedyogi")
 AGGREGATIONS = ("mean", "trimmed-mean", "median", "krum", "multi-krum")
 #: why each robust rule needs the number of updates :func:`robust_min_updates` gives (f = max-malicious-nodes)
 ROBUST_NEEDS = {
@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "strategy": "fedavg",
     "proximal-mu": 0.01,
     "server-learning-rate": 0.05,
+    "server-momentum": 0.9,
     "aggregation": "mean",
     "fraction-train": 1.0,
     "fraction-evaluate": 1.0,
@@ -69,6 +70,13 @@ DEFAULTS: dict[str, Any] = {
     "max-malicious-nodes": 1,
     "secure-aggregation": False,
     "secagg-clipping-range": 8.0,
+    # heterogeneity and personalisation (server.strategies.personalization_config, clients.personalization)
+    "local-layers": "none",
+    "output-bias-learning-rate": 0.0,
+    "aggregation-weight": "examples",
+    "personalize": "none",
+    "personal-epochs": 2,
+    "personal-proximal-mu": 0.0,
     "schema": "consumer-credit-v1",
     # Simulation only: where virtual nodes find their data and keep their privacy state.
     "data-dir": "",
@@ -78,6 +86,10 @@ DEFAULTS: dict[str, Any] = {
     "state-root": "",
     "sim-max-epsilon": 3.0,
     "sim-budgets": "",  # per-institution budgets, "institution=ε,…" (others get sim-max-epsilon)
+    # Simulation only (research mode): each virtual node's data minimum, as `fedcredit data validate`
+    # --min-rows/--min-positives; below 500/50 the run is marked research mode (simulation.research_mode)
+    "min-rows": 500,
+    "min-positives": 50,
 }
 
 
@@ -87,6 +99,7 @@ class RunSettings:
     strategy: str
     proximal_mu: float
     server_learning_rate: float
+    server_momentum: float
     aggregation: str
     fraction_train: float
     fraction_evaluate: float
@@ -114,6 +127,12 @@ class RunSettings:
     max_malicious_nodes: int  # f the robust aggregation rules are sized for
     secure_aggregation: bool
     secagg_clipping_range: float
+    local_layers: str
+    output_bias_learning_rate: float
+    aggregation_weight: str
+    personalize: str
+    personal_epochs: int
+    personal_proximal_mu: float
     schema: str
     data_dir: str
     mapping: str
@@ -122,6 +141,8 @@ class RunSettings:
     state_root: str
     sim_max_epsilon: float
     sim_budgets: str
+    min_rows: int
+    min_positives: int
 
     @property
     def hidden(self) -> tuple[int, ...]:
@@ -231,6 +252,9 @@ def _check(s: RunSettings) -> None:
     if not 2 <= s.encoder_knots <= 64:
         raise bad("encoder-knots", "must be between 2 and 64")
     parse_sim_budgets(s.sim_budgets)
+    for key, value in (("min-rows", s.min_rows), ("min-positives", s.min_positives)):
+        if value < 0:
+            raise bad(key, f"must be ≥ 0, got {value}")
     if s.target_epsilon < 0:
         raise bad("target-epsilon", f"must be ≥ 0 (0 = each node's remaining budget), got {s.target_epsilon}")
     if s.clipping_norm <= 0:
@@ -273,3 +297,25 @@ def _check(s: RunSettings) -> None:
                       "hidden in a sum of one)")
     if s.proximal_mu < 0 or s.server_learning_rate <= 0:
         raise bad("proximal-mu", "must be ≥ 0 and server-learning-rate > 0")
+    if not 0 <= s.server_momentum < 1:
+        raise bad("server-momentum", f"must be in [0, 1) (FedAvgM's momentum), got {s.server_momentum}")
+    _check_personalization(s, bad)
+
+
+def _check_personalization(s: RunSettings, bad) -> None:
+    """The heterogeneity keys: the node checks them again (clients.personalization); here the
+    operator gets the message before the run starts."""
+    from models.personalization import PersonalizationConfigError, personal_settings
+
+    try:
+        personal_settings({k: getattr(s, k.replace("-", "_")) for k in PERSONALIZATION_KEYS})
+    except PersonalizationConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    if s.aggregation_weight == "information" and s.secure_aggregation:
+        raise bad("aggregation-weight", "must be 'examples' with secure-aggregation = true (the SecAgg+ "
+                  "protocol weights each update by its number of examples)")
+
+
+#: run-config keys the nodes read for personalisation and aggregation weights (clients.personalization)
+PERSONALIZATION_KEYS = ("local-layers", "output-bias-learning-rate", "aggregation-weight", "personalize",
+                        "personal-epochs", "personal-proximal-mu")

@@ -6,7 +6,20 @@
 * ``fedprox`` → ``FedProx`` (it adds ``proximal-mu`` to the train config, the nodes add the
   proximal term);
 * ``fedadam`` → ``FedAdam`` with the run's server learning rate (its moments are strategy
-  state that checkpoints save and resume restores).
+  state that checkpoints save and resume restores);
+* ``fedyogi`` → ``FedYogi`` (Adam's second moment with Yogi's additive update), the same way;
+* ``fedavgm`` → ``FedAvgM``: server momentum ``server-momentum`` on the pseudo-gradient
+  (aggregate − global), step ``server-learning-rate``.
+
+The server-side optimisers are post-processing of the nodes' DP updates: no privacy cost.
+``docs/benchmarks.md`` compares them under DP on a label-skewed consortium.
+
+Aggregation weight (``aggregation-weight``): ``examples`` weights each update by its number of
+examples (FedAvg); ``information`` by the ``aggregation-weight`` each node sends — 4 n π̃ (1 − π̃)
+from its DP-noised number of defaults (:mod:`clients.personalization`), so a portfolio with few
+defaults does not outweigh the ones that hold the information about default. A reply without a
+valid weight (missing, not finite, negative, above its number of examples) counts with its
+number of examples: a node cannot weigh more than it would under FedAvg.
 
 ``aggregation`` chooses how the round's updates are combined; the robust rules are Flower's own
 strategies (all FedAvg subclasses), sized by ``max-malicious-nodes`` = f:
@@ -42,8 +55,10 @@ from typing import Iterable
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, MultiKrum
+from flwr.serverapp.strategy import (FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg, FedYogi, Krum,
+                                     MultiKrum)
 
+from fedcredit import protocol as P
 from server.clipping import ServerSideClipping, unwrap
 from server.settings import RunSettings
 
@@ -53,7 +68,7 @@ ROBUST_RULES: dict[str, type[FedAvg]] = {
 
 def strategy_class(strategy: str, aggregation: str) -> type[FedAvg]:
     """The Flower strategy class for ``strategy`` combined with ``aggregation``."""
-    base = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam}[strategy]
+    base = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedyogi": FedYogi, "fedavgm": FedAvgM}[strategy]
     if aggregation == "mean":
         return base
     rule = ROBUST_RULES[aggregation]
@@ -71,12 +86,15 @@ def build_strategy(s: RunSettings) -> FedAvg:
         min_train_nodes=s.min_train_nodes,
         min_evaluate_nodes=min(s.min_train_nodes, s.min_available_nodes) if s.fraction_evaluate > 0 else 0,
         min_available_nodes=1,  # the driver waits for nodes itself (ConsortiumRun.wait_for_nodes)
+        weighted_by_key=WEIGHT_KEY if s.aggregation_weight == "information" else "num-examples",
     )
     cls = strategy_class(s.strategy, s.aggregation)
     if issubclass(cls, FedProx):
         strategy = cls(proximal_mu=s.proximal_mu, **common)
-    elif issubclass(cls, FedAdam):
+    elif issubclass(cls, (FedAdam, FedYogi)):
         strategy = cls(eta=s.server_learning_rate, eta_l=s.learning_rate, **common)
+    elif issubclass(cls, FedAvgM):
+        strategy = cls(server_learning_rate=s.server_learning_rate, server_momentum=s.server_momentum, **common)
     else:
         strategy = cls(**common)
     if isinstance(strategy, MultiKrum):
@@ -99,6 +117,8 @@ def aggregate_updates(strategy: FedAvg, s: RunSettings, rnd: int, replies: list[
     rule = unwrap(strategy)
     n, f = len(replies), s.max_malicious_nodes
     info: dict = {"rule": s.aggregation, "updates": n}
+    if rule.weighted_by_key == WEIGHT_KEY:
+        info["weights"] = settle_weights(replies)
     if isinstance(rule, FedTrimmedAvg):
         rule.beta = min(f / n + 1e-9, 0.4999999) if f else 0.0  # Flower trims int(beta · n) per end
         info["trimmed_per_end"] = int(rule.beta * n)
@@ -112,6 +132,26 @@ def aggregate_updates(strategy: FedAvg, s: RunSettings, rnd: int, replies: list[
     return arrays, metrics, info
 
 
+WEIGHT_KEY = "aggregation-weight"
+
+
+def settle_weights(replies: list[Message]) -> list[float]:
+    """Make every reply's ``aggregation-weight`` usable (see the module docstring); returns them.
+
+    A weight that is missing, not finite, negative or above the reply's number of examples is
+    replaced by the number of examples (what FedAvg would use).
+    """
+    out = []
+    for msg in replies:
+        metrics = msg.content[P.METRICS]
+        n = float(metrics.get("num-examples", 0.0))
+        w = metrics.get(WEIGHT_KEY)
+        ok = isinstance(w, (int, float)) and not isinstance(w, bool) and np.isfinite(w) and 0 <= w <= n
+        metrics[WEIGHT_KEY] = float(w) if ok else n
+        out.append(float(metrics[WEIGHT_KEY]))
+    return out
+
+
 def _krum_selection(replies: list[Message], f: int, m: int) -> list[int]:
     """Indices (into ``replies``) of the updates (Multi-)Krum keeps — the same choice Flower makes."""
     from flwr.serverapp.strategy.multikrum import select_multikrum
@@ -122,24 +162,34 @@ def _krum_selection(replies: list[Message], f: int, m: int) -> list[int]:
 
 
 def strategy_state(strategy: FedAvg) -> dict[str, np.ndarray]:
-    """Arrays a strategy carries between rounds (FedAdam: first and second moments)."""
+    """Arrays a strategy carries between rounds (FedAdam/FedYogi: first and second moments;
+    FedAvgM: the momentum, a list in the model's array order)."""
     out: dict[str, np.ndarray] = {}
+    base = unwrap(strategy)
     for attr in ("m_t", "v_t"):
-        for k, v in (getattr(unwrap(strategy), attr, None) or {}).items():
+        for k, v in (getattr(base, attr, None) or {}).items():
             out[f"{attr}/{k}"] = np.asarray(v)
+    for i, v in enumerate(getattr(base, "momentum_vector", None) or []):
+        out[f"momentum_vector/{i:06d}"] = np.asarray(v)
     return out
 
 
 def restore_strategy_state(strategy: FedAvg, state: dict[str, np.ndarray],
                            global_weights: dict[str, np.ndarray]) -> None:
-    """Put a checkpoint's strategy state (and, for FedAdam, the global weights it steps from)
-    back into the innermost strategy."""
+    """Put a checkpoint's strategy state (and, for FedAdam/FedYogi, the global weights it steps
+    from) back into the innermost strategy. FedAvgM keeps its model as an ArrayRecord that it
+    sets itself from the first round it configures, so it gets None."""
     base = unwrap(strategy)
     for attr in ("m_t", "v_t"):
         part = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(attr + "/")}
         if part:
             setattr(base, attr, part)
-    if hasattr(base, "current_arrays"):
+    momentum = [v for k, v in sorted(state.items()) if k.startswith("momentum_vector/")]
+    if momentum and isinstance(base, FedAvgM):
+        base.momentum_vector = momentum
+    if isinstance(base, FedAvgM):
+        base.current_arrays = None
+    elif hasattr(base, "current_arrays"):
         base.current_arrays = dict(global_weights)
 
 

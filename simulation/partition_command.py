@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fedcredit.cli import number
+from fedcredit.arguments import number
 from fedcredit.outcome import Outcome
 
 HELP = "split one table into K institutions (iid, Dirichlet label skew, quantity skew, by a feature)"

@@ -3,7 +3,10 @@
 Each institution is handled by exactly the node code the ClientApp calls
 (:func:`clients.node.answer_statistics`, :func:`clients.node.train`,
 :func:`clients.node.evaluate`) with the same run config and policies, and the weights are
-averaged with example-count weights (FedAvg). It is the reference for ``bench/sim_overhead.py``
+averaged with example-count weights (FedAvg) or, with ``aggregation-weight = information``,
+with the weights the nodes send (capped at their number of examples, as
+:func:`server.strategies.settle_weights`). Server-side optimisers (FedAdam, FedAvgM …) are not
+modelled here. It is the reference for ``bench/sim_overhead.py``
 (what Flower's runtime costs on top of the training itself) and a fast harness for tuning.
 It does not checkpoint, sample nodes or handle refusals — use the Flower run for that.
 """
@@ -18,7 +21,8 @@ import numpy as np
 from clients import node as N
 from models.encoder import fit_encoder_from_histograms, sum_statistics
 from models.metrics import EvaluationSums, sum_evaluations
-from models.network import ModelSpec, build_model, get_weights
+from models.network import ModelSpec
+from models.training import initial_weights
 from server.round_config import evaluate_config, statistics_config, train_config
 from server.settings import parse_run_config
 
@@ -49,7 +53,7 @@ def run_plain(run_config: dict, n_nodes: int, evaluate_every_round: bool = True)
     encoder = fit_encoder_from_histograms(load_schema(s.schema), sum_statistics(parts), s.encoder_knots)
     assert encoder.schema_key == schema_key
     spec = ModelSpec(s.model, encoder.n_outputs, s.hidden if s.model == "mlp" else ())
-    weights = get_weights(build_model(spec, s.seed))
+    weights = initial_weights(spec, s.seed)
     node_metrics: dict[str, dict] = {}  # institution → its last training reply's metrics (ε spent …)
     history = []
     t_rounds = time.time()
@@ -61,7 +65,9 @@ def run_plain(run_config: dict, n_nodes: int, evaluate_every_round: bool = True)
         updates = []
         for p, st in zip(policies, states):
             w, m = N.train(p, weights, cfg, st)
-            updates.append((w, m["num-examples"]))
+            n = m["num-examples"]
+            weight = m.get("aggregation-weight", n) if s.aggregation_weight == "information" else n
+            updates.append((w, float(weight) if 0 <= weight <= n else n))
             node_metrics[p.institution_id] = m
         weights = fedavg(updates)
         record = {"round": rnd}

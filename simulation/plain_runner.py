@@ -28,6 +28,7 @@ def simulate_plain(o) -> dict:
     from simulation.runner import (baseline_settings, build_run_config, count_data_files, data_summary,
                                    load_all_nodes, summarise)
 
+    t_start = time.time()
     n = count_data_files(o.data_dir) if o.data_dir else o.institutions
     run_dir = Path(o.out).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -45,8 +46,11 @@ def simulate_plain(o) -> dict:
                                          "epsilon_budget": m.get("epsilon-budget")}}
                          for k, m in res["node_metrics"].items()},
     }
+    t_baselines = time.time()
     if o.baselines:
         metrics["baselines"] = run_baselines(nodes, res["encoder"], res["spec"], baseline_settings(settings, o.epsilon))
+    metrics["baselines_s"] = time.time() - t_baselines
+    metrics["wall_s"] = time.time() - t_start
     metrics["data"] = data_summary(nodes)
     metrics["summary"] = summarise(metrics, nodes, o)
     write_json_atomic(run_dir / "metrics.json", metrics, default=json_default)

@@ -8,7 +8,8 @@
    (:mod:`simulation.flower_runtime`), each virtual node keeping its privacy state under
    ``RUN_DIR/node-state/<institution>`` (or ``--state-root``);
 3. train the centralised and local-only baselines with the run's encoder on the nodes' own
-   splits (:mod:`simulation.baselines`);
+   splits (:mod:`simulation.baselines`), and score each node's personal model on its holdout
+   (:mod:`simulation.member_gain`: what each member gains from joining);
 4. merge everything into ``RUN_DIR/metrics.json``, write ``report.html`` and the model card
    (:mod:`server.report`, :mod:`server.model_card`) and return the summary.
 """
@@ -25,6 +26,7 @@ from typing import Any, Callable
 
 from clients.node import DATA_SUFFIXES, NodeData, load_node_data, policy_from_context
 from configs.errors import UserError
+from fedcredit.atomic_write import write_json_atomic
 from models.encoder import FeatureEncoder
 from models.network import ModelSpec
 from server.settings import DEFAULTS, format_sim_budgets, parse_sim_budgets
@@ -50,6 +52,10 @@ class SimulationOptions:
     verbose: bool = False
     faults: list[str] = field(default_factory=list)  # injected node faults (simulation.faults), e.g. "0:fail@1"
     budgets: dict[str, float] = field(default_factory=dict)  # per-institution ε (simulation.budgets); others: epsilon
+    #: each institution's data minimum (run config min-rows / min-positives; below 500 / 50: research
+    #: mode, simulation.research_mode); None: the consortium's 500 / 50 with DP, none without
+    min_rows: int | None = None
+    min_positives: int | None = None
 
 
 #: simulation: seconds of round time-out per virtual node (DP planning, training and evaluation of
@@ -89,6 +95,10 @@ def build_run_config(o: SimulationOptions, run_dir: Path, n_nodes: int) -> dict[
         cfg["mapping"] = o.mapping
     if o.budgets:
         cfg["sim-budgets"] = format_sim_budgets(o.budgets)
+    # the minimum is there for DP training: without DP it does not apply (unless asked for)
+    cfg["min-rows"] = o.min_rows if o.min_rows is not None else (DEFAULTS["min-rows"] if o.dp else 0)
+    cfg["min-positives"] = (o.min_positives if o.min_positives is not None
+                            else (DEFAULTS["min-positives"] if o.dp else 0))
     cfg.update(o.run_config)
     return cfg
 
@@ -150,20 +160,25 @@ def read_simulate_options(run_dir: Path) -> dict:
 
 
 def simulate(o: SimulationOptions, on_event: Callable[[dict], None] | None = None) -> dict:
-    """Run the simulation and baselines; return the summary (also in RUN_DIR/metrics.json)."""
+    """Run the simulation and baselines; return the summary (also in RUN_DIR/metrics.json).
+
+    Everything that can refuse the run — options, run config, data, budgets, faults, research
+    mode — is checked before the run directory is made: a refused run leaves nothing behind.
+    ``on_event`` receives the run's progress events and ``baselines-start`` / ``baseline-end``.
+    """
     from server.settings import parse_run_config
     from simulation.flower_runtime import run_in_simulation
+    from simulation.research_mode import assess_research_mode
 
+    t_start = time.time()
     n_nodes = count_data_files(o.data_dir) if o.data_dir else o.institutions
     if n_nodes < 2:
         raise UserError(f"--institutions must be at least 2, got {n_nodes}")
     run_dir = Path(o.out or default_run_dir()).resolve()
     if (run_dir / "metrics.json").exists():
         raise UserError(f"{run_dir} already holds a finished run; choose another --out or remove it")
-    run_dir.mkdir(parents=True, exist_ok=True)
     run_config = build_run_config(o, run_dir, n_nodes)
     settings = parse_run_config(run_config)  # fail fast on bad keys/values
-    write_simulate_options(run_dir, o)
     nodes = load_all_nodes(run_config, n_nodes)  # fail fast on bad data
     budgets = parse_sim_budgets(settings.sim_budgets)
     if budgets:
@@ -173,6 +188,12 @@ def simulate(o: SimulationOptions, on_event: Callable[[dict], None] | None = Non
     from simulation.faults import client_app_with_faults
 
     client_app = client_app_with_faults(o.faults, n_nodes=n_nodes) if o.faults else None  # bad specs stop here
+    epsilon_of = {k: (budgets.get(k, o.epsilon) if settings.dp else None) for k in nodes}
+    research = assess_research_mode(nodes, settings, epsilon_of)  # refuses what DP-SGD cannot learn from
+    if research and on_event:
+        on_event({"event": "research-mode", "summary": research["summary"]})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_simulate_options(run_dir, o)
 
     tail = ProgressTail(run_dir / "progress.jsonl", on_event) if on_event else None
     if tail:
@@ -192,24 +213,60 @@ def simulate(o: SimulationOptions, on_event: Callable[[dict], None] | None = Non
     metrics["wall_s_flower"] = wall
     if o.faults:
         metrics["injected_faults"] = list(o.faults)
+    if research:
+        metrics["research_mode"] = research
 
+    t_baselines = time.time()
     if o.baselines and metrics.get("model_dir"):
         from simulation.baselines import run_baselines
 
         encoder = FeatureEncoder.from_json((run_dir / "model" / "encoder.json").read_text())
         spec = ModelSpec.from_dict(json.loads((run_dir / "model" / "model.json").read_text())["spec"])
+        progress = _baseline_progress(on_event, len(nodes) + 1)
         metrics["baselines"] = run_baselines(nodes, encoder, spec, baseline_settings(settings, o.epsilon),
-                                             budgets=budgets)
+                                             budgets=budgets, progress=progress)
+    metrics["baselines_s"] = time.time() - t_baselines
+    if metrics.get("model_dir"):
+        metrics["member_gain"] = gains_of_members(metrics, nodes, run_dir, run_config)
     metrics["data"] = data_summary(nodes)
     if not o.data_dir:
         metrics["oracle"] = oracle_aucs(nodes, o, n_nodes)
+    metrics["wall_s"] = time.time() - t_start
     metrics["summary"] = summarise(metrics, nodes, o)
     metrics["summary"].update({"report": str(run_dir / "report.html"), "model_card": str(run_dir / "model_card.md")})
-    metrics_path.write_text(json.dumps(metrics, indent=2, default=float))
+    write_json_atomic(metrics_path, metrics, default=float)
     from server.report import write_report
 
     write_report(run_dir)  # report.html + model_card.md/.json, from the metrics.json just written
+    metrics["wall_s"] = metrics["summary"]["wall_s"] = time.time() - t_start  # the report's seconds too
+    write_json_atomic(metrics_path, metrics, default=float)
     return metrics["summary"]
+
+
+def gains_of_members(metrics: dict, nodes: dict[str, NodeData], run_dir: Path, run_config: dict) -> dict:
+    """Local-only vs global vs personalised AUC per member (:func:`simulation.member_gain.member_gains`)."""
+    from simulation.member_gain import member_gains, node_run_ids
+
+    final_inst = metrics.get("institutions") or {}
+    federated = {k: ((final_inst.get(k) or {}).get("eval") or {}).get("auc") for k in nodes}
+    local = {k: v.get("auc") for k, v in ((metrics.get("baselines") or {}).get("local_only") or {}).items()}
+    return member_gains(nodes, Path(run_config["state-root"]), node_run_ids(run_dir, metrics),
+                        Path(metrics["model_dir"]), federated, local)
+
+
+def _baseline_progress(on_event: Callable[[dict], None] | None, total: int) -> Callable[[str], None] | None:
+    """A callback for :func:`simulation.baselines.run_baselines` that reports each finished model
+    as a ``baseline-end`` event (after a ``baselines-start`` with the number of models)."""
+    if on_event is None:
+        return None
+    on_event({"event": "baselines-start", "total": total})
+    done = [0]
+
+    def progress(name: str) -> None:
+        done[0] += 1
+        on_event({"event": "baseline-end", "name": name, "done": done[0], "total": total})
+
+    return progress
 
 
 def data_summary(nodes: dict[str, NodeData]) -> dict[str, dict]:
@@ -233,7 +290,8 @@ def baseline_settings(settings, epsilon: float):
                             batch_size=settings.batch_size, learning_rate=settings.learning_rate,
                             optimizer=settings.optimizer, seed=settings.seed, dp=settings.dp,
                             max_epsilon=float(epsilon), clipping_norm=settings.clipping_norm,
-                            delta_for=default_delta)
+                            delta_for=default_delta,
+                            output_bias_learning_rate=settings.output_bias_learning_rate)
 
 
 def oracle_aucs(nodes: dict[str, NodeData], o: SimulationOptions, n_nodes: int) -> dict:
@@ -260,20 +318,35 @@ def oracle_aucs(nodes: dict[str, NodeData], o: SimulationOptions, n_nodes: int) 
     return {"pooled_auc": auc_score(np.concatenate(all_y), np.concatenate(all_pd)), "institutions": per}
 
 
+def _noise_sd(figures: dict) -> dict:
+    """``<figure>_sd`` for each figure that carries the noise sd of a DP-noised evaluation release."""
+    return {f"{k}_sd": v for k, v in figures.items() if v is not None}
+
+
 def summarise(metrics: dict, nodes: dict[str, NodeData], o: SimulationOptions) -> dict:
-    """The ``--json`` summary: federated vs local-only vs centralised, per institution."""
+    """The ``--json`` summary: federated vs local-only vs centralised vs personalised, per institution.
+
+    ``gain_from_joining`` = max(global, personalised) − local-only on the member's own holdout;
+    ``members_worse_than_local_only`` counts gains below −0.005 (:mod:`simulation.member_gain`).
+    """
     from server.model_card import reported_privacy
 
     base = metrics.get("baselines") or {}
     final_inst = metrics.get("institutions") or {}
+    gain = metrics.get("member_gain") or {}
     rows = []
     for inst, d in metrics["data"].items():
         ev = (final_inst.get(inst) or {}).get("eval") or {}
         pr = reported_privacy(metrics, inst)
+        g = (gain.get("institutions") or {}).get(inst) or {}
         rows.append({
-            "id": inst, "rows": d["rows"], "default_rate": d["default_rate"],
+            "id": inst, "rows": d["rows"], "rows_holdout": d["rows_holdout"], "default_rate": d["default_rate"],
             "auc_local_only": (base.get("local_only") or {}).get(inst, {}).get("auc"),
             "auc_federated": ev.get("auc"),
+            **_noise_sd({"auc_federated": ev.get("auc_sd")}),  # from a DP-noised evaluation release only
+            "auc_personalized": g.get("auc_personalized"),
+            "chosen_model": g.get("chosen_model"),
+            "gain_from_joining": g.get("gain_from_joining"),
             "auc_centralized": (base.get("centralised") or {}).get("institutions", {}).get(inst),
             "epsilon_spent": pr.get("epsilon_spent") if o.dp else None,
             "epsilon_budget": pr.get("epsilon_budget") if o.dp else None,
@@ -282,11 +355,25 @@ def summarise(metrics: dict, nodes: dict[str, NodeData], o: SimulationOptions) -
     final = metrics.get("final") or {}
     return {
         "run_dir": metrics["run_dir"], "status": metrics["status"], "stop_reason": metrics.get("stop_reason", ""),
-        "rounds": metrics["rounds_completed"], "wall_s": metrics.get("wall_s_flower"),
+        "rounds": metrics["rounds_completed"], "wall_s": metrics.get("wall_s", metrics.get("wall_s_flower")),
+        "flower_s": metrics.get("wall_s_flower"), "baselines_s": metrics.get("baselines_s"),
+        "research_mode": bool(metrics.get("research_mode")),
         "auc_federated": final.get("auc"), "ks_federated": final.get("ks"),
+        **_noise_sd({"auc_federated": final.get("auc_sd"), "ks_federated": final.get("ks_sd")}),
         "auc_centralized": (base.get("centralised") or {}).get("pooled_auc"),
         "auc_local_only_mean": base.get("local_only_mean_auc"),
+        "auc_personalized_pooled": gain.get("auc_personalized_pooled"),
+        "auc_chosen_mean": gain.get("auc_chosen_mean"),
+        "auc_centralized_mean": _mean_of((base.get("centralised") or {}).get("institutions")),
+        "members_worse_than_local_only": gain.get("members_worse_than_local_only"),
         "auc_oracle": (metrics.get("oracle") or {}).get("pooled_auc"),
         "dp": o.dp, "epsilon": o.epsilon if o.dp else None,
         "institutions": rows,
     }
+
+
+def _mean_of(values: dict | None) -> float | None:
+    import numpy as np
+
+    v = [x for x in (values or {}).values() if x is not None and np.isfinite(x)]
+    return float(np.mean(v)) if v else None

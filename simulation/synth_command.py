@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fedcredit.cli import number
+from fedcredit.arguments import number
 from fedcredit.outcome import Outcome
 
 HELP = "synthesise a consortium of lenders (one CSV per institution, true PDs kept aside)"

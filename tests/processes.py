@@ -92,3 +92,16 @@ def kill_pids(pids) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def stop_started(started: list) -> None:
+    """Stop the ``subprocess.Popen``s a test started (last first), by their PIDs only."""
+    import subprocess
+
+    for p in reversed(started):
+        if p.poll() is None:
+            kill_pids([p.pid])
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass

@@ -73,6 +73,15 @@ def test_a_torn_last_line_is_cut_saved_and_recorded_at_the_next_start(model, tmp
     assert saved.read_bytes() == torn
 
 
+def test_a_first_write_cut_short_starts_the_trail_again(tmp_path):
+    DecisionLog.open(tmp_path).close()  # the key, then the log-start entry: cut that write short
+    (tmp_path / LOG_FILE).write_bytes((tmp_path / LOG_FILE).read_bytes()[:40])
+    DecisionLog.open(tmp_path).close()
+    trail = read_trail(tmp_path)  # without a key: the log-start entry must come first and name it
+    assert trail.check.ok and trail.check.key_from_ledger
+    assert trail.index.counts == {"log-start": 1, "recovered": 1}
+
+
 def test_a_modified_trail_is_not_continued_and_a_second_writer_is_refused(model, tmp_path):
     m, apps = model
     log = DecisionLog.open(tmp_path)
@@ -125,3 +134,40 @@ def test_a_changed_decision_is_reported_as_not_reproduced(model, tmp_path, capsy
     recorded["outputs"]["decision"] = "approve" if again["outputs"]["decision"] == "decline" else "decline"
     result = compare(recorded, again)
     assert not result["matches"] and len(result["differences"]) == 2
+
+
+def test_verify_refuses_what_is_not_a_trail(tmp_path, capsys):
+    (tmp_path / LOG_FILE).write_bytes(b"")
+    assert cli_main(["decisions", "verify", str(tmp_path)]) == 2
+    assert "empty" in capsys.readouterr().err
+    assert cli_main(["decisions", "verify", str(tmp_path / "nowhere")]) == 2
+    assert "no decision log there" in capsys.readouterr().err
+
+
+def test_without_a_trail_decisions_are_answered_but_nothing_is_stored(model):
+    import asyncio
+
+    import httpx
+
+    from clients.decision_http import build_app
+
+    m, apps = model
+    desk = DecisionDesk(m, None)
+    app = build_app(desk)
+
+    async def exchange() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://service") as client:
+            r = await client.post("/v1/decisions", json=apps[0])
+            assert r.status_code == 201 and r.json()["trail"] is None
+            did = r.json()["decision_id"]
+            assert (await client.get(f"/v1/decisions/{did}")).status_code == 409
+            r = await client.post(f"/v1/decisions/{did}/override", json={"decision": "approve", "reason": "x",
+                                                                           "by": "y"})
+            assert r.status_code == 409 and r.json()["error"] == "no-trail"
+            assert (await client.get("/healthz")).json()["trail"] is None
+
+    desk.start()  # what the app's lifespan does under uvicorn
+    try:
+        asyncio.run(exchange())
+    finally:
+        desk.close()

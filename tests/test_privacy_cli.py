@@ -102,30 +102,6 @@ def test_status_shows_spend_per_side_and_detects_damage(capsys, tmp_path):
     assert code == 2 and "no such directory" in err
 
 
-def test_audit_command(capsys, tmp_path, schema):
-    from tests.test_privacy_audit import make_package, random_table, write_sets
-
-    from models.training import LocalTrainConfig, train_local
-
-    t = random_table(schema, 160, 7)
-    members, non = t.iloc[:80].reset_index(drop=True), t.iloc[80:].reset_index(drop=True)
-    pkg = make_package(tmp_path, schema, members,
-                       lambda net, x, y: train_local(net, x, y, LocalTrainConfig(local_epochs=2, batch_size=32)), (16,))
-    m, n = write_sets(tmp_path, schema, members, non)
-    code, out, err = run(capsys, "privacy", "audit", "--model", pkg, "--members", m, "--non-members", n,
-                         "--reference-models", 2, "--reference-epochs", 2, "--json")
-    assert code == 0, err
-    report = last_json(out)
-    assert report["ok"] and [a["name"] for a in report["attacks"]] == ["loss-threshold", "calibrated"]
-    assert "membership-inference attacks" in out
-    code, out, err = run(capsys, "privacy", "audit", "--model", tmp_path / "nothing", "--members", m,
-                         "--non-members", n)
-    assert code == 2 and "model.json" in err
-    code, out, err = run(capsys, "privacy", "audit", "--model", pkg, "--members", m, "--non-members", n,
-                         "--reference-models", 3)
-    assert code == 2 and "even" in err
-
-
 def test_real_command_help_and_exit_codes(fedcredit_cli, tmp_path):
     res = fedcredit_cli("privacy", "--help")
     assert res.returncode == 0

@@ -11,7 +11,6 @@ config carries the ledger head; ``fedcredit report`` verifies the ledger.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -305,9 +304,9 @@ def test_check_evaluation(schema):
 
 # ---------------------------------------------------------------- the report checks the ledger
 def _report(run_dir: Path, capsys) -> tuple[int, str, dict]:
-    from server.report_command import run
+    from fedcredit.cli import main
 
-    rc = run(argparse.Namespace(run_dir=str(run_dir), out=None, no_card=False, json=True))
+    rc = main(["report", str(run_dir), "--json"])
     captured = capsys.readouterr()
     return rc, captured.err, json.loads((run_dir / "model_card.json").read_text())
 

@@ -172,7 +172,7 @@ def test_model_and_health(package, service):
     assert fields["credit_limit"] == "LIMIT_BAL" and fields["pay_status_1"] == "PAY_0"  # the mapping's names
     assert m["cutoff_score"] == pytest.approx(float(pkg.scale.points([0.15])[0]), abs=0.06)
     h = httpx.get(service.url + "/healthz", timeout=30).json()
-    assert h["status"] == "ok" and h["model"] == {k: m["model"][k] for k in ("package_sha256", "weights_sha256")}
+    assert h["status"] == "ok" and h["model"] == {k: m["model"][k] for k in ("package_sha256", "weights_sha256", "run_id")}
 
 
 def _a_decision(service, apps_json: list[dict], outcome: str) -> dict:

@@ -1,0 +1,326 @@
+"""Heterogeneous consortia on real credit data: does every member gain from joining, under DP?
+
+The UCI "default of credit card clients" file (30,000 borrowers, configs/mappings/uci-taiwan.toml)
+is split into INSTITUTIONS lenders in several ways (simulation.partitioning):
+
+* ``iid``        — a seeded shuffle (sizes and default rates alike);
+* ``feature``    — credit-limit bands (covariate skew: each lender serves another segment);
+* ``label-0.3``, ``label-1.0`` — Dirichlet(α) label skew: default rates from < 1 % to > 60 %.
+  The Dirichlet draw is redrawn (seed + 1, + 2, …) until every institution has at least 500
+  rows and 50 rows of each class (the minimum a node validates, and a holdout AUC worth
+  reading); the seed used is in the output;
+* ``size``       — Dirichlet(1) sizes, default rates alike (quantity skew).
+
+Every setting is a whole ``fedcredit simulate`` run (the real ServerApp and ClientApps in Flower's
+simulation runtime, each node enforcing its budget ε or training without DP) with its
+centralised and local-only baselines, and prints ONE JSON line: per member its rows, default
+rate and AUC on its own holdout of the local-only, global and personalised models, the chosen
+one (max of global and personalised) and the gain from joining; pooled, the federated AUC, the
+members' chosen models pooled, the centralised AUC, the means of the members' own AUCs, and
+how many members are worse off than alone (0.005 tolerance). Settings:
+
+* the grid: each partition × each ε (``--epsilons 1,3,none``) with the consortium's recipe
+  (:data:`RECIPE`: own intercepts, information weights, personal fine-tune — docs/benchmarks.md);
+* ``--compare`` (on label-0.3 at ε = 3): FedAvg as it was before the recipe, each ingredient of
+  the recipe left out, the server optimisers (FedAvgM, FedAdam, FedYogi, FedProx) and the
+  personalisation methods (none, calibration, head, full).
+
+``--jobs N`` runs N settings at once, each in its own process with one CPU for Flower (the
+settings are independent; each needs ~1 GB of memory). ``--only NAME,…`` runs some settings;
+``--list`` prints their names. ``--plot FILE.jsonl`` draws the per-member gain figure
+(docs/benchmarks/heterogeneity.png) from earlier output instead of running anything.
+
+Skips cleanly (one JSON line with "skipped") when the data file is absent. Partitions and run
+directories go to a temporary directory, removed at the end, unless ``--keep DIR``.
+
+Usage: python bench/heterogeneity.py --data ../shared/data/UCI_Credit_Card.csv [--jobs 4] [--compare]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from bench.scratch import scratch_dir  # noqa: E402
+from server.settings import DEFAULTS  # noqa: E402
+
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "UCI_Credit_Card.csv"
+MAPPING = "uci-taiwan"
+PARTITIONS = {
+    "iid": {"method": "iid"},
+    "feature": {"method": "feature", "feature": "credit_limit"},
+    "label-0.3": {"method": "dirichlet", "alpha": 0.3},
+    "label-1.0": {"method": "dirichlet", "alpha": 1.0},
+    "size": {"method": "quantity", "alpha": 1.0},
+}
+#: what a heterogeneous consortium runs with (measured: docs/benchmarks.md, "heterogeneity")
+RECIPE = {"local-layers": "output-bias", "output-bias-learning-rate": 0.1, "aggregation-weight": "information",
+          "personalize": "full", "personal-epochs": 2, "personal-proximal-mu": 0.1}
+#: FedAvg as the consortium ran it before: no local layers, example weights, no personal model
+PLAIN = {"local-layers": "none", "output-bias-learning-rate": 0.0, "aggregation-weight": "examples",
+         "personalize": "none"}
+MIN_ROWS, MIN_CLASS_ROWS = 500, 50
+GAIN_TOLERANCE = 0.005
+TARGET_CENTRALISED_DP, TARGET_CENTRALISED_NODP = 0.02, 0.01
+
+
+@dataclass
+class Setting:
+    name: str
+    partition: str
+    epsilon: float | None  # None: no DP
+    strategy: str = "fedavg"
+    run_config: dict = field(default_factory=dict)
+    group: str = "grid"
+
+
+def grid_settings(epsilons: list[float | None]) -> list[Setting]:
+    return [Setting(f"{p}/{_eps_name(e)}", p, e, run_config=dict(RECIPE)) for p in PARTITIONS for e in epsilons]
+
+
+def comparison_settings() -> list[Setting]:
+    """Label skew α = 0.3, ε = 3: the recipe against its parts, the server optimisers, the fine-tunes."""
+    out = [Setting("compare/fedavg-before", "label-0.3", 3.0, run_config=dict(PLAIN), group="recipe")]
+    for key, off in (("local-layers", "none"), ("aggregation-weight", "examples"), ("personalize", "none")):
+        out.append(Setting(f"compare/recipe-without-{key}", "label-0.3", 3.0,
+                           run_config={**RECIPE, key: off}, group="recipe"))
+    for strategy, extra in (("fedavgm", {"server-learning-rate": 1.0, "server-momentum": 0.5}),
+                            ("fedadam", {"server-learning-rate": 0.01}), ("fedyogi", {"server-learning-rate": 0.01}),
+                            ("fedprox", {"proximal-mu": 0.1})):
+        out.append(Setting(f"compare/{strategy}", "label-0.3", 3.0, strategy, {**RECIPE, **extra}, group="server"))
+    for method in ("calibration", "head"):
+        out.append(Setting(f"compare/personalize-{method}", "label-0.3", 3.0,
+                           run_config={**RECIPE, "personalize": method}, group="personalize"))
+    out.append(Setting("compare/personalize-full-mu0", "label-0.3", 3.0,
+                       run_config={**RECIPE, "personal-proximal-mu": 0.0}, group="personalize"))
+    return out
+
+
+def _eps_name(e: float | None) -> str:
+    return "no-dp" if e is None else f"eps{e:g}"
+
+
+def parse_epsilons(text: str) -> list[float | None]:
+    out: list[float | None] = []
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        out.append(None if item.lower() in ("none", "no-dp", "nodp") else float(item))
+    return out
+
+
+# ----------------------------------------------------------------------------- partitions
+def label_skew_seed(table, label: str, k: int, alpha: float, seed: int, tries: int = 400) -> int:
+    """The first seed ≥ ``seed`` whose Dirichlet(α) label split gives every institution ≥ 500 rows
+    and ≥ 50 rows of each class."""
+    import warnings
+
+    import numpy as np
+
+    from configs.errors import UserError
+    from simulation.partitioning import partition_table
+
+    y = table[label].to_numpy()
+    for s in range(seed, seed + tries):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                part = partition_table(table, k, "dirichlet", seed=s, label=label, alpha=alpha)
+        except UserError:
+            continue
+        if all(len(ix) >= MIN_ROWS and MIN_CLASS_ROWS <= int(np.sum(y[ix] == 1)) <= len(ix) - MIN_CLASS_ROWS
+               for ix in part.indices):
+            return s
+    raise RuntimeError(f"no Dirichlet(α={alpha}) split of {k} institutions in seeds {seed}…{seed + tries - 1} "
+                       f"gives every institution {MIN_ROWS} rows and {MIN_CLASS_ROWS} of each class")
+
+
+def write_partitions(data: str, names: set[str], k: int, seed: int, work: Path) -> dict[str, dict]:
+    """Each needed partition's directory (the source's rows as written: read with the UCI mapping)
+    and the seed it was drawn with."""
+    from configs.schema import load_schema
+    from simulation.partition_files import load_partition_source, write_partition
+
+    schema = load_schema()
+    source = load_partition_source(data, schema, MAPPING)
+    out = {}
+    for name in sorted(names):
+        spec = dict(PARTITIONS[name])
+        s = seed
+        if spec["method"] == "dirichlet":
+            s = label_skew_seed(source.table, schema.label.name, k, spec["alpha"], seed)
+        d = work / "partitions" / name
+        manifest = write_partition(source, d, k=k, seed=s, force=True, **spec)
+        out[name] = {"dir": str(d), "seed": s, **spec,
+                     "default_rates": [e["default_rate"] for e in manifest["institutions"]],
+                     "rows": [e["rows"] for e in manifest["institutions"]]}
+    return out
+
+
+# ------------------------------------------------------------------------------- one run
+def run_setting(setting: Setting, part: dict, rounds: int, seed: int, work: str) -> dict:
+    """One ``simulate`` run with baselines; the JSON line of the setting."""
+    from simulation.runner import SimulationOptions, simulate
+
+    t0 = time.time()
+    out_dir = Path(work) / "runs" / setting.name.replace("/", "_")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    opts = SimulationOptions(data_dir=part["dir"], mapping=MAPPING, out=str(out_dir), rounds=rounds, seed=seed, cpus=1,
+                             strategy=setting.strategy, dp=setting.epsilon is not None,
+                             epsilon=setting.epsilon if setting.epsilon is not None else DEFAULTS["sim-max-epsilon"],
+                             run_config=dict(setting.run_config))
+    s = simulate(opts)
+    return setting_line(setting, part, s, rounds, seed, time.time() - t0)
+
+
+def setting_line(setting: Setting, part: dict, s: dict, rounds: int, seed: int, wall: float) -> dict:
+    members = [{k: r.get(k) for k in ("id", "rows", "default_rate", "auc_local_only", "auc_federated",
+                                      "auc_personalized", "chosen_model", "gain_from_joining",
+                                      "auc_centralized", "epsilon_spent")}
+               for r in s["institutions"]]
+    chosen = [max(v for v in (m["auc_federated"], m["auc_personalized"]) if v is not None)
+              for m in members if m["auc_federated"] is not None or m["auc_personalized"] is not None]
+    cen, pooled = s.get("auc_centralized"), s.get("auc_personalized_pooled")
+    tol = TARGET_CENTRALISED_DP if setting.epsilon is not None else TARGET_CENTRALISED_NODP
+    line = {
+        "bench": "heterogeneity", "setting": setting.name, "group": setting.group, "partition": setting.partition,
+        "partition_seed": part["seed"], "epsilon": setting.epsilon, "dp": setting.epsilon is not None,
+        "strategy": setting.strategy, "run_config": setting.run_config, "rounds": rounds, "seed": seed,
+        "status": s["status"], "members": members,
+        "auc_federated_pooled": s.get("auc_federated"), "auc_chosen_pooled": pooled,
+        "auc_centralized_pooled": cen, "auc_chosen_mean": (sum(chosen) / len(chosen)) if chosen else None,
+        "auc_centralized_mean": s.get("auc_centralized_mean"), "auc_local_only_mean": s.get("auc_local_only_mean"),
+        "members_worse_than_local_only": s.get("members_worse_than_local_only"),
+        "target_no_member_worse": s.get("members_worse_than_local_only") == 0,
+        "target_pooled_within": tol,
+        "target_pooled_met": (pooled is not None and cen is not None and pooled >= cen - tol),
+        "target_mean_met": (s.get("auc_centralized_mean") is not None and chosen
+                            and sum(chosen) / len(chosen) >= s["auc_centralized_mean"] - tol),
+        "wall_s": round(wall, 1),
+    }
+    return line
+
+
+# ------------------------------------------------------------------------------- the plot
+def plot_members(lines: list[dict], path: Path) -> Path:
+    """Per-member gain (chosen − local-only AUC) for each partition at each ε of the grid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = [ln for ln in lines if ln.get("group") == "grid" and ln.get("status") == "completed"]
+    parts = [p for p in PARTITIONS if any(ln["partition"] == p for ln in grid)]
+    eps = sorted({ln["epsilon"] for ln in grid}, key=lambda e: float("inf") if e is None else e)
+    fig, axes = plt.subplots(1, len(parts), figsize=(3.2 * len(parts), 3.4), sharey=True, squeeze=False)
+    colors = ["#e76f51", "#2a9d8f", "#1f3a5f", "#8d99ae"]
+    for ax, p in zip(axes[0], parts):
+        width = 0.8 / max(1, len(eps))
+        for j, e in enumerate(eps):
+            ln = next((x for x in grid if x["partition"] == p and x["epsilon"] == e), None)
+            if ln is None:
+                continue
+            gains = [m["gain_from_joining"] if m["gain_from_joining"] is not None else float("nan")
+                     for m in ln["members"]]
+            xs = [i + (j - (len(eps) - 1) / 2) * width for i in range(len(gains))]
+            ax.bar(xs, gains, width * 0.95, color=colors[j % len(colors)], label=_eps_name(e).replace("eps", "ε = "))
+        ax.axhspan(-GAIN_TOLERANCE, GAIN_TOLERANCE, color="#8d99ae", alpha=0.2, lw=0)
+        ax.axhline(0, color="#8d99ae", lw=0.8)
+        ax.set_title(p, fontsize=10)
+        ax.set_xticks(range(len(ln["members"])), [f"{i + 1}" for i in range(len(ln["members"]))], fontsize=8)
+        ax.set_xlabel("member", fontsize=8.5)
+    axes[0][0].set_ylabel("AUC gain over local-only")
+    axes[0][-1].legend(fontsize=7.5, loc="best")
+    fig.suptitle("Gain from joining per member (chosen model − local-only, own holdout)", fontsize=10.5)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+# -------------------------------------------------------------------------------- driver
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--institutions", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=DEFAULTS["num-server-rounds"])
+    ap.add_argument("--epsilons", default="1,3,none", help="comma-separated ε; 'none' = no DP")
+    ap.add_argument("--partitions", default=",".join(PARTITIONS), help=f"some of {', '.join(PARTITIONS)}")
+    ap.add_argument("--compare", action="store_true", help="also the comparison settings on label-0.3 at ε = 3")
+    ap.add_argument("--only", help="comma-separated setting names (see --list)")
+    ap.add_argument("--list", action="store_true", help="print the setting names and exit")
+    ap.add_argument("--jobs", type=int, default=1, help="settings run at once (one process and one CPU each)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", metavar="DIR", help="keep partitions and run directories here")
+    ap.add_argument("--plot", metavar="FILE.jsonl", help="draw the per-member figure from earlier output and exit")
+    ap.add_argument("--plot-out", default=str(REPO / "docs" / "benchmarks" / "heterogeneity.png"))
+    args = ap.parse_args(argv)
+
+    if args.plot:
+        lines = [json.loads(x) for x in Path(args.plot).read_text().splitlines() if x.startswith("{")]
+        print(json.dumps({"bench": "heterogeneity", "plot": str(plot_members(
+            [ln for ln in lines if ln.get("bench") == "heterogeneity"], Path(args.plot_out)))}))
+        return 0
+    wanted = [p for p in args.partitions.split(",") if p]
+    unknown = [p for p in wanted if p not in PARTITIONS]
+    if unknown:
+        ap.error(f"unknown partition(s) {unknown}; choose from {', '.join(PARTITIONS)}")
+    settings = [s for s in grid_settings(parse_epsilons(args.epsilons)) if s.partition in wanted]
+    if args.compare:
+        settings += comparison_settings()
+    if args.only:
+        names = set(args.only.split(","))
+        settings = [s for s in settings + comparison_settings() if s.name in names]
+        settings = list({s.name: s for s in settings}.values())
+    if args.list:
+        for s in settings:
+            print(s.name)
+        return 0
+    if not Path(args.data).is_file():
+        print(json.dumps({"bench": "heterogeneity", "skipped": f"data file not found: {args.data}"}))
+        return 0
+    with scratch_dir(args.keep, "fedcredit-heterogeneity-") as work:
+        parts = write_partitions(args.data, {s.partition for s in settings}, args.institutions, args.seed, work)
+        failed = run_all(settings, parts, args, work)
+    return 1 if failed else 0
+
+
+def run_all(settings: list[Setting], parts: dict, args, work: Path) -> int:
+    """Run the settings (``--jobs`` at once); print each one's JSON line as it finishes."""
+    failed = 0
+    if args.jobs <= 1:
+        for s in settings:
+            failed += _emit(lambda s=s: run_setting(s, parts[s.partition], args.rounds, args.seed, str(work)), s)
+        return failed
+    import multiprocessing
+
+    # fresh interpreters: each job starts its own Ray and torch (no state forked from this process)
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(run_setting, s, parts[s.partition], args.rounds, args.seed, str(work)): s
+                   for s in settings}
+        for fut in as_completed(futures):
+            failed += _emit(fut.result, futures[fut])
+    return failed
+
+
+def _emit(result, s: Setting) -> int:
+    try:
+        line = result()
+    except Exception as exc:  # one failed setting must not lose the others' lines
+        print(json.dumps({"bench": "heterogeneity", "setting": s.name, "error": f"{type(exc).__name__}: {exc}",
+                          "spec": asdict(s)}), flush=True)
+        return 1
+    print(json.dumps(line, default=float), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
