@@ -219,16 +219,16 @@ def _train_private(policy, ledger, data, req, state, model, personal, tcfg, x, y
         seed_ = noise_seed(policy, req, ledger, salt, inputs_digest(weights, req, sigma))
         return DPSGDGradients(sigma, req["clipping-norm"], q, steps=n_steps, expected_batch_size=q * n_hat, seed=seed_)
 
-    round_rule = rule(f"train-{run_id}-{rnd}", steps)
+    round_rule = rule(f"train-{rnd}", steps)
     events = [_side_event(round_rule.events(steps, run_id, rnd), req, data, "train", rnd)]
     events += personal.releases_with_update(True, run_id, data.split.split)
     _budget(ledger.check, events)
     train_local(model, x, y, tcfg, round_rule, seed=seed)
-    label_rng = np.random.default_rng(noise_seed(policy, req, ledger, f"label-count-{run_id}"))
+    label_rng = np.random.default_rng(noise_seed(policy, req, ledger, "label-count"))
     spent = _budget(ledger.record, events)  # persisted before the update leaves the node
     metrics = {"num-examples": n_hat, **personal.after_training(model, y, dp=True, rng=label_rng, n_rows=n_hat)}
     p_steps = personal.settings.personal_rounds(tcfg.local_epochs) * steps
-    spent = _budget(personal.personalise_if_last, req, x, y, tcfg, rule(f"personal-{run_id}", max(p_steps, 1)),
+    spent = _budget(personal.personalise_if_last, req, x, y, tcfg, rule("personal", max(p_steps, 1)),
                     policy.institution_id, encoder, data.schema, ledger=ledger, steps=steps) or spent
     # no training loss under DP: it is an exact function of the private batches (unclipped,
     # unnoised), so it would be a release outside the accountant (docs/privacy.md)
@@ -278,7 +278,7 @@ def evaluate(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict, stat
         n_hat = _budget(released_counts, policy, ledger, data, req)["holdout"]
         sigma = _evaluation_noise(state, req["run-id"])
         bins = evaluation_bins(n_hat, sigma, len(groups))
-        salt = f"eval-{req['run-id']}-{req['server-round']}"
+        salt = f"eval-{req['server-round']}"
         rng = np.random.default_rng(noise_seed(policy, req, ledger, salt, inputs_digest(weights, req, sigma)))
         noisy, noisy_groups, event = release_evaluation(sums, sigma, rng, bins=bins, groups=groups)
         _side_event(event, req, data, "holdout", req["server-round"])

@@ -17,14 +17,15 @@ generators afresh for each release), so no two releases share noise or Poisson s
 
 Simulation (reproducible research runs): a seed from sha256 over the run's ``seed``, the
 institution, the ledger's release counter (its number of events) and the sha256 of its whole
-history (without the times of the releases and their table versions), the release's kind and round, and a digest of the release's own inputs (weights,
-config, σ). The counter and history make every release of one ledger draw fresh noise, in this
-run or any later one — including every run id ever recorded — so two runs on the same state
-never share noise or samples. The run id itself is left out: a DP simulation with the same
-``--seed`` on a fresh state root repeats itself exactly. Two fresh state roots given the same
-seed draw the same noise only for a release with identical inputs — the same output twice,
-which reveals nothing new; any change in the inputs (another σ, other weights) changes the
-noise, so releases cannot be subtracted to cancel it.
+history (what was released — not when, in which run or from which table version), the
+release's kind and round, and a digest of the release's own inputs (weights, config, σ). Every
+release appends to the ledger before it leaves, so the counter makes every release on one
+state draw fresh noise, in this run or any later one: two runs with the same seed on one state
+root never share noise or Poisson samples. Run ids are left out (they are random per run): a DP
+simulation with the same ``--seed`` on a fresh state root repeats itself exactly. Two fresh
+state roots given the same seed draw the same noise only for a release with identical inputs —
+the same output twice, which reveals nothing new; any change in the inputs (another σ, other
+weights) changes the noise, so releases cannot be subtracted to cancel it.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ from fedcredit import protocol as P
 from fedcredit.protocol import evaluation_rounds
 
 
+#: config keys that name the run rather than what it computes (the run id is random per run; the
+#: audit ledger's head hashes the run's own signed history)
+PER_RUN_KEYS = ("run-id", "ledger-head")
+
+
 def open_ledger(policy: NodePolicy, data: NodeData):
     """The institution's ledger, opened for the table version in ``data`` (hold it briefly: it is locked)."""
     from privacy.ledger import PrivacyLedger
@@ -54,14 +60,18 @@ def open_ledger(policy: NodePolicy, data: NodeData):
 
 
 def inputs_digest(*parts) -> str:
-    """sha256 of a release's inputs (arrays by their bytes, the rest as canonical JSON)."""
+    """sha256 of a release's inputs (arrays by their bytes, the rest as canonical JSON; a config's
+    :data:`PER_RUN_KEYS` left out — they differ per run whatever it computes, and the ledger's
+    history already tells runs apart)."""
     h = hashlib.sha256()
     for part in parts:
-        if isinstance(part, dict) and all(isinstance(v, np.ndarray) for v in part.values()):
+        if isinstance(part, dict) and part and all(isinstance(v, np.ndarray) for v in part.values()):
             for k in sorted(part):
                 h.update(k.encode())
                 h.update(np.ascontiguousarray(part[k]).tobytes())
         else:
+            if isinstance(part, dict):
+                part = {k: v for k, v in part.items() if k not in PER_RUN_KEYS}
             h.update(json.dumps(part, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
@@ -72,7 +82,8 @@ def noise_seed(policy: NodePolicy, cfg: dict, ledger, salt: str, inputs: str = "
         return None
     history = ledger.all_events
     # what was released, not when, nor from which table version (a hash of the data)
-    what = inputs_digest([{k: v for k, v in e.to_dict().items() if k not in ("time", "data")} for e in history])
+    what = inputs_digest([{k: v for k, v in e.to_dict().items() if k not in ("time", "data", "run_id")}
+                          for e in history])
     blob = f"{cfg.get('seed', 0)}|{policy.institution_id}|{len(history)}|{what}|{salt}|{inputs}"
     return int.from_bytes(hashlib.sha256(blob.encode()).digest()[:8], "little")
 
@@ -86,7 +97,7 @@ def released_counts(policy: NodePolicy, ledger, data: NodeData, cfg: dict) -> di
     from privacy.errors import BudgetExceeded
     from privacy.planning import default_delta
 
-    rng = np.random.default_rng(noise_seed(policy, cfg, ledger, "count"))
+    rng = np.random.default_rng(noise_seed(policy, cfg, ledger, "count", inputs_digest(len(ledger.versions))))
     counts, events = release_counts(data.split.n_train, len(data.split.holdout), COUNT_NOISE_MULTIPLIER, rng)
     for e in events:
         e.run_id, e.split = str(cfg.get("run-id", "")), data.split.split
