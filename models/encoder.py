@@ -76,8 +76,7 @@ def feature_statistics(table, schema: Schema, include_protected: bool = False) -
         if f.kind == "numeric":
             edges = f.bin_edges()
             t = apply_transform(f.transform, np.clip(col.to_numpy(dtype=float), *f.range))
-            idx = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, f.bins - 1)
-            stats[f.name] = np.bincount(idx, minlength=f.bins).astype(np.float64)
+            stats[f.name] = np.bincount(uniform_bin_index(t, edges), minlength=f.bins).astype(np.float64)
         elif f.kind == "ordinal":
             lo = int(f.range[0])
             idx = col.to_numpy(dtype=float).astype(np.int64) - lo
@@ -89,6 +88,18 @@ def feature_statistics(table, schema: Schema, include_protected: bool = False) -
             idx = col.to_numpy(dtype=float).astype(np.int64)
             stats[f.name] = np.bincount(idx, minlength=2).astype(np.float64)
     return stats
+
+
+def uniform_bin_index(t: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin of each value over equally spaced ``edges`` (values inside ``[edges[0], edges[-1]]``):
+    the same as ``clip(searchsorted(edges, t, side="right") − 1, 0, bins − 1)``, computed by
+    division and one comparison with the neighbouring edges (which corrects rounding) instead of
+    a binary search per value."""
+    bins = len(edges) - 1
+    i = np.clip(((t - edges[0]) * (bins / (edges[-1] - edges[0]))).astype(np.int64), 0, bins - 1)
+    i -= t < edges[i]
+    i += t >= edges[i + 1]
+    return np.clip(i, 0, bins - 1)
 
 
 def sum_statistics(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -103,12 +114,17 @@ def sum_statistics(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def _category_codes(col, f: Feature) -> np.ndarray:
+    """Index of each row's category in ``f.categories``: one dictionary look-up per distinct
+    value (:func:`pandas.factorize`), not per row; an undeclared or missing value is a ValueError."""
+    codes, uniques = pd.factorize(col)
     lookup = {c: i for i, c in enumerate(f.categories)}
-    codes = col.map(lookup)
-    if codes.isna().any():
-        bad = col[codes.isna()].iloc[0]
+    index = np.array([lookup.get(u, -1) for u in uniques], dtype=np.int64)
+    if (codes < 0).any():
+        raise ValueError(f"column {f.name}: a value is missing (not a declared category)")
+    if (index < 0).any():
+        bad = uniques[int(np.argmax(index < 0))]
         raise ValueError(f"column {f.name}: value {bad!r} is not a declared category")
-    return codes.to_numpy(dtype=np.int64)
+    return index[codes]
 
 
 def histogram_quantiles(counts: np.ndarray, edges: np.ndarray, qs: np.ndarray) -> np.ndarray:
@@ -229,12 +245,7 @@ class FeatureEncoder:
             elif f.kind == "ordinal":
                 columns.append((f, col.to_numpy(dtype=float), np.asarray(f.levels[1:], dtype=float)))
             elif f.kind == "categorical":
-                codes, uniques = pd.factorize(col)  # one dictionary look-up per distinct value
-                lookup = {c: i for i, c in enumerate(f.categories)}
-                index = np.array([lookup.get(u, -1) for u in uniques], dtype=np.int64)
-                if (codes < 0).any() or (index < 0).any():
-                    raise ValueError(f"column {f.name}: a value is not a declared category")
-                columns.append((f, index[codes], None))
+                columns.append((f, _category_codes(col, f), None))
             else:
                 columns.append((f, col.to_numpy(dtype=float), None))
         for start in range(0, n, TRANSFORM_ROWS_PER_BLOCK):
