@@ -319,7 +319,7 @@ def test_recalibrated_overfit_model_leaks_through_the_command(tmp_path, schema, 
     enc = fit_encoder_from_tables(schema, [table[member]])
     x, y = enc.transform(table), table[schema.label.name].to_numpy(np.float32)
     spec = ModelSpec("mlp", enc.n_outputs, (256, 256))
-    recipe = LocalTrainConfig(local_epochs=30, batch_size=64, learning_rate=2e-3)
+    recipe = LocalTrainConfig(local_epochs=60, batch_size=64, learning_rate=2e-3)
     net = trained_model(spec, x[member], y[member], recipe)
     z = np.clip(logits(net, x[~member]), -LOGIT_LIMIT + 1e-6, LOGIT_LIMIT - 1e-6)
     bins, yh = np.linspace(-LOGIT_LIMIT, LOGIT_LIMIT, 201), y[~member]
@@ -328,7 +328,7 @@ def test_recalibrated_overfit_model_leaks_through_the_command(tmp_path, schema, 
     recalibrated = build_model(spec)
     set_weights(recalibrated, calibrate_weights(get_weights(net), spec, cal))
     pkg = save_model(tmp_path, schema, spec, enc, recalibrated, "[run-config]\nnum-server-rounds = 1\n"
-                     "local-epochs = 30\nbatch-size = 64\nlearning-rate = 0.002\n")
+                     "local-epochs = 60\nbatch-size = 64\nlearning-rate = 0.002\n")
     assert main(["privacy", "audit", "--model", str(pkg), "--data", str(tmp_path / "lender.csv"), "--json"]) == 0
     report = __import__("json").loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["model"]["loss_members"] < report["model"]["loss_non_members"] - 0.1
