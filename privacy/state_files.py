@@ -13,7 +13,7 @@ Layout (``STATE_DIR/privacy/``)
   an error — never a silent reset to zero.
 * ``ledger.lock`` — an exclusive ``fcntl.flock`` held while a process uses the ledger.
 * ``<fingerprint>.json`` (format ``fedcredit-privacy-state/1``) — one ledger per table
-  version, as versions before 0.2 kept them; read once, migrated into ``ledger.json`` and
+  version, as earlier versions of the node kept them; read once, migrated into ``ledger.json`` and
   renamed ``<fingerprint>.json.migrated`` (kept as a record).
 
 Every write is atomic: temporary file, ``fsync``, ``os.replace``, ``fsync`` of the directory.
