@@ -37,7 +37,7 @@ from configs.schema import Schema
 DEFAULT_HOLDOUT_FRACTION = 0.2
 
 
-SPLIT_RULE = "row-hash/v2"  # v1 (before 0.2) hashed the id column too
+SPLIT_RULE = "row-hash/v2"  # v1 (earlier versions) hashed the id column too
 
 
 def _content_columns(table: pd.DataFrame, schema: Schema) -> list[str]:
