@@ -11,9 +11,11 @@ is split into INSTITUTIONS lenders in several ways (simulation.partitioning):
   reading); the seed used is in the output;
 * ``size``       — Dirichlet(1) sizes, default rates alike (quantity skew).
 
-Every setting is a whole ``fedcredit simulate`` run (the real ServerApp and ClientApps in Flower's
-simulation runtime, each node enforcing its budget ε or training without DP) with its
-centralised and local-only baselines, and prints ONE JSON line: per member its rows, default
+Every setting is a whole simulation run (:func:`simulation.runner.simulate`: the real ServerApp
+driver and ClientApps, each node enforcing its budget ε or training without DP) with its
+centralised and local-only baselines — by default in process (``--runtime inprocess``: the
+messages are delivered in this process, no Ray; ``--runtime flower`` uses Flower's simulation
+runtime like ``fedcredit simulate``) — and prints ONE JSON line: per member its rows, default
 rate and AUC on its own holdout of the local-only, global and personalised models, the chosen
 one (max of global and personalised) and the gain from joining; pooled, the federated AUC, the
 members' chosen models pooled, the centralised AUC, the means of the members' own AUCs, and
@@ -22,13 +24,16 @@ how many members are worse off than alone (0.005 tolerance). Settings:
 * the grid: each partition × each ε (``--epsilons 1,3,none``) with the consortium's recipe
   (:data:`RECIPE`: own intercepts, information weights, personal fine-tune — docs/benchmarks.md);
 * ``--compare`` (on label-0.3 at ε = 3): FedAvg as it was before the recipe, each ingredient of
-  the recipe left out, the server optimisers (FedAvgM, FedAdam, FedYogi, FedProx) and the
-  personalisation methods (none, calibration, head, full).
+  the recipe left out, the server optimisers (FedAvgM, FedAdam, FedYogi, FedProx), the
+  personalisation methods (none, calibration, head, full with and without the proximal pull),
+  and each node picking its own batch for a per-step noise target (also on size skew).
 
-``--jobs N`` runs N settings at once, each in its own process with one CPU for Flower (the
-settings are independent; each needs ~1 GB of memory). ``--only NAME,…`` runs some settings;
+``--jobs N`` runs N settings at once, each in its own process on one CPU (the settings are
+independent; each needs well under 1 GB of memory). ``--only NAME,…`` runs some settings;
 ``--list`` prints their names. ``--plot FILE.jsonl`` draws the per-member gain figure
 (docs/benchmarks/heterogeneity.png) from earlier output instead of running anything.
+``--prepare DIR/partitions`` only writes the partitions (and their ``index.json``);
+``--partitions-dir DIR/partitions`` runs on partitions written so — e.g. on another machine that lacks flwr-datasets.
 
 Skips cleanly (one JSON line with "skipped") when the data file is absent. Partitions and run
 directories go to a temporary directory, removed at the end, unless ``--keep DIR``.
@@ -66,7 +71,7 @@ RECIPE = {"local-layers": "output-bias", "output-bias-learning-rate": 0.1, "aggr
           "personalize": "full", "personal-epochs": 2, "personal-proximal-mu": 0.1}
 #: FedAvg as the consortium ran it before: no local layers, example weights, no personal model
 PLAIN = {"local-layers": "none", "output-bias-learning-rate": 0.0, "aggregation-weight": "examples",
-         "personalize": "none"}
+         "personalize": "none", "step-noise-target": 0.0}
 MIN_ROWS, MIN_CLASS_ROWS = 500, 50
 GAIN_TOLERANCE = 0.005
 TARGET_CENTRALISED_DP, TARGET_CENTRALISED_NODP = 0.02, 0.01
@@ -101,6 +106,9 @@ def comparison_settings() -> list[Setting]:
                            run_config={**RECIPE, "personalize": method}, group="personalize"))
     out.append(Setting("compare/personalize-full-mu0", "label-0.3", 3.0,
                        run_config={**RECIPE, "personal-proximal-mu": 0.0}, group="personalize"))
+    for part in ("label-0.3", "size"):
+        out.append(Setting(f"compare/step-noise-target-{part}", part, 3.0,
+                           run_config={**RECIPE, "step-noise-target": 0.006}, group="batch-plan"))
     return out
 
 
@@ -157,14 +165,21 @@ def write_partitions(data: str, names: set[str], k: int, seed: int, work: Path) 
             s = label_skew_seed(source.table, schema.label.name, k, spec["alpha"], seed)
         d = work / "partitions" / name
         manifest = write_partition(source, d, k=k, seed=s, force=True, **spec)
-        out[name] = {"dir": str(d), "seed": s, **spec,
+        out[name] = {"dir": name, "seed": s, **spec,
                      "default_rates": [e["default_rate"] for e in manifest["institutions"]],
                      "rows": [e["rows"] for e in manifest["institutions"]]}
-    return out
+    (work / "partitions" / "index.json").write_text(json.dumps(out, indent=1) + "\n")
+    return read_partitions(work / "partitions")
+
+
+def read_partitions(root: Path) -> dict[str, dict]:
+    """The partitions ``write_partitions`` left in ``root`` (``index.json``), with absolute directories."""
+    index = json.loads((Path(root) / "index.json").read_text())
+    return {name: {**p, "dir": str((Path(root) / p["dir"]).resolve())} for name, p in index.items()}
 
 
 # ------------------------------------------------------------------------------- one run
-def run_setting(setting: Setting, part: dict, rounds: int, seed: int, work: str) -> dict:
+def run_setting(setting: Setting, part: dict, rounds: int, seed: int, work: str, runtime: str = "inprocess") -> dict:
     """One ``simulate`` run with baselines; the JSON line of the setting."""
     from simulation.runner import SimulationOptions, simulate
 
@@ -175,7 +190,7 @@ def run_setting(setting: Setting, part: dict, rounds: int, seed: int, work: str)
     opts = SimulationOptions(data_dir=part["dir"], mapping=MAPPING, out=str(out_dir), rounds=rounds, seed=seed, cpus=1,
                              strategy=setting.strategy, dp=setting.epsilon is not None,
                              epsilon=setting.epsilon if setting.epsilon is not None else DEFAULTS["sim-max-epsilon"],
-                             run_config=dict(setting.run_config))
+                             run_config=dict(setting.run_config), runtime=runtime)
     s = simulate(opts)
     return setting_line(setting, part, s, rounds, seed, time.time() - t0)
 
@@ -262,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", metavar="DIR", help="keep partitions and run directories here")
     ap.add_argument("--plot", metavar="FILE.jsonl", help="draw the per-member figure from earlier output and exit")
     ap.add_argument("--plot-out", default=str(REPO / "docs" / "benchmarks" / "heterogeneity.png"))
+    ap.add_argument("--runtime", choices=["inprocess", "flower"], default="inprocess")
+    ap.add_argument("--prepare", metavar="DIR", help="only write the partitions into DIR and exit")
+    ap.add_argument("--partitions-dir", metavar="DIR", help="use the partitions --prepare wrote into DIR")
     args = ap.parse_args(argv)
 
     if args.plot:
@@ -276,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = [s for s in grid_settings(parse_epsilons(args.epsilons)) if s.partition in wanted]
     if args.compare:
         settings += comparison_settings()
+    # the target setting and its comparisons first: with --jobs they start in the first wave
+    settings.sort(key=lambda s: (s.partition != "label-0.3", s.group != "grid", s.epsilon != 3.0))
     if args.only:
         names = set(args.only.split(","))
         settings = [s for s in settings + comparison_settings() if s.name in names]
@@ -284,8 +304,19 @@ def main(argv: list[str] | None = None) -> int:
         for s in settings:
             print(s.name)
         return 0
+    if args.partitions_dir:
+        with scratch_dir(args.keep, "fedcredit-heterogeneity-") as work:
+            failed = run_all(settings, read_partitions(Path(args.partitions_dir)), args, work)
+        return 1 if failed else 0
     if not Path(args.data).is_file():
         print(json.dumps({"bench": "heterogeneity", "skipped": f"data file not found: {args.data}"}))
+        return 0
+    if args.prepare:
+        parts = write_partitions(args.data, {s.partition for s in settings}, args.institutions, args.seed,
+                                 _prepare_root(args.prepare))
+        print(json.dumps({"bench": "heterogeneity", "prepared": args.prepare,
+                          "partitions": {k: {kk: v[kk] for kk in ("seed", "rows", "default_rates")}
+                                         for k, v in parts.items()}}))
         return 0
     with scratch_dir(args.keep, "fedcredit-heterogeneity-") as work:
         parts = write_partitions(args.data, {s.partition for s in settings}, args.institutions, args.seed, work)
@@ -293,18 +324,27 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+def _prepare_root(directory: str) -> Path:
+    """``write_partitions`` writes into ``ROOT/partitions``: the root whose partitions folder is ``directory``."""
+    d = Path(directory).resolve()
+    if d.name != "partitions":
+        raise SystemExit(f"--prepare DIR: name the folder 'partitions' (got {d.name})")
+    return d.parent
+
+
 def run_all(settings: list[Setting], parts: dict, args, work: Path) -> int:
     """Run the settings (``--jobs`` at once); print each one's JSON line as it finishes."""
     failed = 0
     if args.jobs <= 1:
         for s in settings:
-            failed += _emit(lambda s=s: run_setting(s, parts[s.partition], args.rounds, args.seed, str(work)), s)
+            failed += _emit(lambda s=s: run_setting(s, parts[s.partition], args.rounds, args.seed, str(work),
+                                                    args.runtime), s)
         return failed
     import multiprocessing
 
     # fresh interpreters: each job starts its own Ray and torch (no state forked from this process)
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(run_setting, s, parts[s.partition], args.rounds, args.seed, str(work)): s
+        futures = {pool.submit(run_setting, s, parts[s.partition], args.rounds, args.seed, str(work), args.runtime): s
                    for s in settings}
         for fut in as_completed(futures):
             failed += _emit(fut.result, futures[fut])

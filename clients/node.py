@@ -27,6 +27,7 @@ keeps its privacy state under ``state-root/<institution-id>``, its budget from
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -301,15 +302,15 @@ def answer_statistics(policy: NodePolicy, cfg: dict, state: dict | None = None
     event.run_id, event.rows, event.split = str(cfg.get("run-id", "")), "train", data.split.split
     with _ledger(policy, data) as ledger:
         try:
-            p = None
+            p = batch = None
             if "num-server-rounds" in cfg:  # do not spend on statistics for a run we cannot train in
-                p = _plan_run(policy, ledger, data.split.n_train, cfg, first_round=1, pending=[event])
+                p, batch = _plan_run(policy, ledger, data.split.n_train, cfg, first_round=1, pending=[event])
             spent = ledger.record([event])
         except BudgetExceeded as exc:
             raise NodeRefusal.budget_exhausted(exc) from None
         if p is not None and state is not None and "batch-size" in cfg and "local-epochs" in cfg:
             state["plan"] = {"run-id": event.run_id, "noise-multiplier": p.noise_multiplier, "rounds": p.rounds,
-                             "planned-at": "statistics", "ledger-events": len(ledger.events),
+                             "batch-size": batch, "planned-at": "statistics", "ledger-events": len(ledger.events),
                              "shape": _plan_shape(data.split.n_train, cfg, 1)}
         metrics.update({"epsilon-spent": spent, "epsilon-budget": ledger.max_epsilon, "delta": ledger.delta})
     return noisy, metrics
@@ -360,24 +361,26 @@ def train(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict,
     from privacy.planning import sample_rate_for
 
     run_id = str(cfg.get("run-id", ""))
-    q = sample_rate_for(len(x), tcfg.batch_size)
-    steps = tcfg.local_epochs * tcfg.steps_per_epoch(len(x))
     with _ledger(policy, data) as ledger:
         plan = state.get("plan")
         if plan and plan.get("planned-at") == "statistics":  # planned when answering the statistics query:
             if (plan.get("ledger-events") == len(ledger.events)  # the same ledger, the same run shape
                     and plan.get("shape") == _plan_shape(len(x), cfg, rnd) and plan.get("run-id") == run_id):
-                plan = state["plan"] = {k: plan[k] for k in ("run-id", "noise-multiplier", "rounds")}
+                plan = state["plan"] = {k: plan[k] for k in ("run-id", "noise-multiplier", "rounds", "batch-size")}
             else:
                 plan = None
         if not plan or plan.get("run-id") != run_id:
             try:
-                p = _plan_run(policy, ledger, len(x), cfg, first_round=rnd)
+                p, batch = _plan_run(policy, ledger, len(x), cfg, first_round=rnd)
             except BudgetExceeded as exc:
                 raise NodeRefusal.budget_exhausted(exc) from None
-            plan = {"run-id": run_id, "noise-multiplier": p.noise_multiplier, "rounds": p.rounds}
+            plan = {"run-id": run_id, "noise-multiplier": p.noise_multiplier, "rounds": p.rounds, "batch-size": batch}
             state["plan"] = plan
         sigma = float(plan["noise-multiplier"])
+        # the batch the plan chose (privacy.batch_plan; the announced one unless step-noise-target is set)
+        tcfg = dataclasses.replace(tcfg, batch_size=int(plan.get("batch-size") or tcfg.batch_size))
+        q = sample_rate_for(len(x), tcfg.batch_size)
+        steps = tcfg.local_epochs * tcfg.steps_per_epoch(len(x))
         # a round trained again (its first reply was lost with a crashed server) draws fresh noise:
         # the same draws at another σ would let the two releases be combined to remove the noise
         replays = sum(1 for e in ledger.events if e.kind == "train" and e.run_id == run_id and e.round == rnd)
@@ -420,36 +423,42 @@ def _personal_round(policy: NodePolicy, cfg: dict, model=None):
 def _plan_shape(n_train: int, cfg: dict, first_round: int) -> str:
     """What :func:`_plan_run` depends on besides the ledger (to reuse a plan only when equal)."""
     keys = ("run-id", "num-server-rounds", "local-epochs", "batch-size", "evaluate-every", "target-epsilon",
-            "aggregation-weight", "personalize", "personal-epochs")
+            "aggregation-weight", "personalize", "personal-epochs", "step-noise-target")
     return json.dumps([n_train, first_round] + [str(cfg.get(k, "")) for k in keys])
 
 
 def _plan_run(policy: NodePolicy, ledger, n_train: int, cfg: dict, first_round: int, pending=()):
-    """The noise plan for the rest of this run, from the node's own ledger.
+    """The noise plan for the rest of this run, from the node's own ledger, and its batch size.
 
-    Rounds ``first_round..num-server-rounds`` of ``local-epochs`` epochs at the announced batch
-    size must fit the node's lifetime budget together with every earlier release; this run's
-    releases (its statistics, ``pending`` ones, planned noised evaluations) must also fit the
-    run's ``target-epsilon`` when the operator asks for less. Raises ``BudgetExceeded``.
+    Rounds ``first_round..num-server-rounds`` of ``local-epochs`` epochs at the batch size (the
+    announced one, or the node's own choice for ``step-noise-target``: privacy.batch_plan) must
+    fit the node's lifetime budget together with every earlier release; this run's releases (its
+    statistics, ``pending`` ones, planned noised evaluations, the personal fine-tune and label
+    count it reserves) must also fit the run's ``target-epsilon`` when the operator asks for less.
+    Raises ``BudgetExceeded``.
     """
+    from privacy.batch_plan import plan_with_batch
     from privacy.planning import plan_noise, sample_rate_for, steps_per_epoch
 
     run_id = str(cfg.get("run-id", ""))
-    batch = int(cfg["batch-size"])
     personal = _personal_round(policy, cfg)  # reserves the personal fine-tune and the label-count release
     rounds_left = max(1, int(cfg["num-server-rounds"]) - first_round + 1) + personal.reserved_rounds(cfg)
     this_run = ([e for e in ledger.events if e.run_id == run_id] + list(pending)
                 + personal.releases_with_update(True, run_id, ledger_split(ledger)))
-    return plan_noise(prior_events=[e for e in ledger.events if e.run_id != run_id],
-                      max_epsilon=ledger.max_epsilon, delta=ledger.delta,
-                      sample_rate=sample_rate_for(n_train, batch),
-                      steps_per_round=int(cfg["local-epochs"]) * steps_per_epoch(n_train, batch),
-                      rounds=rounds_left, run_epsilon_cap=float(cfg.get("target-epsilon", 0.0)) or None,
-                      extra_events=this_run + _planned_eval_events(
-                          policy, 1 + len(evaluation_rounds(first_round, int(cfg["num-server-rounds"]),
-                                                            int(cfg.get("evaluate-every", 1)))),
-                          ledger_split(ledger)),
-                      accountant=policy.accountant, rows="train", split=ledger_split(ledger))
+
+    def plan_for(batch: int):
+        return plan_noise(prior_events=[e for e in ledger.events if e.run_id != run_id],
+                          max_epsilon=ledger.max_epsilon, delta=ledger.delta,
+                          sample_rate=sample_rate_for(n_train, batch),
+                          steps_per_round=int(cfg["local-epochs"]) * steps_per_epoch(n_train, batch),
+                          rounds=rounds_left, run_epsilon_cap=float(cfg.get("target-epsilon", 0.0)) or None,
+                          extra_events=this_run + _planned_eval_events(
+                              policy, 1 + len(evaluation_rounds(first_round, int(cfg["num-server-rounds"]),
+                                                                int(cfg.get("evaluate-every", 1)))),
+                              ledger_split(ledger)),
+                          accountant=policy.accountant, rows="train", split=ledger_split(ledger))
+
+    return plan_with_batch(plan_for, n_train, int(cfg["batch-size"]), personal.settings.step_noise_target)
 
 
 def ledger_split(ledger) -> str:

@@ -77,6 +77,7 @@ DEFAULTS: dict[str, Any] = {
     "personalize": "none",
     "personal-epochs": 2,
     "personal-proximal-mu": 0.0,
+    "step-noise-target": 0.0,
     "schema": "consumer-credit-v1",
     # Simulation only: where virtual nodes find their data and keep their privacy state.
     "data-dir": "",
@@ -133,6 +134,7 @@ class RunSettings:
     personalize: str
     personal_epochs: int
     personal_proximal_mu: float
+    step_noise_target: float
     schema: str
     data_dir: str
     mapping: str
@@ -318,4 +320,4 @@ def _check_personalization(s: RunSettings, bad) -> None:
 
 #: run-config keys the nodes read for personalisation and aggregation weights (clients.personalization)
 PERSONALIZATION_KEYS = ("local-layers", "output-bias-learning-rate", "aggregation-weight", "personalize",
-                        "personal-epochs", "personal-proximal-mu")
+                        "personal-epochs", "personal-proximal-mu", "step-noise-target")

@@ -270,6 +270,34 @@ def test_the_released_label_count_moves_by_one_defaulter_only_through_the_count(
     assert released["with"] - released["without"] == pytest.approx(1.0)
 
 
+def test_a_small_node_picks_a_larger_batch_for_a_step_noise_target_and_records_what_it_used(lender_file, tmp_path):
+    from privacy.batch_plan import candidate_batches
+
+    p = _policy(lender_file, tmp_path / "state")
+    n = N.load_node_data(p).split.n_train
+    cfg, w0, _, _ = _config(p, 1, 3, **{"step-noise-target": 0.006, "personalize": "none",
+                                        "aggregation-weight": "examples"})
+    _, m = N.train(p, w0, cfg, {})
+    batch = round(m["sample-rate"] * n)
+    assert batch > 256 and batch in candidate_batches(n, 256)
+    assert m["noise-multiplier"] / batch <= 0.006 or batch == candidate_batches(n, 256)[-1]
+    assert m["steps"] == -(-n // batch)  # one epoch of the chosen batch
+    (event,) = [e for e in read_state(p.state_dir)[0]["events"] if e["kind"] == "train"]
+    assert event["sample_rate"] == pytest.approx(batch / n) and event["noise_multiplier"] == m["noise-multiplier"]
+    # without a target the node keeps the announced batch
+    p2 = _policy(lender_file, tmp_path / "state2")
+    cfg2, _, _, _ = _config(p2, 1, 3, **{"personalize": "none", "aggregation-weight": "examples"})
+    _, m2 = N.train(p2, w0, cfg2, {})
+    assert round(m2["sample-rate"] * n) == 256 and m2["noise-multiplier"] / 256 > 0.006
+
+
+def test_candidate_batches_stop_at_half_the_rows():
+    from privacy.batch_plan import candidate_batches
+
+    assert candidate_batches(1500, 256) == [256, 512]
+    assert candidate_batches(300, 256) == [256]
+
+
 # ----------------------------------------------------------------------------- the server
 def _reply(n: float, weight=None):
     from flwr.app import Message, MetricRecord, RecordDict
