@@ -412,3 +412,42 @@ def test_a_consortium_run_weighs_updates_by_information_and_leaves_each_node_a_p
     for inst in summary["institutions"]:
         d = find_personal_model(tmp_path / "state" / inst, [run.node_run_id])
         assert d is not None and json.loads((d / "model.json").read_text())["personalized_for"] == inst
+
+
+@pytest.mark.slow
+def test_simulate_reports_each_members_gain_from_joining(tmp_path):
+    """simulate (in process) with personal models: per member local-only, global and personalised AUC,
+    the gain from joining, the members worse off, the chosen models pooled; the report and the card
+    draw the per-member gains."""
+    from models.package import load_package
+    from simulation.member_gain import GAIN_TOLERANCE
+    from simulation.runner import SimulationOptions, load_all_nodes, simulate
+
+    out = tmp_path / "run"
+    s = simulate(SimulationOptions(institutions=3, rounds=2, scale=0.3, seed=4, epsilon=3.0, out=str(out),
+                                   runtime="inprocess", run_config={**HET, "hidden-layers": "16"}))
+    assert s["status"] == "completed"
+    metrics = json.loads((out / "metrics.json").read_text())
+    nodes = load_all_nodes(metrics["settings"], 3)
+    worse = 0
+    for r in s["institutions"]:
+        inst = r["id"]
+        # the personalised AUC is the node's own package scored on its own holdout
+        pkg_dir = find_personal_model(out / "node-state" / inst, [metrics["run_id"]])
+        data = nodes[inst]
+        y = data.split.holdout["default_next_month"].to_numpy()
+        assert r["auc_personalized"] == pytest.approx(auc_score(y, load_package(pkg_dir).predict_pd(data.split.holdout)))
+        chosen = max(r["auc_federated"], r["auc_personalized"])
+        assert r["chosen_model"] == ("global" if chosen == r["auc_federated"] else "personalized")
+        assert r["gain_from_joining"] == pytest.approx(chosen - r["auc_local_only"])
+        worse += r["gain_from_joining"] < -GAIN_TOLERANCE
+        assert r["rows_holdout"] == len(data.split.holdout)
+    assert s["members_worse_than_local_only"] == worse
+    assert 0.5 < s["auc_personalized_pooled"] < 1.0 and 0.5 < s["auc_chosen_mean"] < 1.0
+    assert "local_only_pooled_auc" not in metrics["baselines"]  # removed: it measured where a row came from
+    html = (out / "report.html").read_text()
+    assert "Gain from joining, per member" in html and "AUC gain from joining per member" in html
+    card = (out / "model_card.md").read_text()
+    assert "### Gain from joining, per member" in card
+    for r in s["institutions"]:
+        assert f"{r['gain_from_joining']:+.3f}" in card
