@@ -23,7 +23,8 @@ how many members are worse off than alone (0.005 tolerance). Settings:
 
 * the grid: each partition × each ε (``--epsilons 1,3,none``) with the consortium's recipe
   (:data:`RECIPE`: own intercepts, information weights, personal fine-tune — docs/benchmarks.md);
-* ``--compare`` (on label-0.3 at ε = 3): FedAvg as it was before the recipe, each ingredient of
+* ``--compare`` (on label-0.3 at ε = 3): FedAvg as it was before the recipe (random output layer; and with
+  only the zero output layer), each ingredient of
   the recipe left out, the server optimisers (FedAvgM, FedAdam, FedYogi, FedProx), the
   personalisation methods (none, calibration, head, full with and without the proximal pull),
   and each node picking its own batch for a per-step noise target (also on size skew).
@@ -71,7 +72,7 @@ RECIPE = {"local-layers": "output-bias", "output-bias-learning-rate": 0.1, "aggr
           "personalize": "full", "personal-epochs": 2, "personal-proximal-mu": 0.1}
 #: FedAvg as the consortium ran it before: no local layers, example weights, no personal model
 PLAIN = {"local-layers": "none", "output-bias-learning-rate": 0.0, "aggregation-weight": "examples",
-         "personalize": "none", "step-noise-target": 0.0}
+         "personalize": "none", "step-noise-target": 0.0, "output-layer-init": "random"}
 MIN_ROWS, MIN_CLASS_ROWS = 500, 50
 GAIN_TOLERANCE = 0.005
 TARGET_CENTRALISED_DP, TARGET_CENTRALISED_NODP = 0.02, 0.01
@@ -93,7 +94,9 @@ def grid_settings(epsilons: list[float | None]) -> list[Setting]:
 
 def comparison_settings() -> list[Setting]:
     """Label skew α = 0.3, ε = 3: the recipe against its parts, the server optimisers, the fine-tunes."""
-    out = [Setting("compare/fedavg-before", "label-0.3", 3.0, run_config=dict(PLAIN), group="recipe")]
+    out = [Setting("compare/fedavg-before", "label-0.3", 3.0, run_config=dict(PLAIN), group="recipe"),
+           Setting("compare/fedavg-before-zero-init", "label-0.3", 3.0,
+                   run_config={**PLAIN, "output-layer-init": "zero"}, group="recipe")]
     for key, off in (("local-layers", "none"), ("aggregation-weight", "examples"), ("personalize", "none")):
         out.append(Setting(f"compare/recipe-without-{key}", "label-0.3", 3.0,
                            run_config={**RECIPE, key: off}, group="recipe"))
@@ -192,7 +195,11 @@ def run_setting(setting: Setting, part: dict, rounds: int, seed: int, work: str,
                              epsilon=setting.epsilon if setting.epsilon is not None else DEFAULTS["sim-max-epsilon"],
                              run_config=dict(setting.run_config), runtime=runtime)
     s = simulate(opts)
-    return setting_line(setting, part, s, rounds, seed, time.time() - t0)
+    line = setting_line(setting, part, s, rounds, seed, time.time() - t0)
+    history = json.loads((out_dir / "metrics.json").read_text()).get("history") or []
+    line["global_by_round"] = [{"round": r["round"], **{k: (r.get("global") or {}).get(k) for k in ("auc", "mean_pd")}}
+                               for r in history if r.get("global")]
+    return line
 
 
 def setting_line(setting: Setting, part: dict, s: dict, rounds: int, seed: int, wall: float) -> dict:

@@ -325,7 +325,7 @@ class ConsortiumRun:
             parts.append({k: stats[k] for k in layout})  # one order for all, whatever order it came in
         self.encoder = fit_encoder_from_histograms(self.schema, sum_statistics(parts), s.encoder_knots)
         self.spec = ModelSpec(s.model, self.encoder.n_outputs, s.hidden if s.model == "mlp" else ())
-        self.weights = initial_weights(self.spec, s.seed)  # output layer zero: no round-1 collapse
+        self.weights = initial_weights(self.spec, s.seed, s.output_layer_init)  # zero: no round-1 collapse
         self.dtypes = {k: v.dtype for k, v in self.weights.items()}
 
     # ------------------------------------------------------------------- helpers

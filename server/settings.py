@@ -71,6 +71,7 @@ DEFAULTS: dict[str, Any] = {
     "secure-aggregation": False,
     "secagg-clipping-range": 8.0,
     # heterogeneity and personalisation (server.strategies.personalization_config, clients.personalization)
+    "output-layer-init": "zero",
     "local-layers": "none",
     "output-bias-learning-rate": 0.0,
     "aggregation-weight": "examples",
@@ -128,6 +129,7 @@ class RunSettings:
     max_malicious_nodes: int  # f the robust aggregation rules are sized for
     secure_aggregation: bool
     secagg_clipping_range: float
+    output_layer_init: str
     local_layers: str
     output_bias_learning_rate: float
     aggregation_weight: str
@@ -302,6 +304,8 @@ def _check(s: RunSettings) -> None:
     if not 0 <= s.server_momentum < 1:
         raise bad("server-momentum", f"must be in [0, 1) (FedAvgM's momentum), got {s.server_momentum}")
     _check_personalization(s, bad)
+    if s.output_layer_init not in ("zero", "random"):
+        raise bad("output-layer-init", f"must be zero or random, got '{s.output_layer_init}'")
 
 
 def _check_personalization(s: RunSettings, bad) -> None:

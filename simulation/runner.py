@@ -300,7 +300,8 @@ def baseline_settings(settings, epsilon: float):
                             optimizer=settings.optimizer, seed=settings.seed, dp=settings.dp,
                             max_epsilon=float(epsilon), clipping_norm=settings.clipping_norm,
                             delta_for=default_delta,
-                            output_bias_learning_rate=settings.output_bias_learning_rate)
+                            output_bias_learning_rate=settings.output_bias_learning_rate,
+                            output_layer_init=settings.output_layer_init)
 
 
 def oracle_aucs(nodes: dict[str, NodeData], o: SimulationOptions, n_nodes: int) -> dict:
