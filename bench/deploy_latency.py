@@ -13,9 +13,9 @@ Per-phase seconds of the deployed run, from the bench's clock and the ServerApp'
 ``app_start`` (submitted → the ServerApp's ``run-start``), ``statistics`` (the federated
 statistics query), each round (``round-start`` → ``round-end``: train and, when the round
 evaluates, evaluation), ``final`` (last round-end → ``run-end``: final evaluation of the
-recalibrated model, model package). Then ``fedcredit simulate`` trains the same institutions'
-files with the same run config in Flower's simulation runtime; its rounds' ``wall_s`` are the
-simulated rounds.
+recalibrated model, model package). Before the deployments ``fedcredit simulate`` trains the
+same institutions' files with the same run config in Flower's simulation runtime; its rounds'
+``wall_s`` are the simulated rounds.
 
 ratio = median deployed round ÷ median simulated round, over rounds 2…R (round 1 is warm-up on
 both sides: first-use costs of the nodes' workers, Ray actors importing torch); ``ratio_all``
@@ -147,17 +147,24 @@ def at(event: dict) -> float:
 
 
 def deployed_phases(run_dir: Path, submitted: float, submit_s: float) -> dict:
+    """Per-phase seconds from the ServerApp's progress.jsonl (a phase that never ended: None)."""
     ev = events(run_dir)
     first = {e["event"]: e for e in reversed(ev)}  # the first event of each kind
+
+    def span(a: str | None, b: str) -> float | None:
+        start = at(first[a]) if a else submitted
+        return round(at(first[b]) - start, 3) if b in first and (a is None or a in first) else None
+
     starts = {e["round"]: at(e) for e in ev if e["event"] == "round-start"}
     ends = {e["round"]: at(e) for e in ev if e["event"] == "round-end"}
     rounds = [round(ends[r] - starts[r], 3) for r in sorted(ends)]
-    return {"submit": round(submit_s, 3), "app_start": round(at(first["run-start"]) - submitted, 3),
-            "statistics": round(at(first["statistics-end"]) - at(first["statistics-start"]), 3),
-            "rounds": rounds, "final": round(at(first["run-end"]) - ends[max(ends)], 3)}
+    final = round(at(first["run-end"]) - ends[max(ends)], 3) if ends and "run-end" in first else None
+    return {"submit": round(submit_s, 3), "app_start": span(None, "run-start"),
+            "statistics": span("statistics-start", "statistics-end"), "rounds": rounds, "final": final}
 
 
-def run_deployed(work: Path, port: int, cli_home: Path, run_config: str) -> tuple[dict, dict]:
+def run_deployed(work: Path, port: int, cli_home: Path, run_config: str, timeout: float) -> tuple[dict, str]:
+    """Submit the run, wait for its end (at most ``timeout`` s); phases and the run's status."""
     run_dir = work / "run-deployed"
     t0 = time.time()
     proc = subprocess.run([str(BIN / "flwr"), "run", ".", "consortium", "--run-config",
@@ -166,16 +173,21 @@ def run_deployed(work: Path, port: int, cli_home: Path, run_config: str) -> tupl
     submit_s = time.time() - t0
     if proc.returncode != 0:
         raise SystemExit(f"flwr run failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    wait_for(lambda: any(e["event"] == "run-end" for e in events(run_dir)), RUN_TIMEOUT_S, "the deployed run did not end")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    return deployed_phases(run_dir, t0 + submit_s, submit_s), metrics
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not any(e["event"] == "run-end" for e in events(run_dir)):
+        time.sleep(0.5)
+    phases = deployed_phases(run_dir, t0 + submit_s, submit_s)
+    if not (run_dir / "metrics.json").is_file():
+        return phases, f"unfinished after {timeout:.0f} s"
+    return phases, json.loads((run_dir / "metrics.json").read_text())["status"]
 
 
 def run_simulated(work: Path, rounds: int, seed: int, evaluate_every: int) -> dict:
     out = work / "run-simulated"
     fedcredit("simulate", "--data", work / "data", "--rounds", rounds, "--epsilon", 8.0, "--batch-size", 128,
               "--seed", seed, "--no-baselines", "--out", out, "--state-root", work / "sim-state", "--cpus", 2,
-              "--run-config", f"target-epsilon=1.0 evaluate-every={evaluate_every}", timeout=RUN_TIMEOUT_S)
+              "--run-config", "target-epsilon=1.0", "--run-config", f"evaluate-every={evaluate_every}",
+              timeout=RUN_TIMEOUT_S)
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -183,7 +195,7 @@ def median_after_first(values: list[float]) -> float:
     return statistics.median(values[1:] if len(values) > 1 else values)
 
 
-def deploy(work: Path, names: list[str], runtime: str, run_config: str) -> dict:
+def deploy(work: Path, names: list[str], runtime: str, run_config: str, timeout: float) -> dict:
     """One deployment (own SuperLink, nodes, state) and one run on it; per-phase seconds."""
     started: list[subprocess.Popen] = []
     try:
@@ -199,7 +211,7 @@ def deploy(work: Path, names: list[str], runtime: str, run_config: str) -> dict:
         marker = "[fedcredit-runtime] ready" if runtime == "fedcredit" else "SuperNode ID"
         wait_for(lambda: all(marker in log.read_text() for log in logs), READY_TIMEOUT_S, "the nodes are not ready")
         nodes_ready_s = time.time() - t_nodes
-        phases, metrics = run_deployed(work, port, cli_home, run_config)
+        phases, status = run_deployed(work, port, cli_home, run_config, timeout)
     finally:
         for proc in reversed(started):
             if proc.poll() is None:
@@ -208,9 +220,11 @@ def deploy(work: Path, names: list[str], runtime: str, run_config: str) -> dict:
                     proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-    return {"node_runtime": runtime, "nodes_ready_s": round(nodes_ready_s, 3), "phases_s": phases,
-            "round_s": round(median_after_first(phases["rounds"]), 3), "status": metrics["status"],
-            "final_auc": (metrics.get("final") or {}).get("auc")}
+    rounds = phases["rounds"]
+    metrics_file = work / "run-deployed" / "metrics.json"
+    final = json.loads(metrics_file.read_text()).get("final") if metrics_file.is_file() else None
+    return {"node_runtime": runtime, "final_auc": (final or {}).get("auc"), "nodes_ready_s": round(nodes_ready_s, 3), "phases_s": phases,
+            "round_s": round(median_after_first(rounds), 3) if rounds else None, "status": status}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--node-runtime", choices=("fedcredit", "flower", "both"), default="both",
                    help="fedcredit node start, raw flower-supernode (before #19), or both one after the other")
     p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--before-timeout", type=float, default=1200.0,
+                   help="give up on the raw flower-supernode run after this many seconds (reported as unfinished)")
     p.add_argument("--keep", default=None, help="keep data, logs and run directories here")
     args = p.parse_args(argv)
     t_bench = time.time()
@@ -241,8 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         run_config = (f"num-server-rounds={args.rounds} min-available-nodes={len(names)} "
                       f"min-train-nodes={len(names)} round-timeout=600.0 dp=true batch-size=128 "
                       f"seed={args.seed} target-epsilon=1.0 evaluate-every={args.evaluate_every}")
-        deployed = {rt: deploy(work / rt, names, rt, run_config) for rt in runtimes}
-        simulated = run_simulated(work, args.rounds, args.seed, args.evaluate_every)
+        simulated = run_simulated(work, args.rounds, args.seed, args.evaluate_every)  # first: fails fast
+        deployed = {rt: deploy(work / rt, names, rt, run_config,
+                               RUN_TIMEOUT_S if rt == runtimes[0] else args.before_timeout) for rt in runtimes}
     sim_rounds = [round(r["wall_s"], 3) for r in simulated["history"]]
     sim_round = median_after_first(sim_rounds)
     main_rt = deployed[runtimes[0]]
@@ -260,8 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     if "flower" in deployed and runtimes[0] != "flower":
         before = deployed["flower"]
-        result["before"] = {**before, "ratio": round(before["round_s"] / sim_round, 2)}
-        result["speedup"] = round(before["round_s"] / main_rt["round_s"], 2)
+        result["before"] = before
+        if before["round_s"]:
+            result["before"]["ratio"] = round(before["round_s"] / sim_round, 2)
+            result["speedup"] = round(before["round_s"] / main_rt["round_s"], 2)
     print(json.dumps(result), flush=True)
     return 0
 

@@ -121,6 +121,10 @@ BENCHES: list[Bench] = [
           1800),
     Bench("reason_codes_speed", "fedcredit score with and without adverse-action reasons",
           lambda c: _py("reason_codes_speed.py", "--rows", 20_000 if c.quick else 100_000, "--seed", SEED), 1200),
+    Bench("monitor_speed", "fedcredit monitor and backtest against fedcredit score on the same file (target ≥ "
+          "100,000 rows/s and at least as fast as score)",
+          lambda c: _py("monitor_speed.py", "--seed", SEED,
+                        *(["--rows", 100_000] if c.quick else ["--rows", 1_000_000, "--repeats", 3])), 2400),
     Bench("dp_overhead", "DP-SGD epoch time vs non-private (target ratio ≤ 1.3)",
           lambda c: _py("dp_overhead.py", "--seed", SEED,
                         *(["--rows", 5000, "--repeats", 3, "--no-opacus"] if c.quick else [])), 1800),
@@ -130,7 +134,8 @@ BENCHES: list[Bench] = [
     Bench("deploy_latency", "a deployed DP round (TLS, node auth, 3 nodes on loopback) vs the same round simulated "
           "(target ratio ≤ 10)",
           lambda c: _py("deploy_latency.py", "--seed", 11,
-                        *(["--rounds", 2, "--node-runtime", "fedcredit"] if c.quick else [])), 3600),
+                        *(["--rounds", 2, "--node-runtime", "fedcredit"] if c.quick else ["--before-timeout", 300])),
+          3600),
     Bench("serve_latency", "fedcredit serve over loopback HTTP at concurrency 1, 8, 32, with and without the "
           "decision trail (targets: no errors or losses; p99 at 8 ≤ 10× in-process; trail ≤ 20 % of throughput)",
           lambda c: _py("serve_latency.py", "--seed", SEED, "--requests", 100 if c.quick else 600), 1800),
@@ -384,6 +389,15 @@ def key_figures(name: str, r: dict) -> list[tuple[str, Any]]:
                 if "stages_s" in r[v]:
                     out.append((f"{v}: stages (s)", ", ".join(f"{k} {x}" for k, x in r[v]["stages_s"].items())))
         return out
+    if name == "monitor_speed":
+        out = [("rows", r.get("rows")), ("repetitions (alternating)", r.get("repeats"))]
+        for cmd, words in (("score", "score --out scores.csv"), ("monitor", "monitor"),
+                           ("monitor_page", "monitor --out DIR (JSON + HTML page)"), ("backtest", "backtest")):
+            if isinstance(r.get(cmd), dict):
+                out.append((f"{words}: rows/s (wall s)", f"{_fmt(r[cmd]['rows_per_s'])} ({r[cmd]['wall_s']})"))
+        out += [("monitor / backtest speed ÷ score speed", f"{r.get('monitor_vs_score')} / {r.get('backtest_vs_score')}"),
+                ("target rows/s", r.get("target_rows_per_s")), ("target met", r.get("ok"))]
+        return out
     if name == "reason_codes_speed":
         return [("rows", r.get("rows")), ("score rows/s", r.get("score_rows_per_s")),
                 ("score --explain rows/s", r.get("score_explain_rows_per_s")),
@@ -416,6 +430,8 @@ def key_figures(name: str, r: dict) -> list[tuple[str, Any]]:
         t = r.get("trail") or {}
         out += [("answered with the trail / lost / trail verifies", f"{t.get('answered')} / {t.get('lost')} / "
                                                                      f"{_fmt(t.get('trail_ok'))}"),
+                ("trail service: groups, syncs, decisions per sync, mean sync ms",
+                 f"{t.get('groups')}, {t.get('syncs')}, {t.get('decisions_per_sync')}, {t.get('sync_ms_mean')}"),
                 ("p99 at concurrency 8 ÷ in-process p50 (target ≤ 10)", r.get("p99_c8_over_in_process")),
                 ("largest trail cost (target ≤ 20 %)", f"{r.get('trail_cost_max', 0):.1%}"),
                 ("targets met", ", ".join(f"{k}: {_fmt(v)}" for k, v in (r.get("ok") or {}).items())),
@@ -437,7 +453,8 @@ def key_figures(name: str, r: dict) -> list[tuple[str, Any]]:
             out += [("before (raw flower-supernode): rounds (s)", ", ".join(map(str, bph.get("rounds") or []))),
                     ("before: app start / statistics / final (s)",
                      f"{bph.get('app_start')} / {bph.get('statistics')} / {bph.get('final')}"),
-                    ("before: round s, ratio", f"{before.get('round_s')}, {before.get('ratio')}"),
+                    ("before: status; round s, ratio",
+                     f"{before.get('status')}; {before.get('round_s')}, {before.get('ratio')}"),
                     ("speed-up of a round (before ÷ after)", r.get("speedup"))]
         out.append(("final AUC deployed / simulated",
                     f"{_fmt(r.get('deployed_final_auc'))} / {_fmt(r.get('simulated_final_auc'))}"))
@@ -479,6 +496,38 @@ def key_figures(name: str, r: dict) -> list[tuple[str, Any]]:
     return [(k, v) for k, v in r.items() if isinstance(v, (int, float, str, bool)) and k != "bench"][:14]
 
 
+def notes(name: str, r: dict) -> list[str]:
+    """A paragraph that reads a benchmark's figures (what they mean, which target is missed and why)."""
+    if name != "serve_latency" or not r.get("levels"):
+        return []
+    lv = r["levels"]
+    costs = [v["trail_cost"] for v in lv.values()]
+    one, eight = lv.get("1", {}).get("trail"), lv.get("8", {}).get("trail")
+    t = r.get("trail") or {}
+    text = ["The service decides the applications that arrive together as one group (one validation pass, one "
+            "scoring pass); a committer thread syncs the trail once for the groups written meanwhile and then "
+            "answers them, while the next group is decided."]
+    if one and eight:
+        text.append(f"So at concurrency 8 it answers {eight['decisions_per_s'] / one['decisions_per_s']:.1f}× the "
+                    f"decisions per second of concurrency 1, with p99 {r['p99_c8_over_in_process']}× the time of "
+                    "deciding one application in process.")
+    top = max(lv, key=int)
+    text.append(f"Beyond that the machine's {r.get('cores')} cores are saturated — the HTTP client runs on the same "
+                f"cores — and latency grows with the queue (concurrency {top}: p50 {lv[top]['trail']['p50_ms']} ms, "
+                f"p99 {lv[top]['trail']['p99_ms']} ms).")
+    sync = (f" (here {t['sync_ms_mean']} ms on average, one per {t['decisions_per_sync']} decisions)"
+            if t.get("sync_ms_mean") is not None else "")
+    text.append(f"What the trail costs is an Ed25519 signature and a line of JSON per decision and an fdatasync per "
+                f"group{sync}; the measured throughput difference per level was {', '.join(f'{c:.1%}' for c in costs)}"
+                + (" (negative: the trail-less service was the slower one in its turns)" if min(costs) < 0 else "")
+                + ", and it moves by several points from run to run on a shared machine.")
+    missed = [k for k, ok in (r.get("ok") or {}).items() if not ok]
+    text.append(f"Targets missed: {', '.join(missed)}." if missed else "All three targets are met.")
+    text.append(f"The load average was {r.get('load_avg')} on {r.get('cores')} cores during the run, so absolute "
+                "times are several times an idle machine's; the targets are ratios measured side by side.")
+    return ["", " ".join(text)]
+
+
 def poisoning_table(r: dict) -> list[str]:
     clean, attacks = r.get("clean_auc") or {}, r.get("attack_auc") or {}
     rules = list(clean) or sorted({k for v in attacks.values() for k in v})
@@ -498,6 +547,10 @@ def headline(name: str, r: dict) -> str:
             return f"{r['generate_rows_per_s']:,} rows/s generated, {r['write_csv_rows_per_s']:,} rows/s to CSV"
         if name == "reason_codes_speed":
             return f"{r['score_explain_rows_per_s']:,} rows/s with 3 reasons ({r['explain_over_plain']}× plain)"
+        if name == "monitor_speed":
+            return (f"monitor {r['monitor']['rows_per_s']:,} rows/s ({r['monitor_vs_score']}× score), backtest "
+                    f"{r['backtest']['rows_per_s']:,} rows/s ({r['backtest_vs_score']}× score), score "
+                    f"{r['score']['rows_per_s']:,}; target ≥ 100,000 and ≥ 1× score")
         if name == "dp_overhead":
             return f"DP/plain epoch {r['ratio']} (CPU {r['ratio_cpu']}), target ≤ 1.3"
         if name == "sim_overhead":
@@ -505,15 +558,19 @@ def headline(name: str, r: dict) -> str:
                     f"{r.get('ratio_cold')}; warm-up {r['flower_warmup_s']} s")
         if name == "serve_latency":
             t = r["trail"]
+            cost = (f"trail costs ≤ {r['trail_cost_max']:.0%} of throughput" if r["trail_cost_max"] > 0 else
+                    "no measurable trail cost (the trail-less service was no faster)")
             return (f"p99 at 8 concurrent {r['levels']['8']['trail']['p99_ms']} ms = {r['p99_c8_over_in_process']}× "
-                    f"in-process ({r['in_process_ms']['p50']} ms), target ≤ 10×; trail costs ≤ "
-                    f"{r['trail_cost_max']:.0%} of throughput (target ≤ 20 %); {r['errors']} errors, {t['lost']} of "
-                    f"{t['answered']} lost")
+                    f"in-process ({r['in_process_ms']['p50']} ms), target ≤ 10×; {cost} (target ≤ 20 %); "
+                    f"{r['errors']} errors, {t['lost']} of {t['answered']} lost")
         if name == "deploy_latency":
             text = (f"deployed/simulated round {r['ratio']} ({r['deployed_round_s']} s / {r['simulated_round_s']} s), "
                     "target ≤ 10")
-            if r.get("before"):
-                text += f"; before #19 {r['before']['ratio']} ({r['before']['round_s']} s)"
+            before = r.get("before") or {}
+            if before.get("ratio"):
+                text += f"; before #19 {before['ratio']} ({before['round_s']} s)"
+            elif before:
+                text += f"; before #19: {before.get('status')}"
             return text
         if name == "privacy_utility":
             return f"{r['points']} runs; see the curve"
@@ -626,6 +683,7 @@ def write_document(results: dict[str, dict], env: dict, plots: dict[str, list[st
         r = e["result"]
         lines += ["", "| figure | value |", "| --- | ---: |"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in key_figures(b.name, r)]
+        lines += notes(b.name, r)
         if b.name == "privacy_utility":
             table = sweep_table(r)
             if table:

@@ -16,8 +16,9 @@ In the same run, in this process: the time to decide one application without HTT
 (:class:`clients.decision_engine.DecisionModel`: validate as ``data validate``, encode, PD,
 points, 3 reasons) — ``in_process_ms``, over 100 applicants before the load and 100 after it.
 
-After the load the services are stopped and the trail is verified (``decisions verify``'s
-check); every answered decision must be on it with the hash it was answered with (``lost``).
+After the load the trail service's own counts are read (``/healthz``: groups, syncs, mean sync
+time), the services are stopped and the trail is verified (``decisions verify``'s check); every
+answered decision must be on it with the hash it was answered with (``lost``).
 
 Targets (issue #18): no errors and nothing lost; p99 at concurrency 8 within 10× of the
 in-process time for one application (``p99_c8_over_in_process``); the trail costs at most 20 %
@@ -152,6 +153,15 @@ def summarise(parts: list[dict]) -> dict:
             "error_examples": errors[:3], "wall_s": round(wall, 2)}
 
 
+def service_counts(url: str) -> dict:
+    """The trail service's own counts (``/healthz``): groups decided, syncs and their mean time."""
+    import httpx
+
+    h = httpx.get(url + "/healthz", timeout=60).json()
+    return {"groups": h["groups"], "syncs": h["trail"]["syncs"], "sync_ms_mean": h["trail"]["sync_ms_mean"],
+            "decisions_per_sync": round(h["decided"] / max(h["trail"]["syncs"], 1), 2)}
+
+
 def lost_decisions(trail_dir: Path, answered: list[dict]) -> dict:
     """Verify the trail; every answered decision must be on it with the hash it was answered with."""
     from clients.decision_log import read_trail
@@ -200,10 +210,11 @@ def main() -> int:
                         if variant == "trail":
                             answered += part["answered"]
                 results[str(c)] = {variant: summarise(p) for variant, p in parts.items()}
+            commits = service_counts(services["trail"][1])
         finally:
             for proc, _ in services.values():
                 stop_service(proc)
-        trail = lost_decisions(work / "decisions", answered)
+        trail = dict(lost_decisions(work / "decisions", answered), **commits)
         times += in_process_times(model, apps[100:200])
     single = {"p50": round(statistics.median(times), 2), "p99": round(_quantile(times, 0.99), 2), "n": len(times)}
     for c, r in results.items():

@@ -1,21 +1,26 @@
-"""The decision desk: one worker thread that validates, scores and records decisions in groups.
+"""The decision desk: a worker thread that validates, scores and records decisions in groups, and a
+committer thread that makes them durable before they are answered.
 
 Every request becomes a job — one application, a batch, or an override — on a queue. The
 worker takes what is queued (up to ``max_group`` applications), validates it
 (:meth:`~clients.decision_engine.DecisionModel.validate_each`), scores every valid row at once,
-appends one trail entry per decision and per override *without* syncing, fsyncs the trail once,
-and only then answers the jobs. That is group commit: one fsync serves the whole group, and
-under load groups grow, so the fsync per decision shrinks while no answer ever precedes its
-durable entry. With no trail (``log=None``, for benchmarks) the same path runs without writing.
+appends one trail entry per decision and per override and writes them to the file, unsynced.
+It hands the group to the committer and goes on with the next group. The committer syncs the
+trail (``fdatasync``) once for every group written since its last sync and only then answers
+them. That is group commit, pipelined: one sync serves every group written while the previous
+one ran, the next group is decided while the disk syncs, and no answer ever precedes its
+durable entry. With no trail (``log=None``, for benchmarks) the worker answers directly.
 
-If writing the trail fails (disk full, I/O error) the desk stops deciding: that group and every
-later job are answered :class:`TrailUnavailable` (HTTP 503); a restart verifies the trail again.
+If writing or syncing the trail fails (disk full, I/O error) the desk stops deciding: the groups
+not yet synced and every later job are answered :class:`TrailUnavailable` (HTTP 503); a restart
+verifies the trail again.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -80,23 +85,37 @@ class DecisionDesk:
         self.failure: str | None = None
         self.decided = 0
         self.groups = 0
+        self.syncs = 0
+        self.sync_seconds = 0.0
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._waiting = 0  # applications queued (approximate: read without the lock)
         self._lock = threading.Lock()
         self._closed = False
         self._held: Job | None = None  # a job taken from the queue that did not fit the last group
+        self._commits: queue.SimpleQueue[tuple[list[Job], list] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="decision-desk", daemon=True)
+        self._committer = threading.Thread(target=self._commit_loop, name="decision-commit", daemon=True)
 
     # ------------------------------------------------------------------ life
     def start(self) -> None:
+        self._committer.start()
         self._thread.start()
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Stop taking jobs, answer what is queued, stop the worker and close the trail."""
+    def close(self, timeout: float = 120.0) -> None:
+        """Stop taking jobs, answer what is queued, stop the worker and close the trail.
+
+        A worker still busy after ``timeout`` seconds is left alone (it may be writing the trail):
+        no service-stop entry then, and the process's exit ends it.
+        """
         with self._lock:
             self._closed = True
         self._queue.put(None)
-        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in (self._thread, self._committer):  # the worker hands its end on to the committer
+            if thread.ident is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive() or self._committer.is_alive():
+            return
         if self.log is not None:
             if self.failure is None:
                 self.log.append("service-stop", {"decisions": self.decided, "groups": self.groups})
@@ -144,27 +163,68 @@ class DecisionDesk:
         return group
 
     def _run(self) -> None:
+        """The worker: decide group after group; hand each to the committer (without a trail: answer it)."""
         while True:
             group = self._take_group()
             if group is None:
+                self._commits.put(None)
                 return
             try:
                 answers = self._decide(group)
             except OSError as exc:  # the trail could not be written: stop deciding
-                self.failure = f"the decision trail could not be written ({exc.strerror or exc}); restart the service"
-                answers = [TrailUnavailable(self.failure)] * len(group)
+                answers = [self._fail(exc)] * len(group)
             except Exception as exc:  # a bug: every job of the group fails with it (HTTP 500)
                 answers = [exc] * len(group)
-            with self._lock:
-                self._waiting -= sum(j.size for j in group)
-            for job, answer in zip(group, answers):
-                if isinstance(answer, BaseException):
-                    job.future.set_exception(answer)
-                else:
-                    job.future.set_result(answer)
+            if self.log is None:
+                self._answer(group, answers)
+            else:
+                self._commits.put((group, answers))
+
+    def _commit_loop(self) -> None:
+        """The committer: one sync for every group written since the last, then their answers."""
+        while True:
+            first = self._commits.get()
+            if first is None:
+                return
+            tickets, stop = [first], False
+            while True:  # every group the worker has written meanwhile rides on the same sync
+                try:
+                    ticket = self._commits.get_nowait()
+                except queue.Empty:
+                    break
+                if ticket is None:
+                    stop = True
+                    break
+                tickets.append(ticket)
+            if self.failure is None:
+                try:
+                    t0 = time.perf_counter()
+                    self.log.datasync()  # the worker flushed each group to the file before handing it on
+                    self.sync_seconds += time.perf_counter() - t0
+                    self.syncs += 1
+                except OSError as exc:
+                    self._fail(exc)
+            for group, answers in tickets:
+                self._answer(group, answers if self.failure is None else [TrailUnavailable(self.failure)] * len(group))
+            if stop:
+                return
+
+    def _fail(self, exc: OSError) -> TrailUnavailable:
+        """Stop deciding: the trail cannot be written or synced."""
+        self.failure = f"the decision trail could not be written ({exc.strerror or exc}); restart the service"
+        return TrailUnavailable(self.failure)
+
+    def _answer(self, group: list[Job], answers: list) -> None:
+        with self._lock:
+            self._waiting -= sum(j.size for j in group)
+        for job, answer in zip(group, answers):
+            if isinstance(answer, BaseException):
+                job.future.set_exception(answer)
+            else:
+                job.future.set_result(answer)
 
     def _decide(self, group: list[Job]) -> list:
-        """Validate, score and record one group; returns each job's answer (after the fsync)."""
+        """Validate, score and record one group (written to the file, not yet synced); each job's answer."""
         if self.failure is not None:
             return [TrailUnavailable(self.failure)] * len(group)
         answers: list = [None] * len(group)
@@ -181,7 +241,7 @@ class DecisionDesk:
             if job.kind == "override":
                 answers[i] = self._record_override(job.override or {})
         if self.log is not None:
-            self.log.sync()  # one fsync for every entry of the group: only now may anything be answered
+            self.log.flush()  # to the file; durable, and answered, once the committer has synced it
         self.groups += 1
         return answers
 

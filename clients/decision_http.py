@@ -216,9 +216,11 @@ def build_app(desk: DecisionDesk, limits: Limits = Limits(), institution: str = 
         trail = None if desk.log is None else {"dir": str(desk.log.path.parent), "entries": desk.log.next_index,
                                                "head": desk.log.head, "key_id": desk.log.key_id}
         ok = desk.failure is None
+        if trail is not None:
+            trail.update(syncs=desk.syncs, sync_ms_mean=round(1000 * desk.sync_seconds / max(desk.syncs, 1), 3))
         return JSONResponse({"status": "ok" if ok else "failing", "problem": desk.failure,
                              "model": desk.model.identity, "trail": trail, "waiting": desk.waiting,
-                             "decided": desk.decided}, 200 if ok else 503)
+                             "decided": desk.decided, "groups": desk.groups}, 200 if ok else 503)
 
     async def on_problem(request: Request, exc: Problem) -> Response:
         return exc.response()

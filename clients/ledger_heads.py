@@ -8,6 +8,14 @@ ledger against it (``fedcredit ledger verify LEDGER --heads-file STATE_DIR/ledge
 if the operator rewrote or truncated the history after showing the node a head, that head is
 no longer on the chain.
 
+A member that adopts a model after comparing it with the one in use (``fedcredit compare
+--adopt``) records that decision in the same file (:func:`record_adoption`): an entry with
+``stage = "adopt"``, the adopted run's id, its number of rounds and the ledger head the run ended
+on (the hash of its ``run-end`` entry, which names the exported model), plus ``decision`` — the
+model's weights digest, the model it replaces, the comparison's recommendation and the
+committee's note. ``fedcredit ledger verify --heads-file`` then checks that head like any other:
+the member can show which published model it adopted, and a rewritten ledger is detected.
+
 The file is replaced atomically (written beside it, fsynced, renamed), so a crash never
 leaves a torn line.
 """
@@ -51,7 +59,24 @@ def record_ledger_head(state_dir: str | Path, run_id: str, server_round: int, he
                                 "does not train until its 'state-dir' is writable") from None
 
 
-def _append_head(d: Path, path: Path, run_id: str, server_round: int, head: str, stage: str) -> Path:
+def record_adoption(state_dir: str | Path, run_id: str, rounds: int, head: str, decision: dict) -> Path:
+    """Append the adoption of run ``run_id``'s model (ledger ``head`` after its run-end entry) with
+    the ``decision`` record; raises :class:`UserError` when the head is malformed or the file
+    cannot be written."""
+    head = str(head)
+    if not _is_hash(head):
+        raise UserError(f"ledger head {head[:80]!r} is not a sha256 hex digest (64 hex digits): give the head the "
+                        "adopted run's ledger ended on (RUN_DIR/metrics.json 'ledger_head')")
+    d = Path(state_dir)
+    try:
+        return _append_head(d, d / HEADS_FILE, str(run_id), int(rounds), head, "adopt", {"decision": decision})
+    except OSError as exc:
+        raise UserError(f"{d / HEADS_FILE}: cannot record the adoption ({exc.strerror or exc}); give a writable "
+                        "--state-dir (the node's state directory)") from None
+
+
+def _append_head(d: Path, path: Path, run_id: str, server_round: int, head: str, stage: str,
+                 extra: dict | None = None) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     old = path.read_bytes() if path.is_file() else b""
     for line in old.splitlines():
@@ -65,7 +90,7 @@ def _append_head(d: Path, path: Path, run_id: str, server_round: int, head: str,
     if old and not old.endswith(b"\n"):
         old += b"\n"
     entry = {"run_id": str(run_id), "round": int(server_round), "stage": stage, "head": head,
-             "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+             "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **(extra or {})}
     return write_atomic(path, old + json.dumps(entry, sort_keys=True).encode() + b"\n")
 
 

@@ -363,9 +363,15 @@ def run(args: argparse.Namespace) -> int:
             print("checks passed; would run: " + shlex.join(supernode) + "\n  and: " + shlex.join(runtime), flush=True)
             return 0
         print("starting: " + shlex.join(supernode) + "\n  and: " + shlex.join(runtime), flush=True)
-        return supervise(args, supernode, runtime)
+        code = supervise(args, supernode, runtime)
     finally:
         shutil.rmtree(secret.parent, ignore_errors=True)
+    # the node has stopped and its secret is gone; skip the interpreter's slow exit with torch
+    # loaded by the checks (seconds; tens of seconds on a loaded machine) so a service manager's
+    # stop is prompt
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def supervise(args: argparse.Namespace, supernode: list[str], runtime: list[str]) -> int:

@@ -12,7 +12,9 @@ A mapping file (``configs/mappings/*.toml``) declares
   numeric value: an integer key (``"1"``) matches ``1``, ``1.0``, ``01``, ``1e0``; a key with
   decimals matches the values that round to it at that many decimals (``"-0.7043"`` matches
   ``-0.70431`` and ``-7.0429e-01``) — the way to name the codes of a standardised categorical
-  column. Values with no entry stay as they are, so validation still reports them;
+  column. A target of ``""`` makes the cell missing (``"NA" = ""`` for a file that writes NA
+  where a value is missing); the schema's ``missing`` policy then applies. Values with no entry
+  stay as they are, so validation still reports them;
 * ``[scale]`` — ``schema_column = factor`` and ``[offset]`` — ``schema_column = shift``: the
   affine map ``value × factor + shift`` of a numeric feature (unit conversion, e.g. thousands →
   units; an offset alone, a whole number, also for ordinal levels, e.g. levels 1..4 → 0..3);
@@ -239,6 +241,8 @@ def _read_read(t: Table | None) -> tuple[str, bool]:
 def _check_recode_target(t: Table, value: str, target: Any, col: str, schema: Schema) -> None:
     if col == schema.id_column:
         return
+    if target == "" and col != schema.label.name:
+        return  # a missing value: the feature's missing policy applies
     if col == schema.label.name:
         allowed = [schema.label.positive, schema.label.negative]
         if target not in allowed:

@@ -1,5 +1,7 @@
 """The consortium schema: which columns every institution's table has, and what they mean.
 
+docs/schemas.md explains writing one (and `fedcredit schema infer` drafts one from a table).
+
 A schema file (``configs/schemas/*.toml``) declares
 
 * ``[schema]`` — ``name``, ``version``, ``description``;

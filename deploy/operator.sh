@@ -38,7 +38,9 @@ case "${1:-}" in
     flwr supernode ls "$CONNECTION" ;;
   run)          # deploy/operator.sh run "num-server-rounds=20 min-available-nodes=5 ..."
     cd "$APP"
-    flwr run . "$CONNECTION" --stream --run-config "${2:-run-dir='$BASE/runs/$(date +%Y%m%d-%H%M%S)'}"
+    # without RUN_CONFIG: the deployment defaults of docs/operator.md §7 (evaluate every 5th round, 120 s a round)
+    flwr run . "$CONNECTION" --stream --run-config \
+      "${2:-evaluate-every=5 round-timeout=120.0 run-dir='$BASE/runs/$(date +%Y%m%d-%H%M%S)'}"
     flwr ls "$CONNECTION" --limit 1 ;;
   status)
     flwr ls "$CONNECTION" ;;

@@ -36,9 +36,13 @@ COMMANDS: list[tuple[str, str]] = [
     ("data validate", "clients.validate_command"),
     ("data synth", "simulation.synth_command"),
     ("data partition", "simulation.partition_command"),
+    ("schema infer", "clients.schema_command"),
     ("simulate", "simulation.simulate_command"),
     ("sweep", "simulation.sweep_command"),
     ("score", "clients.score_command"),
+    ("monitor", "clients.monitor_command"),
+    ("backtest", "clients.backtest_command"),
+    ("compare", "clients.compare_command"),
     ("serve", "clients.serve_command"),
     ("decisions verify", "clients.decisions_verify_command"),
     ("decisions show", "clients.decisions_show_command"),
@@ -60,6 +64,7 @@ COMMANDS: list[tuple[str, str]] = [
 GROUP_HELP = {
     "data": "validate an institution's table; synthesise a consortium; partition one table into institutions",
     "privacy": "plan, inspect and audit differential privacy",
+    "schema": "draft a consortium schema from a table (docs/schemas.md explains writing one)",
     "ledger": "verify the signed audit ledger of a run; create the operator's signing key",
     "decisions": "the decision service's trail: verify it, show and reproduce a decision, record an override, "
                  "print an adverse-action notice",

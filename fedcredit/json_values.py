@@ -3,7 +3,8 @@
 ``json.dumps(obj, default=json_default)`` writes NumPy scalars as numbers, NumPy arrays as lists
 and paths as strings; anything else that JSON cannot hold is a TypeError, as without it.
 :func:`loads_strict` reads JSON that must mean one thing (signed entries, applications).
-:func:`print_json` prints a summary as one JSON line (the ``--json`` output of the commands).
+:func:`print_json` prints a summary as one JSON line (the ``--json`` output of the commands);
+:func:`finite` makes results strict JSON (an undefined rate or AUC becomes ``null``, not NaN).
 """
 
 from __future__ import annotations
@@ -28,6 +29,21 @@ def json_default(o):
 def print_json(summary: Any) -> None:
     """``summary`` as one JSON line on standard output (flushed: it must be the last line)."""
     print(json.dumps(summary, default=json_default), flush=True)
+
+
+def finite(obj):
+    """``obj`` with NumPy values as Python ones and every NaN / infinity replaced by None."""
+    import math
+
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [finite(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:

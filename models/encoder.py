@@ -103,12 +103,17 @@ def sum_statistics(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def _category_codes(col, f: Feature) -> np.ndarray:
+    """Index of each row's category in ``f.categories``: one dictionary look-up per distinct
+    value (:func:`pandas.factorize`), not per row; an undeclared or missing value is a ValueError."""
+    codes, uniques = pd.factorize(col)
     lookup = {c: i for i, c in enumerate(f.categories)}
-    codes = col.map(lookup)
-    if codes.isna().any():
-        bad = col[codes.isna()].iloc[0]
+    index = np.array([lookup.get(u, -1) for u in uniques], dtype=np.int64)
+    if (codes < 0).any():
+        raise ValueError(f"column {f.name}: a value is missing (not a declared category)")
+    if (index < 0).any():
+        bad = uniques[int(np.argmax(index < 0))]
         raise ValueError(f"column {f.name}: value {bad!r} is not a declared category")
-    return codes.to_numpy(dtype=np.int64)
+    return index[codes]
 
 
 def histogram_quantiles(counts: np.ndarray, edges: np.ndarray, qs: np.ndarray) -> np.ndarray:
@@ -229,12 +234,7 @@ class FeatureEncoder:
             elif f.kind == "ordinal":
                 columns.append((f, col.to_numpy(dtype=float), np.asarray(f.levels[1:], dtype=float)))
             elif f.kind == "categorical":
-                codes, uniques = pd.factorize(col)  # one dictionary look-up per distinct value
-                lookup = {c: i for i, c in enumerate(f.categories)}
-                index = np.array([lookup.get(u, -1) for u in uniques], dtype=np.int64)
-                if (codes < 0).any() or (index < 0).any():
-                    raise ValueError(f"column {f.name}: a value is not a declared category")
-                columns.append((f, index[codes], None))
+                columns.append((f, _category_codes(col, f), None))
             else:
                 columns.append((f, col.to_numpy(dtype=float), None))
         for start in range(0, n, TRANSFORM_ROWS_PER_BLOCK):

@@ -7,6 +7,10 @@
   :func:`load_package` still verifies by its hash but never unpickles);
 * ``encoder.json`` — the fitted :class:`models.encoder.FeatureEncoder`;
 * ``schema.toml`` — the consortium schema the model was trained on (byte copy);
+* ``reference.json`` (optional; packages exported since monitoring exists) — the development
+  population: the federated feature statistics and score histograms the model was built and
+  evaluated on (:class:`models.reference.PopulationReference`), the baseline of
+  ``fedcredit monitor``; hashed in ``model.json`` like the weights;
 * ``model.json`` — format tag, :class:`models.network.ModelSpec`, schema key and fingerprint,
   score scaling, cut-off PD, sha256 of the weights and encoder files, and run metadata.
 
@@ -31,6 +35,7 @@ from configs.schema import Schema, load_schema
 from fedcredit.atomic_write import atomic_directory
 from models.encoder import FeatureEncoder
 from models.network import DefaultNet, ModelSpec, build_model, predict_pd, set_weights
+from models.reference import REFERENCE_FILE, PopulationReference
 from models.scoring import ScoreScale
 
 FORMAT = "fedcredit-model/1"
@@ -65,6 +70,7 @@ class ModelPackage:
     scale: ScoreScale = field(default_factory=ScoreScale)
     cutoff_pd: float = 0.2
     meta: dict = field(default_factory=dict)
+    reference: PopulationReference | None = None
 
     def model(self) -> DefaultNet:
         net = build_model(self.spec)
@@ -90,6 +96,8 @@ def save_package(directory: str | Path, package: ModelPackage) -> Path:
     with atomic_directory(final) as d:
         (d / "weights.safetensors").write_bytes(save(arrays))
         (d / "encoder.json").write_text(package.encoder.to_json())
+        if package.reference is not None:
+            (d / REFERENCE_FILE).write_text(package.reference.to_json())
         if package.schema.source and Path(package.schema.source).is_file():
             (d / "schema.toml").write_bytes(Path(package.schema.source).read_bytes())
         (d / "model.json").write_text(json.dumps(_model_json(d, package, arrays), indent=2, sort_keys=True,
@@ -98,7 +106,8 @@ def save_package(directory: str | Path, package: ModelPackage) -> Path:
 
 
 #: what a package directory may hold (weights.pt: packages written before safetensors was the one format)
-PACKAGE_FILES = frozenset({"model.json", "weights.safetensors", "weights.pt", "encoder.json", "schema.toml"})
+PACKAGE_FILES = frozenset({"model.json", "weights.safetensors", "weights.pt", "encoder.json", "schema.toml",
+                           REFERENCE_FILE})
 
 
 def _refuse_foreign_files(directory: Path) -> None:
@@ -121,7 +130,8 @@ def _model_json(d: Path, package: ModelPackage, arrays: dict[str, np.ndarray]) -
         "score_scale": package.scale.to_dict(),
         "cutoff_pd": package.cutoff_pd,
         "weights_sha256": weights_digest(arrays),
-        "files_sha256": {name: sha256_file(d / name) for name in HASHED_FILES},
+        "files_sha256": {name: sha256_file(d / name)
+                         for name in HASHED_FILES + ((REFERENCE_FILE,) if package.reference is not None else ())},
         **{k: v for k, v in package.meta.items() if k not in ("format",)},
     }
 
@@ -156,9 +166,20 @@ def load_package(directory: str | Path) -> ModelPackage:
     if schema.fingerprint() != meta["schema_fingerprint"]:
         raise UserError(f"{schema_path}: does not match the schema the model was trained on")
     encoder = FeatureEncoder.from_json((d / "encoder.json").read_text())
+    reference = _load_reference(d, meta)
     extra = {k: v for k, v in meta.items() if k not in
              ("format", "spec", "score_scale", "cutoff_pd", "weights_sha256", "files_sha256",
               "schema_key", "schema_fingerprint")}
     return ModelPackage(spec=ModelSpec.from_dict(meta["spec"]), encoder=encoder, weights=weights,
                         schema=schema, scale=ScoreScale(**meta["score_scale"]),
-                        cutoff_pd=float(meta["cutoff_pd"]), meta=extra)
+                        cutoff_pd=float(meta["cutoff_pd"]), meta=extra, reference=reference)
+
+
+def _load_reference(d: Path, meta: dict) -> PopulationReference | None:
+    """The package's development population, when model.json lists (and so has verified) it."""
+    if REFERENCE_FILE not in meta.get("files_sha256", {}):
+        return None
+    try:
+        return PopulationReference.from_json((d / REFERENCE_FILE).read_text())
+    except ValueError as exc:
+        raise UserError(f"{d / REFERENCE_FILE}: not a valid population reference ({exc})") from None

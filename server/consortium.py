@@ -27,7 +27,10 @@ recalibrated final model.
 3. **End.** When all rounds are done — or fewer than ``min-train-nodes`` nodes can train, which
    stops the run cleanly with the reason — the final model is recalibrated and evaluated once
    more, and the model package, ``metrics.json`` and the ledger's run-end entry are written
-   (:mod:`server.run_summary`).
+   (:mod:`server.run_summary`). The package carries the development population
+   (:mod:`models.reference`): the summed statistics the encoder was fitted from (kept in
+   ``population_counts`` and in every checkpoint) and the final evaluation's pooled score
+   histograms — numbers already released, the baseline of ``fedcredit monitor``.
 
 Each round samples from the nodes connected at that moment, so a node that died is not waited
 for; one that errs or misses ``round-timeout`` is a dropout of that round (recorded in the
@@ -105,6 +108,7 @@ class ConsortiumRun:
         self.institutions: dict[int, str] = {}  # node id → institution id
         self.history: list[dict] = []
         self.statistics: dict = {}
+        self.population_counts: dict[str, np.ndarray] | None = None  # summed statistics (models.reference)
         self.encoder: FeatureEncoder | None = None
         self.spec: ModelSpec | None = None
         self.weights: dict[str, np.ndarray] = {}
@@ -323,7 +327,8 @@ class ConsortiumRun:
         for msg in replies.accepted.values():
             stats = P.from_array_record(msg.content[P.STATS])
             parts.append({k: stats[k] for k in layout})  # one order for all, whatever order it came in
-        self.encoder = fit_encoder_from_histograms(self.schema, sum_statistics(parts), s.encoder_knots)
+        self.population_counts = sum_statistics(parts)
+        self.encoder = fit_encoder_from_histograms(self.schema, self.population_counts, s.encoder_knots)
         self.spec = ModelSpec(s.model, self.encoder.n_outputs, s.hidden if s.model == "mlp" else ())
         self.weights = initial_weights(self.spec, s.seed, s.output_layer_init)  # zero: no round-1 collapse
         self.dtypes = {k: v.dtype for k, v in self.weights.items()}
@@ -381,6 +386,8 @@ class ConsortiumRun:
             "spec": self.spec.to_dict(),
             "history": [public(r) for r in self.history],
             "statistics": self.statistics,
+            "population_counts": ({k: v.tolist() for k, v in self.population_counts.items()}
+                                  if self.population_counts is not None else None),
             "institutions": {str(k): v for k, v in self.institutions.items()},
             "settings": self.settings.as_run_config(),
         }
@@ -397,6 +404,8 @@ class ConsortiumRun:
         self.dtypes = {k: v.dtype for k, v in get_weights(build_model(self.spec)).items()}
         self.history = list(st.get("history", []))
         self.statistics = st.get("statistics", {})
+        if st.get("population_counts"):  # absent in checkpoints written before monitoring existed
+            self.population_counts = {k: np.asarray(v, dtype=np.float64) for k, v in st["population_counts"].items()}
         restore_strategy_state(self.strategy, ckpt.strategy_state, ckpt.weights)
         self.audit.resumed(ckpt.round, weights_digest(ckpt.weights), self.history, str(ckpt.path), self.run_id)
         now = self.settings.as_run_config()

@@ -26,9 +26,7 @@ released evaluation …) says so instead of showing a plot.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
 from datetime import datetime, timezone
@@ -37,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from fedcredit.figures import png_data_uri, pyplot
 from server.model_card import _f, _g, _pct, build_model_card, load_metrics, overall_approval
 
 SECTIONS: list[tuple[str, str]] = [
@@ -110,12 +109,7 @@ def _e(x: Any) -> str:
 
 def _png(fig) -> str:
     """The figure as a base64 PNG data URI (figure closed afterwards)."""
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight", facecolor="white")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return png_data_uri(fig)
 
 
 def _figure(fig, alt: str, caption: str = "") -> str:
@@ -128,12 +122,7 @@ def _absent(text: str) -> str:
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def _table(header: list[str], rows: list[list[Any]], text_cols: int | set[int] = 1) -> str:

@@ -5,7 +5,7 @@ history, statistics and final (recalibrated) evaluation — and
 
 * exports the model package (:func:`models.package.save_package`) when at least one round was
   completed: the recalibrated weights when there was a final evaluation, else the last global
-  model;
+  model; with its development population (:func:`population_reference`);
 * appends the ledger's ``run-end`` entry (the exported model's and the last round's hashes);
 * returns the summary: status and stop reason, the per-round history, the final figures (the
   final evaluation's, else the last evaluated round's), the last known figures per institution,
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from models.metrics import rebin
 from models.package import ModelPackage, save_package, weights_digest
+from models.reference import PopulationReference
 from models.scoring import ScoreScale
 from server.run_records import final_institutions, public
 
@@ -70,7 +71,8 @@ def run_summary(run: "ConsortiumRun", status: str, reason: str, detail: str, fin
                            scale=ScoreScale(), cutoff_pd=s.cutoff_pd,
                            meta={"run_id": run.run_id, "rounds_completed": len(completed),
                                  "strategy": s.strategy, "dp": s.dp, "status": status,
-                                 "final_metrics": summary["final"]})
+                                 "final_metrics": summary["final"]},
+                           reference=population_reference(run, final_record))
         save_package(run.run_dir / "model", pkg)
         summary["model_dir"] = str(run.run_dir / "model")
     if run.audit is not None:
@@ -90,3 +92,23 @@ def institution_histograms(institutions: dict[str, dict]) -> dict[str, dict]:
                   "hist_pos": rebin(m["_sums"].hist_pos, REPORT_BINS)}
             for who, m in institutions.items()
             if "_sums" in m and len(m["_sums"].hist_neg) % REPORT_BINS == 0}
+
+
+def population_reference(run: "ConsortiumRun", final_record: dict | None) -> PopulationReference | None:
+    """The exported model's development population (:mod:`models.reference`): the summed
+    statistics and, when the final evaluation of the exported (recalibrated) model was released,
+    its pooled holdout score histograms. None for a run resumed from a checkpoint without counts."""
+    if run.population_counts is None:
+        return None
+    contributors = len(run.statistics.get("contributors") or [])
+    ref = PopulationReference(feature_counts=run.population_counts, source={
+        "features": f"summed feature statistics of {contributors} institution(s)"
+                    + (" (each Gaussian-noised by its node)" if run.settings.dp else " (exact)"),
+        "dp": bool(run.settings.dp), "contributors": contributors, "run_id": run.run_id})
+    pooled = (final_record or {}).get("_pooled_eval")
+    if pooled is not None:
+        ref.score_neg, ref.score_pos = pooled.hist_neg, pooled.hist_pos
+        ref.source["scores"] = (f"pooled holdout score histograms of the exported model ({len(pooled.hist_neg)} "
+                                f"logit bins; final evaluation after round {final_record['round']} by "
+                                f"{len(final_record.get('institutions') or {})} institution(s))")
+    return ref

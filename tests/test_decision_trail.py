@@ -29,21 +29,23 @@ def _desk(model, directory, store_application=True) -> DecisionDesk:
 
 
 def test_a_group_is_decided_with_one_sync_and_answered_only_once_durable(model, tmp_path):
+    """Jobs queued together are one group: one validation, one scoring, one sync, then the answers."""
     m, apps = model
     desk = _desk(m, tmp_path)
     syncs = []
-    sync = desk.log.sync
-    desk.log.sync = lambda: (syncs.append(desk.log.size), sync())[1]
+    datasync = desk.log.datasync
     bad = dict(apps[0], age="old")
     jobs = [Job("single", [a]) for a in apps[:20]] + [Job("single", [bad])]
+    # at the sync: the file's size, and whether any job was answered before it
+    desk.log.datasync = lambda: (syncs.append((desk.log.size, any(j.future.done() for j in jobs))), datasync())[1]
     futures = [desk.submit(j) for j in jobs]  # all queued before the worker starts: one group
     desk.start()
     answers = [f.result(timeout=120) for f in futures]
-    assert desk.groups == 1 and len(syncs) == 1
+    assert desk.groups == 1 and len(syncs) == 1 and desk.syncs == 1
     assert all(isinstance(a, Decided) for a in answers[:20]) and isinstance(answers[20], Rejected)
     assert answers[20].problems[0]["field"] == "age"  # only its own problem, worded for its own row
     on_disk = (tmp_path / LOG_FILE).read_bytes()
-    assert len(on_disk) == syncs[0]  # every answered entry was in the file when the sync returned
+    assert syncs[0] == (len(on_disk), False)  # the sync covered every answered entry, and came before any answer
     for a in answers[:20]:
         assert a.records[0]["trail"]["hash"].encode() in on_disk
     desk.close()

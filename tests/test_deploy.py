@@ -5,7 +5,7 @@ docs/institution.md describe: ``fedcredit certs`` → ``flower-superlink`` (TLS,
 ``--enable-supernode-auth``, persistent ``--database``) → ``fedcredit keys`` per institution →
 ``flwr supernode register`` → ``fedcredit node start`` per institution → ``flwr run .
 <connection> --stream`` → ``flwr ls`` / ``flwr log``; then it checks the model package and every
-node's lifetime privacy state, and that a node with an unregistered key is refused. Every
+node's lifetime privacy state (a node with an unregistered key: tests/test_deploy_runtime.py). Every
 process has its own ``FLWR_HOME`` under the test's temporary directory, and only the processes
 the test started are stopped (by PID).
 """
@@ -133,6 +133,7 @@ def test_node_start_with_invalid_data_exits_2_with_the_validation_report(tmp_pat
     assert new_processes(before, settle_s=0, tag=process_tag) == {}
 
 
+@pytest.mark.slow  # seven `node start` processes, each importing torch and reading the table
 def test_node_start_checks_config_key_and_certificate(tmp_path):
     run_fedcredit("keys", "--out", tmp_path / "keys", "--name", "bank")
     assert run_fedcredit("certs", "--out", tmp_path / "certs", "--hosts", "localhost,127.0.0.1").returncode == 0
@@ -169,6 +170,7 @@ def test_node_start_checks_config_key_and_certificate(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # two runs (one with SecAgg+); on a loaded 2-core machine the pair took over 900 s
 def test_deploy_two_dp_rounds_with_tls_and_node_auth(tmp_path, process_tag):
     from models.package import load_package
     from privacy.accountant import read_state
@@ -180,7 +182,7 @@ def test_deploy_two_dp_rounds_with_tls_and_node_auth(tmp_path, process_tag):
     certs, keys, data, run_dir = work / "certs", work / "keys", work / "data", work / "run"
     try:
         # --- operator: CA and SuperLink certificate; institutions: data and keys
-        institutions = consortium_files(work, 3, extra_keys=("intruder",))
+        institutions = consortium_files(work, 3)
 
         # --- operator: SuperLink with TLS, node authentication and a persistent database
         port = free_port()
@@ -197,23 +199,6 @@ def test_deploy_two_dp_rounds_with_tls_and_node_auth(tmp_path, process_tag):
             cmd = node_start_command(port, certs, keys, data, work / f"state-{name}", name)
             started.append(start(cmd, flower_env(work / f"home-{name}", threads=1), work / f"node-{name}.log",
                                  cwd=REPO))
-
-        # --- a node whose key was never registered is refused within seconds (raw flower-supernode)
-        t0 = time.monotonic()
-        intruder_log = work / "node-intruder.log"
-        intruder = start([str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{port}",
-                          "--root-certificates", str(certs / "ca.crt"),
-                          "--auth-supernode-private-key", str(keys / "intruder"), "--port", str(free_port()),
-                          "--node-config", node_config(data / f"{institutions[0]}.csv", work / "state-intruder",
-                                                       "intruder")],
-                         flower_env(work / "home-intruder"), intruder_log, cwd=REPO)
-        started.append(intruder)
-        rc = intruder.wait(timeout=60)
-        refused_after = time.monotonic() - t0
-        text = intruder_log.read_text()
-        assert rc != 0, text
-        assert "activate" in text.lower(), text
-        assert refused_after < 30
 
         # --- operator: the run, streamed to the end
         run_config = (f"num-server-rounds=2 min-available-nodes=3 min-train-nodes=3 round-timeout=240.0 "
@@ -268,7 +253,7 @@ def test_deploy_two_dp_rounds_with_tls_and_node_auth(tmp_path, process_tag):
             assert spent_before[name] < after <= MAX_EPSILON + 1e-9, (name, spent_before[name], after)
             assert rec["privacy"][name]["epsilon_spent"] == pytest.approx(after, rel=1e-6)
         print(f"\ndeploy: run {run_s:.1f} s, secure-aggregation run {run2_s:.1f} s, "
-              f"test {time.monotonic() - t_start:.1f} s, intruder refused after {refused_after:.1f} s")
+              f"test {time.monotonic() - t_start:.1f} s")
     finally:
         for p in reversed(started):
             if p.poll() is None:
