@@ -29,6 +29,11 @@ how many members are worse off than alone (0.005 tolerance). Settings:
   personalisation methods (none, calibration, head, full with and without the proximal pull),
   and each node picking its own batch for a per-step noise target (also on size skew).
 
+After the settings, one last JSON line (``"summary": true``) holds the pooled figures of every
+setting, the members of the target setting (label-0.3, ε = 3, and without DP), the targets met,
+the wall times and the per-member figure it drew (``--plot-out``; bench/run_all.py keeps this
+line).
+
 ``--jobs N`` runs N settings at once, each in its own process on one CPU (the settings are
 independent; each needs well under 1 GB of memory). ``--only NAME,…`` runs some settings;
 ``--list`` prints their names. ``--plot FILE.jsonl`` draws the per-member gain figure
@@ -241,7 +246,7 @@ def plot_members(lines: list[dict], path: Path) -> Path:
     grid = [ln for ln in lines if ln.get("group") == "grid" and ln.get("status") == "completed"]
     parts = [p for p in PARTITIONS if any(ln["partition"] == p for ln in grid)]
     eps = sorted({ln["epsilon"] for ln in grid}, key=lambda e: float("inf") if e is None else e)
-    fig, axes = plt.subplots(1, len(parts), figsize=(3.2 * len(parts), 3.4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(parts), figsize=(max(6.5, 3.2 * len(parts)), 3.6), sharey=True, squeeze=False)
     colors = ["#e76f51", "#2a9d8f", "#1f3a5f", "#8d99ae"]
     for ax, p in zip(axes[0], parts):
         width = 0.8 / max(1, len(eps))
@@ -256,11 +261,12 @@ def plot_members(lines: list[dict], path: Path) -> Path:
         ax.axhspan(-GAIN_TOLERANCE, GAIN_TOLERANCE, color="#8d99ae", alpha=0.2, lw=0)
         ax.axhline(0, color="#8d99ae", lw=0.8)
         ax.set_title(p, fontsize=10)
-        ax.set_xticks(range(len(ln["members"])), [f"{i + 1}" for i in range(len(ln["members"]))], fontsize=8)
-        ax.set_xlabel("member", fontsize=8.5)
+        ax.set_xticks(range(len(ln["members"])), [f"{i + 1}\n{m['default_rate']:.1%}" if m["default_rate"] < 0.1 else f"{i + 1}\n{m['default_rate']:.0%}"
+                                                   for i, m in enumerate(ln["members"])], fontsize=7.5)
+        ax.set_xlabel("member (default rate)", fontsize=8.5)
     axes[0][0].set_ylabel("AUC gain over local-only")
     axes[0][-1].legend(fontsize=7.5, loc="best")
-    fig.suptitle("Gain from joining per member (chosen model − local-only, own holdout)", fontsize=10.5)
+    fig.suptitle("Gain from joining per member: chosen model − local-only AUC, own holdout", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
@@ -339,13 +345,57 @@ def _prepare_root(directory: str) -> Path:
     return d.parent
 
 
+def summary_line(lines: list[dict], args, wall: float, plot: Path | None) -> dict:
+    """The last line: every setting's pooled figures, the target setting's members, the targets."""
+    keys = ("setting", "group", "partition", "partition_seed", "epsilon", "strategy", "status", "error",
+            "members_worse_than_local_only", "auc_federated_pooled", "auc_chosen_pooled", "auc_centralized_pooled",
+            "auc_chosen_mean", "auc_centralized_mean", "auc_local_only_mean", "target_pooled_met", "target_mean_met",
+            "wall_s")
+    rows = []
+    for ln in lines:
+        row = {k: ln.get(k) for k in keys if k in ln}
+        gains = [m["gain_from_joining"] for m in ln.get("members", []) if m.get("gain_from_joining") is not None]
+        row["min_gain"] = min(gains) if gains else None
+        first = (ln.get("global_by_round") or [{}])[0]
+        row["round1_auc"], row["round1_mean_pd"] = first.get("auc"), first.get("mean_pd")
+        rows.append(row)
+    target = {ln["setting"]: {"members": ln["members"], "auc_federated_pooled": ln["auc_federated_pooled"],
+                              "auc_chosen_pooled": ln["auc_chosen_pooled"],
+                              "auc_centralized_pooled": ln["auc_centralized_pooled"],
+                              "auc_chosen_mean": ln["auc_chosen_mean"], "auc_centralized_mean": ln["auc_centralized_mean"],
+                              "members_worse_than_local_only": ln["members_worse_than_local_only"]}
+              for ln in lines if ln.get("setting") in ("label-0.3/eps3", "label-0.3/no-dp") and "members" in ln}
+    walls = [ln["wall_s"] for ln in lines if ln.get("wall_s")]
+    return {"bench": "heterogeneity", "summary": True, "institutions": args.institutions, "rounds": args.rounds,
+            "seed": args.seed, "runtime": args.runtime, "jobs": args.jobs, "settings": rows, "target": target,
+            "failed": [ln["setting"] for ln in lines if "error" in ln],
+            "setting_wall_s": {"mean": round(sum(walls) / len(walls), 1) if walls else None,
+                               "max": max(walls) if walls else None},
+            "wall_s": round(wall, 1), "plot": str(plot) if plot else None}
+
+
 def run_all(settings: list[Setting], parts: dict, args, work: Path) -> int:
-    """Run the settings (``--jobs`` at once); print each one's JSON line as it finishes."""
+    """Run the settings; print each one's JSON line as it finishes, then the summary line."""
+    t0 = time.time()
+    lines: list[dict] = []
+    failed = _run_settings(settings, parts, args, work, lines)
+    plot = None
+    done = [ln for ln in lines if "members" in ln]
+    if done:
+        try:
+            plot = plot_members(done, Path(args.plot_out))
+        except Exception as exc:  # the figures must not be lost for the plot
+            print(f"per-member figure not drawn: {type(exc).__name__}: {exc}", file=sys.stderr)
+    print(json.dumps(summary_line(lines, args, time.time() - t0, plot), default=float), flush=True)
+    return failed
+
+
+def _run_settings(settings: list[Setting], parts: dict, args, work: Path, lines: list[dict]) -> int:
     failed = 0
     if args.jobs <= 1:
         for s in settings:
             failed += _emit(lambda s=s: run_setting(s, parts[s.partition], args.rounds, args.seed, str(work),
-                                                    args.runtime), s)
+                                                    args.runtime), s, lines)
         return failed
     import multiprocessing
 
@@ -354,19 +404,18 @@ def run_all(settings: list[Setting], parts: dict, args, work: Path) -> int:
         futures = {pool.submit(run_setting, s, parts[s.partition], args.rounds, args.seed, str(work), args.runtime): s
                    for s in settings}
         for fut in as_completed(futures):
-            failed += _emit(fut.result, futures[fut])
+            failed += _emit(fut.result, futures[fut], lines)
     return failed
 
 
-def _emit(result, s: Setting) -> int:
+def _emit(result, s: Setting, lines: list[dict]) -> int:
     try:
         line = result()
     except Exception as exc:  # one failed setting must not lose the others' lines
-        print(json.dumps({"bench": "heterogeneity", "setting": s.name, "error": f"{type(exc).__name__}: {exc}",
-                          "spec": asdict(s)}), flush=True)
-        return 1
+        line = {"bench": "heterogeneity", "setting": s.name, "error": f"{type(exc).__name__}: {exc}", "spec": asdict(s)}
+    lines.append(line)
     print(json.dumps(line, default=float), flush=True)
-    return 0
+    return int("error" in line)
 
 
 if __name__ == "__main__":
