@@ -43,7 +43,7 @@ def plan_with_batch(plan_for: Callable[[int], RunPlan], n_rows: int, requested: 
     """``(plan, batch)``: ``plan_for(batch)`` for the batch described in the module docstring.
 
     ``plan_for`` plans the run's noise for a batch size (it may raise
-    :class:`privacy.accountant.BudgetExceeded`, which propagates). With ``step_noise_target``
+    :class:`privacy.errors.BudgetExceeded`, which propagates). With ``step_noise_target``
     ≤ 0 it is called once, with ``requested``.
     """
     candidates = candidate_batches(n_rows, requested)

@@ -24,6 +24,7 @@ from models.personalization import (PersonalizationConfigError, fine_tune, infor
                                     local_parameter_names, personal_settings)
 from models.training import LocalTrainConfig, initial_weights, train_local
 from privacy.accountant import compute_epsilon, read_state
+from tests.tables import synthetic_bank_csv
 
 HET = {"local-layers": "output-bias", "output-bias-learning-rate": 0.1, "aggregation-weight": "information",
        "personalize": "full", "personal-epochs": 1, "personal-proximal-mu": 0.1}
@@ -141,14 +142,7 @@ def test_local_parameters_are_the_output_bias_only():
 # ---------------------------------------------------------------------------- the node
 @pytest.fixture(scope="module")
 def lender_file(tmp_path_factory):
-    from simulation.archetypes import load_archetypes
-    from simulation.synthetic import generate_institution, institution_rng, write_csv
-
-    a = next(x for x in load_archetypes() if x.id == "regional-bank")
-    table, _ = generate_institution(a, 2000, institution_rng(5, 0), load_schema())
-    path = tmp_path_factory.mktemp("lender") / "lender.csv"
-    write_csv(table, path)
-    return path
+    return synthetic_bank_csv(tmp_path_factory.mktemp("lender"), rows=2000, seed=5, name="lender.csv")
 
 
 def _policy(path, state_dir, max_epsilon=2.0):
@@ -233,12 +227,13 @@ def test_a_hostile_run_id_cannot_lead_the_node_outside_its_state_directory(lende
     assert find_personal_model(p.state_dir, ["../../../../escaped"]) is not None
 
 
-def test_a_bad_personalisation_key_is_a_policy_refusal_before_any_release(lender_file, tmp_path):
+def test_a_bad_personalisation_key_is_refused_before_any_release(lender_file, tmp_path):
     p = _policy(lender_file, tmp_path / "state")
     cfg, w0, _, _ = _config(p, 1, 2, **{"personal-epochs": 500})
     with pytest.raises(N.NodeRefusal) as exc:
         N.train(p, w0, cfg, {})
-    assert exc.value.reason == "policy" and "'personal-epochs'" in exc.value.detail
+    # the coordinator's message fails the node's checks (clients.request_checks), worded from the message
+    assert exc.value.reason == "invalid-request" and "'personal-epochs'" in exc.value.detail
     assert not p.state_dir.exists()  # refused before the node opened its ledger: nothing released
 
 
@@ -274,10 +269,10 @@ def test_a_small_node_picks_a_larger_batch_for_a_step_noise_target_and_records_w
     from privacy.batch_plan import candidate_batches
 
     p = _policy(lender_file, tmp_path / "state")
-    n = N.load_node_data(p).split.n_train
     cfg, w0, _, _ = _config(p, 1, 3, **{"step-noise-target": 0.006, "personalize": "none",
                                         "aggregation-weight": "examples"})
     _, m = N.train(p, w0, cfg, {})
+    n = int(m["num-examples"])  # the node sizes everything from its released (noisy) row count
     batch = round(m["sample-rate"] * n)
     assert batch > 256 and batch in candidate_batches(n, 256)
     assert m["noise-multiplier"] / batch <= 0.006 or batch == candidate_batches(n, 256)[-1]
@@ -288,7 +283,7 @@ def test_a_small_node_picks_a_larger_batch_for_a_step_noise_target_and_records_w
     p2 = _policy(lender_file, tmp_path / "state2")
     cfg2, _, _, _ = _config(p2, 1, 3, **{"personalize": "none", "aggregation-weight": "examples"})
     _, m2 = N.train(p2, w0, cfg2, {})
-    assert round(m2["sample-rate"] * n) == 256 and m2["noise-multiplier"] / 256 > 0.006
+    assert round(m2["sample-rate"] * int(m2["num-examples"])) == 256 and m2["noise-multiplier"] / 256 > 0.006
 
 
 def test_candidate_batches_stop_at_half_the_rows():
