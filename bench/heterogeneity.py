@@ -37,7 +37,8 @@ line).
 ``--jobs N`` runs N settings at once, each in its own process on one CPU (the settings are
 independent; each needs well under 1 GB of memory). ``--only NAME,…`` runs some settings;
 ``--list`` prints their names. ``--plot FILE.jsonl`` draws the per-member gain figure
-(docs/benchmarks/heterogeneity.png) from earlier output instead of running anything.
+(docs/benchmarks/heterogeneity.png) and prints the summary line from earlier output (a run cut
+short, or run on another machine) instead of running anything.
 ``--prepare DIR/partitions`` only writes the partitions (and their ``index.json``);
 ``--partitions-dir DIR/partitions`` runs on partitions written so — e.g. on another machine that lacks flwr-datasets.
 
@@ -230,9 +231,22 @@ def setting_line(setting: Setting, part: dict, s: dict, rounds: int, seed: int, 
         "target_pooled_met": (pooled is not None and cen is not None and pooled >= cen - tol),
         "target_mean_met": (s.get("auc_centralized_mean") is not None and chosen
                             and sum(chosen) / len(chosen) >= s["auc_centralized_mean"] - tol),
-        "wall_s": round(wall, 1),
+        "wall_s": round(wall, 1), "machine": machine_name(),
     }
     return line
+
+
+def machine_name() -> str:
+    """CPU model, cores and Python of the machine a setting ran on (settings may run elsewhere: --plot)."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 # ------------------------------------------------------------------------------- the plot
@@ -288,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="settings run at once (one process and one CPU each)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", metavar="DIR", help="keep partitions and run directories here")
-    ap.add_argument("--plot", metavar="FILE.jsonl", help="draw the per-member figure from earlier output and exit")
+    ap.add_argument("--plot", metavar="FILE.jsonl",
+                    help="draw the per-member figure and print the summary line from earlier output, and exit")
     ap.add_argument("--plot-out", default=str(REPO / "docs" / "benchmarks" / "heterogeneity.png"))
     ap.add_argument("--runtime", choices=["inprocess", "flower"], default="inprocess")
     ap.add_argument("--prepare", metavar="DIR", help="only write the partitions into DIR and exit")
@@ -296,10 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     if args.plot:
-        lines = [json.loads(x) for x in Path(args.plot).read_text().splitlines() if x.startswith("{")]
-        print(json.dumps({"bench": "heterogeneity", "plot": str(plot_members(
-            [ln for ln in lines if ln.get("bench") == "heterogeneity"], Path(args.plot_out)))}))
-        return 0
+        return summarise_file(Path(args.plot), args)
     wanted = [p for p in args.partitions.split(",") if p]
     unknown = [p for p in wanted if p not in PARTITIONS]
     if unknown:
@@ -366,12 +378,30 @@ def summary_line(lines: list[dict], args, wall: float, plot: Path | None) -> dic
                               "members_worse_than_local_only": ln["members_worse_than_local_only"]}
               for ln in lines if ln.get("setting") in ("label-0.3/eps3", "label-0.3/no-dp") and "members" in ln}
     walls = [ln["wall_s"] for ln in lines if ln.get("wall_s")]
+    machine = next((ln["machine"] for ln in lines if ln.get("machine")), None)
     return {"bench": "heterogeneity", "summary": True, "institutions": args.institutions, "rounds": args.rounds,
-            "seed": args.seed, "runtime": args.runtime, "jobs": args.jobs, "settings": rows, "target": target,
+            "seed": args.seed, "runtime": args.runtime, "jobs": args.jobs, "machine": machine,
+            "settings": rows, "target": target,
             "failed": [ln["setting"] for ln in lines if "error" in ln],
             "setting_wall_s": {"mean": round(sum(walls) / len(walls), 1) if walls else None,
                                "max": max(walls) if walls else None},
             "wall_s": round(wall, 1), "plot": str(plot) if plot else None}
+
+
+def summarise_file(path: Path, args) -> int:
+    """The figure and the summary line from the settings' lines of earlier output (``--plot``): for a
+    run cut short (each setting's line is printed as it finishes) or run elsewhere."""
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.startswith("{")]
+    lines = [ln for ln in lines if ln.get("bench") == "heterogeneity" and "setting" in ln]
+    done = [ln for ln in lines if "members" in ln]
+    plot = plot_members(done, Path(args.plot_out)) if done else None
+    if done:  # what the runs themselves recorded, not this invocation's defaults
+        args.rounds, args.seed = done[0]["rounds"], done[0]["seed"]
+        args.institutions = len(done[0]["members"])
+    summary = summary_line(lines, args, 0.0, plot)
+    summary.update({"from": str(path), "wall_s": None})
+    print(json.dumps(summary, default=float), flush=True)
+    return 0
 
 
 def run_all(settings: list[Setting], parts: dict, args, work: Path) -> int:
@@ -398,14 +428,26 @@ def _run_settings(settings: list[Setting], parts: dict, args, work: Path, lines:
                                                     args.runtime), s, lines)
         return failed
     import multiprocessing
+    import os
 
-    # fresh interpreters: each job starts its own Ray and torch (no state forked from this process)
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    # one CPU per job: the spawned interpreters' BLAS and OpenMP pools start with one thread (inherited
+    # environment), torch's intra-op pool is set by the initializer
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    # fresh interpreters: each job starts its own torch (no state forked from this process)
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_one_thread) as pool:
         futures = {pool.submit(run_setting, s, parts[s.partition], args.rounds, args.seed, str(work), args.runtime): s
                    for s in settings}
         for fut in as_completed(futures):
             failed += _emit(fut.result, futures[fut], lines)
     return failed
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _emit(result, s: Setting, lines: list[dict]) -> int:

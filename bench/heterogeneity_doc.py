@@ -25,7 +25,8 @@ def headline(r: dict) -> str:
 
 
 def key_figures(r: dict) -> list[tuple[str, Any]]:
-    return [("institutions × rounds", f"{r.get('institutions')} × {r.get('rounds')}"),
+    return [("machine", r.get("machine") or "—"),
+            ("institutions × rounds", f"{r.get('institutions')} × {r.get('rounds')}"),
             ("settings (failed)", f"{len(r.get('settings') or [])} ({len(r.get('failed') or [])})"),
             ("runtime, parallel jobs", f"{r.get('runtime')}, {r.get('jobs')}"),
             ("wall s per setting (mean / max)", f"{(r.get('setting_wall_s') or {}).get('mean')} / "
