@@ -319,8 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = [s for s in grid_settings(parse_epsilons(args.epsilons)) if s.partition in wanted]
     if args.compare:
         settings += comparison_settings()
-    # the target setting and its comparisons first: with --jobs they start in the first wave
-    settings.sort(key=lambda s: (s.partition != "label-0.3", s.group != "grid", s.epsilon != 3.0))
+    # the grid first (the target setting first of all), then the comparisons (FedAvg as before first):
+    # with --jobs the grid starts in the first wave, so a run cut short keeps it
+    settings.sort(key=lambda s: (s.group != "grid", s.partition != "label-0.3", s.epsilon != 3.0))
     if args.only:
         names = set(args.only.split(","))
         settings = [s for s in settings + comparison_settings() if s.name in names]
