@@ -16,8 +16,8 @@ content that never arrives. Handled like any other task, such an **abandoned mes
   stays unsent until yet another message comes. A resumed run whose ServerApp was killed this way
   lost a whole round to it (no reply from any node before the round time-out).
 
-:func:`pull_task_input` keeps the task's lease alive (heartbeats) while it waits for the content,
-and while content is missing it asks the SuperNode for the next pending task. The SuperNode makes
+:func:`pull_task_input` keeps the task's lease alive (heartbeats) while it waits for missing
+content, and meanwhile it asks the SuperNode for the next pending task. The SuperNode makes
 a task only once the previous message was answered or given up, so a newer task proves that this
 message was given up: the task is then finished as failed **without a reply** (for a ClientApp
 task the SuperNode makes none either) and the newer task is run next (:class:`MessageAbandoned`).
@@ -53,8 +53,10 @@ class _WatchedClient:
 
     Flower's ``pull_task_input`` pulls the message's objects in a thread pool and retries an
     object that is not there yet (1 s, doubling, at most 10 s apart); each such answer passes
-    through :meth:`PullObject`, which then (at most every :data:`ABANDON_CHECK_S`) asks for a newer
-    task and raises :class:`MessageAbandoned` once there is one. Every other call goes to the client.
+    through :meth:`PullObject`, which then starts the task's heartbeats (content that is there
+    takes milliseconds: no heartbeat needed), asks for a newer task (at most every
+    :data:`ABANDON_CHECK_S`) and raises :class:`MessageAbandoned` once there is one. Every other
+    call goes to the client.
     """
 
     def __init__(self, client, task_id: int, acquire_next: Callable[[], NextTask | None]):
@@ -67,6 +69,7 @@ class _WatchedClient:
         self._checked = 0.0
         self._next: NextTask | None = None
         self._reported = False
+        self._heartbeat = None
 
     def __getattr__(self, name: str):
         return getattr(self._client, name)
@@ -79,7 +82,12 @@ class _WatchedClient:
         return res
 
     def _content_missing(self) -> None:
+        from flwr.supercore.heartbeat import HeartbeatSender
+
         with self._lock:
+            if self._heartbeat is None:
+                self._heartbeat = HeartbeatSender(heartbeat_fn(self._client))
+                self._heartbeat.start()
             now = time.monotonic()
             waited = now - self.started
             if self._next is None and now - self._checked >= ABANDON_CHECK_S:
@@ -94,6 +102,11 @@ class _WatchedClient:
                     f"{waited:.0f} s; waiting for it (when the SuperNode logged 'Ignoring message' for it, its run "
                     "stopped while it was being received: it is given up without a reply as soon as the next "
                     "message arrives)")
+
+    def stop_heartbeat(self) -> None:
+        with self._lock:
+            if self._heartbeat is not None and self._heartbeat.is_running:
+                self._heartbeat.stop()
 
 
 def heartbeat_fn(client):
@@ -111,22 +124,20 @@ def heartbeat_fn(client):
 
 
 def pull_task_input(client, task_id: int, acquire_next: Callable[[], NextTask | None]):
-    """Flower's ``run_clientapp.pull_task_input`` (message, context, run, FAB) with the task's lease
-    kept alive meanwhile; raises :class:`MessageAbandoned` for a message no reply is awaited for."""
-    from flwr.supercore.heartbeat import HeartbeatSender
+    """Flower's ``run_clientapp.pull_task_input`` (message, context, run, FAB), the task's lease kept
+    alive while content is missing; raises :class:`MessageAbandoned` for a message no reply is
+    awaited for."""
     from flwr.supercore.inflatable.inflatable_utils import ObjectPullError
     from flwr.supernode.runtime.run_clientapp import pull_task_input as flower_pull_task_input
 
     watched = _WatchedClient(client, task_id, acquire_next)
-    heartbeat = HeartbeatSender(heartbeat_fn(client))
-    heartbeat.start()
     try:
         return flower_pull_task_input(watched)
     except ObjectPullError as exc:
         raise MessageAbandoned(watched.run_id, time.monotonic() - watched.started,
                                f"its content could not be pulled ({exc})") from None
     finally:
-        heartbeat.stop()
+        watched.stop_heartbeat()
 
 
 def give_up(client, task_id: int, gone: MessageAbandoned) -> None:
