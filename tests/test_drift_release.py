@@ -168,13 +168,16 @@ def test_the_operator_sees_a_drifted_member_and_the_consortium_retrains(consorti
     drifted_pd = pkg.predict_pd(pd.read_csv(d / "drifted.csv"))
     exact = population_stability_index(Development.of(pkg.reference, bands).counts,
                                        band_cells(bands, drifted_pd)["rows"])
-    lo, hi = members["bank-c"]["psi_interval"]
-    assert exact > 0.25 and lo - 0.05 <= exact <= hi + 0.05
+    # (noise on the drifted population's thin low-risk bands moves the index: 3,000 replays of it
+    # stayed within 0.83 – 1.5 times the exact value)
+    assert exact > 0.25 and 0.6 * exact <= members["bank-c"]["psi"] <= 2.0 * exact
     assert view["retrain"] in ("retrain", "watch") and any("bank-c" in r for r in view["reasons"])
     full = json.loads((tmp_path / "out" / "drift.json").read_text())
     assert len(full["members"]) == 3 and full["bands"]["count"] == bands.n_bands
     drifted_only = _view(capsys, d, fc)
     assert drifted_only["retrain"] == "retrain" and drifted_only["pooled"]["light"] == "act"
+    for files, code in (((fc,), 3), ((fa, fb), 0)):
+        assert cli(capsys, "drift", "view", "--model", d / "model", *files, "--fail-on", "watch").returncode == code
 
 
 def test_noise_alone_does_not_trigger_the_recommendation(consortium, tmp_path, capsys):
@@ -197,16 +200,23 @@ def test_noise_alone_does_not_trigger_the_recommendation(consortium, tmp_path, c
 def test_backtest_cells_hold_for_calibrated_outcomes_and_fail_for_doubled_risk(consortium, tmp_path, capsys):
     d, pkg, same = consortium
     ok, bad = tmp_path / "ok.json", tmp_path / "bad.json"
-    _release(capsys, d, "bank-a", "calibrated.csv", ok, "--outcomes", "--period", "book 2024-07")
-    _release(capsys, d, "bank-b", "twice.csv", bad, "--outcomes", "--period", "book 2024-07")
+    sigma = 5.0  # a member that releases a backtest with less noise (its choice; it spends more ε)
+    _release(capsys, d, "bank-a", "calibrated.csv", ok, "--outcomes", "--period", "book 2024-07",
+             "--noise-multiplier", sigma)
+    _release(capsys, d, "bank-b", "twice.csv", bad, "--outcomes", "--period", "book 2024-07",
+             "--noise-multiplier", sigma)
     good = _view(capsys, d, ok)
     b = good["pooled"]["backtest"]
     assert b["calibration"] == "holds" and good["retrain"] == "no"
-    assert b["default_rate"] == pytest.approx(b["mean_pd"], abs=0.02)
+    # defaults and Σ PD each carry the noise of 10 cells of std σ·√2: the gap within 4 standard
+    # deviations of noise and sampling
+    tolerance = 4 * np.sqrt(2 * 10 * (sigma * np.sqrt(2)) ** 2 + b["mean_pd"] * b["rows"]) / b["rows"]
+    assert abs(b["default_rate"] - b["mean_pd"]) < tolerance < 0.04
     assert abs(b["auc_bands"] - b["auc_bands_development"]) < 0.05 + 3 * b["auc_noise_std"]
     worse = _view(capsys, d, bad)
     assert worse["pooled"]["backtest"]["calibration"] == "fails" and worse["retrain"] == "retrain"
-    assert worse["pooled"]["backtest"]["default_rate"] > 1.6 * worse["pooled"]["backtest"]["mean_pd"]
+    w = worse["pooled"]["backtest"]
+    assert w["default_rate"] - w["mean_pd"] > 2 * tolerance
 
 
 # --------------------------------------------------------------------------- refusals and trust
