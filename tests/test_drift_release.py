@@ -176,6 +176,8 @@ def test_the_operator_sees_a_drifted_member_and_the_consortium_retrains(consorti
     assert len(full["members"]) == 3 and full["bands"]["count"] == bands.n_bands
     drifted_only = _view(capsys, d, fc)
     assert drifted_only["retrain"] == "retrain" and drifted_only["pooled"]["light"] == "act"
+    for files, code in (((fc,), 3), ((fa, fb), 0)):
+        assert cli(capsys, "drift", "view", "--model", d / "model", *files, "--fail-on", "watch").returncode == code
 
 
 def test_noise_alone_does_not_trigger_the_recommendation(consortium, tmp_path, capsys):
