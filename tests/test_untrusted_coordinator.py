@@ -103,20 +103,34 @@ def signature(reply) -> dict:
     values = [v for rec in reply.content.array_records.values() for v in P.from_array_record(rec).values()]
     metrics = dict(reply.content[P.METRICS]) if P.METRICS in reply.content.metric_records else {}
     info = P.node_info(reply)
-    return {"arrays": arrays, "metric-keys": sorted(metrics), "node-keys": sorted(info),
-            "refused": info.get("refused", ""), "detail": info.get("detail", ""),
-            "finite": all(np.all(np.isfinite(v)) for v in values) and all(math.isfinite(v) for v in metrics.values())}
+    out = {"arrays": arrays, "metric-keys": sorted(metrics), "node-keys": sorted(info),
+           "refused": info.get("refused", ""), "detail": info.get("detail", ""),
+           "finite": all(np.all(np.isfinite(v)) for v in values) and all(math.isfinite(v) for v in metrics.values())}
+    if info.get("release") == "noised":  # the released figures a noised evaluation's shape follows
+        out["noised"] = (metrics["num-examples"], metrics["noise-multiplier"])
+    return out
 
 
 def comparable(sig: dict) -> dict:
-    """A reply's signature with the figures of a budget refusal masked: the ε the refused release
-    would have reached depends on q = batch / n̂, i.e. on the node's released noisy row count —
-    post-processing of an accounted release, and a fresh draw at each node."""
-    if sig["refused"] != P.REFUSED_BUDGET:
-        return sig
+    """A reply's signature with what follows the node's released noisy row count n̂ masked —
+    post-processing of an accounted release, and a fresh draw at each node: the figures of a
+    budget refusal (the ε the refused release would have reached depends on q = batch / n̂) and
+    the number of score bins of a noised evaluation (from n̂ and the planned σ; checked here to be
+    exactly that function of the released figures)."""
     import re
 
-    return {**sig, "detail": re.sub(r"\d+(\.\d+)?", "#", sig["detail"])}
+    from privacy.dp_release import evaluation_bins
+
+    if sig["refused"] == P.REFUSED_BUDGET:
+        sig = {**sig, "detail": re.sub(r"\d+(\.\d+)?", "#", sig["detail"])}
+    evaluation = sig["arrays"].get(P.EVAL)
+    if evaluation and "noised" in sig:
+        n_hat, sigma = sig["noised"]
+        bins = evaluation_bins(n_hat, sigma, sum(k.startswith("fair/") for k in evaluation))
+        assert evaluation["hist-neg"] == evaluation["hist-pos"] == (bins,), (evaluation, n_hat, sigma)
+        evaluation = {**evaluation, "hist-neg": "bins(n̂, σ)", "hist-pos": "bins(n̂, σ)"}
+        sig = {**sig, "arrays": {**sig["arrays"], P.EVAL: evaluation}}
+    return {k: v for k, v in sig.items() if k != "noised"}
 
 
 def assert_same_reply_shape(with_target, without_target) -> None:
