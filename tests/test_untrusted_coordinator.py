@@ -659,3 +659,37 @@ def test_a_request_the_node_policy_forbids_is_refused_before_any_row_is_read(han
         for other in replies[1:]:
             assert_same_reply_shape(replies[0], other)
         assert signature(replies[0])["refused"] == P.REFUSED_POLICY, signature(replies[0])
+
+
+def test_serving_opens_no_channel_to_the_coordinator():
+    """docs/privacy.md: ``fedcredit serve`` sends nothing to the coordinator. Checked on the source:
+    nothing the serving command reaches — every fedcredit module it imports, at any depth — imports
+    Flower, gRPC or an HTTP client; it only listens (uvicorn/starlette) for the institution's own
+    applications."""
+    from tests.conftest import REPO
+    from tests.test_layers import PACKAGES, imports_of
+
+    def module_file(name: str):
+        parts = name.split(".")
+        for k in range(len(parts), 0, -1):
+            for candidate in (REPO.joinpath(*parts[:k]).with_suffix(".py"), REPO.joinpath(*parts[:k], "__init__.py")):
+                if parts[0] in PACKAGES and candidate.is_file():
+                    return candidate
+        return None
+
+    seen, todo, external = set(), [REPO / "clients" / "serve_command.py"], set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in imports_of(path):
+            target = module_file(name)
+            if target is not None:
+                todo.append(target)
+            elif name.split(".")[0] not in PACKAGES:
+                external.add(name)
+    assert {"decision_http.py", "decision_log.py"} <= {p.name for p in seen}  # the walk followed the serving code
+    talking = {n for n in external if n.split(".")[0] in {"flwr", "grpc", "requests", "httpx", "aiohttp", "urllib3"}
+               or n.startswith(("urllib.request", "http.client"))}
+    assert talking == set(), sorted(talking)
