@@ -89,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--delta", type=number(float, minimum=0, maximum=1, open_maximum=True), default=None,
                         metavar="δ", help="δ of the (ε, δ) tested (default: the node's default for the table, "
                                           "the largest power of ten ≤ 1/(10·rows))")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the canary draw and the reference models")
+    parser.add_argument("--seed", type=number(int, minimum=0), default=0, help="seed of the canary draw and the reference models")
 
 
 def run(args: argparse.Namespace):

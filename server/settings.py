@@ -259,6 +259,8 @@ def _check(s: RunSettings) -> None:
     for key, value in (("min-rows", s.min_rows), ("min-positives", s.min_positives)):
         if value < 0:
             raise bad(key, f"must be ≥ 0, got {value}")
+    if not 0 <= s.seed < 2**63:  # the nodes refuse any other seed (clients.request_checks)
+        raise bad("seed", f"must be a whole number in [0, 2^63), got {s.seed}")
     if s.target_epsilon < 0:
         raise bad("target-epsilon", f"must be ≥ 0 (0 = each node's remaining budget), got {s.target_epsilon}")
     if s.clipping_norm <= 0:

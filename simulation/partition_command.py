@@ -76,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-positives", type=number(int, minimum=0), default=DEFAULT_MIN_POSITIVES, metavar="N",
                         help="--by dirichlet: fewest defaults (and non-defaults) per institution; draws that "
                              "give fewer are redrawn")
-    parser.add_argument("--seed", type=number(int), default=0, metavar="S", help="random seed")
+    parser.add_argument("--seed", type=number(int, minimum=0), default=0, metavar="S", help="random seed")
     parser.add_argument("--schema", default=None, metavar="S",
                         help="consortium schema: a shipped name or a path (default: consumer-credit-v1)")
     parser.add_argument("--mapping", default=None, metavar="M",

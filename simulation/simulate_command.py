@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fedcredit.arguments import number
 from fedcredit.outcome import Outcome
 
 HELP = "run a simulated consortium in Flower's simulation runtime, with baselines"
@@ -97,7 +98,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budgets", metavar="FILE",
                    help="per-institution budgets: a TOML file with a table [max-epsilon] of institution = ε; "
                         "institutions not listed get --epsilon (see simulation/budgets.py)")
-    p.add_argument("--seed", type=int, default=D["seed"], help="seed of data synthesis, initialisation and sampling")
+    p.add_argument("--seed", type=number(int, minimum=0), default=D["seed"], help="seed of data synthesis, initialisation and sampling")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/sim-<time>)")
     p.add_argument("--state-root", metavar="DIR",
                    help="keep the institutions' privacy state here across runs (default RUN_DIR/node-state)")

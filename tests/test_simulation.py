@@ -37,6 +37,7 @@ def test_pyproject_run_config_defaults_match_the_code():
     ({"learning-rate": 0.0}, "learning-rate"),
     ({"target-epsilon": -1.0}, "target-epsilon"),
     ({"clipping-norm": 0.0}, "clipping-norm"),
+    ({"seed": -1}, "seed"),  # the nodes refuse it; the operator hears it before the run
 ])
 def test_run_config_mistakes_name_the_key(override, key):
     with pytest.raises(ConfigError) as exc:
@@ -223,3 +224,18 @@ def test_a_dp_simulation_is_reproducible_for_a_seed_though_each_run_has_its_own_
     assert digests[0] == digests[1], "same seed, same data: the same DP noise and the same model"
     ids = [json.loads((run / "metrics.json").read_text())["run_id"] for run in runs]
     assert ids[0] != ids[1]
+
+
+@pytest.mark.parametrize("argv", [["simulate"], ["data", "synth", "--out", "x.csv"],
+                                  ["data", "partition", "--data", "x.csv", "--out", "parts"],
+                                  ["privacy", "audit", "--model", "m", "--data", "x.csv"]])
+def test_a_negative_seed_is_refused_when_the_arguments_are_read(argv, tmp_path, monkeypatch, capsys):
+    """NumPy takes non-negative seeds only and the nodes refuse others: exit 2 naming --seed, before any work."""
+    from fedcredit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--seed", "-1"])
+    assert exc.value.code == 2
+    assert "--seed: must be 0 or more, got -1" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
