@@ -18,6 +18,12 @@ Messages (server → node, node → server)
                  arrays ``eval`` (``hist-neg``, ``hist-pos``, ``sums``, ``fair/<attribute>``;
                  absent when the node releases none, ``node.release`` = ``off``, or refuses)
                  + metrics ``metrics``; ``node.release`` = ``exact`` | ``noised`` | ``off``.
+``train`` with ``evaluate-received`` = true in its config (and ``cutoff-pd``): the node first
+                 evaluates the weights it received (the previous round's global model, reported
+                 as round ``server-round`` − 1), then trains; the reply carries the update as
+                 above plus the evaluation in ``eval`` (arrays), ``eval-metrics`` (metrics) and
+                 ``eval-node`` (``institution-id``, ``refused``, ``detail``, ``release``) — each
+                 part released, withheld or refused on its own (:mod:`server.folded_evaluation`).
 The server checks every statistics, update and evaluation reply (:mod:`server.update_checks`)
 and leaves out, and records, one that does not fit.
 Every reply carries the ConfigRecord ``node`` with ``institution-id`` and, on refusal,
@@ -41,6 +47,10 @@ METRICS = "metrics"
 STATS = "stats"
 EVAL = "eval"
 NODE = "node"
+# the evaluation part of a train reply that also evaluated the received weights (EVALUATE_RECEIVED)
+EVAL_METRICS = "eval-metrics"
+EVAL_NODE = "eval-node"
+EVALUATE_RECEIVED = "evaluate-received"  # train config: evaluate the received weights before training
 
 # Secure aggregation (server/secure_aggregation.py): one round of Flower's SecAgg+ protocol. The
 # node's train handler gets the legacy ``fitins.*`` records with these extra config keys and
