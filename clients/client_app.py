@@ -1,8 +1,11 @@
 """The Flower ClientApp of an institution: Flower messages in, :mod:`clients.node` calls, replies out.
 
-A refusal (exhausted budget, node policy, invalid data) is a normal reply that carries the
-reason and no weights, so the server can record it and go on; the node process is never
-crashed by bad data.
+A refusal (exhausted budget, node policy, invalid data, a request that failed the node's
+checks) is a normal reply that carries the reason and no weights, so the server can record it
+and go on; the node process is never crashed by bad data or a crafted message. Every handler
+runs inside :func:`_fixed_reply_on_error`: an unexpected exception — a bug, which could in
+principle depend on a borrower's row — becomes the same ``node-error`` refusal whatever caused
+it, and its traceback stays in the node's log.
 
 Secure aggregation (run config ``secure-aggregation = true``, :mod:`server.secure_aggregation`):
 the train handler runs behind Flower's ``secaggplus_mod`` for the messages of the SecAgg+
@@ -15,7 +18,9 @@ Ordinary train messages pass the mod untouched.
 
 from __future__ import annotations
 
+import functools
 import sys
+import traceback
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
@@ -42,7 +47,7 @@ def _reason(exc: Exception) -> tuple[str, str]:
     if isinstance(exc, N.NodeRefusal):
         return exc.reason, exc.detail
     from clients.validation import DataValidationError
-    from privacy.accountant import PrivacyStateError
+    from privacy.errors import PrivacyStateError
 
     if isinstance(exc, DataValidationError):
         # the full report (values, row numbers) stays here, in the node's log; the coordinator
@@ -52,6 +57,31 @@ def _reason(exc: Exception) -> tuple[str, str]:
     if isinstance(exc, PrivacyStateError):  # unwritable, damaged or locked state: nothing was released
         return P.REFUSED_STATE, str(exc)
     return P.REFUSED_POLICY, str(exc)
+
+
+def _fixed_reply_on_error(handler):
+    """``handler``, with any exception other than a refusal turned into one fixed ``node-error``
+    reply (the traceback goes to the node's log only, never to the coordinator)."""
+    @functools.wraps(handler)
+    def guarded(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except Exception:  # noqa: BLE001 - deliberately everything: the reply must not depend on what failed
+            print(f"fedcredit node: unexpected error while handling a {msg.metadata.message_type} message:\n"
+                  f"{traceback.format_exc()}", file=sys.stderr, flush=True)
+            return P.reply(msg, institution_id=_institution(context), metrics={"num-examples": 0.0},
+                           refused=P.REFUSED_ERROR, detail="the node hit an internal error; its log has the details")
+    return guarded
+
+
+def _arrays(msg: Message) -> dict:
+    """The message's weights as NumPy arrays; a record that cannot be read is the message's fault."""
+    if P.ARRAYS not in msg.content.array_records:
+        raise N.NodeRefusal.invalid_request("the message carries no weights")
+    try:
+        return P.from_array_record(msg.content[P.ARRAYS])
+    except Exception as exc:  # noqa: BLE001 - malformed bytes from the coordinator
+        raise N.NodeRefusal.invalid_request(f"the weights cannot be read ({type(exc).__name__})") from None
 
 
 def _refusal(msg: Message, context: Context, exc: Exception) -> Message:
@@ -77,6 +107,7 @@ def _save_plan_state(context: Context, plan: dict) -> None:
 
 
 @app.query("stats")
+@_fixed_reply_on_error
 def statistics(msg: Message, context: Context) -> Message:
     try:
         policy = _policy(context)
@@ -99,13 +130,14 @@ def _secagg_when_asked(msg: Message, context: Context, call_next) -> Message:
 
 
 @app.train(mods=[_secagg_when_asked])
+@_fixed_reply_on_error
 def train(msg: Message, context: Context) -> Message:
     if "fitins.parameters" in msg.content.array_records:
         return _train_secure(msg, context)
     try:
         policy = _policy(context)
         state = {"plan": _plan_state(context)}
-        weights, metrics = N.train(policy, P.from_array_record(msg.content[P.ARRAYS]), _config(msg), state)
+        weights, metrics = N.train(policy, _arrays(msg), _config(msg), state)
         _save_plan_state(context, state.get("plan") or {})
     except (N.NodeRefusal, UserError) as exc:
         return _refusal(msg, context, exc)
@@ -133,14 +165,15 @@ def _train_secure(msg: Message, context: Context) -> Message:
         state = {"plan": _plan_state(context)}
         weights, metrics = N.train(policy, before, cfg, state)
         _save_plan_state(context, state.get("plan") or {})
-        delta = {k: (weights[k] - before[k]).astype(before[k].dtype) for k in names}
-        if all(np.all(np.isfinite(d)) for d in delta.values()):
-            update = delta
-        else:
-            info.update(refused=P.REFUSED_INVALID_UPDATE, detail="local training produced NaN or infinite weights")
+        # finite by construction (N.finite_weights and the checked global weights): no data-dependent branch
+        update = {k: (weights[k] - before[k]).astype(before[k].dtype) for k in names}
     except (N.NodeRefusal, UserError) as exc:
         reason, detail = _reason(exc)
         info.update(refused=reason, detail=detail[:4000])
+    except Exception:  # noqa: BLE001 - the same fixed reply as _fixed_reply_on_error, in the SecAgg+ layout
+        print(f"fedcredit node: unexpected error in a SecAgg+ round:\n{traceback.format_exc()}", file=sys.stderr,
+              flush=True)
+        info.update(refused=P.REFUSED_ERROR, detail="the node hit an internal error; its log has the details")
     n = 0 if info["refused"] else int(metrics.get("num-examples", 0))
     # the mod sends round(n/M · 2²²)/2²² · Δ, clipped to ±c: report how much the clipping changed
     ratio = round(n / max_weight * P.SECAGG_QUANTIZATION_RANGE) / P.SECAGG_QUANTIZATION_RANGE
@@ -155,10 +188,11 @@ def _train_secure(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
+@_fixed_reply_on_error
 def evaluate(msg: Message, context: Context) -> Message:
     try:
         policy = _policy(context)
-        arrays, metrics, mode = N.evaluate(policy, P.from_array_record(msg.content[P.ARRAYS]), _config(msg))
+        arrays, metrics, mode = N.evaluate(policy, _arrays(msg), _config(msg), {"plan": _plan_state(context)})
     except (N.NodeRefusal, UserError) as exc:
         return _refusal(msg, context, exc)
     return P.reply(msg, institution_id=policy.institution_id, arrays_key=P.EVAL, arrays=arrays,

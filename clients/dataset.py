@@ -1,15 +1,19 @@
 """An institution's data as its node uses it: clean table → training rows and local holdout.
 
 The holdout is chosen by the data itself, not by the run: a row is in the holdout when a hash
-of its content and the node's ``split-seed`` falls below the holdout fraction. So every run,
-every baseline and every benchmark sees the same training rows for the same file, a
-coordinator cannot move borrowers between holdout and training by changing the run config,
-and each borrower's side depends on that borrower alone (parallel composition of training
-and evaluation releases in the privacy ledger).
+of its content (every column but the borrower id) and the node's ``split-seed`` falls below
+the holdout fraction. So every run, every baseline and every benchmark sees the same training
+rows for the same file, a coordinator cannot move borrowers between holdout and training by
+changing the run config, and each borrower's side depends on that borrower's own row alone —
+which is what lets the privacy ledger compose training and evaluation releases in parallel.
+Because the id is left out, a re-export with re-keyed ids or with rows dropped or added
+keeps every other borrower on the side it was on.
 
-:func:`data_fingerprint` identifies the institution's dataset for lifetime privacy accounting:
-sha256 over the schema key and the sorted per-row hashes of the clean table, so row order
-does not matter but any changed value does.
+:func:`data_fingerprint` names the table *version* in the institution's lifetime ledger
+(:mod:`privacy.ledger`): sha256 over the schema key and the sorted per-row hashes, so row
+order and ids do not matter but any other changed value does. The ledger composes releases of
+different versions conservatively (a borrower whose row changed may have changed side);
+within one version, in parallel.
 """
 
 from __future__ import annotations
@@ -25,16 +29,24 @@ from configs.schema import Schema
 DEFAULT_HOLDOUT_FRACTION = 0.2
 
 
-def row_hashes(table: pd.DataFrame) -> np.ndarray:
-    """A 64-bit hash per row of the clean table (pandas' stable hash of all columns)."""
-    return pd.util.hash_pandas_object(table, index=False).to_numpy(dtype=np.uint64)
+SPLIT_RULE = "row-hash/v2"  # v1 (before 0.2) hashed the id column too
+
+
+def _content_columns(table: pd.DataFrame, schema: Schema) -> list[str]:
+    return [c for c in table.columns if c != schema.id_column]
+
+
+def row_hashes(table: pd.DataFrame, schema: Schema) -> np.ndarray:
+    """A 64-bit hash per row of the clean table: pandas' stable hash of every column but the id."""
+    return pd.util.hash_pandas_object(table[_content_columns(table, schema)], index=False).to_numpy(dtype=np.uint64)
 
 
 def data_fingerprint(table: pd.DataFrame, schema: Schema) -> str:
-    """Order-independent sha256 of a clean table and the schema key (hex)."""
-    h = hashlib.sha256(schema.key.encode())
-    h.update(np.sort(row_hashes(table)).tobytes())
-    h.update(str(len(table.columns)).encode() + ",".join(map(str, table.columns)).encode())
+    """Order- and id-independent sha256 of a clean table and the schema key (hex)."""
+    columns = _content_columns(table, schema)
+    h = hashlib.sha256(f"{SPLIT_RULE}|{schema.key}".encode())
+    h.update(np.sort(row_hashes(table, schema)).tobytes())
+    h.update(str(len(columns)).encode() + ",".join(map(str, columns)).encode())
     return h.hexdigest()
 
 
@@ -43,22 +55,23 @@ def holdout_mask(table: pd.DataFrame, schema: Schema, fraction: float = DEFAULT_
     """Boolean mask of holdout rows: each row is in the holdout when a hash of (its content,
     seed), read as a number in [0, 1), is below ``fraction``.
 
-    Each row's side depends on that row alone — adding or removing a borrower never moves
-    another one between training and holdout — which is what lets the privacy ledger compose
-    training and evaluation releases in parallel (:func:`privacy.accountant.disjoint_sides`).
+    Each row's side depends on that row alone (not on its id) — adding or removing a borrower,
+    or re-keying the ids, never moves another one between training and holdout — which is what
+    lets the privacy ledger compose training and evaluation releases in parallel
+    (:mod:`privacy.composition`).
     The holdout is ≈ ``fraction`` of each class (not exactly: it is a per-row draw).
     Deterministic for the same data and seed, independent of row order.
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError("holdout fraction must be in (0, 1)")
     salt = _mix64(np.array([seed + 0x9E3779B9], dtype=np.uint64))[0]
-    u = _mix64(row_hashes(table) ^ salt).astype(np.float64) / 2.0**64
+    u = _mix64(row_hashes(table, schema) ^ salt).astype(np.float64) / 2.0**64
     return u < fraction
 
 
 def split_id(fraction: float, seed: int) -> str:
     """Identity of the split rule and its parameters (recorded with every privacy event)."""
-    return f"row-hash/v1 fraction={fraction:g} seed={seed}"
+    return f"{SPLIT_RULE} fraction={fraction:g} seed={seed}"
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:

@@ -24,9 +24,10 @@ import numpy as np
 
 from configs.errors import UserError
 from models.encoder import feature_statistics
-from models.reference import PopulationReference, denoise_counts, strong_counts
+from models.metrics import score_bin_index
+from models.reference import PopulationReference
 from models.score_bands import ScoreBands, bands_from_scores, equal_mass_bands, mass_below_pd
-from models.stability import (DEFAULT_GROUPS, characteristic_stability, grouped_stability, merge_cells, moved_most,
+from models.stability import (DEFAULT_GROUPS, characteristic_stability, histogram_stability, merge_cells, moved_most,
                               shares, worst_light)
 
 TOP_MOVERS = 5
@@ -63,6 +64,19 @@ def score_band_table(bands: ScoreBands, labels: list[str], reference_counts, cur
             for i, (lo, hi) in enumerate(bands.pd_ranges())]
 
 
+def score_stability(reference: PopulationReference, pd_values, scale, groups: int = DEFAULT_GROUPS):
+    """PSI of the scores ``pd_values`` against the reference's (noised or exact) score
+    distribution, over about ``groups`` bands of equal development mass (labelled in points)."""
+    released = reference.score_counts  # neg + pos: the noise std per bin is √2 times one histogram's
+    current = np.bincount(score_bin_index(pd_values, len(released)), minlength=len(released))
+
+    def bands_of(basis):
+        bands = equal_mass_bands(basis, groups)
+        return bands.bin_group, bands.labels(scale)
+
+    return histogram_stability(released, current, reference.score_noise_std * np.sqrt(2), bands_of)
+
+
 def assess_drift(scored, reference: PopulationReference, reference_name: str,
                  groups: int = DEFAULT_GROUPS) -> dict:
     """The monitoring result (JSON-ready; see the module docstring)."""
@@ -75,26 +89,20 @@ def assess_drift(scored, reference: PopulationReference, reference_name: str,
     csi = characteristic_stability(reference.feature_counts, current, pkg.schema, groups, reference.feature_noise_std)
     out: dict = {"rows": scored.rows, "reference": {"name": reference_name, **reference.source,
                                                     "rows": _reference_rows(reference)}}
-    if reference.has_scores:
-        released, noise = reference.score_counts, reference.score_noise_std * np.sqrt(2)
-        bands = equal_mass_bands(strong_counts(released, noise), groups)
-        labels = bands.labels(pkg.scale)
-        score = grouped_stability(released, bands.counts(scored.pd), bands.bin_group, labels, noise,
-                                  truth=denoise_counts(released, noise))
-        out["score_psi"] = score.psi
-        out["score_light"] = score.light
-        out["score_sampling_floor"] = score.sampling_floor()
-        out["score_noise_floor"] = score.noise_floor
-        out["score_bands"] = score_band_table(bands, labels, score.expected, score.actual)
-        out["reference_resolution_bins"] = bands.bins
-        ref_total = float(released.sum())
-        ref_approval = mass_below_pd(released, pkg.cutoff_pd) / ref_total if ref_total > 0 else None
+    score = score_stability(reference, scored.pd, pkg.scale, groups) if reference.has_scores else None
+    if score is not None:
+        bands = ScoreBands(score.group_of_cell)
+        out.update({"score_psi": score.psi, "score_light": score.light, "score_sampling_floor": score.sampling_floor(),
+                    "score_noise_floor": score.noise_floor, "reference_resolution_bins": bands.bins,
+                    "score_bands": score_band_table(bands, score.labels, score.expected, score.actual)})
+        released = reference.score_counts
+        ref_approval = mass_below_pd(released, pkg.cutoff_pd) / released.sum() if released.sum() > 0 else None
     else:
         bands = bands_from_scores(scored.pd, groups)
-        out["score_psi"], out["score_light"], out["score_sampling_floor"], out["score_noise_floor"] = (
-            None, "unknown", None, None)
-        out["score_bands"] = score_band_table(bands, bands.labels(pkg.scale), None,
-                                              merge_cells(bands.counts(scored.pd), bands.bin_group))
+        out.update({"score_psi": None, "score_light": "unknown", "score_sampling_floor": None,
+                    "score_noise_floor": None,
+                    "score_bands": score_band_table(bands, bands.labels(pkg.scale), None,
+                                                    merge_cells(bands.counts(scored.pd), bands.bin_group))})
         ref_approval = None
     out["csi"] = {name: {"psi": r.psi, "light": r.light, "noise_floor": r.noise_floor} for name, r in csi.items()}
     out["characteristics"] = {name: r.to_dict() for name, r in csi.items()}

@@ -1,325 +1,172 @@
 """What an institution's node does for each message, independent of Flower's plumbing.
 
-The node is the privacy boundary. It
+The node is the privacy boundary, and it does not trust the coordinator (docs/privacy.md,
+"Threat model"). For every message it
 
-* loads its own table (validated exactly like ``fedcredit data validate``) and splits it into
-  training rows and a local holdout (:mod:`clients.dataset`);
-* answers the statistics query, trains and evaluates — and for every release that touches
-  borrower data it first checks its *own* lifetime budget (:class:`privacy.accountant.
-  PrivacyLedger`), persists the spend, and only then lets the numbers leave;
-* takes its budget (``max-epsilon``, ``delta``) and release policy from the **node config**;
-  the run config can only ask for less (``target-epsilon``), never for more.
+1. checks everything the coordinator sent — config values, encoder, model spec, weights —
+   before it reads one borrower's row (:mod:`clients.request_checks`; a failure is an
+   ``invalid-request`` refusal worded from the message alone);
+2. loads its own table (validated exactly like ``fedcredit data validate``) and splits it into
+   training rows and a local holdout (:mod:`clients.node_data`);
+3. for every release that touches borrower data, checks its *own* lifetime budget in its
+   ledger (:mod:`clients.node_privacy`), persists the spend, and only then lets the numbers
+   leave. Every figure that reveals the table's size comes from the released noisy row
+   counts, never from the exact ones.
 
-Node config keys (deployment, ``flower-supernode --node-config``)
------------------------------------------------------------------
-``data-path`` (required) · ``institution-id`` (default: file name) · ``mapping`` · ``schema``
-(default ``consumer-credit-v1``) · ``state-dir`` (required: lifetime privacy state) ·
-``max-epsilon`` (required for DP training) · ``delta`` (default: the largest power of ten
-≤ 1/(10·n)) · ``release-eval`` = ``noised`` (default) | ``off`` · ``allow-non-private``
-= false (default) · ``split-seed`` (0) · ``holdout-fraction`` (0.2) · ``accountant`` = rdp | prv.
+Non-finite numbers get one fixed treatment whichever rows produce them: a non-finite encoded
+value becomes 0 (:func:`clients.node_data.encode`), a row whose per-sample gradient is not
+finite contributes nothing to DP-SGD (:mod:`privacy.dpsgd`), a non-finite PD is scored 0.5
+(:func:`finite_pd`), and the weights sent back are post-processed to be finite and bounded
+(:func:`finite_weights`). So no reply's keys, shapes or refusal reason depend on one borrower
+except through the accounted mechanisms.
 
-Simulation: a virtual node only has ``partition-id`` / ``num-partitions``; it takes file
-``partition-id`` of the run's ``data-dir`` (sorted) or synthesises institution ``partition-id``,
-keeps its privacy state under ``state-root/<institution-id>``, its budget from
-``sim-budgets`` (its own entry) or ``sim-max-epsilon``, its data minimum from ``min-rows`` /
-``min-positives``, releases exact evaluations and may train without DP (``dp = false``).
+The node takes its budget (``max-epsilon``, ``delta``) and release policy from the **node
+config** (:mod:`clients.node_policy`); the run config can only ask for less.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from clients.dataset import InstitutionSplit, labels, split_institution
-from configs.errors import UserError
+from clients.node_data import NodeData, clear_data_cache, load_node_data
+from clients.node_policy import DATA_SUFFIXES, DEPLOYMENT_RELEASE_MODES, NodePolicy, policy_from_context  # noqa: F401
+from clients.node_privacy import (
+    inputs_digest,
+    noise_seed,
+    open_ledger,
+    personal_round,
+    plan_run,
+    plan_shape,
+    released_counts,
+)
+from clients.refusal import NodeRefusal
+from clients.request_checks import (
+    MAX_ABS_WEIGHT,
+    check_weights,
+    evaluation_request,
+    statistics_request,
+    train_request,
+)
 from configs.schema import Schema, load_schema
-from fedcredit.protocol import evaluation_rounds
-from models.encoder import FeatureEncoder, feature_statistics
+from fedcredit import protocol as P
+from models.encoder import feature_statistics
 from models.fairness import group_counts
 from models.metrics import EvaluationSums
 from models.network import ModelSpec, build_model, get_weights, predict_pd, set_weights
 from models.training import LocalTrainConfig, train_local
 
-DEPLOYMENT_RELEASE_MODES = ("noised", "off")
-DATA_SUFFIXES = (".csv", ".parquet", ".pq", ".tsv", ".txt")
+__all__ = ["NodeData", "NodePolicy", "NodeRefusal", "answer_statistics", "clear_data_cache", "evaluate",
+           "load_node_data", "policy_from_context", "train"]
 
 
-class NodeRefusal(Exception):
-    """The node declines a request; ``reason`` is a protocol code, ``detail`` says why, and
-    ``metrics`` holds public figures sent with the refusal (ε spent and budget for an exhausted
-    budget)."""
-
-    def __init__(self, reason: str, detail: str, metrics: dict[str, float] | None = None):
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-        self.metrics = dict(metrics or {})
-
-    @classmethod
-    def budget_exhausted(cls, exc) -> NodeRefusal:
-        """From a :class:`privacy.accountant.BudgetExceeded`: the reason, and the lifetime ε spent
-        and budget (public figures, docs/privacy.md) so the coordinator can report them."""
-        return cls("budget-exhausted", str(exc), {"epsilon-spent": float(exc.spent), "epsilon-budget": float(exc.budget)})
-
-
-@dataclass(frozen=True)
-class NodePolicy:
-    institution_id: str
-    source: str  # a file path, or "synthetic:<index>/<count>"
-    mapping: str | None
-    schema: str
-    state_dir: Path
-    max_epsilon: float | None
-    delta: float | None
-    release_eval: str
-    allow_non_private: bool
-    split_seed: int
-    holdout_fraction: float
-    accountant: str
-    simulation: bool
-    synthetic_scale: float = 1.0
-    synthetic_seed: int = 0
-    #: the table's minimum rows / defaults (``fedcredit data validate``'s); simulation: run config
-    #: ``min-rows`` / ``min-positives`` (research mode, see simulation.research_mode)
-    min_rows: int = 500
-    min_positives: int = 50
-
-
-def _get(cfg: dict, key: str, default: Any = None) -> Any:
-    v = cfg.get(key, default)
-    return default if v == "" else v
-
-
-def policy_from_context(node_config: dict, run_config: dict, run_id: str = "") -> NodePolicy:
-    """Resolve the node's policy: node config in deployment, run config for virtual nodes."""
-    node_config = dict(node_config or {})
-    run_config = dict(run_config or {})
-    if "data-path" in node_config:
-        path = str(node_config["data-path"])
-        state = _get(node_config, "state-dir")
-        if not state:
-            raise UserError("node config: 'state-dir' is required (the node's lifetime privacy state lives there)")
-        release = str(_get(node_config, "release-eval", "noised"))
-        if release not in DEPLOYMENT_RELEASE_MODES:
-            hint = " (exact evaluation releases are for simulation only)" if release == "exact" else ""
-            raise UserError(f"node config: 'release-eval' must be one of {', '.join(DEPLOYMENT_RELEASE_MODES)}, "
-                            f"got '{release}'{hint}")
-        max_eps = _get(node_config, "max-epsilon")
-        return NodePolicy(
-            institution_id=str(_get(node_config, "institution-id", Path(path).stem)),
-            source=path, mapping=_get(node_config, "mapping"),
-            schema=str(_get(node_config, "schema", "consumer-credit-v1")),
-            state_dir=Path(str(state)).expanduser(),
-            max_epsilon=float(max_eps) if max_eps is not None else None,
-            delta=float(_get(node_config, "delta")) if _get(node_config, "delta") is not None else None,
-            release_eval=release,
-            allow_non_private=str(_get(node_config, "allow-non-private", "false")).lower() == "true",
-            split_seed=int(_get(node_config, "split-seed", 0)),
-            holdout_fraction=float(_get(node_config, "holdout-fraction", 0.2)),
-            accountant=str(_get(node_config, "accountant", "rdp")), simulation=False)
-    if "partition-id" not in node_config:
-        raise UserError("node config: give 'data-path' (and 'state-dir', 'max-epsilon') for this institution")
-    index, count = int(node_config["partition-id"]), int(node_config.get("num-partitions", 1))
-    data_dir = _get(run_config, "data-dir")
-    if data_dir:
-        files = _data_files(str(data_dir))
-        if index >= len(files):
-            raise UserError(f"run config: data-dir {data_dir} has {len(files)} data file(s); "
-                            f"virtual node {index} has none (use num-supernodes ≤ {len(files)})")
-        source, inst = str(files[index]), files[index].stem
-    else:
-        plan = _synthetic_plan(count, float(_get(run_config, "synthetic-scale", 1.0)))
-        source, inst = f"synthetic:{index}/{count}", plan[index].id
-    root = _get(run_config, "state-root") or str(Path(tempfile.gettempdir()) / "fedcredit-sim" / (run_id or "run"))
-    return NodePolicy(
-        institution_id=inst, source=source, mapping=_get(run_config, "mapping"),
-        schema=str(_get(run_config, "schema", "consumer-credit-v1")),
-        state_dir=Path(root) / inst, max_epsilon=_simulated_budget(run_config, inst),
-        delta=None, release_eval="exact", allow_non_private=True, split_seed=0, holdout_fraction=0.2,
-        accountant="rdp", simulation=True,
-        synthetic_scale=float(_get(run_config, "synthetic-scale", 1.0)),
-        synthetic_seed=int(_get(run_config, "synthetic-seed", 0)),
-        min_rows=int(_get(run_config, "min-rows", 500)), min_positives=int(_get(run_config, "min-positives", 50)))
-
-
-def _simulated_budget(run_config: dict, institution: str) -> float:
-    """A virtual node's lifetime ε: its entry in ``sim-budgets``, else ``sim-max-epsilon``."""
-    from server.settings import parse_sim_budgets
-
-    budgets = parse_sim_budgets(str(_get(run_config, "sim-budgets", "") or ""))
-    return float(budgets.get(institution, _get(run_config, "sim-max-epsilon", 3.0)))
-
-
-def _data_files(data_dir: str) -> tuple[Path, ...]:
-    """The data files of a simulation's data directory, sorted (virtual node k takes file k).
-
-    Resolved for every message, so the listing is cached until the directory changes (its
-    mtime): a directory of 1,000 files costs ~20 ms to list and sort, per message otherwise.
-    """
-    import os
-
-    return _data_files_at(data_dir, os.stat(data_dir).st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _data_files_at(data_dir: str, mtime_ns: int) -> tuple[Path, ...]:
-    return tuple(sorted(p for p in Path(data_dir).iterdir() if p.suffix.lower() in DATA_SUFFIXES))
-
-
-def _synthetic_plan(count: int, scale: float):
-    """The synthetic consortium's institutions (cached while the archetypes file is unchanged)."""
-    import os
-
-    from simulation.archetypes import ARCHETYPES_FILE
-
-    return _synthetic_plan_at(count, scale, os.stat(ARCHETYPES_FILE).st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _synthetic_plan_at(count: int, scale: float, mtime_ns: int):
-    from simulation.archetypes import institution_plan, load_archetypes
-
-    return tuple(institution_plan(count, scale, load_archetypes()))
-
-
-# ------------------------------------------------------------------------------ data
-_DATA_CACHE: dict[tuple, "NodeData"] = {}
-
-
-@dataclass
-class NodeData:
-    schema: Schema
-    split: InstitutionSplit
-    encoded: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]  # encoder hash → x/y train, x/y holdout
-
-    def matrices(self, encoder: FeatureEncoder):
-        key = hashlib.sha256(encoder.to_json().encode()).hexdigest()
-        if key not in self.encoded:
-            s = self.split
-            self.encoded.clear()  # one encoder per run; keep memory flat
-            self.encoded[key] = (encoder.transform(s.train), labels(s.train, self.schema),
-                                 encoder.transform(s.holdout), labels(s.holdout, self.schema))
-        return self.encoded[key]
-
-
-def clear_data_cache() -> None:
-    """Forget every table this process loaded (benchmarks: each repetition starts cold)."""
-    _DATA_CACHE.clear()
-
-
-def load_node_data(policy: NodePolicy) -> NodeData:
-    """Load, validate and split the node's table (cached per process)."""
-    key = (policy.source, policy.mapping, policy.schema, policy.split_seed, policy.holdout_fraction,
-           policy.synthetic_scale, policy.synthetic_seed, policy.min_rows, policy.min_positives)
-    if key in _DATA_CACHE:
-        return _DATA_CACHE[key]
-    schema = load_schema(policy.schema)
-    if policy.source.startswith("synthetic:"):
-        table = _synthetic_table(policy, schema)
-    else:
-        from clients.validation import load_institution_table
-
-        table = load_institution_table(policy.source, schema, policy.mapping, min_rows=policy.min_rows,
-                                       min_positives=policy.min_positives).table
-    split = split_institution(table, schema, policy.institution_id, policy.holdout_fraction, policy.split_seed)
-    data = NodeData(schema=schema, split=split, encoded={})
-    _DATA_CACHE[key] = data
-    return data
-
-
-def _synthetic_table(policy: NodePolicy, schema: Schema):
-    from simulation.synthetic import consortium_member
-
-    index, count = (int(v) for v in policy.source.split(":", 1)[1].split("/"))
-    return consortium_member(index, count, policy.synthetic_scale, policy.synthetic_seed, schema)[1]
-
-
-# -------------------------------------------------------------------------- privacy
-def _ledger(policy: NodePolicy, data: NodeData):
-    from privacy.accountant import PrivacyLedger
-    from privacy.planning import default_delta
-
-    if policy.max_epsilon is None:
-        raise NodeRefusal("policy", "this node has no 'max-epsilon' in its node config, so it does not "
-                          "release anything computed from borrower data; set max-epsilon")
-    delta = policy.delta if policy.delta is not None else default_delta(len(data.split.train) + len(data.split.holdout))
-    ledger = PrivacyLedger.open(policy.state_dir, fingerprint=data.split.fingerprint, schema_key=data.schema.key,
-                                institution_id=policy.institution_id, max_epsilon=policy.max_epsilon,
-                                delta=delta, accountant=policy.accountant)
-    ledger.node_split = data.split.split
-    return ledger
+@functools.lru_cache(maxsize=8)
+def node_schema(name: str) -> Schema:
+    """The schema the node's config names (read before any data: the checks need it)."""
+    return load_schema(name)
 
 
 def _wants_dp(policy: NodePolicy, cfg: dict) -> bool:
     """DP unless the run asks for none *and* the node allows non-private training."""
-    if bool(cfg.get("dp", True)):
+    if cfg["dp"]:
         return True
     if not policy.allow_non_private:
-        raise NodeRefusal("policy", "the run asks for training without differential privacy; this node's "
+        raise NodeRefusal(P.REFUSED_POLICY, "the run asks for training without differential privacy; this node's "
                           "policy (allow-non-private = false) forbids it")
     return False
 
 
-def _noise_seed(policy: NodePolicy, cfg: dict, salt: str) -> int | None:
-    """Reproducible noise in simulation — from the run's seed, the institution and the release
-    (``salt``), not the run id, which is random per simulation; fresh OS randomness in deployment."""
-    if not policy.simulation:
-        return None
-    blob = f"{cfg.get('seed', 0)}|{policy.institution_id}|{salt}".encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little")
+def _budget(call, *args, **kwargs):
+    """``call(...)``, a :class:`privacy.errors.BudgetExceeded` turned into the node's refusal."""
+    from privacy.errors import BudgetExceeded
+
+    try:
+        return call(*args, **kwargs)
+    except BudgetExceeded as exc:
+        raise NodeRefusal.budget_exhausted(exc) from None
 
 
-# ------------------------------------------------------------------------- handlers
+def _public_figures(ledger, spent: float) -> dict[str, float]:
+    return {"epsilon-spent": spent, "epsilon-budget": ledger.max_epsilon, "delta": ledger.delta}
+
+
+def _side_event(event, cfg: dict, data: NodeData, rows: str, rnd: int | None = None):
+    event.run_id, event.round = str(cfg.get("run-id", "")), rnd
+    event.rows, event.split, event.data = rows, data.split.split, data.split.fingerprint
+    return event
+
+
+# ------------------------------------------------------------------------- statistics
 def answer_statistics(policy: NodePolicy, cfg: dict, state: dict | None = None
                       ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Per-feature count vectors of the training rows; Gaussian-noised and accounted under DP.
 
     Under DP the node first plans the run's noise (it spends nothing on a run it cannot train
     in); the plan is kept in ``state`` (the node's per-run state), so that the first training
-    round uses it instead of planning again when nothing changed in between (planning searches
-    σ with the accountant: about a second per node).
+    round uses it instead of planning again when nothing changed in between.
     """
+    req = statistics_request(cfg)
+    schema = node_schema(policy.schema)
+    if req["schema-key"] and req["schema-key"] != schema.key:
+        raise NodeRefusal(P.REFUSED_POLICY, f"the run uses schema {req['schema-key']}, this node's data follows "
+                          f"{schema.key}")
     data = load_node_data(policy)
-    if cfg.get("schema-key") and cfg["schema-key"] != data.schema.key:
-        raise NodeRefusal("policy", f"the run uses schema {cfg['schema-key']}, this node's data follows {data.schema.key}")
     stats = feature_statistics(data.split.train, data.schema)
-    metrics = {"num-examples": float(data.split.n_train)}
-    if not _wants_dp(policy, cfg):
-        return stats, metrics
-    from privacy.accountant import BudgetExceeded
+    if not _wants_dp(policy, req):
+        return stats, {"num-examples": float(data.split.n_train)}
     from privacy.dp_release import STATISTICS_NOISE_MULTIPLIER, release_statistics
 
-    rng = np.random.default_rng(_noise_seed(policy, cfg, "statistics"))
-    noisy, event = release_statistics(stats, STATISTICS_NOISE_MULTIPLIER, rng)
-    event.run_id, event.rows, event.split = str(cfg.get("run-id", "")), "train", data.split.split
-    with _ledger(policy, data) as ledger:
-        try:
-            p = None
-            if "num-server-rounds" in cfg:  # do not spend on statistics for a run we cannot train in
-                p = _plan_run(policy, ledger, data.split.n_train, cfg, first_round=1, pending=[event])
-            spent = ledger.record([event])
-        except BudgetExceeded as exc:
-            raise NodeRefusal.budget_exhausted(exc) from None
-        if p is not None and state is not None and "batch-size" in cfg and "local-epochs" in cfg:
-            state["plan"] = {"run-id": event.run_id, "noise-multiplier": p.noise_multiplier, "rounds": p.rounds,
-                             "planned-at": "statistics", "ledger-events": len(ledger.events),
-                             "shape": _plan_shape(data.split.n_train, cfg, 1)}
-        metrics.update({"epsilon-spent": spent, "epsilon-budget": ledger.max_epsilon, "delta": ledger.delta})
+    with open_ledger(policy, data) as ledger:
+        counts = released_counts(policy, ledger, data, req)
+        rng = np.random.default_rng(noise_seed(policy, req, ledger, "statistics", inputs_digest(req)))
+        noisy, event = release_statistics(stats, STATISTICS_NOISE_MULTIPLIER, rng)
+        _side_event(event, req, data, "train")
+        plan = None
+        if "num-server-rounds" in req:  # do not spend on statistics for a run we cannot train in
+            plan = _budget(plan_run, policy, ledger, data, counts["train"], req, first_round=1, pending=[event])
+        spent = _budget(ledger.record, [event])
+        if plan is not None and state is not None:
+            state["plan"] = {**plan, "planned-at": "statistics", "ledger-events": len(ledger.all_events),
+                             "shape": plan_shape(counts["train"], req, 1)}
+        metrics = {"num-examples": counts["train"], **_public_figures(ledger, spent)}
     return noisy, metrics
 
 
-def _model_from(cfg: dict, weights: dict[str, np.ndarray]):
-    spec = ModelSpec.from_dict(json.loads(cfg["model-spec"]))
+# ------------------------------------------------------------------------- training
+def _model_from(spec: ModelSpec, weights: dict[str, np.ndarray]):
     model = build_model(spec)
     set_weights(model, weights)
     return model
+
+
+def finite_weights(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every weight finite and within ±:data:`clients.request_checks.MAX_ABS_WEIGHT` (NaN → 0).
+
+    Applied to the weights a node sends back: a fixed function of the DP-SGD output
+    (post-processing), so a weight can never carry a NaN or an overflow out of the node.
+    """
+    out = {}
+    for k, w in weights.items():
+        w = np.nan_to_num(np.asarray(w, dtype=np.float32), nan=0.0, posinf=MAX_ABS_WEIGHT, neginf=-MAX_ABS_WEIGHT)
+        out[k] = np.clip(w, -MAX_ABS_WEIGHT, MAX_ABS_WEIGHT).astype(np.float32)
+    return out
+
+
+def _run_plan(policy: NodePolicy, ledger, data: NodeData, n_train: float, cfg: dict, state: dict, rnd: int) -> dict:
+    """This run's noise plan: the one made for the statistics query when nothing changed since,
+    the one kept in ``state`` for this run, or a new one."""
+    run_id = cfg["run-id"]
+    plan = state.get("plan")
+    if plan and plan.get("planned-at") == "statistics":
+        same = (plan.get("ledger-events") == len(ledger.all_events) and plan.get("run-id") == run_id
+                and plan.get("shape") == plan_shape(n_train, cfg, rnd))
+        plan = {k: plan[k] for k in ("run-id", "noise-multiplier", "evaluation-noise", "rounds")} if same else None
+        state["plan"] = plan
+    if not plan or plan.get("run-id") != run_id:
+        plan = _budget(plan_run, policy, ledger, data, n_train, cfg, first_round=rnd)
+        state["plan"] = plan
+    return plan
 
 
 def train(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict,
@@ -329,176 +176,112 @@ def train(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict,
     ``state`` is the node's per-run state (Flower ``context.state``), where the noise plan of
     the run is kept so σ stays fixed across its rounds.
     """
-    if cfg.get("ledger-head"):  # keep the audit ledger head we were shown (clients.ledger_heads)
+    req, encoder, spec = train_request(cfg, node_schema(policy.schema))
+    weights = check_weights(weights, spec)
+    rnd = req["server-round"]
+    if req["ledger-head"]:  # keep the audit ledger head we were shown (clients.ledger_heads)
         from clients.ledger_heads import record_ledger_head
 
-        record_ledger_head(policy.state_dir, str(cfg.get("run-id", "")), int(cfg["server-round"]), cfg["ledger-head"])
+        record_ledger_head(policy.state_dir, req["run-id"], rnd, req["ledger-head"])
     data = load_node_data(policy)
-    encoder = FeatureEncoder.from_json(cfg["encoder"])
-    if encoder.schema_key != data.schema.key:
-        raise NodeRefusal("policy", f"the run's encoder is for schema {encoder.schema_key}, "
-                          f"this node's data follows {data.schema.key}")
     x, y, _, _ = data.matrices(encoder)
-    model = _model_from(cfg, weights)
-    personal = _personal_round(policy, cfg, model)  # the node's own layers (clients.personalization)
-    tcfg = LocalTrainConfig(local_epochs=int(cfg["local-epochs"]), batch_size=int(cfg["batch-size"]),
-                            learning_rate=float(cfg["learning-rate"]), optimizer=str(cfg["optimizer"]),
-                            proximal_mu=float(cfg.get("proximal-mu", 0.0)),
+    model = _model_from(spec, weights)
+    personal = personal_round(policy, req, model)  # the node's own layers (clients.personalization)
+    tcfg = LocalTrainConfig(local_epochs=req["local-epochs"], batch_size=req["batch-size"],
+                            learning_rate=req["learning-rate"], optimizer=req["optimizer"],
+                            proximal_mu=req["proximal-mu"],
                             output_bias_learning_rate=personal.settings.output_bias_learning_rate)
-    rnd = int(cfg["server-round"])
-    seed = int(cfg.get("seed", 0)) * 100_003 + rnd
-    metrics: dict[str, float] = {"num-examples": float(len(x))}
-    if not _wants_dp(policy, cfg):
+    seed = req["seed"] * 100_003 + rnd  # the training loop's own generator (public; not DP-SGD's sample)
+    if not _wants_dp(policy, req):
         out = train_local(model, x, y, tcfg, seed=seed)
-        metrics["train-loss"] = out["loss"]
-        metrics.update(personal.after_training(model, y, dp=False))
-        personal.personalise_if_last(cfg, x, y, tcfg, None, policy.institution_id, encoder, data.schema)
-        return get_weights(model), metrics
+        metrics = {"num-examples": float(len(x)), "train-loss": out["loss"], **personal.after_training(model, y, dp=False)}
+        personal.personalise_if_last(req, x, y, tcfg, None, policy.institution_id, encoder, data.schema)
+        return finite_weights(get_weights(model)), metrics
+    with open_ledger(policy, data) as ledger:
+        metrics = _train_private(policy, ledger, data, req, state, model, personal, tcfg, x, y, seed, weights,
+                                 encoder)
+    return finite_weights(get_weights(model)), metrics
 
-    from privacy.accountant import BudgetExceeded
+
+def _train_private(policy, ledger, data, req, state, model, personal, tcfg, x, y, seed, weights, encoder) -> dict:
+    """DP-SGD for one round (and, after the last, the personal fine-tune); every release checked
+    against the budget first and recorded before anything leaves. Returns the reply's metrics."""
     from privacy.dpsgd import DPSGDGradients
-    from privacy.planning import sample_rate_for
+    from privacy.planning import sample_rate_for, steps_per_epoch
 
-    run_id = str(cfg.get("run-id", ""))
-    q = sample_rate_for(len(x), tcfg.batch_size)
-    steps = tcfg.local_epochs * tcfg.steps_per_epoch(len(x))
-    with _ledger(policy, data) as ledger:
-        plan = state.get("plan")
-        if plan and plan.get("planned-at") == "statistics":  # planned when answering the statistics query:
-            if (plan.get("ledger-events") == len(ledger.events)  # the same ledger, the same run shape
-                    and plan.get("shape") == _plan_shape(len(x), cfg, rnd) and plan.get("run-id") == run_id):
-                plan = state["plan"] = {k: plan[k] for k in ("run-id", "noise-multiplier", "rounds")}
-            else:
-                plan = None
-        if not plan or plan.get("run-id") != run_id:
-            try:
-                p = _plan_run(policy, ledger, len(x), cfg, first_round=rnd)
-            except BudgetExceeded as exc:
-                raise NodeRefusal.budget_exhausted(exc) from None
-            plan = {"run-id": run_id, "noise-multiplier": p.noise_multiplier, "rounds": p.rounds}
-            state["plan"] = plan
-        sigma = float(plan["noise-multiplier"])
-        # a round trained again (its first reply was lost with a crashed server) draws fresh noise:
-        # the same draws at another σ would let the two releases be combined to remove the noise
-        replays = sum(1 for e in ledger.events if e.kind == "train" and e.run_id == run_id and e.round == rnd)
-        salt = f"train-{rnd}" + (f"-replay-{replays}" if replays else "")
-        rule = DPSGDGradients(sigma, float(cfg["clipping-norm"]), q, seed=_noise_seed(policy, cfg, salt))
-        event = rule.events(steps, run_id, rnd)
-        event.rows, event.split = "train", data.split.split
-        events = [event] + personal.releases_with_update(True, run_id, data.split.split)
-        try:
-            ledger.check(events)
-        except BudgetExceeded as exc:
-            raise NodeRefusal.budget_exhausted(exc) from None
-        out = train_local(model, x, y, tcfg, rule, seed=seed)
-        label_rng = np.random.default_rng(_noise_seed(policy, cfg, "label-count"))
-        spent = ledger.record(events)  # persisted before the update leaves the node
-        metrics.update(personal.after_training(model, y, dp=True, rng=label_rng))
-        p_rule = DPSGDGradients(sigma, float(cfg["clipping-norm"]), q, seed=_noise_seed(policy, cfg, f"personal-{rnd}"))
-        try:
-            spent = personal.personalise_if_last(cfg, x, y, tcfg, p_rule, policy.institution_id, encoder,
-                                                 data.schema, ledger=ledger, steps=steps) or spent
-        except BudgetExceeded as exc:
-            raise NodeRefusal.budget_exhausted(exc) from None
-        # no training loss under DP: it is an exact function of the private batches (unclipped,
-        # unnoised), so it would be a release outside the accountant (docs/privacy.md)
-        metrics.update({"epsilon-spent": spent, "epsilon-budget": ledger.max_epsilon,
-                        "delta": ledger.delta, "noise-multiplier": sigma, "sample-rate": q, "steps": float(steps)})
-    return get_weights(model), metrics
+    rnd, run_id = req["server-round"], req["run-id"]
+    n_hat = _budget(released_counts, policy, ledger, data, req)["train"]
+    q = sample_rate_for(int(n_hat), tcfg.batch_size)
+    steps = tcfg.local_epochs * steps_per_epoch(int(n_hat), tcfg.batch_size)
+    sigma = float(_run_plan(policy, ledger, data, n_hat, req, state, rnd)["noise-multiplier"])
+
+    def rule(salt: str, n_steps: int) -> DPSGDGradients:
+        seed_ = noise_seed(policy, req, ledger, salt, inputs_digest(weights, req, sigma))
+        return DPSGDGradients(sigma, req["clipping-norm"], q, steps=n_steps, expected_batch_size=q * n_hat, seed=seed_)
+
+    round_rule = rule(f"train-{rnd}", steps)
+    events = [_side_event(round_rule.events(steps, run_id, rnd), req, data, "train", rnd)]
+    events += personal.releases_with_update(True, run_id, data.split.split)
+    _budget(ledger.check, events)
+    train_local(model, x, y, tcfg, round_rule, seed=seed)
+    label_rng = np.random.default_rng(noise_seed(policy, req, ledger, "label-count"))
+    spent = _budget(ledger.record, events)  # persisted before the update leaves the node
+    metrics = {"num-examples": n_hat, **personal.after_training(model, y, dp=True, rng=label_rng, n_rows=n_hat)}
+    p_steps = personal.settings.personal_rounds(tcfg.local_epochs) * steps
+    spent = _budget(personal.personalise_if_last, req, x, y, tcfg, rule("personal", max(p_steps, 1)),
+                    policy.institution_id, encoder, data.schema, ledger=ledger, steps=steps) or spent
+    # no training loss under DP: it is an exact function of the private batches (unclipped,
+    # unnoised), so it would be a release outside the accountant (docs/privacy.md)
+    return {**metrics, **_public_figures(ledger, spent), "noise-multiplier": sigma, "sample-rate": q,
+            "steps": float(steps)}
 
 
-def _personal_round(policy: NodePolicy, cfg: dict, model=None):
-    """This round's :class:`clients.personalization.PersonalRound`; a bad key is a policy refusal."""
-    from clients.personalization import PersonalizationConfigError, PersonalRound
-
-    try:
-        return PersonalRound(policy.state_dir, str(cfg.get("run-id", "")), cfg, model)
-    except PersonalizationConfigError as exc:
-        raise NodeRefusal("policy", str(exc)) from None
+# ------------------------------------------------------------------------- evaluation
+def finite_pd(pd_values: np.ndarray) -> np.ndarray:
+    """PDs in [0, 1]; a non-finite PD (from any weights or row) is scored 0.5 — one fixed bin."""
+    p = np.asarray(pd_values, dtype=np.float64)
+    return np.where(np.isfinite(p), np.clip(p, 0.0, 1.0), 0.5)
 
 
-def _plan_shape(n_train: int, cfg: dict, first_round: int) -> str:
-    """What :func:`_plan_run` depends on besides the ledger (to reuse a plan only when equal)."""
-    keys = ("run-id", "num-server-rounds", "local-epochs", "batch-size", "evaluate-every", "target-epsilon",
-            "aggregation-weight", "personalize", "personal-epochs")
-    return json.dumps([n_train, first_round] + [str(cfg.get(k, "")) for k in keys])
-
-
-def _plan_run(policy: NodePolicy, ledger, n_train: int, cfg: dict, first_round: int, pending=()):
-    """The noise plan for the rest of this run, from the node's own ledger.
-
-    Rounds ``first_round..num-server-rounds`` of ``local-epochs`` epochs at the announced batch
-    size must fit the node's lifetime budget together with every earlier release; this run's
-    releases (its statistics, ``pending`` ones, planned noised evaluations) must also fit the
-    run's ``target-epsilon`` when the operator asks for less. Raises ``BudgetExceeded``.
-    """
-    from privacy.planning import plan_noise, sample_rate_for, steps_per_epoch
-
-    run_id = str(cfg.get("run-id", ""))
-    batch = int(cfg["batch-size"])
-    personal = _personal_round(policy, cfg)  # reserves the personal fine-tune and the label-count release
-    rounds_left = max(1, int(cfg["num-server-rounds"]) - first_round + 1) + personal.reserved_rounds(cfg)
-    this_run = ([e for e in ledger.events if e.run_id == run_id] + list(pending)
-                + personal.releases_with_update(True, run_id, ledger_split(ledger)))
-    return plan_noise(prior_events=[e for e in ledger.events if e.run_id != run_id],
-                      max_epsilon=ledger.max_epsilon, delta=ledger.delta,
-                      sample_rate=sample_rate_for(n_train, batch),
-                      steps_per_round=int(cfg["local-epochs"]) * steps_per_epoch(n_train, batch),
-                      rounds=rounds_left, run_epsilon_cap=float(cfg.get("target-epsilon", 0.0)) or None,
-                      extra_events=this_run + _planned_eval_events(
-                          policy, 1 + len(evaluation_rounds(first_round, int(cfg["num-server-rounds"]),
-                                                            int(cfg.get("evaluate-every", 1)))),
-                          ledger_split(ledger)),
-                      accountant=policy.accountant, rows="train", split=ledger_split(ledger))
-
-
-def ledger_split(ledger) -> str:
-    """The split id the node's releases are recorded under (set on the ledger by ``_ledger``)."""
-    return getattr(ledger, "node_split", "")
-
-
-def _planned_eval_events(policy: NodePolicy, rounds: int, split: str = "") -> list:
-    """The noised evaluation releases the node will make in ``rounds`` evaluations (the scheduled
-    ones and the final evaluation of the recalibrated model, see ``server.consortium``)."""
-    if policy.release_eval != "noised":
-        return []
-    from privacy.accountant import PrivacyEvent
+def _evaluation_noise(state: dict | None, run_id: str) -> float:
+    """The evaluations' σ of this run's plan (:func:`clients.node_privacy.plan_run`), else the default."""
     from privacy.dp_release import EVALUATION_NOISE_MULTIPLIER
 
-    return [PrivacyEvent("evaluation", EVALUATION_NOISE_MULTIPLIER, 1.0, 1, rows="holdout", split=split)
-            for _ in range(rounds)]
+    plan = (state or {}).get("plan") or {}
+    if plan.get("run-id") == run_id and plan.get("evaluation-noise"):
+        return float(plan["evaluation-noise"])
+    return EVALUATION_NOISE_MULTIPLIER
 
 
-def evaluate(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict
+def evaluate(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict, state: dict | None = None
              ) -> tuple[dict[str, np.ndarray] | None, dict[str, float], str]:
     """Holdout evaluation; returns (released arrays or None, metrics, release mode)."""
-    if cfg.get("ledger-head"):  # the head after the round's entries (the final evaluation: after the last round)
+    req, encoder, spec = evaluation_request(cfg, node_schema(policy.schema))
+    weights = check_weights(weights, spec)
+    if req["ledger-head"]:  # the head after the round's entries (the final evaluation: after the last round)
         from clients.ledger_heads import record_ledger_head
 
-        record_ledger_head(policy.state_dir, str(cfg.get("run-id", "")), int(cfg.get("server-round", 0)),
-                           cfg["ledger-head"], stage="evaluate")
+        record_ledger_head(policy.state_dir, req["run-id"], req["server-round"], req["ledger-head"], stage="evaluate")
+    if policy.release_eval == "off":  # decided before any data is read
+        return None, {"num-examples": 0.0}, "off"
     data = load_node_data(policy)
-    encoder = FeatureEncoder.from_json(cfg["encoder"])
     _, _, xh, yh = data.matrices(encoder)
-    metrics = {"num-examples": float(len(xh))}
-    if policy.release_eval == "off":
-        return None, metrics, "off"
-    pd_holdout = predict_pd(_model_from(cfg, weights), xh)
+    pd_holdout = finite_pd(predict_pd(_model_from(spec, weights), xh))
     sums = EvaluationSums.from_scores(pd_holdout, yh)
-    groups = group_counts(data.split.holdout, pd_holdout, yh, data.schema, float(cfg.get("cutoff-pd", 0.2)))
-    if policy.release_eval == "exact":
-        return {**sums.to_arrays(), **{f"fair/{k}": v for k, v in groups.items()}}, metrics, "exact"
-    from privacy.accountant import BudgetExceeded
-    from privacy.dp_release import EVALUATION_NOISE_MULTIPLIER, release_evaluation
+    groups = group_counts(data.split.holdout, pd_holdout, yh, data.schema, req["cutoff-pd"])
+    if policy.release_eval == "exact":  # simulation only: not differentially private
+        return {**sums.to_arrays(), **{f"fair/{k}": v for k, v in groups.items()}}, {"num-examples": float(len(xh))}, \
+            "exact"
+    from privacy.dp_release import evaluation_bins, release_evaluation
 
-    rng = np.random.default_rng(_noise_seed(policy, cfg, f"eval-{cfg.get('server-round')}"))
-    noisy, noisy_groups, event = release_evaluation(sums, EVALUATION_NOISE_MULTIPLIER, rng, groups=groups)
-    arrays = {**noisy.to_arrays(), **{f"fair/{k}": v for k, v in noisy_groups.items()}}
-    event.run_id, event.round = str(cfg.get("run-id", "")), int(cfg.get("server-round", 0))
-    event.rows, event.split = "holdout", data.split.split
-    with _ledger(policy, data) as ledger:
-        try:
-            metrics["epsilon-spent"] = ledger.record([event])  # persisted before the numbers leave the node
-        except BudgetExceeded as exc:
-            raise NodeRefusal.budget_exhausted(exc) from None
-    return arrays, metrics, "noised"
+    with open_ledger(policy, data) as ledger:
+        n_hat = _budget(released_counts, policy, ledger, data, req)["holdout"]
+        sigma = _evaluation_noise(state, req["run-id"])
+        bins = evaluation_bins(n_hat, sigma, len(groups))
+        salt = f"eval-{req['server-round']}"
+        rng = np.random.default_rng(noise_seed(policy, req, ledger, salt, inputs_digest(weights, req, sigma)))
+        noisy, noisy_groups, event = release_evaluation(sums, sigma, rng, bins=bins, groups=groups)
+        _side_event(event, req, data, "holdout", req["server-round"])
+        spent = _budget(ledger.record, [event])  # persisted before the numbers leave the node
+        metrics = {"num-examples": n_hat, "epsilon-spent": spent, "noise-multiplier": sigma}
+    return {**noisy.to_arrays(), **{f"fair/{k}": v for k, v in noisy_groups.items()}}, metrics, "noised"

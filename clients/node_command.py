@@ -206,10 +206,13 @@ def check_node(cfg: dict, out=print) -> dict:
                             "non-private test runs: allow-non-private=true")
         out("warning: no max-epsilon: this node only takes part in runs without DP (allow-non-private = true)")
         return summary
-    with N._ledger(policy, data) as ledger:
-        spent, budget = ledger.spent(), ledger.max_epsilon
+    from clients.node_privacy import open_ledger
+
+    with open_ledger(policy, data) as ledger:
+        spent, budget = (ledger.spent() if ledger.delta is not None else 0.0), ledger.max_epsilon
         summary.update({"epsilon_spent": spent, "max_epsilon": budget, "delta": ledger.delta})
-        out(f"privacy state OK: {state_dir}: ε spent {spent:.4f} of {budget:g} (δ = {ledger.delta:g}), "
+        delta = f"δ = {ledger.delta:g}" if ledger.delta is not None else "δ set at the first release"
+        out(f"privacy state OK: {state_dir}: ε spent {spent:.4f} of {budget:g} ({delta}), "
             f"{max(0.0, budget - spent):.4f} left")
         if spent >= budget:
             out("warning: the budget is used up; the node will refuse every release")

@@ -211,11 +211,14 @@ class PersonalRound:
         self._label_pending = needs_label_count(self.settings, self.store, dp)
         return [label_count_event(run_id, split)] if self._label_pending else []
 
-    def after_training(self, model, y: np.ndarray, dp: bool, rng: np.random.Generator | None = None) -> dict:
+    def after_training(self, model, y: np.ndarray, dp: bool, rng: np.random.Generator | None = None,
+                       n_rows: float | None = None) -> dict:
         """Keep the node's own layers; the metrics sent with the update (``aggregation-weight``).
 
         Under DP the weight comes from the noised count released with this or an earlier update
-        of the run (already recorded in the ledger by the caller); without DP from the exact count.
+        of the run (already recorded in the ledger by the caller) and ``n_rows``, the node's
+        released (noisy) number of training rows — never the exact one; without DP from the
+        exact counts.
         """
         self.store.store(model, self.settings)
         if self.settings.aggregation_weight != "information":
@@ -228,7 +231,8 @@ class PersonalRound:
             self.store.save_label_count(noised_label_count(y, rng))
             self._label_pending = False
         noised = self.store.saved_label_count()
-        return {"aggregation-weight": aggregation_weight(len(y), noised if noised is not None else len(y) / 2)}
+        n = float(n_rows) if n_rows is not None else float(len(y))
+        return {"aggregation-weight": aggregation_weight(n, noised if noised is not None else n / 2)}
 
     def personalise_if_last(self, cfg: dict, x, y, tcfg, rule, institution_id: str, encoder, schema, *,
                             ledger=None, steps: int = 0) -> float | None:

@@ -141,9 +141,9 @@ def _check_header(columns: list[str], source: str) -> None:
 
 def _texts(col: pd.Series) -> pd.Series:
     """Cells as stripped text, whole floats without '.0' (as validation compares them); NaN → ''."""
-    from clients.validation import _as_text
+    from clients.cell_values import as_text
 
-    return _as_text(col).fillna("")
+    return as_text(col).fillna("")
 
 
 def _guess_label(frame: pd.DataFrame, columns: list[str]) -> str:

@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from clients.cell_values import (as_text, classify_non_number, equals_text, looks_standardised,
+                                 parse_numbers)
 from clients.tabular_io import (MAX_EXAMPLES, DataValidationError, Problem, RawTable, ReadOptions, read_table,
                                 rows_phrase)
 from configs.mapping import Mapping, affine_for, apply_mapping, load_mapping
@@ -51,15 +53,12 @@ __all__ = ["Problem", "DataValidationError", "InstitutionTable", "load_instituti
 
 DEFAULT_MIN_ROWS = 500
 DEFAULT_MIN_POSITIVES = 50
-NUMBER_PATTERN = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 
 # Stored types that can never hold a schema value (Parquet/arrow names and pandas dtype names).
 _WRONG_TYPE_PREFIXES = ("timestamp", "date", "time", "duration", "interval", "binary", "large_binary",
                         "fixed_size_binary", "list", "large_list", "fixed_size_list", "struct", "map",
                         "datetime64", "timedelta64", "period", "sparse")
 
-_NAN_WORDS = {"nan", "null", "none", "na", "n/a", "#n/a", "nil", "missing", "-", "--", "—", "–", "?", ".",
-              "#null!", "undefined", "#value!", "#div/0!", "n.a.", "<na>"}
 
 
 @dataclass
@@ -337,7 +336,7 @@ class _Validator:
             for j, i in enumerate(final):
                 col = sub.iloc[:, j]
                 if col.dtype == object or str(col.dtype) in ("str", "string"):
-                    hits += _equals_text(col, raw_names[i])
+                    hits += equals_text(col, raw_names[i])
             repeated = hits >= max(2, math.ceil(len(final) / 2))
             if repeated.any():
                 k = int(repeated.sum())
@@ -404,7 +403,7 @@ class _Validator:
         return self._check_numeric(f, s)
 
     def _check_numeric(self, f: Feature, s: pd.Series):
-        values, missing, bad, text = _parse_numbers(s)
+        values, missing, bad, text = parse_numbers(s)
         ok = True
         if bad.any():
             ok = False
@@ -416,7 +415,7 @@ class _Validator:
         lo, hi = f.range  # type: ignore[misc]
         with np.errstate(invalid="ignore"):
             inside = (values >= lo) & (values <= hi)
-        zscores = _looks_standardised(raw_values[valid])
+        zscores = looks_standardised(raw_values[valid])
         if not self._check_range(f, values, valid & ~inside, affine, zscores):
             ok = False
         if f.kind in ("ordinal", "binary") and not self._check_whole(f, values, valid & inside, valid, zscores):
@@ -488,7 +487,7 @@ class _Validator:
         vals = text[bad]
         counts = vals.value_counts()
         uniques = [str(v) for v in counts.index[:200]]
-        kinds = {_classify_non_number(v) for v in uniques}
+        kinds = {classify_non_number(v) for v in uniques}
         hints = []
         if "thousands" in kinds:
             hints.append("remove thousands separators (write 1000, not '1,000')")
@@ -538,7 +537,7 @@ class _Validator:
                    f"{self.colname(col)}: {k} empty cell{_s(missing)} ({self.rows_of(missing)}); {fix}.")
 
     def _check_categorical(self, f: Feature, s: pd.Series):
-        text = _as_text(s)
+        text = as_text(s)
         missing = (text.isna() | (text == "")).to_numpy(dtype=bool)
         known = text.isin(list(f.categories or ())).to_numpy(dtype=bool)
         unknown = ~missing & ~known
@@ -577,7 +576,7 @@ class _Validator:
         assert col is not None
         if self._wrong_type(col, "borrower ids (text or integers)"):
             return None
-        text = _as_text(s)
+        text = as_text(s)
         missing = (text.isna() | (text == "")).to_numpy(dtype=bool)
         ok = True
         if missing.any():
@@ -606,7 +605,7 @@ class _Validator:
             return None
         if pd.api.types.is_bool_dtype(s.dtype):
             s = s.astype(np.int64)  # a True/False flag is 1/0
-        text = _as_text(s)
+        text = as_text(s)
         missing = (text.isna() | (text == "")).to_numpy(dtype=bool)
         if not self.require_label and missing.all():
             if len(text):
@@ -620,7 +619,7 @@ class _Validator:
         def matches(value) -> np.ndarray:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 if not parsed:
-                    parsed.extend(_parse_numbers(text)[:3])
+                    parsed.extend(parse_numbers(text)[:3])
                 nums, _, bad = parsed
                 with np.errstate(invalid="ignore"):
                     return (~bad & (nums == float(value))) & ~missing
@@ -694,107 +693,6 @@ class _Validator:
 # --------------------------------------------------------------------------------------------
 # vectorised helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _equals_text(col: pd.Series, text: str) -> np.ndarray:
-    """Which cells of ``col`` are exactly the string ``text`` — cells that are not strings (lists,
-    arrays, numbers in an object column) never are, and never make the comparison fail."""
-    try:
-        return np.asarray((col == text).to_numpy(dtype=bool, na_value=False), dtype=bool)
-    except (TypeError, ValueError):  # e.g. array cells: elementwise comparison is ambiguous
-        return np.fromiter((isinstance(v, str) and v == text for v in col), dtype=bool, count=len(col))
-
-
-def _as_text(s: pd.Series) -> pd.Series:
-    """Cells as stripped text (pandas ``str`` dtype, NaN where missing); integral floats lose '.0'."""
-    if isinstance(s.dtype, pd.CategoricalDtype):
-        s = s.astype(object)
-    if pd.api.types.is_bool_dtype(s.dtype):
-        return s.astype("str")
-    if pd.api.types.is_numeric_dtype(s.dtype):
-        if pd.api.types.is_integer_dtype(s.dtype) and not s.hasnans:
-            return s.astype("str")
-        v = s.to_numpy(dtype=np.float64, na_value=np.nan)
-        out = pd.Series(v).astype("str")
-        with np.errstate(invalid="ignore"):
-            integral = np.isfinite(v) & (v == np.floor(v)) & (np.abs(v) < 2**53)
-        if integral.any():
-            out[integral] = v[integral].astype(np.int64).astype(str)
-        out[np.isnan(v)] = np.nan
-        return out
-    t = s if str(s.dtype) == "str" else s.astype("str")
-    return t.str.strip()
-
-
-def _parse_numbers(s: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.Series | None]:
-    """Parse a column as numbers: ``(values, missing, non_numeric, text)``.
-
-    Text cells may have surrounding spaces; an empty cell is missing. Anything else that is
-    not ``[sign] digits [. digits] [e exponent]`` is non-numeric — thousands separators,
-    decimal commas and words such as NaN, null or inf included. ``values`` is NaN where the
-    cell is missing or non-numeric; numbers too large for a float become ±inf.
-    """
-    if pd.api.types.is_bool_dtype(s.dtype):
-        v = s.to_numpy(dtype=np.float64)
-        return v, np.zeros(len(v), bool), np.zeros(len(v), bool), None
-    if pd.api.types.is_numeric_dtype(s.dtype):
-        v = s.to_numpy(dtype=np.float64, na_value=np.nan)
-        return v, np.isnan(v), np.zeros(len(v), bool), None
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    text = _as_text(s)
-    missing = (text.isna() | (text == "")).to_numpy(dtype=bool)
-    filled = text.where(~missing, "0")
-    try:
-        v = _to_numpy(pc.cast(pa.array(filled, type=pa.large_string()), pa.float64()))
-        if np.isfinite(v).all():
-            v[missing] = np.nan
-            return v, missing, np.zeros(len(v), bool), text
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        pass
-    matched = filled.str.fullmatch(NUMBER_PATTERN).to_numpy(dtype=bool, na_value=False)
-    bad = ~matched
-    v = _to_numpy(pc.cast(pa.array(filled.where(matched, "0"), type=pa.large_string()), pa.float64()))
-    v[bad | missing] = np.nan
-    return v, missing, bad, text
-
-
-def _to_numpy(arr) -> np.ndarray:
-    out = arr.to_numpy() if hasattr(arr, "to_numpy") else np.asarray(arr)
-    return np.array(out, dtype=np.float64, copy=True)
-
-
-def _classify_non_number(v: str) -> str:
-    import re
-
-    low = v.strip().lower()
-    if low in _NAN_WORDS:
-        return "nan-word"
-    if re.fullmatch(r"[+-]?(inf|infinity|∞)", low):
-        return "infinite"
-    if low in ("true", "false", "yes", "no", "y", "n", "t", "f"):
-        return "boolean"
-    if re.fullmatch(r"[+-]?\d{1,3}([,'’\u00a0 _]\d{3})+(\.\d+)?", low) or re.fullmatch(r"[+-]?\d{1,3}(\.\d{3})+(,\d+)?", low):
-        return "thousands"
-    if re.fullmatch(r"[+-]?\d*,\d+", low):
-        return "decimal-comma"
-    if re.search(r"\d", low) and re.search(r"[$€£¥%]|[a-z]{1,4}\$?\s*\d|\d\s*[a-z%]{1,5}$", low):
-        return "unit"
-    return "other"
-
-
-def _looks_standardised(values: np.ndarray) -> str:
-    """``"(mean 0.01, sd 1.00)"`` when ``values`` look like z-scores — mean within 0.2 of 0, sd
-    between 0.5 and 2, negative values and mostly fractions; ``""`` otherwise."""
-    v = values[np.isfinite(values)]
-    if v.size < 20:
-        return ""
-    mean, sd = float(v.mean()), float(v.std())
-    fractional = float(np.mean(v != np.floor(v)))
-    if abs(mean) <= 0.2 and 0.5 <= sd <= 2.0 and (v < 0).any() and fractional > 0.5:
-        return f"(mean {round(mean, 2) + 0.0:.2f}, sd {sd:.2f})"  # (+ 0.0: no "-0.00")
-    return ""
 
 
 def _examples(values: pd.Series, k: int) -> list[str]:

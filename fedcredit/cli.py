@@ -58,6 +58,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("nodes list", "server.nodes_list_command"),
     ("privacy plan", "privacy.plan_command"),
     ("privacy status", "privacy.status_command"),
+    ("privacy new-population", "privacy.new_population_command"),
     ("privacy audit", "clients.audit_command"),
 ]
 
@@ -84,7 +85,11 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
         return super()._get_help_string(action)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command tree; with ``argv``, only the command it names gets its options (the
+    others keep their one-line help), so a command does not pay for the others' imports —
+    e.g. ``privacy status`` stays well under a second."""
+    wanted = [w for w in argv if not w.startswith("-")][:2] if argv else None
     parser = argparse.ArgumentParser(
         prog="fedcredit",
         description=(
@@ -112,10 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
                 gp.set_defaults(_group_parser=gp)
             sub = groups[group].add_parser(name, help=module.HELP, description=module.DESCRIPTION,
                                            formatter_class=_Formatter)
-        module.add_arguments(sub)
-        if getattr(module, "JSON", None):
-            sub.add_argument("--json", action="store_true",
-                             help=f"print {module.JSON} as JSON, the last line of standard output")
+        if wanted is None or words == wanted[:len(words)]:
+            module.add_arguments(sub)
+            if getattr(module, "JSON", None):
+                sub.add_argument("--json", action="store_true",
+                                 help=f"print {module.JSON} as JSON, the last line of standard output")
         sub.set_defaults(_run=module.run)
     return parser
 
@@ -130,7 +136,8 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     run = getattr(args, "_run", None)
     if run is None:

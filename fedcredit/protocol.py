@@ -67,6 +67,8 @@ REFUSED_BUDGET = "budget-exhausted"
 REFUSED_POLICY = "policy"
 REFUSED_DATA = "invalid-data"
 REFUSED_STATE = "node-state"  # the node's state dir (privacy ledger, ledger heads) cannot be read or written
+REFUSED_REQUEST = "invalid-request"  # the coordinator's message failed the node's checks (clients.request_checks)
+REFUSED_ERROR = "node-error"  # an unexpected error inside the node: a fixed reply, the traceback stays in its log
 REFUSED_APP = "app-not-allowed"  # the run's FAB is not the fedcredit release installed at the node (clients.app_release)
 
 

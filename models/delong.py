@@ -50,7 +50,7 @@ def structural_components(y, score) -> tuple[np.ndarray, np.ndarray]:
     s = np.asarray(score, dtype=np.float64)
     x, z = s[y], s[~y]
     m, n = len(x), len(z)
-    x_order, z_order = np.argsort(x, kind="stable"), np.argsort(z, kind="stable")
+    x_order, z_order = np.argsort(x), np.argsort(z)  # ties need no order: searchsorted counts them
     xs, zs = x[x_order], z[z_order]
     v10, v01 = np.empty(m), np.empty(n)
     below = np.searchsorted(zs, xs, side="left")

@@ -76,8 +76,7 @@ def feature_statistics(table, schema: Schema, include_protected: bool = False) -
         if f.kind == "numeric":
             edges = f.bin_edges()
             t = apply_transform(f.transform, np.clip(col.to_numpy(dtype=float), *f.range))
-            idx = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, f.bins - 1)
-            stats[f.name] = np.bincount(idx, minlength=f.bins).astype(np.float64)
+            stats[f.name] = np.bincount(uniform_bin_index(t, edges), minlength=f.bins).astype(np.float64)
         elif f.kind == "ordinal":
             lo = int(f.range[0])
             idx = col.to_numpy(dtype=float).astype(np.int64) - lo
@@ -89,6 +88,18 @@ def feature_statistics(table, schema: Schema, include_protected: bool = False) -
             idx = col.to_numpy(dtype=float).astype(np.int64)
             stats[f.name] = np.bincount(idx, minlength=2).astype(np.float64)
     return stats
+
+
+def uniform_bin_index(t: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin of each value over equally spaced ``edges`` (values inside ``[edges[0], edges[-1]]``):
+    the same as ``clip(searchsorted(edges, t, side="right") − 1, 0, bins − 1)``, computed by
+    division and one comparison with the neighbouring edges (which corrects rounding) instead of
+    a binary search per value."""
+    bins = len(edges) - 1
+    i = np.clip(((t - edges[0]) * (bins / (edges[-1] - edges[0]))).astype(np.int64), 0, bins - 1)
+    i -= t < edges[i]
+    i += t >= edges[i + 1]
+    return np.clip(i, 0, bins - 1)
 
 
 def sum_statistics(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -79,6 +79,14 @@ def build_model(spec: ModelSpec, seed: int = 0) -> DefaultNet:
     return model
 
 
+def parameter_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Name → shape of every parameter of the network ``spec`` describes (built on PyTorch's
+    ``meta`` device: no memory is allocated, so checking a message's weights costs nothing)."""
+    with torch.device("meta"):
+        model = DefaultNet(spec)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
 def get_weights(model: nn.Module) -> dict[str, "np.ndarray"]:  # noqa: F821
     """The model's parameters as a name → float32 NumPy array dict (a copy)."""
     return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}

@@ -145,6 +145,7 @@ class StabilityResult:
     actual: np.ndarray  # current counts per group
     terms: np.ndarray = field(default_factory=lambda: np.zeros(0))
     noise_floor: float = 0.0
+    group_of_cell: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def reliable(self) -> bool:
@@ -200,7 +201,22 @@ def grouped_stability(reference_counts, current_counts, group_of_cell: np.ndarra
     terms = psi_terms(e, a)
     floor = reference_noise_floor(reference_counts if truth is None else truth, group_of_cell, noise_std)
     return StabilityResult(psi=float(terms.sum()), labels=list(labels), expected=e, actual=a, terms=terms,
-                           noise_floor=floor)
+                           noise_floor=floor, group_of_cell=np.asarray(group_of_cell))
+
+
+def histogram_stability(released, current, noise_std: float, grouping, ordered: bool = True) -> StabilityResult:
+    """PSI of a current histogram against a released (possibly DP-noised) reference histogram
+    over the same cells (see the module docstring for the noise).
+
+    ``grouping(basis) -> (group_of_cell, labels)`` forms the groups on ``basis``: the strong
+    cells of an ordered histogram (:func:`models.reference.strong_counts`), all cells (clipped
+    at zero) of an unordered one.
+    """
+    released = np.asarray(released, dtype=np.float64)
+    truth = denoise_counts(released, noise_std) if ordered else clean_counts(released)
+    basis = strong_counts(released, noise_std) if ordered else clean_counts(released)
+    group_of_cell, labels = grouping(basis)
+    return grouped_stability(released, current, group_of_cell, labels, noise_std, truth)
 
 
 # ------------------------------------------------------------------ characteristics (CSI)
@@ -243,15 +259,10 @@ def characteristic_stability(reference_counts: dict[str, np.ndarray], current_co
     :func:`models.encoder.statistics_layout` (the current ones from
     :func:`models.encoder.feature_statistics` of the monitored table). ``noise_std``: the noise
     std per reference count (0 for exact counts; see the module docstring)."""
-    out = {}
-    for f in schema.model_features():
-        released = np.asarray(reference_counts[f.name], dtype=np.float64)
-        ordered = f.kind in ("numeric", "ordinal")
-        truth = denoise_counts(released, noise_std) if ordered else clean_counts(released)
-        basis = strong_counts(released, noise_std) if ordered else clean_counts(released)
-        group_of_cell, labels = feature_groups(f, basis, groups)
-        out[f.name] = grouped_stability(released, current_counts[f.name], group_of_cell, labels, noise_std, truth)
-    return out
+    return {f.name: histogram_stability(reference_counts[f.name], current_counts[f.name], noise_std,
+                                        lambda basis, f=f: feature_groups(f, basis, groups),
+                                        ordered=f.kind in ("numeric", "ordinal"))
+            for f in schema.model_features()}
 
 
 def moved_most(results: dict[str, StabilityResult], k: int = 5) -> list[str]:

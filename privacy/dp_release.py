@@ -1,23 +1,31 @@
-"""Gaussian-mechanism releases besides training: feature statistics and holdout evaluation.
+"""Gaussian-mechanism releases besides training: row counts, feature statistics, holdout evaluation.
 
-Both are one-shot Gaussian mechanisms over the whole dataset, so each is one
-:class:`privacy.accountant.PrivacyEvent` with ``q = 1, steps = 1`` and the noise multiplier σ
+Each is a one-shot Gaussian mechanism over one side of the table, so each is a
+:class:`privacy.events.PrivacyEvent` with ``q = 1, steps = 1`` and the noise multiplier σ
 (noise std / L2 sensitivity); the node records them in the same ledger as training, and
 :func:`privacy.planning.plan_noise` reserves budget for the planned ones (``extra_events``).
 
 Defaults (node side; see docs/privacy.md)
 -----------------------------------------
+* :data:`COUNT_NOISE_MULTIPLIER` = 20: the number of training rows and the number of holdout
+  rows, each + N(0, 20²), released once per table version (:func:`release_counts`). Under
+  add/remove adjacency the row count is exactly what one borrower changes, so the node never
+  releases it exactly: the sample rate, the steps per epoch, DP-SGD's expected batch size,
+  ``num-examples``, the default δ and the evaluation's resolution all derive from the noisy
+  counts. Cost: RDP α/800 per side — ε ≈ 0.01 added to a typical plan.
 * :data:`STATISTICS_NOISE_MULTIPLIER` = 10. Alone: ε ≈ 0.38 at δ = 1e-5 (RDP). Composed with a
   typical training plan (ε = 3 at δ = 1e-5, 10 rounds of one epoch, q = 256/16,000) it adds
   ≈ 0.03 to the lifetime ε, because RDP composes the two mechanisms' Rényi divergences rather
   than their ε. Noise std per count: 10·√F (F = 21 features in consumer-credit-v1 → ≈ 46 per
   histogram cell), which moves the encoder's quantile knots of a 16,000-row institution by
   about a percentile.
-* :data:`EVALUATION_NOISE_MULTIPLIER` = 20 with :data:`EVALUATION_BINS` = 20 score bins, one
+* :data:`EVALUATION_NOISE_MULTIPLIER` = 20 (the most noise; a run's plan may lower it, see
+  :func:`privacy.planning.plan_evaluation_noise`) with up to :data:`EVALUATION_BINS` = 20 score
+  bins (fewer for a small holdout, :func:`evaluation_bins`), one
   release per evaluation round with the fairness group counts of the schema's two protected
   attributes: sensitivity √11, per-cell noise std 20·√11 ≈ 66. Evaluation reads only the
   holdout, which is disjoint from the training rows, so its events compose in parallel with
-  training (:func:`privacy.accountant.disjoint_sides`): they spend the holdout side's
+  training (:mod:`privacy.composition`): they spend the holdout side's
   budget, not the training side's. Five evaluations (``evaluate-every = 5`` over 20 rounds,
   plus the final one) cost ε ≈ 0.42 at δ = 1e-5 on the holdout side; twenty-one ≈ 0.92. The AUC from noised
   histograms is for following training, not for certifying a model; certify on an exact
@@ -31,11 +39,52 @@ import math
 import numpy as np
 
 from models.metrics import EvaluationSums, rebin, score_bin_centres
-from privacy.accountant import PrivacyEvent
+from privacy.events import PrivacyEvent
 
-STATISTICS_NOISE_MULTIPLIER = 10.0
-EVALUATION_NOISE_MULTIPLIER = 20.0
-EVALUATION_BINS = 20
+from privacy.noise_defaults import (  # noqa: F401 - the values live there (command help reads them)
+    COUNT_NOISE_MULTIPLIER,
+    EVALUATION_BIN_CHOICES,
+    EVALUATION_BINS,
+    EVALUATION_NOISE_MULTIPLIER,
+    STATISTICS_NOISE_MULTIPLIER,
+)
+
+#: a noised histogram gets at most one bin per this many noise standard deviations of holdout rows
+ROWS_PER_BIN_IN_NOISE_STD = 2.0
+
+
+def release_counts(n_train: int, n_holdout: int, noise_multiplier: float, rng: np.random.Generator
+                   ) -> tuple[dict[str, float], list[PrivacyEvent]]:
+    """The Gaussian mechanism on the two row counts: ``max(1, round(n + N(0, σ²)))`` each.
+
+    Adding or removing one borrower changes one of the two counts by one (sensitivity 1 on
+    that side), so each is one event on its side: ``("count", σ, q=1, steps=1)``. Rounding
+    and the floor at 1 are post-processing.
+    """
+    if not noise_multiplier > 0:
+        raise ValueError("noise_multiplier must be positive")
+    noisy = {side: float(max(1.0, round(n + rng.normal(0.0, noise_multiplier))))
+             for side, n in (("train", n_train), ("holdout", n_holdout))}
+    return noisy, count_events(noise_multiplier)
+
+
+def count_events(noise_multiplier: float = COUNT_NOISE_MULTIPLIER, split: str = "", data: str = "") -> list[PrivacyEvent]:
+    """The two events of a row-count release (:func:`release_counts`), one per side."""
+    return [PrivacyEvent("count", float(noise_multiplier), 1.0, 1, rows=side, split=split, data=data,
+                         detail=f"number of {side} rows, sensitivity 1") for side in ("train", "holdout")]
+
+
+def evaluation_bins(n_holdout: float, noise_multiplier: float, n_attributes: int) -> int:
+    """Score bins of a noised evaluation for a holdout of (noisy) size ``n_holdout``.
+
+    The most of :data:`EVALUATION_BIN_CHOICES` that leaves every bin room for
+    :data:`ROWS_PER_BIN_IN_NOISE_STD` noise standard deviations of rows on average — a
+    300-row holdout gets 5 bins instead of 20 that the noise would drown. A function of public
+    figures only (the released count, σ, the schema).
+    """
+    std = noise_multiplier * evaluation_sensitivity(n_attributes)
+    fits = [b for b in EVALUATION_BIN_CHOICES if n_holdout / b >= ROWS_PER_BIN_IN_NOISE_STD * std]
+    return max(fits) if fits else min(EVALUATION_BIN_CHOICES)
 
 
 def statistics_sensitivity(stats: dict[str, np.ndarray]) -> float:

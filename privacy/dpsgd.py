@@ -8,7 +8,16 @@ One step, exactly Opacus's ``DPOptimizer`` with Poisson sampling (Abadi et al. 2
    cross-entropy, scaled by ``c_i = min(1, C / (‖g_i‖₂ + 1e-6))`` (Opacus's formula).
 3. **Noise and averaging** — ``p.grad = (Σ_i c_i g_i + N(0, σ² C² I)) / (q · n)``: the
    denominator is the *expected* batch size, never the realised one (as ``DPOptimizer`` with
-   ``loss_reduction="mean"``).
+   ``loss_reduction="mean"``); a node passes ``q · n̂`` from its released noisy row count, so
+   not even the scale of the update depends on the exact count.
+
+Non-finite values (a hostile coordinator's weights can make one row's forward pass overflow):
+a row whose logit, per-sample gradient or gradient norm is not finite gets the clip factor 0 —
+it contributes the zero vector, exactly as if its gradient had been clipped to norm 0 — and its
+activations and output gradients are zeroed before they are multiplied, so ``0 · ∞`` never
+makes a NaN. The rule depends on the row alone and keeps every contribution within the clip
+norm C, so the sensitivity, the noise and the accounting are unchanged, and nothing is reported
+per row: a coordinator learns only the noised sum, as for any other row.
 
 The optimiser (Adam or SGD) then steps on that gradient; anything it does afterwards, and the
 FedProx term added by the training loop, is post-processing.
@@ -50,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from privacy.accountant import PrivacyEvent
+from privacy.events import PrivacyEvent
 
 ENGINES = ("vectorised", "opacus")
 
@@ -163,11 +172,15 @@ class DPSGDGradients:
 
     ``noise_multiplier`` σ: noise std / clipping norm; ``max_grad_norm`` C: per-sample L2 clip;
     ``sample_rate`` q: Poisson sampling probability. The expected batch size ``q · n`` is set by
-    :meth:`batches` (or :meth:`set_dataset_size`) before :meth:`compute` is called.
+    :meth:`batches` (or :meth:`set_dataset_size`) before :meth:`compute` is called, unless
+    ``expected_batch_size`` fixes it (a node: ``q · n̂`` of its released count). ``steps`` fixes
+    the number of steps :meth:`batches` draws, whatever the training loop asks for (a node: the
+    accounted steps, from n̂).
     """
 
     def __init__(self, noise_multiplier: float, max_grad_norm: float, sample_rate: float, *,
-                 seed: int | None = None, engine: str = "vectorised"):
+                 seed: int | None = None, engine: str = "vectorised", steps: int | None = None,
+                 expected_batch_size: float | None = None):
         if not noise_multiplier >= 0 or not np.isfinite(noise_multiplier):
             raise ValueError(f"noise_multiplier must be ≥ 0, got {noise_multiplier}")
         if not max_grad_norm > 0:
@@ -176,8 +189,12 @@ class DPSGDGradients:
             raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        if expected_batch_size is not None and not expected_batch_size > 0:
+            raise ValueError(f"expected_batch_size must be positive, got {expected_batch_size}")
         self.noise_multiplier = float(noise_multiplier)
         self.max_grad_norm = float(max_grad_norm)
+        self.fixed_steps = None if steps is None else int(steps)
+        self.fixed_expected_batch_size = None if expected_batch_size is None else float(expected_batch_size)
         self.sample_rate = float(sample_rate)
         self.engine = engine
         self.seed = seed
@@ -190,7 +207,7 @@ class DPSGDGradients:
         self.generator = torch.Generator()
         self.generator.manual_seed(int(noise_seq.generate_state(1, np.uint64)[0]))
         self.n_rows: int | None = None
-        self.expected_batch_size: float | None = None
+        self.expected_batch_size: float | None = self.fixed_expected_batch_size
         self.steps_done = 0
         self._stack: tuple[int, _LinearStack] | None = None
         self._opacus: tuple[int, object, object] | None = None
@@ -200,16 +217,17 @@ class DPSGDGradients:
         if n_rows < 1:
             raise ValueError("the dataset is empty")
         self.n_rows = int(n_rows)
-        self.expected_batch_size = self.sample_rate * self.n_rows
+        self.expected_batch_size = self.fixed_expected_batch_size or self.sample_rate * self.n_rows
 
     def batches(self, n_rows: int, steps: int, rng: np.random.Generator | None = None) -> Iterator[np.ndarray]:
         """``steps`` Poisson samples of row indices (each row with probability q; may be empty).
 
         ``rng`` (the training loop's generator, seeded from the public run config) is ignored:
-        the sample is drawn from this rule's own secret generator.
+        the sample is drawn from this rule's own secret generator. With ``steps`` fixed at
+        construction, that many samples are drawn instead of ``steps``.
         """
         self.set_dataset_size(n_rows)
-        for _ in range(int(steps)):
+        for _ in range(self.fixed_steps if self.fixed_steps is not None else int(steps)):
             k = int(self._sampler.binomial(n_rows, self.sample_rate))
             # a uniformly random k-subset given K = k ~ Bin(n, q): the same law as n Bernoulli(q) draws
             yield np.sort(self._sampler.choice(n_rows, size=k, replace=False))
@@ -248,7 +266,8 @@ class DPSGDGradients:
         x = x.to(dtype)
         y = y.to(dtype)
         acts, gs, logits = (stack.manual_grads if stack.manual else stack.autograd_grads)(x, y)
-        clip = self.clip_factors(stack, acts, gs)
+        acts, gs, ok = _zero_non_finite_rows(acts, gs, logits)
+        clip = self.clip_factors(stack, acts, gs) * ok
         k = 0
         for a, g, lin in zip(acts, gs, stack.linears):
             # (noise + Σ_i c_i g_i a_iᵀ) / (q·n), and (noise + Σ_i c_i g_i) / (q·n) for the bias
@@ -258,10 +277,11 @@ class DPSGDGradients:
             if lin.bias is not None:
                 lin.bias.grad = torch.addmv(noise[k], g.t(), clip, beta=inv, alpha=inv)
                 k += 1
-        return float(F.binary_cross_entropy_with_logits(logits, y))
+        return float(F.binary_cross_entropy_with_logits(logits[ok.bool()], y[ok.bool()])) if ok.any() else float("nan")
 
     def clip_factors(self, stack: _LinearStack, acts, gs) -> torch.Tensor:
-        """``min(1, C / (‖g_i‖ + 1e-6))`` from the ghost norms ``Σ_l ‖g_il‖² (‖a_il‖² + 1[bias])``."""
+        """``min(1, C / (‖g_i‖ + 1e-6))`` from the ghost norms ``Σ_l ‖g_il‖² (‖a_il‖² + 1[bias])``;
+        0 for a row whose norm overflows (module docstring)."""
         sq = None
         for a, g, lin in zip(acts, gs, stack.linears):
             gn, an = torch.linalg.vecdot(g, g), torch.linalg.vecdot(a, a)
@@ -271,7 +291,8 @@ class DPSGDGradients:
                 if lin.bias is not None:
                     sq.add_(gn)
                 sq.addcmul_(gn, an)
-        return torch.div(self.max_grad_norm, sq.sqrt_().add_(1e-6)).clamp_(max=1.0)
+        factor = torch.div(self.max_grad_norm, sq.sqrt_().add_(1e-6)).clamp_(max=1.0)
+        return torch.where(torch.isfinite(sq), factor, torch.zeros_like(factor))
 
     def per_sample_norms(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-example gradient norms ‖g_i‖₂ (ghost norms), for tests and diagnostics."""
@@ -312,6 +333,7 @@ class DPSGDGradients:
         with warnings.catch_warnings():  # "full backward hook firing ... no inputs require gradients": expected
             warnings.simplefilter("ignore", UserWarning)
             loss.backward()
+        _zero_non_finite_grad_samples(params, logits.detach())
         dpopt.pre_step()  # clip_and_accumulate, add_noise, scale_grad → p.grad
         return float(loss.detach())
 
@@ -332,3 +354,40 @@ class DPSGDGradients:
             raise ValueError("a rule without noise (σ = 0) is not differentially private and has no privacy event")
         return PrivacyEvent("train", self.noise_multiplier, self.sample_rate, int(steps), run_id=run_id, round=round,
                             detail=f"C={self.max_grad_norm:g}")
+
+
+def _finite_rows(t: torch.Tensor) -> torch.Tensor:
+    """Per row (first dimension): are all its entries finite?"""
+    return torch.isfinite(t.reshape(len(t), -1)).all(dim=1)
+
+
+def _zero_non_finite_rows(acts, gs, logits):
+    """The vectorised engine's fixed treatment of non-finite rows (module docstring): their
+    activations and output gradients set to 0, and ``ok`` (1.0 for a finite row, else 0.0)."""
+    ok = torch.isfinite(logits)
+    for a, g in zip(acts, gs):
+        ok &= _finite_rows(a) & _finite_rows(g)
+    if bool(ok.all()):
+        return acts, gs, ok.to(gs[0].dtype)
+    keep = ok.unsqueeze(1)
+    acts = [torch.where(keep, a, torch.zeros_like(a)) for a in acts]
+    gs = [torch.where(keep, g, torch.zeros_like(g)) for g in gs]
+    return acts, gs, ok.to(gs[0].dtype)
+
+
+def _zero_non_finite_grad_samples(params, logits: torch.Tensor) -> None:
+    """The Opacus engine's fixed treatment of non-finite rows: their per-sample gradients set to 0
+    (norm 0, so clipping keeps them 0); the same rule as :func:`_zero_non_finite_rows`."""
+    ok = torch.isfinite(logits.reshape(-1))
+    for p in params:
+        if getattr(p, "grad_sample", None) is not None:
+            ok &= _finite_rows(p.grad_sample)
+    squared = sum(p.grad_sample.reshape(len(ok), -1).double().square().sum(1) for p in params
+                  if getattr(p, "grad_sample", None) is not None)
+    ok &= torch.isfinite(torch.as_tensor(squared))
+    if bool(ok.all()):
+        return
+    for p in params:
+        if getattr(p, "grad_sample", None) is not None:
+            mask = ok.reshape(-1, *([1] * (p.grad_sample.dim() - 1)))
+            p.grad_sample = torch.where(mask, p.grad_sample, torch.zeros_like(p.grad_sample))

@@ -14,10 +14,11 @@ A node plans once per run, before its first training round, from
     ε(prior + extra + rounds × (σ, q, steps_per_round)) ≤ max_epsilon   (lifetime budget)
     ε(extra + rounds × (σ, q, steps_per_round))        ≤ run_epsilon_cap (if the run asks for one)
 
-With no prior and no extra events this is exactly Opacus's ``get_noise_multiplier`` for
-``steps = rounds × steps_per_round``; otherwise the same doubling-then-bisection search on σ
-with the whole history in the accountant. ε is computed by :func:`privacy.accountant.compute_epsilon`,
-so the plan and the ledger agree to the last digit.
+With no prior and no extra events (RDP) this is exactly Opacus's ``get_noise_multiplier`` for
+``steps = rounds × steps_per_round``; otherwise σ is the root of ``ε(σ) = target − tol/2``
+found by :func:`scipy.optimize.brentq` in log σ, with the whole history in the accountant. ε
+is computed by :func:`privacy.composition.compute_epsilon`, so the plan and the ledger agree
+to the last digit.
 """
 
 from __future__ import annotations
@@ -26,17 +27,13 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
-from privacy.accountant import (
-    BudgetExceeded,
-    disjoint_sides,
-    PrivacyEvent,
-    accountant_history,
-    compute_epsilon,
-    epsilon_of_history,
-)
+from privacy.composition import compute_epsilon
+from privacy.errors import BudgetExceeded
+from privacy.events import PrivacyEvent
 
 EPSILON_TOLERANCE = 0.01
 MAX_NOISE_MULTIPLIER = 1e3
+MIN_NOISE_MULTIPLIER = 1e-2
 
 
 def sample_rate_for(n_rows: int, batch_size: int) -> float:
@@ -72,6 +69,7 @@ class RunPlan:
     max_epsilon: float = 0.0
     delta: float = 0.0
     accountant: str = "rdp"
+    evaluation_noise_multiplier: float | None = None  # set by plan_run_noise when the run evaluates
 
     def round_event(self, run_id: str = "", round: int | None = None) -> PrivacyEvent:
         return PrivacyEvent("train", self.noise_multiplier, self.sample_rate, self.steps_per_round,
@@ -81,54 +79,35 @@ class RunPlan:
         return asdict(self)
 
 
-def _solve_sigma(eps_of: Callable[[float], float], target: float, tol: float, start: float = 10.0) -> float:
-    """Smallest σ (to within ``tol`` in ε) with ``eps_of(σ) ≤ target``; eps_of decreases in σ.
+def _smallest_sigma(eps_of: Callable[[float], float], target: float, tol: float, start: float = 1.0) -> float:
+    """Smallest σ (to within ``tol`` in ε) with ``eps_of(σ) ≤ target``; ``eps_of`` decreases in σ.
 
-    Each ``eps_of`` is an accountant computation (~0.1 s for a new σ), so the search counts
-    them: after doubling σ from ``start`` until it fits, it keeps a bracket (σ that fits,
-    σ that does not) and steps by secant in (log σ, log ε) — ε is close to a power law in σ —
-    aiming at ``target − tol/2``; a step that would leave the bracket, or a second step in a
-    row that does not land on the other side, is a bisection (in log σ once both ends are
-    positive) instead. Typically 4–6 evaluations where plain bisection takes ~12.
+    Brackets the root of ``eps_of(σ) − (target − tol/2)`` in log σ — doubling or halving from
+    ``start`` — and solves it with :func:`scipy.optimize.brentq`; the result is then moved up
+    until it fits ``target`` (never planned above the budget). Each ``eps_of`` is an
+    accountant computation (RDP: ~1 ms for a new σ; PRV: ~0.1 s).
     """
-    hi = start
-    e_hi = eps_of(hi)
-    lo, e_lo = 0.0, math.inf  # the side that does not fit (σ = 0: no privacy)
-    while e_hi > target:
-        lo, e_lo = hi, e_hi
-        hi *= 2
-        if hi > MAX_NOISE_MULTIPLIER:
-            e_hi = eps_of(MAX_NOISE_MULTIPLIER)
-            if e_hi > target:
-                raise _Infeasible()
-            hi = MAX_NOISE_MULTIPLIER
-            break
-        e_hi = eps_of(hi)
-    aim = math.log(max(target - tol / 2, target * 0.5, 1e-300))
-    sides: list[bool] = []  # for each refining evaluation: did it fit?
-    for _ in range(200):
-        if target - e_hi <= tol or hi - lo <= 1e-9 * hi:
-            break
-        x_hi, y_hi = math.log(hi), math.log(max(e_hi, 1e-300))
-        stuck = len(sides) >= 2 and sides[-1] == sides[-2]  # two in a row on one side: bisect
-        if lo > 0:
-            x_lo = math.log(lo)
-            if math.isfinite(e_lo) and e_lo != e_hi and not stuck:
-                x = x_hi + (aim - y_hi) * (x_lo - x_hi) / (math.log(e_lo) - y_hi)
-                if not x_lo < x < x_hi:
-                    x = 0.5 * (x_lo + x_hi)
-            else:
-                x = 0.5 * (x_lo + x_hi)
-        else:  # nothing that does not fit seen yet: step down as if ε ∝ 1/σ (halve σ when stuck)
-            x = x_hi - (aim - y_hi) if not stuck else x_hi - math.log(2)
-        mid = math.exp(x)
-        e = eps_of(mid)
-        if e <= target:
-            hi, e_hi = mid, e
-        else:
-            lo, e_lo = mid, e
-        sides.append(e <= target)
-    return hi
+    from scipy.optimize import brentq
+
+    aim = target - tol / 2
+    if eps_of(MAX_NOISE_MULTIPLIER) > target:
+        raise _Infeasible()
+    if eps_of(MAX_NOISE_MULTIPLIER) > aim:
+        return MAX_NOISE_MULTIPLIER
+    lo = hi = min(max(start, MIN_NOISE_MULTIPLIER), MAX_NOISE_MULTIPLIER)
+    if eps_of(hi) > aim:
+        while eps_of(hi) > aim:
+            lo, hi = hi, min(2 * hi, MAX_NOISE_MULTIPLIER)
+    else:
+        while eps_of(lo) <= aim:
+            if lo <= MIN_NOISE_MULTIPLIER:
+                return MIN_NOISE_MULTIPLIER
+            lo, hi = max(lo / 2, MIN_NOISE_MULTIPLIER), lo
+    x = brentq(lambda t: eps_of(math.exp(t)) - aim, math.log(lo), math.log(hi), xtol=1e-6, rtol=1e-6)
+    sigma = max(math.exp(x), lo)
+    while eps_of(sigma) > target:
+        sigma = min(sigma * 1.0005, hi)
+    return sigma
 
 
 class _Infeasible(Exception):
@@ -138,13 +117,14 @@ class _Infeasible(Exception):
 def plan_noise(*, prior_events: Sequence[PrivacyEvent], max_epsilon: float, delta: float, sample_rate: float,
                steps_per_round: int, rounds: int, run_epsilon_cap: float | None = None,
                extra_events: Sequence[PrivacyEvent] = (), accountant: str = "rdp",
-               epsilon_tolerance: float = EPSILON_TOLERANCE, rows: str = "", split: str = "") -> RunPlan:
+               epsilon_tolerance: float = EPSILON_TOLERANCE, rows: str = "", split: str = "",
+               data: str = "") -> RunPlan:
     """Plan σ for ``rounds`` rounds of ``steps_per_round`` DP-SGD steps at rate ``sample_rate``.
 
-    ``rows``/``split`` name the row set the training reads (see
-    :func:`privacy.accountant.disjoint_sides`): when all events allow parallel composition, σ is
-    searched against the training side's events only, and the other side must fit the budget
-    on its own.
+    ``rows``/``split``/``data`` name the row set the training reads (the training side of the
+    current table version, :mod:`privacy.composition`): ε is computed with parallel
+    composition exactly as the ledger will compute it, so releases of the other side must fit
+    the budget on their own.
 
     Raises :class:`BudgetExceeded` when the prior (and reserved) events leave no more than the
     planning tolerance (0.01) of the budget — a run that followed its plan ends there, so the
@@ -159,49 +139,31 @@ def plan_noise(*, prior_events: Sequence[PrivacyEvent], max_epsilon: float, delt
     if run_epsilon_cap is not None and not run_epsilon_cap > 0:
         run_epsilon_cap = None
     prior, extra = list(prior_events), list(extra_events)
-    total_steps = rounds * steps_per_round
-    template = PrivacyEvent("train", 1.0, sample_rate, steps_per_round, rows=rows, split=split)
-    sides = disjoint_sides(prior + extra + [template])
-    same_side = (lambda evs: [e for e in evs if e.rows == rows]) if sides is not None else (lambda evs: evs)
+
+    def training(sigma: float, n_rounds: int = rounds) -> list[PrivacyEvent]:
+        return [PrivacyEvent("train", sigma, sample_rate, steps_per_round * n_rounds, rows=rows, split=split,
+                             data=data)]
+
     eps_prior = compute_epsilon(prior, delta, accountant)
     eps_fixed = compute_epsilon(prior + extra, delta, accountant)
-    if eps_fixed >= max_epsilon - epsilon_tolerance:  # less than the planning tolerance left: exhausted
-        if eps_fixed <= 0:  # nothing spent or reserved: the budget itself is below the tolerance
-            why = (f"max ε {max_epsilon:g} (δ = {delta:g}) is not above the planning tolerance "
-                   f"{epsilon_tolerance:g}, so no training release fits it")
-        else:
-            what = ("already spent" if eps_prior > 0 and eps_prior >= max_epsilon - epsilon_tolerance
-                    else "needed by the other releases of this run")
-            why = (f"ε {eps_fixed:.4f} of max {max_epsilon:g} (δ = {delta:g}) is {what} "
-                   f"(ε spent before this run: {eps_prior:.4f})")
-        raise BudgetExceeded(
-            f"privacy budget exhausted: {why}; no training is possible on this data without raising "
-            "max-epsilon in the node config (a policy decision of the institution)",
-            budget=max_epsilon, spent=eps_prior, epsilon_if=eps_fixed)
+    _refuse_when_exhausted(max_epsilon, delta, eps_prior, eps_fixed, epsilon_tolerance)
     if run_epsilon_cap is not None and compute_epsilon(extra, delta, accountant) >= run_epsilon_cap:
         raise BudgetExceeded(
             f"the run's target ε {run_epsilon_cap:g} is used up by its non-training releases alone "
             f"(ε {compute_epsilon(extra, delta, accountant):.4f}); ask for a larger target-epsilon",
             budget=max_epsilon, spent=eps_prior, epsilon_if=eps_fixed)
-
-    base_hist = accountant_history(same_side(prior + extra))
-    extra_hist = accountant_history(same_side(extra))
-
-    def with_plan(hist, sigma):
-        return epsilon_of_history(_merge(hist, (sigma, sample_rate, total_steps)), delta, accountant)
-
-    targets = [(base_hist, max_epsilon)]
-    if run_epsilon_cap is not None:
-        targets.append((extra_hist, run_epsilon_cap))
+    targets = [(prior + extra, max_epsilon)] + ([(extra, run_epsilon_cap)] if run_epsilon_cap is not None else [])
     sigmas = []
     try:
-        for hist, target in targets:
-            if not hist:  # nothing else in the history: Opacus's own search
-                sigmas.append(_opacus_noise_multiplier(target, delta, sample_rate, total_steps, accountant,
-                                                       epsilon_tolerance))
-            else:
-                start = _rdp_start(hist, target, delta, sample_rate, total_steps) if accountant == "prv" else 10.0
-                sigmas.append(_solve_sigma(lambda s, h=hist: with_plan(h, s), target, epsilon_tolerance, start))
+        for base, target in targets:
+            if not base and accountant == "rdp":  # nothing else in the history: Opacus's own search
+                sigmas.append(_opacus_noise_multiplier(target, delta, sample_rate, rounds * steps_per_round,
+                                                       accountant, epsilon_tolerance))
+                continue
+            start = 1.0 if accountant == "rdp" else _smallest_sigma(  # PRV: start from the (cheap) RDP plan
+                lambda s, b=base: compute_epsilon(b + training(s), delta, "rdp"), target, 0.05)
+            sigmas.append(_smallest_sigma(lambda s, b=base: compute_epsilon(b + training(s), delta, accountant),
+                                          target, epsilon_tolerance, start))
     except _Infeasible:
         raise BudgetExceeded(
             f"the remaining privacy budget ({max_epsilon - eps_fixed:.4f} of max ε {max_epsilon:g}) is too small for "
@@ -209,34 +171,34 @@ def plan_noise(*, prior_events: Sequence[PrivacyEvent], max_epsilon: float, delt
             f"multiplier {MAX_NOISE_MULTIPLIER:g}; run fewer rounds or epochs, or raise max-epsilon",
             budget=max_epsilon, spent=eps_prior, epsilon_if=float("inf")) from None
     sigma = max(sigmas)
-    # verify with the ledger's own computation: never plan above the budget
-    planned = [PrivacyEvent("train", sigma, sample_rate, steps_per_round, rows=rows, split=split)
-               for _ in range(rounds)]
-    for _ in range(60):
-        life = compute_epsilon(prior + extra + planned, delta, accountant)
-        run = compute_epsilon(extra + planned, delta, accountant)
-        if life <= max_epsilon and (run_epsilon_cap is None or run <= run_epsilon_cap):
-            break
-        sigma *= 1.001
-        planned = [PrivacyEvent("train", sigma, sample_rate, steps_per_round, rows=rows, split=split)
-                   for _ in range(rounds)]
-    else:  # pragma: no cover - numerical pathology
-        raise BudgetExceeded("could not find a noise multiplier that fits the budget",
-                             budget=max_epsilon, spent=eps_prior, epsilon_if=float("inf"))
-    after = [compute_epsilon(prior + extra + planned[:r], delta, accountant) for r in range(1, rounds)] + [life]
+    life = compute_epsilon(prior + extra + training(sigma), delta, accountant)
+    run = compute_epsilon(extra + training(sigma), delta, accountant)
+    after = [compute_epsilon(prior + extra + training(sigma, r), delta, accountant) for r in range(1, rounds)]
     return RunPlan(noise_multiplier=sigma, sample_rate=sample_rate, steps_per_round=steps_per_round, rounds=rounds,
-                   epsilon_after_round=after, epsilon_run=run, epsilon_prior=eps_prior, max_epsilon=max_epsilon,
-                   delta=delta, accountant=accountant)
+                   epsilon_after_round=after + [life], epsilon_run=run, epsilon_prior=eps_prior,
+                   max_epsilon=max_epsilon, delta=delta, accountant=accountant)
 
 
-def _merge(hist: list[tuple[float, float, int]], entry: tuple[float, float, int]) -> list[tuple[float, float, int]]:
-    out = list(hist)
-    for i, (s, q, n) in enumerate(out):
-        if s == entry[0] and q == entry[1]:
-            out[i] = (s, q, n + entry[2])
-            return out
-    out.append(entry)
-    return out
+def _refuse_when_exhausted(max_epsilon: float, delta: float, eps_prior: float, eps_fixed: float, tol: float) -> None:
+    """BudgetExceeded when the recorded and reserved releases leave less than ``tol`` of the budget.
+
+    The message states what was actually spent (``eps_prior``: recorded releases) apart from
+    what this run's other releases would bring it to (``eps_fixed``).
+    """
+    if eps_fixed < max_epsilon - tol:
+        return
+    if eps_fixed <= 0:  # nothing spent or reserved: the budget itself is below the tolerance
+        why = (f"max ε {max_epsilon:g} (δ = {delta:g}) is not above the planning tolerance {tol:g}, so no "
+               "training release fits it")
+    elif eps_prior >= max_epsilon - tol:
+        why = f"ε {eps_prior:.4f} of max {max_epsilon:g} (δ = {delta:g}) is already spent; less than {tol:g} is left"
+    else:
+        why = (f"ε {eps_prior:.4f} of max {max_epsilon:g} (δ = {delta:g}) is spent, and this run's other releases "
+               f"(statistics, row counts, planned evaluations) would bring it to {eps_fixed:.4f}, leaving less "
+               f"than {tol:g} for training")
+    raise BudgetExceeded(
+        f"privacy budget exhausted: {why}; no training is possible without raising max-epsilon in the node "
+        "config (a policy decision of the institution)", budget=max_epsilon, spent=eps_prior, epsilon_if=eps_fixed)
 
 
 def _opacus_noise_multiplier(target: float, delta: float, q: float, steps: int, accountant: str, tol: float) -> float:
@@ -256,13 +218,66 @@ def _opacus_noise_multiplier(target: float, delta: float, q: float, steps: int, 
     return float(sigma)
 
 
-def _rdp_start(hist, target, delta, q, steps) -> float:
-    """PRV search start: the RDP plan (PRV's ε is normally below RDP's, so it is feasible or close)."""
+def plan_evaluation_noise(*, events: Sequence[PrivacyEvent], evaluations: int, ceiling: float, delta: float,
+                          most_noise: float, accountant: str = "rdp", split: str = "", data: str = "") -> float:
+    """The smallest noise multiplier (at most ``most_noise``) for ``evaluations`` holdout
+    releases of table version ``data`` such that every borrower's ε stays within ``ceiling``,
+    ``events`` being everything recorded and planned besides them (the run's training included).
+
+    The releases only reach borrowers on the holdout side of that version, so only their
+    histories count: ``events`` without that version's training-side events, plus the
+    evaluations (:mod:`privacy.composition`). The node sets ``ceiling`` to the ε its training
+    plan reaches: under parallel composition the evaluations may spend that much on the
+    holdout side without raising the lifetime ε — a small holdout then gets far less noise
+    than ``most_noise`` at no cost (docs/privacy.md). Returns ``most_noise`` when even that
+    does not fit (the releases are then checked, and refused if need be, one by one).
+    """
+    if evaluations < 1:
+        return most_noise
+    reach = [e for e in events if not (e.rows == "train" and e.split == split and e.data == data)]
+
+    def eps_of(sigma: float) -> float:
+        return compute_epsilon(reach + [PrivacyEvent("evaluation", sigma, 1.0, evaluations, rows="holdout",
+                                                     split=split, data=data)], delta, accountant)
+
+    if eps_of(most_noise) > ceiling:
+        return most_noise
     try:
-        s = _solve_sigma(lambda s: epsilon_of_history(_merge(hist, (s, q, steps)), delta, "rdp"), target, 0.05)
-    except _Infeasible:
-        return MAX_NOISE_MULTIPLIER
-    return max(s, 1e-3)
+        return min(most_noise, _smallest_sigma(eps_of, ceiling, EPSILON_TOLERANCE / 2, start=most_noise))
+    except _Infeasible:  # pragma: no cover - most_noise fits, so the search cannot fail
+        return most_noise
+
+
+def plan_run_noise(*, prior_events: Sequence[PrivacyEvent], run_events: Sequence[PrivacyEvent], evaluations: int,
+                   max_epsilon: float, delta: float, sample_rate: float, steps_per_round: int, rounds: int,
+                   run_epsilon_cap: float | None = None, accountant: str = "rdp", split: str = "",
+                   data: str = "") -> RunPlan:
+    """A node's whole plan for (the rest of) a run: DP-SGD's σ, then the evaluations' σ.
+
+    ``run_events`` are the run's releases besides training already recorded or about to be
+    (its row counts, its statistics); ``evaluations`` the noised evaluations it will still make
+    (reserved at the most noise, :data:`privacy.dp_release.EVALUATION_NOISE_MULTIPLIER`). The
+    evaluations' σ is then lowered with :func:`plan_evaluation_noise` as far as neither the
+    lifetime ε the training reaches nor this run's ε grows (``evaluation_noise_multiplier``).
+    Both the node (:mod:`clients.node_privacy`) and ``fedcredit privacy plan`` call this.
+    """
+    from privacy.dp_release import EVALUATION_NOISE_MULTIPLIER
+
+    prior, run = list(prior_events), list(run_events)
+    evals = ([PrivacyEvent("evaluation", EVALUATION_NOISE_MULTIPLIER, 1.0, evaluations, rows="holdout",
+                           split=split, data=data)] if evaluations > 0 else [])
+    plan = plan_noise(prior_events=prior, max_epsilon=max_epsilon, delta=delta, sample_rate=sample_rate,
+                      steps_per_round=steps_per_round, rounds=rounds, extra_events=run + evals,
+                      run_epsilon_cap=run_epsilon_cap, accountant=accountant, rows="train", split=split, data=data)
+    if evals:
+        trained = [PrivacyEvent("train", plan.noise_multiplier, sample_rate, steps_per_round * rounds, rows="train",
+                                split=split, data=data)]
+        bounds = [(prior + run + trained, plan.epsilon_after_round[-1]), (run + trained, plan.epsilon_run)]
+        plan.evaluation_noise_multiplier = max(
+            plan_evaluation_noise(events=events, evaluations=evaluations, ceiling=ceiling, delta=delta,
+                                  most_noise=EVALUATION_NOISE_MULTIPLIER, accountant=accountant, split=split, data=data)
+            for events, ceiling in bounds)
+    return plan
 
 
 def plan_table(plan: RunPlan, first_round: int = 1) -> list[dict]:

@@ -157,15 +157,16 @@ def check_statistics(msg: Message, layout: dict[str, int], exact: bool) -> str:
 
 
 def evaluation_bin_counts() -> tuple[int, ...]:
-    """Histogram lengths a node may release: exact (``SCORE_BINS``) or noised (``EVALUATION_BINS``).
+    """Histogram lengths a node may release: exact (``SCORE_BINS``) or noised (one of
+    ``EVALUATION_BIN_CHOICES``, chosen by the node from its released holdout count).
 
-    The coarser divides the finer, so the server pools a mix of them at the coarser resolution
+    Each divides the next, so the server pools a mix of them at the coarsest resolution
     (:func:`models.metrics.sum_evaluations`); any other length could not be pooled.
     """
     from models.metrics import SCORE_BINS
-    from privacy.dp_release import EVALUATION_BINS
+    from privacy.noise_defaults import EVALUATION_BIN_CHOICES
 
-    return (SCORE_BINS, EVALUATION_BINS)
+    return (SCORE_BINS, *EVALUATION_BIN_CHOICES)
 
 
 def fairness_layout(schema) -> dict[str, tuple[int, int]]:

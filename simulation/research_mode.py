@@ -158,6 +158,48 @@ def assess_research_mode(nodes: dict, settings, epsilon_of: dict[str, float | No
                                            if s.id in signals else None)} for s in small}}
 
 
+#: the validation problems that only say a table is below the run's minimum
+BELOW_MINIMUM = ("too-few-rows", "too-few-positives")
+
+
+def load_nodes(run_config: dict, n_nodes: int, load_all) -> dict:
+    """Every virtual node's data via ``load_all(run_config, n)``; when tables are refused only for
+    being below the run's minimum, one error for all of them with the options that admit them all
+    (``--min-rows``/``--min-positives`` of the smallest) — advice that works in one step."""
+    from clients.raw_table import DataValidationError
+
+    try:
+        return load_all(run_config, n_nodes)
+    except DataValidationError as first:
+        if not first.problems or any(p.code not in BELOW_MINIMUM for p in first.problems):
+            raise
+    try:
+        relaxed = load_all({**run_config, "min-rows": 0, "min-positives": 0}, n_nodes)
+    except DataValidationError:
+        raise first from None  # another institution has another problem: its report says which
+    short: dict[str, dict[str, int]] = {}
+    minimum = {"too-few-rows": int(run_config.get("min-rows", CONSORTIUM_MIN_ROWS)),
+               "too-few-positives": int(run_config.get("min-positives", CONSORTIUM_MIN_POSITIVES))}
+    for inst, data in relaxed.items():
+        label = data.schema.label.name
+        rows = data.split.n_train + len(data.split.holdout)
+        positives = int(data.split.train[label].sum() + data.split.holdout[label].sum())
+        if rows < minimum["too-few-rows"] or positives < minimum["too-few-positives"]:
+            short[inst] = {"rows": rows, "defaults": positives}
+    rows_needed = min(v["rows"] for v in short.values())
+    defaults_needed = min(v["defaults"] for v in short.values())
+    options = []
+    if rows_needed < minimum["too-few-rows"]:
+        options.append(f"--min-rows {rows_needed}")
+    if defaults_needed < minimum["too-few-positives"]:
+        options.append(f"--min-positives {defaults_needed}")
+    listed = ", ".join(f"{k} ({v['rows']} rows, {v['defaults']} defaults)" for k, v in short.items())
+    raise UserError(f"{len(short)} institution table{'s are' if len(short) != 1 else ' is'} below the DP-training "
+                    f"minimum of {minimum['too-few-rows']} rows and {minimum['too-few-positives']} defaults: {listed}. "
+                    f"Add rows, or simulate them in research mode: {' '.join(options)} (a loud warning, recorded in "
+                    f"the run; refused where DP-SGD's noise would drown their defaults)")
+
+
 def _signal(s: SmallInstitution, epsilon: float, settings) -> DPSignal:
     return dp_signal(s.train_rows, s.train_defaults, s.rows, epsilon, settings.batch_size, settings.local_epochs,
                      settings.num_server_rounds)

@@ -168,7 +168,7 @@ def simulate(o: SimulationOptions, on_event: Callable[[dict], None] | None = Non
     """
     from server.settings import parse_run_config
     from simulation.flower_runtime import run_in_simulation
-    from simulation.research_mode import assess_research_mode
+    from simulation.research_mode import assess_research_mode, load_nodes
 
     t_start = time.time()
     n_nodes = count_data_files(o.data_dir) if o.data_dir else o.institutions
@@ -179,7 +179,7 @@ def simulate(o: SimulationOptions, on_event: Callable[[dict], None] | None = Non
         raise UserError(f"{run_dir} already holds a finished run; choose another --out or remove it")
     run_config = build_run_config(o, run_dir, n_nodes)
     settings = parse_run_config(run_config)  # fail fast on bad keys/values
-    nodes = load_all_nodes(run_config, n_nodes)  # fail fast on bad data
+    nodes = load_nodes(run_config, n_nodes, load_all_nodes)  # fail fast on bad data (all small ones named)
     budgets = parse_sim_budgets(settings.sim_budgets)
     if budgets:
         from simulation.budgets import check_budgets_name_institutions

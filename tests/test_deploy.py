@@ -214,6 +214,10 @@ def test_deploy_two_dp_rounds_with_tls_and_node_auth(tmp_path, process_tag):
         assert len(runs) == 1 and runs[0]["status"] == "finished:completed", listing.stdout
         log = flwr(["log", runs[0]["run-id"], "consortium", "--show"], cli_home)
         assert log.returncode == 0
+        # the run can be followed from the Flower CLI: a fedcredit line per step (server/run_log.py)
+        for text in (out, log.stdout + log.stderr):
+            assert "statistics | 3 answered" in text and "round 2/2 | trained 3 of 3" in text, text[-4000:]
+            assert "ε spent" in text and " ± " in text and "run " in text and "completed | 2/2 rounds" in text
 
         # --- the run directory: completed, two rounds, a loadable model package
         metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -227,9 +227,11 @@ def test_a_round_in_flight_when_the_server_died_is_paid_once_and_replanned(tmp_p
     assert summary is None
     state_root = Path(rc["state-root"])
     before = {d.name: read_state(d)[0] for d in state_root.iterdir()}
+    counts = [("count", None), ("count", None)]  # the noisy row counts, released once per table version
     for st in before.values():
-        assert [(e["kind"], e["round"]) for e in st["events"]] == [("statistics", None), ("train", 1), ("train", 2)]
-    lost_sigma = {who: st["events"][2]["noise_multiplier"] for who, st in before.items()}
+        assert [(e["kind"], e["round"]) for e in st["events"]] == counts + [("statistics", None), ("train", 1),
+                                                                             ("train", 2)]
+    lost_sigma = {who: st["events"][4]["noise_multiplier"] for who, st in before.items()}
 
     rc["resume-from"] = rc["run-dir"]
     resumed, _ = _execute(rc, _grid(rc), resume_from=rc["run-dir"], run_id=8)  # a new Flower run, as in deployment
@@ -239,17 +241,17 @@ def test_a_round_in_flight_when_the_server_died_is_paid_once_and_replanned(tmp_p
     for d in state_root.iterdir():
         (st,) = read_state(d)
         events = st["events"]
-        assert [(e["kind"], e["round"]) for e in events] == [
+        assert [(e["kind"], e["round"]) for e in events] == counts + [
             ("statistics", None), ("train", 1), ("train", 2), ("train", 2), ("train", 3)]
         assert {e["run_id"] for e in events} == {"7"}, "the nodes see one run: the one that was resumed"
-        assert events[:3] == before[d.name]["events"], "the lost round's spend is kept"
+        assert events[:5] == before[d.name]["events"], "the lost round's spend is kept"
         from privacy.accountant import PrivacyEvent
 
         eps = compute_epsilon([PrivacyEvent.from_dict(e) for e in events], st["delta"])
         assert st["epsilon_spent"] == pytest.approx(eps) and eps <= 2.0 + 1e-9
         # re-planned: the replayed rounds carry more noise, since the lost round used up budget
-        assert events[3]["noise_multiplier"] > lost_sigma[d.name]
-        assert events[3]["noise_multiplier"] == events[4]["noise_multiplier"]
+        assert events[5]["noise_multiplier"] > lost_sigma[d.name]
+        assert events[5]["noise_multiplier"] == events[6]["noise_multiplier"]
         # what the server was told last is what the ledger holds
         assert resumed["institutions"][d.name]["privacy"]["epsilon_spent"] == pytest.approx(st["epsilon_spent"])
     assert verify_ledger(Path(rc["run-dir"]) / LEDGER_FILE).ok
@@ -403,7 +405,8 @@ def test_an_unwritable_state_dir_makes_the_node_refuse_without_losing_or_doublin
     reply = train(2)  # writable again: the round is trained and recorded once
     assert not P.node_info(reply)["refused"]
     (after,) = read_state(state)
-    assert [(e["kind"], e["round"]) for e in after["events"]] == [("train", 1), ("train", 2)]
+    assert [(e["kind"], e["round"]) for e in after["events"]] == [("count", None), ("count", None), ("train", 1),
+                                                                  ("train", 2)]
     eps = compute_epsilon([PrivacyEvent.from_dict(e) for e in after["events"]], after["delta"])
     assert after["epsilon_spent"] == pytest.approx(eps)
     assert float(reply.content[P.METRICS]["epsilon-spent"]) == pytest.approx(eps)

@@ -553,11 +553,20 @@ def test_simulated_run_writes_a_verifiable_ledger_that_nodes_hold_heads_of(simul
 
 @pytest.mark.slow
 def test_resumed_simulated_run_continues_the_same_ledger(simulated_run, tmp_path):
+    import tomllib
+
+    import tomli_w
+
     run_dir = tmp_path / "resumed"
     shutil.copytree(simulated_run, run_dir)
     (run_dir / "metrics.json").unlink()
-    proc = run_fedcredit("simulate", "--institutions", 3, "--rounds", 3, "--scale", 0.3, "--no-dp", "--out", run_dir,
-                         "--no-baselines", "--run-config", f'resume-from="{run_dir}"', "--json", timeout=900)
+    # the copy stands for a run planned for 3 rounds that died after round 2's checkpoint; its nodes
+    # keep their state in the copy (`fedcredit simulate --resume` takes the run's own settings)
+    cfg = run_dir / "config.resolved.toml"
+    rc = tomllib.loads(cfg.read_text())["run-config"]
+    rc.update({"num-server-rounds": 3, "state-root": str(run_dir / "node-state")})
+    cfg.write_text(tomli_w.dumps({"run-config": rc}))
+    proc = run_fedcredit("simulate", "--resume", run_dir, "--no-baselines", "--json", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = verify_ledger(run_dir / LEDGER_FILE, load_public_key(run_dir / PUBLIC_KEY_FILE))
     assert r.ok, r.reason

@@ -363,3 +363,19 @@ def test_a_dp_run_exports_its_development_population_and_monitor_reads_it(tmp_pa
     s = _summary(run_fedcredit("monitor", "--model", run_dir / "model", "--data", tmp_path / "holdout.csv",
                                "--json", timeout=300))
     assert s["score_psi"] < 0.005 and s["score_light"] == "stable" and s["reference"]["dp"] is True
+
+
+def test_uniform_bin_index_is_the_binary_search_it_replaces():
+    """feature_statistics bins by division with a correction; the bins must be exactly those of
+    ``searchsorted(edges, t, side="right") − 1``, at and next to every edge too."""
+    from models.encoder import uniform_bin_index
+
+    rng = np.random.default_rng(0)
+    for f in load_schema().features:
+        if f.kind != "numeric":
+            continue
+        e = f.bin_edges()
+        t = np.concatenate([rng.uniform(e[0], e[-1], 50_000), e, np.nextafter(e, -np.inf), np.nextafter(e, np.inf)])
+        t = np.clip(t, e[0], e[-1])
+        expected = np.clip(np.searchsorted(e, t, side="right") - 1, 0, len(e) - 2)
+        np.testing.assert_array_equal(uniform_bin_index(t, e), expected, err_msg=f.name)

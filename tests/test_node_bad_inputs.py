@@ -57,12 +57,29 @@ def test_node_refuses_a_bad_file_with_invalid_data_and_the_problem(entry, tmp_pa
     assert not (tmp_path / "st" / "privacy").exists(), "nothing was accounted for a file that was never read"
 
 
-def test_train_and_evaluate_refuse_a_bad_file_too(tmp_path, capsys):
+def honest_request(schema, **extra) -> tuple[ConfigRecord, dict]:
+    """A training/evaluation config and global weights as an honest coordinator sends them
+    (the encoder fitted from uniform statistics: no borrower data involved)."""
+    import numpy as np
+
+    from models.encoder import fit_encoder_from_histograms, statistics_layout
+    from models.network import ModelSpec, build_model, get_weights
+
+    enc = fit_encoder_from_histograms(schema, {k: np.ones(n) for k, n in statistics_layout(schema).items()})
+    spec = ModelSpec("mlp", enc.n_outputs, (8,))
+    cfg = {"run-id": "1", "server-round": 1, "num-server-rounds": 2, "local-epochs": 1, "batch-size": 64,
+           "learning-rate": 0.01, "optimizer": "adam", "proximal-mu": 0.0, "dp": True, "target-epsilon": 0.0,
+           "clipping-norm": 1.0, "evaluate-every": 1, "seed": 0, "encoder": enc.to_json(),
+           "model-spec": json.dumps(spec.to_dict()), "cutoff-pd": 0.2, **extra}
+    return ConfigRecord(cfg), get_weights(build_model(spec))
+
+
+def test_train_and_evaluate_refuse_a_bad_file_too(tmp_path, capsys, schema):
     entry = next(e for e in ENTRIES if e["file"] == "nan_strings.csv")
     ctx = _context(entry, tmp_path / "st")
-    cfg = ConfigRecord({"run-id": "1", "server-round": 1, "encoder": json.dumps({}), "model-spec": "{}"})
+    cfg, weights = honest_request(schema)
     for message_type, handler in (("train", CA.train), ("evaluate", CA.evaluate)):
-        content = RecordDict({P.ARRAYS: P.to_array_record({}), P.CONFIG: cfg})
+        content = RecordDict({P.ARRAYS: P.to_array_record(weights), P.CONFIG: cfg})
         info = _refusal(handler(_message(content, message_type), ctx))
         assert info["refused"] == P.REFUSED_DATA, (message_type, info)
         assert_told_without_borrower_details(info["detail"])

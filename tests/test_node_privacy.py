@@ -112,7 +112,8 @@ def test_reported_epsilon_equals_a_recomputation_from_the_stored_events(bank_fil
     _, metrics = N.train(p, w, cfg, {})
     (entry,) = read_state(tmp_path / "state")
     events = [PrivacyEvent.from_dict(e) for e in entry["events"]]
-    assert [e.kind for e in events] == ["statistics", "train"]
+    # the row counts (released once per table version), the statistics, the round
+    assert [e.kind for e in events] == ["count", "count", "statistics", "train"]
     assert metrics["epsilon-spent"] == pytest.approx(compute_epsilon(events, entry["delta"]), rel=1e-9)
 
 
@@ -147,7 +148,8 @@ def test_deployment_nodes_release_noised_or_no_evaluation(bank_file, tmp_path):
     assert len(arrays["hist-neg"]) < 8000  # coarse, noised histograms
     assert {"fair/sex", "fair/age"} <= set(arrays)
     kinds = [e["kind"] for e in read_state(tmp_path / "s")[0]["events"]]
-    assert kinds == ["evaluation"]  # histograms, sums and group counts: one accounted release
+    # the noisy row counts, then histograms, sums and group counts: one accounted release
+    assert kinds == ["count", "count", "evaluation"]
     off = policy(bank_file, tmp_path / "s2", **{"release-eval": "off"})
     arrays, _, mode = N.evaluate(off, w, cfg)
     assert arrays is None and mode == "off"
@@ -189,28 +191,34 @@ def test_training_and_holdout_releases_compose_in_parallel(bank_file, tmp_path):
     (entry,) = read_state(tmp_path / "state")
     train_side = [e for e in entry["events"] if e["rows"] == "train"]
     holdout_side = [e for e in entry["events"] if e["rows"] == "holdout"]
-    assert [e["kind"] for e in train_side] == ["statistics", "train", "train"]
-    assert [e["kind"] for e in holdout_side] == ["evaluation", "evaluation"]
+    assert [e["kind"] for e in train_side] == ["count", "statistics", "train", "train"]
+    assert [e["kind"] for e in holdout_side] == ["count", "evaluation", "evaluation"]
     assert len({e["split"] for e in entry["events"]}) == 1
     expected = max(_fresh_rdp(train_side, entry["delta"]), _fresh_rdp(holdout_side, entry["delta"]))
     assert entry["epsilon_spent"] == pytest.approx(expected, rel=1e-6)
     assert entry["epsilon_spent"] < _fresh_rdp(entry["events"], entry["delta"])  # sequential would be larger
 
 
-def test_events_of_different_splits_compose_sequentially():
+def test_events_of_another_split_or_without_a_side_compose_with_both_sides():
     from privacy.accountant import PrivacyEvent, disjoint_sides
 
-    a = PrivacyEvent("train", 1.0, 0.1, 100, rows="train", split="row-hash/v1 fraction=0.2 seed=0")
-    b = PrivacyEvent("evaluation", 5.0, 1.0, 1, rows="holdout", split="row-hash/v1 fraction=0.2 seed=0")
-    c = PrivacyEvent("evaluation", 5.0, 1.0, 1, rows="holdout", split="row-hash/v1 fraction=0.2 seed=1")
+    split = "row-hash/v2 fraction=0.2 seed=0"
+    a = PrivacyEvent("train", 1.0, 0.1, 100, rows="train", split=split, data="v1")
+    b = PrivacyEvent("evaluation", 5.0, 1.0, 1, rows="holdout", split=split, data="v1")
+    c = PrivacyEvent("evaluation", 5.0, 1.0, 1, rows="holdout", split="row-hash/v2 fraction=0.2 seed=1", data="v1")
     legacy = PrivacyEvent("train", 1.0, 0.1, 100)
     assert disjoint_sides([a, b]) is not None
-    for events in ([a, b, c], [a, b, legacy]):
-        assert disjoint_sides(events) is None
-        assert compute_epsilon(events, 1e-5) == pytest.approx(
-            _fresh_rdp([e.to_dict() for e in events], 1e-5), rel=1e-6)
     assert compute_epsilon([a, b], 1e-5) == pytest.approx(
         max(compute_epsilon([a], 1e-5), compute_epsilon([b], 1e-5)))
+    # an event of another split is another "version": a borrower may be on the holdout side there
+    # and on the training side here, so the worst case composes a with c (and b with c)
+    assert disjoint_sides([a, b, c]) is None
+    assert compute_epsilon([a, b, c], 1e-5) == pytest.approx(_fresh_rdp([a.to_dict(), c.to_dict()], 1e-5), rel=1e-6)
+    # an event without a side reads every row: it composes with both sides
+    assert disjoint_sides([a, b, legacy]) is None
+    assert compute_epsilon([a, b, legacy], 1e-5) == pytest.approx(
+        max(_fresh_rdp([a.to_dict(), legacy.to_dict()], 1e-5), _fresh_rdp([b.to_dict(), legacy.to_dict()], 1e-5)),
+        rel=1e-6)
 
 
 def test_holdout_membership_depends_on_the_row_alone(bank_file):

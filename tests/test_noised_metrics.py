@@ -159,7 +159,7 @@ def test_no_card_warning_that_the_noise_alone_explains():
         fed = {"auc": auc, **({"auc_sd": sd} if sd is not None else {})}
         return {"bank-a": {"federated": fed, "local_only_auc": 0.75, "centralised_auc": None, "release": "noised"}}
 
-    worse = "ranks worse"
+    worse = "worse off than alone"
     assert not any(worse in w for w in card_warnings(_card({}, inst(0.70, 0.04))))
     assert any(worse in w for w in card_warnings(_card({}, inst(0.70))))
     assert any(worse in w for w in card_warnings(_card({}, inst(0.60, 0.03))))
@@ -178,3 +178,35 @@ def test_no_card_warning_that_the_noise_alone_explains():
     approves = "barely separates"
     assert not any(approves in w for w in card_warnings(_card({}, fairness=fair(0.99, 0.05))))
     assert any(approves in w for w in card_warnings(_card({}, fairness=fair(0.99))))
+
+
+@pytest.mark.slow
+def test_a_deployment_style_run_reports_noised_figures_with_their_sd(tmp_path):
+    """The real ServerApp round loop and ClientApp in process, nodes configured as in deployment (their
+    own tables, budgets and noised evaluation releases): metrics.json, the model card and the report
+    show every noised figure in range and with its ± sd."""
+    from clients.client_app import app as client_app
+    from server.consortium import run_consortium
+    from server.report import write_report
+    from simulation.synthetic import generate_consortium
+    from tests.inprocess_grid import InProcessGrid
+
+    generate_consortium(tmp_path / "data", institutions=3, scale=0.1, seed=5)
+    files = sorted((tmp_path / "data").glob("*.csv"))
+    nodes = {11 + k: {"data-path": str(f), "state-dir": str(tmp_path / f"state-{f.stem}"), "max-epsilon": 4.0,
+                      "institution-id": f.stem, "release-eval": "noised"} for k, f in enumerate(files)}
+    rc = {"num-server-rounds": 1, "min-available-nodes": 3, "min-train-nodes": 3, "dp": True, "seed": 2,
+          "run-dir": str(tmp_path / "run"), "round-timeout": 120.0, "batch-size": 128, "target-epsilon": 2.0}
+    summary = run_consortium(InProcessGrid(client_app, nodes, rc), rc, run_id=7)
+    assert summary["status"] == "completed", summary["stop_detail"]
+    final = summary["final"]
+    assert {"auc_sd", "ks_sd", "default_rate_sd", "n_sd"} <= set(final), final
+    assert 0 <= final["default_rate"] <= 1 and 0 <= final["mean_pd"] <= 1
+    assert set(summary["evaluation_noise"]["noised"]) == {f.stem for f in files}
+    assert all(r["release"] == "noised" and "auc_sd" in r for r in summary["history"][0]["institutions"].values())
+    report = write_report(tmp_path / "run")
+    card = (tmp_path / "run" / "model_card.md").read_text()
+    assert f"AUC {final['auc']:.4f} ± {final['auc_sd']:.4f}" in card
+    assert "Figures with ± are computed from DP-noised evaluation releases" in card
+    html = report.read_text()
+    assert f"{final['auc']:.3f} ± {final['auc_sd']:.3f}" in html

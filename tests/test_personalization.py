@@ -233,12 +233,13 @@ def test_a_hostile_run_id_cannot_lead_the_node_outside_its_state_directory(lende
     assert find_personal_model(p.state_dir, ["../../../../escaped"]) is not None
 
 
-def test_a_bad_personalisation_key_is_a_policy_refusal_before_any_release(lender_file, tmp_path):
+def test_a_bad_personalisation_key_is_refused_before_any_release(lender_file, tmp_path):
     p = _policy(lender_file, tmp_path / "state")
     cfg, w0, _, _ = _config(p, 1, 2, **{"personal-epochs": 500})
     with pytest.raises(N.NodeRefusal) as exc:
         N.train(p, w0, cfg, {})
-    assert exc.value.reason == "policy" and "'personal-epochs'" in exc.value.detail
+    # the coordinator's message fails the node's checks (clients.request_checks), worded from the message
+    assert exc.value.reason == "invalid-request" and "'personal-epochs'" in exc.value.detail
     assert not p.state_dir.exists()  # refused before the node opened its ledger: nothing released
 
 

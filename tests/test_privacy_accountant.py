@@ -1,4 +1,5 @@
-"""The lifetime privacy ledger: ε from a fresh Opacus accountant, budget refusals, fail-closed state."""
+"""The institution's lifetime privacy ledger: ε from a fresh Opacus accountant, budget refusals,
+fail-closed state, one budget across table versions, migration of earlier state, fresh starts."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from privacy.accountant import (
     compute_epsilon,
     read_state,
 )
+from configs.errors import UserError
 from privacy.planning import plan_noise
 
 FP = "ab12" * 16
@@ -56,7 +58,7 @@ def test_reported_epsilon_equals_independent_recomputation_from_stored_json(tmp_
     with open_ledger(tmp_path, max_epsilon=10.0) as ledger:
         spent2 = ledger.record([PrivacyEvent("train", 0.9, 0.05, 20, run_id="r2", round=1)])
         assert ledger.spent() == spent2 > spent
-    stored = json.loads((tmp_path / "privacy" / f"{FP}.json").read_text())
+    stored = json.loads((tmp_path / "privacy" / "ledger.json").read_text())
     history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in stored["events"]]
     assert len(history) == 5
     expected = opacus_epsilon(history, stored["delta"])
@@ -140,9 +142,11 @@ def _damage(path, how):
     elif how == "events-dropped":  # consistent file with fewer events (e.g. an old backup)
         data = json.loads(text)
         from privacy.accountant import events_digest
+        from privacy.state_files import content_digest
 
         data["events"] = data["events"][:2]
         data["events_sha256"] = events_digest([PrivacyEvent.from_dict(e) for e in data["events"]])
+        data["sha256"] = content_digest(data)
         path.write_text(json.dumps(data))
     elif how == "deleted":
         path.unlink()
@@ -155,7 +159,7 @@ def _damage(path, how):
 def test_damaged_or_missing_state_is_an_error_never_a_reset(tmp_path, how):
     with open_ledger(tmp_path) as ledger:
         ledger.record(some_events())
-    path = tmp_path / "privacy" / f"{FP}.json"
+    path = tmp_path / "privacy" / "ledger.json"
     _damage(path, how)
     with pytest.raises(PrivacyStateError) as info:
         open_ledger(tmp_path)
@@ -168,16 +172,152 @@ def test_damaged_or_missing_state_is_an_error_never_a_reset(tmp_path, how):
         open_ledger(tmp_path)
 
 
-def test_deleted_index_with_state_files_is_an_error_and_other_fingerprints_still_work(tmp_path):
+def test_an_older_backup_put_back_is_refused_by_the_index(tmp_path):
+    with open_ledger(tmp_path) as ledger:
+        ledger.record(some_events()[:2])
+    backup = (tmp_path / "privacy" / "ledger.json").read_bytes()
+    with open_ledger(tmp_path) as ledger:
+        ledger.record(some_events()[2:])
+    (tmp_path / "privacy" / "ledger.json").write_bytes(backup)  # a consistent, older copy
+    with pytest.raises(PrivacyStateError, match="holds 2 privacy events but the index recorded 4"):
+        open_ledger(tmp_path)
+
+
+def test_deleted_index_with_a_ledger_is_an_error(tmp_path):
     with open_ledger(tmp_path) as ledger:
         ledger.record(some_events())
-    with open_ledger(tmp_path, fingerprint="cd34" * 16) as other:
-        assert other.spent() == 0.0
     (tmp_path / "privacy" / "index.json").unlink()
     with pytest.raises(PrivacyStateError, match="index.json: missing"):
         open_ledger(tmp_path)
     with pytest.raises(PrivacyStateError, match="index"):
-        open_ledger(tmp_path, fingerprint="ef56" * 16)
+        read_state(tmp_path)
+
+
+def test_a_new_table_version_keeps_the_spend(tmp_path):
+    """The budget belongs to the institution: another fingerprint (a re-export, a dropped row)
+    opens the same ledger, and its releases compose with the earlier ones."""
+    with open_ledger(tmp_path, max_epsilon=10.0) as ledger:
+        first = ledger.record(some_events())
+    with open_ledger(tmp_path, fingerprint="cd34" * 16, max_epsilon=10.0) as ledger:
+        assert ledger.spent() == pytest.approx(first)
+        later = ledger.record([PrivacyEvent("train", 1.3, 0.02, 50, run_id="r2", round=1)])
+    assert later > first
+    (status,) = read_state(tmp_path)
+    assert status["epsilon_spent"] == pytest.approx(later)
+    assert set(status["data_versions"]) == {FP, "cd34" * 16} and status["fingerprint"] == "cd34" * 16
+
+
+def _sided(kind, sigma, q, steps, rows, data, split="row-hash/v2 fraction=0.2 seed=0"):
+    return PrivacyEvent(kind, sigma, q, steps, rows=rows, split=split, data=data)
+
+
+def test_parallel_composition_inside_a_version_and_worst_case_across_versions():
+    from privacy.composition import MAX_EXACT_VERSIONS, compute_epsilon
+
+    t1, h1 = _sided("train", 1.0, 0.02, 400, "train", "v1"), _sided("evaluation", 3.0, 1.0, 5, "holdout", "v1")
+    t2, h2 = _sided("train", 1.2, 0.02, 300, "train", "v2"), _sided("evaluation", 2.0, 1.0, 5, "holdout", "v2")
+    hist = lambda *evs: [(e.noise_multiplier, e.sample_rate, e.steps) for e in evs]  # noqa: E731
+    # one version: the worse side
+    assert compute_epsilon([t1, h1], DELTA) == pytest.approx(max(opacus_epsilon(hist(t1), DELTA),
+                                                                 opacus_epsilon(hist(h1), DELTA)), rel=1e-9)
+    # two versions: a borrower whose row changed may be on either side in each
+    worst = max(opacus_epsilon(hist(a, b), DELTA) for a in (t1, h1) for b in (t2, h2))
+    assert compute_epsilon([t1, h1, t2, h2], DELTA) == pytest.approx(worst, rel=1e-9)
+    assert worst < opacus_epsilon(hist(t1, h1, t2, h2), DELTA)  # still below all-sequential
+    # more versions than are enumerated: the per-order bound, between the exact worst case and sequential
+    many = [_sided("train", 1.5, 0.02, 50, "train", f"v{i}") for i in range(MAX_EXACT_VERSIONS + 1)]
+    many += [_sided("evaluation", 3.0, 1.0, 1, "holdout", f"v{i}") for i in range(MAX_EXACT_VERSIONS + 1)]
+    bound = compute_epsilon(many, DELTA)
+    trains = [e for e in many if e.kind == "train"]
+    assert opacus_epsilon(hist(*trains), DELTA) <= bound + 1e-9 <= opacus_epsilon(hist(*many), DELTA) + 1e-9
+
+
+def test_rdp_orders_are_opacus_defaults():
+    from opacus.accountants import RDPAccountant
+
+    from privacy.composition import RDP_ORDERS
+
+    assert RDP_ORDERS == tuple(RDPAccountant.DEFAULT_ALPHAS)
+
+
+# ------------------------------------------------------------------ state of earlier versions
+def _write_legacy(pdir, fp, events, delta=DELTA, institution="bank-a"):
+    """A per-table-version state file as versions before 0.2 wrote it (format /1)."""
+    from privacy.events import events_digest
+
+    pdir.mkdir(parents=True, exist_ok=True)
+    payload = {"format": "fedcredit-privacy-state/1", "fingerprint": fp, "schema_key": "consumer-credit-v1@1",
+               "institution_id": institution, "accountant": "rdp", "delta": delta, "max_epsilon": 3.0,
+               "policy_history": [{"time": "2024-01-01T00:00:00Z", "change": "created"}],
+               "events": [{k: v for k, v in e.to_dict().items() if k != "data"} for e in events],
+               "events_sha256": events_digest(events)}
+    (pdir / f"{fp}.json").write_text(json.dumps(payload))
+    return {"events": len(events), "events_sha256": payload["events_sha256"], "institution_id": institution,
+            "schema_key": "consumer-credit-v1@1"}
+
+
+def test_state_of_an_earlier_version_is_migrated_without_losing_spend(tmp_path):
+    split = "row-hash/v1 fraction=0.2 seed=0"
+    a = [PrivacyEvent("train", 1.1, 0.02, 200, rows="train", split=split, time="2024-01-02T00:00:00Z"),
+         PrivacyEvent("evaluation", 20.0, 1.0, 1, rows="holdout", split=split, time="2024-01-02T00:01:00Z")]
+    b = [PrivacyEvent("train", 1.3, 0.02, 150, rows="train", split=split, time="2024-02-01T00:00:00Z")]
+    pdir = tmp_path / "privacy"
+    index = {"ab" * 32: _write_legacy(pdir, "ab" * 32, a), "cd" * 32: _write_legacy(pdir, "cd" * 32, b, delta=1e-6)}
+    (pdir / "index.json").write_text(json.dumps({"format": "fedcredit-privacy-index/1", "fingerprints": index}))
+    # the two versions' events compose: worst case over the sides of each version, at the smaller δ
+    worst = max(opacus_epsilon([(1.1, 0.02, 200), (1.3, 0.02, 150)], 1e-6), opacus_epsilon([(20.0, 1.0, 1),
+                                                                                            (1.3, 0.02, 150)], 1e-6))
+    (read_only,) = read_state(tmp_path)  # read-only: migrated in memory, nothing written
+    assert read_only["epsilon_spent"] == pytest.approx(worst, rel=1e-9)
+    assert not (pdir / "ledger.json").exists()
+    with open_ledger(tmp_path, delta=None, max_epsilon=5.0) as ledger:
+        assert ledger.delta == 1e-6 and ledger.spent() == pytest.approx(worst, rel=1e-9)
+        assert [e.data for e in ledger.events] == ["ab" * 32, "ab" * 32, "cd" * 32]
+        assert ledger.policy_history[-2]["change"] == "migrated"
+    assert sorted(p.name for p in pdir.glob("*.migrated")) == [f"{'ab' * 32}.json.migrated",
+                                                               f"{'cd' * 32}.json.migrated"]
+    (after,) = read_state(tmp_path)
+    assert after["epsilon_spent"] == pytest.approx(worst, rel=1e-9)
+    (pdir / "ledger.json").unlink()  # the migrated ledger deleted: never a silent restart from the old files
+    with pytest.raises(PrivacyStateError, match="ledger was deleted"):
+        open_ledger(tmp_path, delta=None)
+
+
+def test_a_deleted_legacy_file_the_index_knows_is_an_error(tmp_path):
+    pdir = tmp_path / "privacy"
+    index = {"ab" * 32: _write_legacy(pdir, "ab" * 32, some_events())}
+    (pdir / "index.json").write_text(json.dumps({"format": "fedcredit-privacy-index/1", "fingerprints": index}))
+    (pdir / f"{'ab' * 32}.json").unlink()
+    with pytest.raises(PrivacyStateError, match="state file was deleted"):
+        open_ledger(tmp_path)
+
+
+# ------------------------------------------------------------------ a fresh start, on the record
+def test_a_fresh_start_is_explicit_recorded_and_refuses_the_old_table(tmp_path):
+    with open_ledger(tmp_path, max_epsilon=2.0) as ledger:
+        spent = ledger.record(some_events())
+        with pytest.raises(UserError, match="reason"):
+            ledger.new_population("  ")
+        assert ledger.new_population("portfolio sold; new business line") == pytest.approx(spent)
+        assert ledger.spent() == 0.0 and len(ledger.all_events) == 4
+    with pytest.raises(PrivacyPolicyConflict, match="fresh start"):  # the old population's table
+        open_ledger(tmp_path, max_epsilon=2.0)
+    with open_ledger(tmp_path, fingerprint="ef56" * 16, max_epsilon=2.0) as ledger:  # a new population's table
+        assert ledger.spent() == 0.0
+    (status,) = read_state(tmp_path)
+    (earlier,) = status["earlier_populations"]
+    assert earlier["epsilon_spent"] == pytest.approx(spent) and earlier["events"] == 4
+    assert status["epsilon_spent"] == 0.0
+    assert status["policy_history"][-1]["change"] == "new-population"
+
+
+def test_a_ledger_without_delta_takes_one_before_its_first_release(tmp_path):
+    with open_ledger(tmp_path, delta=None) as ledger:
+        assert ledger.delta is None
+        ledger.adopt_delta(1e-6)
+        ledger.record(some_events()[:1])
+    with open_ledger(tmp_path, delta=None) as ledger:  # kept
+        assert ledger.delta == 1e-6
 
 
 def test_unwritable_state_dir_fails_before_anything_is_released(tmp_path, monkeypatch):
@@ -188,17 +328,17 @@ def test_unwritable_state_dir_fails_before_anything_is_released(tmp_path, monkey
     # the disk fails while recording: the event is not kept, the file is unchanged
     with open_ledger(tmp_path / "s") as ledger:
         ledger.record(some_events()[:1])
-        before = (tmp_path / "s" / "privacy" / f"{FP}.json").read_bytes()
-        import privacy.accountant as acc
+        before = (tmp_path / "s" / "privacy" / "ledger.json").read_bytes()
+        import privacy.state_files as files
 
         def failing_write(path, payload):
             raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr(acc, "atomic_write_json", failing_write)
+        monkeypatch.setattr(files, "atomic_write_json", failing_write)
         with pytest.raises(PrivacyStateError, match="No space left"):
             ledger.record([PrivacyEvent("train", 2.0, 0.01, 10)])
         assert len(ledger.events) == 1
-    assert (tmp_path / "s" / "privacy" / f"{FP}.json").read_bytes() == before
+    assert (tmp_path / "s" / "privacy" / "ledger.json").read_bytes() == before
 
 
 def test_concurrent_open_from_another_process_is_refused(tmp_path):

@@ -153,3 +153,43 @@ def test_train_local_with_dpsgd_and_fedprox_learns_and_reports_the_event():
         ("train", 0.7, 0.05, 60, "run-7", 3)
     with pytest.raises(ValueError):
         DPSGDGradients(0.0, 1.0, 0.1).events(10)
+
+
+@pytest.mark.parametrize("engine", ["vectorised", "opacus"])
+@pytest.mark.parametrize("poison", ["nan-input", "inf-input", "overflowing-weights"])
+def test_a_row_that_turns_non_finite_contributes_nothing_and_the_step_stays_finite(engine, poison):
+    """A hostile coordinator's encoder or weights can make one row's forward pass NaN or infinite.
+    That row gets clip factor 0 — the zero vector — whichever row it is: the step equals the step
+    without that row (σ = 0, the same expected batch size), and is finite."""
+    x, y = batch(n=64, d=12)
+    base = build_model(ModelSpec("mlp", 12, (8,)), seed=1)
+    target = 5
+    poisoned = x.clone()
+    if poison == "nan-input":
+        poisoned[target, 3] = float("nan")
+    elif poison == "inf-input":
+        poisoned[target, 3] = float("inf")
+    else:  # finite weights, but the target's pattern overflows float32
+        poisoned[target, 0] = 3e38
+    out = {}
+    for name, data in (("poisoned", poisoned), ("without", torch.cat([x[:target], x[target + 1:]]))):
+        model = copy.deepcopy(base)
+        rule = DPSGDGradients(0.0, 1.0, 1.0, engine=engine, expected_batch_size=64.0)
+        labels = y if name == "poisoned" else torch.cat([y[:target], y[target + 1:]])
+        with torch.no_grad():
+            if poison == "overflowing-weights":
+                model.layers[0].weight.mul_(1e4)
+        rule.compute(model, data, labels)
+        out[name] = grads(model)
+        rule.close()
+    for a, b in zip(out["poisoned"], out["without"]):
+        assert torch.isfinite(a).all()
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), (a - b).abs().max()
+
+
+def test_fixed_steps_and_expected_batch_size_come_from_the_released_count():
+    """A node draws the accounted number of Poisson samples (from its noisy count n̂), whatever the
+    training loop asks, and divides by q·n̂, not by q·n."""
+    rule = DPSGDGradients(1.0, 1.0, 0.1, seed=0, steps=7, expected_batch_size=12.5)
+    assert len(list(rule.batches(100, 3, np.random.default_rng(0)))) == 7
+    assert rule.expected_batch_size == 12.5

@@ -140,3 +140,56 @@ def test_evaluation_release_with_fairness_groups_widens_the_noise():
     # sensitivity sqrt(3 + 4·2): one record moves one score cell, two sums and four counts per attribute
     assert np.std(resid) == pytest.approx(2.0 * math.sqrt(11), rel=0.05)
     assert "fairness counts of 2" in event.detail
+
+
+def test_evaluation_noise_is_lowered_only_as_far_as_the_lifetime_epsilon_allows():
+    """Evaluations read the holdout only: the plan lowers their σ until the holdout side reaches
+    what the training side spends — the lifetime ε stays where the training plan puts it."""
+    from privacy.dp_release import count_events
+    from privacy.planning import plan_run_noise
+
+    side = {"split": "s", "data": "d"}
+    run = count_events(**side) + [PrivacyEvent("statistics", STATISTICS_NOISE_MULTIPLIER, 1.0, 1, rows="train", **side)]
+    plan = plan_run_noise(prior_events=[], run_events=run, evaluations=11, max_epsilon=3.0, delta=DELTA,
+                          sample_rate=0.016, steps_per_round=63, rounds=10, **side)
+    sigma_e = plan.evaluation_noise_multiplier
+    assert sigma_e < EVALUATION_NOISE_MULTIPLIER / 2
+
+    def lifetime(s):
+        evals = [PrivacyEvent("evaluation", s, 1.0, 11, rows="holdout", **side)]
+        train = [PrivacyEvent("train", plan.noise_multiplier, 0.016, 630, rows="train", **side)]
+        return compute_epsilon(run + evals + train, DELTA)
+
+    assert lifetime(sigma_e) <= plan.epsilon_after_round[-1] + 1e-12
+    assert lifetime(0.97 * sigma_e) > plan.epsilon_after_round[-1]  # the smallest such σ (to the tolerance)
+
+
+def test_evaluation_bins_follow_the_released_holdout_size():
+    from privacy.dp_release import EVALUATION_BIN_CHOICES, evaluation_bins
+
+    assert evaluation_bins(3200, EVALUATION_NOISE_MULTIPLIER, 2) == 20
+    assert evaluation_bins(600, 5.5, 2) == 10
+    assert evaluation_bins(300, EVALUATION_NOISE_MULTIPLIER, 2) == min(EVALUATION_BIN_CHOICES) == 5
+    # the server pools any mix: each length divides the next, and the exact one
+    from models.metrics import SCORE_BINS
+
+    for fine, coarse in zip((SCORE_BINS, *EVALUATION_BIN_CHOICES), EVALUATION_BIN_CHOICES):
+        assert fine % coarse == 0
+
+
+def test_the_exhausted_budget_message_states_what_was_spent_and_what_the_run_would_add():
+    """(issue 15) The refusal at the statistics query said 'ε 1.5510 of max 1.5 … already spent'
+    when 1.4954 was spent: the spent ε and the ε with this run's other releases are told apart."""
+    prior = [PrivacyEvent("train", 1.0, 0.05, 320)]
+    spent = compute_epsilon(prior, DELTA)
+    extra = [PrivacyEvent("statistics", STATISTICS_NOISE_MULTIPLIER, 1.0, 1)]
+    budget = round(spent + 0.02, 3)
+    with_extra = compute_epsilon(prior + extra, DELTA)
+    assert with_extra >= budget - 0.01  # the statistics would leave less than the tolerance
+    with pytest.raises(BudgetExceeded) as info:
+        plan_noise(prior_events=prior, max_epsilon=budget, delta=DELTA, sample_rate=0.05, steps_per_round=20,
+                   rounds=2, extra_events=extra)
+    message = str(info.value)
+    assert f"ε {spent:.4f} of max {budget:g}" in message and "is spent" in message
+    assert f"would bring it to {with_extra:.4f}" in message and "already spent" not in message
+    assert info.value.spent == pytest.approx(spent)

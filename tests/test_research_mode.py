@@ -122,8 +122,10 @@ def small_consortium(pool, tmp_path_factory) -> Path:
 def test_below_the_minimum_the_advice_names_the_option_and_no_directory_is_left(small_consortium, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["simulate", "--data", str(small_consortium), "--out", str(out), "--rounds", "1"]) == 2
-    err = capsys.readouterr().err
-    assert "--min-rows 300" in err and "--min-positives 30" in err and "Traceback" not in err
+    err = " ".join(capsys.readouterr().err.split())
+    assert "3 institution tables are below the DP-training minimum of 500 rows and 50 defaults" in err
+    assert "bank-1 (300 rows, 30 defaults), bank-2 (320 rows, 40 defaults), bank-3 (340 rows, 45 defaults)" in err
+    assert "research mode: --min-rows 300 --min-positives 30 " in err and "Traceback" not in err
     assert not out.exists()
 
 

@@ -120,6 +120,16 @@ def test_flwr_run_uses_the_repository_as_the_flower_app(tmp_path, process_tag):
         assert metrics["status"] == "completed" and metrics["rounds_completed"] == 2
         assert len(metrics["institutions"]) == 3
         assert (run_dir / "model" / "weights.safetensors").is_file()
+        # the run can be followed from the Flower CLI: a fedcredit line per step (server/run_log.py), in the
+        # stream and in `flwr log`
+        listing = subprocess.run([flwr, "ls", "--format", "json"], cwd=REPO, env=flwr_run_env(home),
+                                 capture_output=True, text=True, timeout=120)
+        run_id = json.loads(listing.stdout)["runs"][0]["run-id"]
+        log = subprocess.run([flwr, "log", run_id, "--show"], cwd=REPO, env=flwr_run_env(home), capture_output=True,
+                             text=True, timeout=120)
+        for text in (proc.stdout + proc.stderr, log.stdout + log.stderr):
+            assert "statistics | 3 answered" in text and "round 1/2 | trained 3 of 3" in text, text[-3000:]
+            assert "round 2/2 | trained 3 of 3" in text and "completed | 2/2 rounds | final AUC" in text
     finally:
         # `flwr run` leaves a local SuperLink running in the background: stop the ones this test started.
         started = [pid for pid, args in processes(tag=process_tag).items() if pid not in before and str(home) in args]

@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clients.validation import (DataValidationError, InstitutionTable, Problem, _parse_numbers,
-                                load_institution_table, validate_frame)
+from clients.cell_values import parse_numbers
+from clients.validation import (DataValidationError, InstitutionTable, Problem, load_institution_table,
+                                validate_frame)
 from configs.errors import UserError
 from configs.mapping import load_mapping
 
@@ -496,7 +497,7 @@ def test_row_numbers_stay_right_after_skipped_lines(tmp_path, schema, uci_mappin
 @settings(max_examples=60, deadline=None)
 @given(st.floats(allow_nan=False, allow_infinity=False, width=64), st.sampled_from(["", " ", "  ", "\t"]))
 def test_any_float_written_plainly_parses_exactly(x, pad):
-    values, missing, bad, _ = _parse_numbers(pd.Series([pad + repr(x) + pad, "", "12"], dtype=object))
+    values, missing, bad, _ = parse_numbers(pd.Series([pad + repr(x) + pad, "", "12"], dtype=object))
     assert values[0] == x and not bad.any()
     assert missing.tolist() == [False, True, False]
 
@@ -506,7 +507,7 @@ def test_any_float_written_plainly_parses_exactly(x, pad):
 def test_parse_numbers_agrees_with_a_strict_reading(s):
     import re
 
-    values, missing, bad, _ = _parse_numbers(pd.Series([s], dtype=object))
+    values, missing, bad, _ = parse_numbers(pd.Series([s], dtype=object))
     t = s.strip()
     if not t:
         assert missing[0] and not bad[0]

@@ -1,0 +1,448 @@
+"""The node against a hostile coordinator (issue 12): its replies may depend on one borrower only
+through an accounted mechanism — never through a NaN, an exception, a refusal reason, a key or
+a shape.
+
+Each attack is run as the coordinator would run it: real Flower ``Message`` objects into the
+ClientApp's handlers (``clients/client_app.py``), a deployment-style node config, a real table
+and a real privacy state. The reply to the crafted message is compared between a node whose
+table holds the target borrower and one whose table does not: the same keys, shapes,
+finiteness and refusal reason. The accounting attacks check that noise is fresh for every
+release and that the spend survives a re-exported table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from flwr.app import ConfigRecord, Context, RecordDict
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from clients import client_app as CA
+from clients import node as N
+from clients.dataset import holdout_mask
+from configs.schema import apply_transform, load_schema
+from fedcredit import protocol as P
+from models.encoder import fit_encoder_from_tables
+from models.network import ModelSpec, build_model, get_weights
+from privacy.accountant import read_state
+from tests.test_faults import _message
+
+BUDGET = 2.0
+KNOWN_REFUSALS = {"", P.REFUSED_REQUEST, P.REFUSED_BUDGET, P.REFUSED_POLICY, P.REFUSED_DATA, P.REFUSED_STATE,
+                  P.REFUSED_ERROR}
+
+
+# ---------------------------------------------------------------------------------------- set-up
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory):
+    """A bank's table with the target borrowers, the same table without each, re-keyed and with one
+    row dropped; the target in the training rows and the one in the holdout."""
+    from simulation.archetypes import load_archetypes
+    from simulation.synthetic import generate_institution, institution_rng, write_csv
+
+    schema = load_schema()
+    a = next(x for x in load_archetypes() if x.id == "regional-bank")
+    table, _ = generate_institution(a, 700, institution_rng(21, 0), schema)
+    mask = holdout_mask(table, schema)
+    train_target, holdout_target = int(np.flatnonzero(~mask)[0]), int(np.flatnonzero(mask)[0])
+    d = tmp_path_factory.mktemp("tables")
+    paths = {"full": d / "full.csv", "no-train-target": d / "no_train_target.csv",
+             "no-holdout-target": d / "no_holdout_target.csv", "rekeyed": d / "rekeyed.csv",
+             "dropped": d / "dropped.csv"}
+    write_csv(table, paths["full"])
+    write_csv(table.drop(index=train_target), paths["no-train-target"])
+    write_csv(table.drop(index=holdout_target), paths["no-holdout-target"])
+    rekeyed = table.copy()
+    rekeyed[schema.id_column] = [f"X{i:07d}" for i in range(len(table))][::-1]
+    write_csv(rekeyed, paths["rekeyed"])
+    write_csv(table.drop(index=len(table) - 1), paths["dropped"])
+    return {"schema": schema, "table": table, "paths": paths, "train_target": table.iloc[train_target],
+            "holdout_target": table.iloc[holdout_target]}
+
+
+def context(path, state, **node_config) -> Context:
+    cfg = {"data-path": str(path), "state-dir": str(state), "institution-id": "bank", "max-epsilon": BUDGET,
+           **node_config}
+    return Context(run_id=1, node_id=5, node_config=cfg, state=RecordDict(), run_config={})
+
+
+def honest_round(schema, table, hidden=(16,), rnd: int = 1, **extra):
+    """What an honest coordinator sends: an encoder fitted on the table (stand-in for the federated
+    statistics), a model spec, global weights and the round config."""
+    enc = fit_encoder_from_tables(schema, [table])
+    spec = ModelSpec("mlp", enc.n_outputs, tuple(hidden))
+    cfg = {"run-id": "run-1", "server-round": rnd, "num-server-rounds": 3, "local-epochs": 1, "batch-size": 64,
+           "learning-rate": 0.01, "optimizer": "adam", "proximal-mu": 0.0, "dp": True, "target-epsilon": 0.0,
+           "clipping-norm": 1.0, "evaluate-every": 1, "seed": 0, "encoder": enc.to_json(),
+           "model-spec": json.dumps(spec.to_dict()), "cutoff-pd": 0.2, **extra}
+    return cfg, get_weights(build_model(spec)), enc
+
+
+def with_encoder(cfg: dict, encoder_json: str, hidden=(16,)) -> tuple[dict, dict]:
+    """``cfg`` with another encoder, and a model spec and weights of its width."""
+    width = sum(f["width"] for f in json.loads(encoder_json)["features"])
+    spec = ModelSpec("mlp", width, tuple(hidden))
+    return {**cfg, "encoder": encoder_json, "model-spec": json.dumps(spec.to_dict())}, get_weights(build_model(spec))
+
+
+def send(handler, message_type: str, cfg: dict, weights: dict, ctx: Context):
+    content = RecordDict({P.ARRAYS: P.to_array_record(weights), P.CONFIG: ConfigRecord(cfg)})
+    return handler(_message(content, message_type), ctx)
+
+
+def signature(reply) -> dict:
+    """What a reply shows besides the noised numbers: keys, shapes, finiteness, refusal reason."""
+    assert not reply.has_error(), reply.error
+    arrays = {rk: {k: v.shape for k, v in P.from_array_record(rec).items()}
+              for rk, rec in reply.content.array_records.items()}
+    values = [v for rec in reply.content.array_records.values() for v in P.from_array_record(rec).values()]
+    metrics = dict(reply.content[P.METRICS]) if P.METRICS in reply.content.metric_records else {}
+    info = P.node_info(reply)
+    return {"arrays": arrays, "metric-keys": sorted(metrics), "node-keys": sorted(info),
+            "refused": info.get("refused", ""), "detail": info.get("detail", ""),
+            "finite": all(np.all(np.isfinite(v)) for v in values) and all(math.isfinite(v) for v in metrics.values())}
+
+
+def assert_same_reply_shape(with_target, without_target) -> None:
+    a, b = signature(with_target), signature(without_target)
+    assert a["finite"] and b["finite"], (a, b)
+    assert a == b, (a, b)
+
+
+def target_value(tables, who: str, feature: str) -> float:
+    f = tables["schema"].feature(feature)
+    return float(apply_transform(f.transform, np.clip(float(tables[who][feature]), *f.range)))
+
+
+# ---------------------------------------------------------------------------------------- 1. encoder
+def zero_width_knot_at(encoder_json: str, feature: str, value: float, gap: float = 0.0) -> str:
+    d = json.loads(encoder_json)
+    f = next(x for x in d["features"] if x["name"] == feature)
+    knots = sorted([k for k in f["knots"] if abs(k - value) > 1e-3] + [value, value + gap])
+    f["knots"], f["width"] = knots, len(knots) - 1
+    start = 0
+    for x in d["features"]:
+        x["start"] = start
+        start += x["width"]
+    return json.dumps(d)
+
+
+def test_an_encoder_with_a_zero_width_knot_at_a_borrowers_value_is_refused_alike(tables, tmp_path):
+    """The issue's attack: a zero-width interval exactly at the target's transformed value made
+    only that row encode to NaN, and the reply NaN exactly when the target was sampled."""
+    cfg, _, _ = honest_round(tables["schema"], tables["table"])
+    cfg, w = with_encoder(cfg, zero_width_knot_at(cfg["encoder"], "credit_limit",
+                                                  target_value(tables, "train_target", "credit_limit")))
+    replies = [send(CA.train, "train", cfg, w, context(tables["paths"][k], tmp_path / k))
+               for k in ("full", "no-train-target")]
+    assert_same_reply_shape(*replies)
+    s = signature(replies[0])
+    assert s["refused"] == P.REFUSED_REQUEST and "credit_limit" in s["detail"] and not s["arrays"]
+    assert not (tmp_path / "full" / "privacy").exists(), "refused before any data was read or spent"
+
+
+def test_an_encoder_with_the_narrowest_allowed_gap_at_a_borrower_gives_finite_alike_replies(tables, tmp_path):
+    """Just inside the rule (gap = 1e-9 of the range): trained, and the replies look alike."""
+    from clients.request_checks import MIN_KNOT_GAP
+
+    f = tables["schema"].feature("credit_limit")
+    t_range = float(np.diff(apply_transform(f.transform, np.asarray(f.range, dtype=float)))[0])
+    cfg, _, _ = honest_round(tables["schema"], tables["table"])
+    cfg, w = with_encoder(cfg, zero_width_knot_at(cfg["encoder"], "credit_limit",
+                                                  target_value(tables, "train_target", "credit_limit"),
+                                                  gap=1.01 * MIN_KNOT_GAP * max(1.0, t_range)))
+    replies = [send(CA.train, "train", cfg, w, context(tables["paths"][k], tmp_path / k))
+               for k in ("full", "no-train-target")]
+    assert_same_reply_shape(*replies)
+    assert signature(replies[0])["refused"] == "" and signature(replies[0])["arrays"], signature(replies[0])["detail"]
+
+
+# ---------------------------------------------------------------------------------------- 2. weights
+def overflow_weights(encoder, target_row: pd.Series, layers: int = 8, width: int = 32, scale: float = 1e4):
+    """Weights within the node's bound (±1e4) that make the target's forward pass overflow: every
+    first-layer unit detects the target's encoded pattern, and every later layer multiplies."""
+    x_t = encoder.transform(target_row.to_frame().T)[0].astype(np.float64)
+    spec = ModelSpec("mlp", encoder.n_outputs, (width,) * layers)
+    w = {k: np.zeros_like(v) for k, v in get_weights(build_model(spec)).items()}
+    direction = 2 * x_t - 1  # x·direction is largest at the target's pattern (each differing one-hot costs 1)
+    margin = 0.25
+    first = scale / (abs(direction @ x_t) + 1)  # keeps the bias within the bound too
+    w["layers.0.weight"][:] = (first * direction).astype(np.float32)
+    w["layers.0.bias"][:] = np.float32(-first * (direction @ x_t - margin))
+    for i in range(1, layers + 1):
+        w[f"layers.{2 * i}.weight"][:] = np.float32(scale)
+    last = f"layers.{2 * layers}.weight"
+    w[last][0, ::2] = np.float32(-scale)  # +inf − inf in the logit: a NaN, not just an overflow
+    return spec, w
+
+
+def test_weights_that_overflow_on_one_borrowers_pattern_give_finite_alike_replies(tables, tmp_path):
+    import torch
+
+    schema, table = tables["schema"], tables["table"]
+    cfg, _, enc = honest_round(schema, table)
+    spec, w = overflow_weights(enc, tables["train_target"])
+    cfg["model-spec"] = json.dumps(spec.to_dict())
+    # the crafted weights do what the attack wants: the target's logit is not finite, the others are
+    model = build_model(spec)
+    from models.network import set_weights
+
+    set_weights(model, w)
+    with torch.no_grad():
+        x_t = torch.as_tensor(enc.transform(tables["train_target"].to_frame().T))
+        x_o = torch.as_tensor(enc.transform(table.iloc[[1, 2, 3]]))
+        assert not torch.isfinite(model(x_t)).all() and torch.isfinite(model(x_o)).all()
+    replies = [send(CA.train, "train", cfg, w, context(tables["paths"][k], tmp_path / k))
+               for k in ("full", "no-train-target")]
+    assert_same_reply_shape(*replies)
+    s = signature(replies[0])
+    assert s["refused"] == "" and s["arrays"], s["detail"]
+    assert read_state(tmp_path / "full")[0]["epsilon_spent"] <= BUDGET
+
+
+def test_weights_out_of_bounds_or_of_the_wrong_kind_are_refused_alike(tables, tmp_path):
+    cfg, w, _ = honest_round(tables["schema"], tables["table"])
+    for name, crafted in [("huge", {**w, "layers.0.weight": np.full_like(w["layers.0.weight"], 3e38)}),
+                          ("nan", {**w, "layers.0.bias": np.full_like(w["layers.0.bias"], np.nan)}),
+                          ("float64", {**w, "layers.0.bias": w["layers.0.bias"].astype(np.float64)}),
+                          ("shape", {**w, "layers.0.bias": w["layers.0.bias"][:-1]})]:
+        replies = [send(CA.train, "train", cfg, crafted, context(tables["paths"][k], tmp_path / name / k))
+                   for k in ("full", "no-train-target")]
+        assert_same_reply_shape(*replies)
+        assert signature(replies[0])["refused"] == P.REFUSED_REQUEST, name
+
+
+# ---------------------------------------------------------------------------------------- 3. evaluation
+def test_an_evaluation_with_the_target_in_the_holdout_never_raises_and_looks_alike(tables, tmp_path):
+    """The issue's attack: a target whose PD was NaN made the handler raise (negative bincount
+    index) — the exception itself was the membership oracle."""
+    schema, table = tables["schema"], tables["table"]
+    cfg, _, enc = honest_round(schema, table)
+    spec, w = overflow_weights(enc, tables["holdout_target"])
+    cfg["model-spec"] = json.dumps(spec.to_dict())
+    replies = [send(CA.evaluate, "evaluate", cfg, w, context(tables["paths"][k], tmp_path / k))
+               for k in ("full", "no-holdout-target")]
+    assert_same_reply_shape(*replies)
+    s = signature(replies[0])
+    assert s["refused"] == "" and set(s["arrays"][P.EVAL]) >= {"hist-neg", "hist-pos", "sums"}
+    assert P.node_info(replies[0])["release"] == "noised"
+
+
+def test_a_small_holdout_gets_coarse_bins_and_planned_evaluation_noise(tables, tmp_path):
+    """A ~140-row holdout: the node plans the evaluation noise below the default and chooses the
+    coarsest histogram, from its released (noisy) holdout count."""
+    from privacy.dp_release import EVALUATION_BIN_CHOICES, EVALUATION_NOISE_MULTIPLIER
+
+    cfg, w, _ = honest_round(tables["schema"], tables["table"])
+    ctx = context(tables["paths"]["full"], tmp_path / "s")
+    send(CA.train, "train", cfg, w, ctx)  # plans the run (its evaluations' σ included)
+    reply = send(CA.evaluate, "evaluate", cfg, w, ctx)
+    metrics = dict(reply.content[P.METRICS])
+    assert metrics["noise-multiplier"] < EVALUATION_NOISE_MULTIPLIER
+    assert len(P.from_array_record(reply.content[P.EVAL])["hist-neg"]) == min(EVALUATION_BIN_CHOICES)
+    holdout = int(holdout_mask(tables["table"], tables["schema"]).sum())
+    assert abs(metrics["num-examples"] - holdout) < 120  # the released, noisy count: within 6 σ of its noise
+
+
+# ---------------------------------------------------------------------------------------- 4. fresh noise
+def simulation_context(data_dir, state_root, **run_config) -> Context:
+    return Context(run_id=7, node_id=1, node_config={"partition-id": 0, "num-partitions": 1},
+                   state=RecordDict(), run_config={"data-dir": str(data_dir), "state-root": str(state_root),
+                                                   "sim-max-epsilon": 8.0, **run_config})
+
+
+def test_two_runs_with_one_seed_cannot_be_combined_to_cancel_the_noise(tables, tmp_path):
+    """The issue's attack: two runs with the same --seed on one state root drew the same noise and
+    the same Poisson sample; with two σ the updates combine to the exact sum of clipped gradients,
+    ĝ = (σ₂u₁ − σ₁u₂)/(σ₂ − σ₁). With fresh noise ĝ keeps noise of std √2·σ₁σ₂·C/(n̂·|σ₂ − σ₁|).
+    The same seed on a fresh state root repeats the run exactly (reproducible research)."""
+    import torch
+
+    from privacy.dpsgd import DPSGDGradients
+
+    data = tmp_path / "data"
+    data.mkdir()
+    pd.read_csv(tables["paths"]["full"]).to_csv(data / "bank.csv", index=False)
+    cfg, _, enc = honest_round(tables["schema"], tables["table"])
+    spec = ModelSpec("scorecard", enc.n_outputs, ())
+    w0 = get_weights(build_model(spec))
+    # one full-batch step of plain SGD (q = 1): the update is exactly (S + σ·C·z) / n̂
+    cfg.update({"model-spec": json.dumps(spec.to_dict()), "optimizer": "sgd", "learning-rate": 1.0,
+                "batch-size": 1_000_000, "num-server-rounds": 1})
+
+    def release(state_root, run_id: str, **extra):
+        reply = send(CA.train, "train", {**cfg, "run-id": run_id, **extra}, w0, simulation_context(data, state_root))
+        assert signature(reply)["refused"] == "", signature(reply)
+        w1 = P.from_array_record(reply.content[P.ARRAYS])
+        u = np.concatenate([(w0[k] - w1[k]).ravel() for k in sorted(w0)]).astype(np.float64)
+        return u, float(reply.content[P.METRICS]["noise-multiplier"]), float(reply.content[P.METRICS]["num-examples"])
+
+    (u1, s1, n1) = release(tmp_path / "root", "run-a", **{"target-epsilon": 1.0})
+    (u2, s2, n2) = release(tmp_path / "root", "run-b", **{"target-epsilon": 0.4})
+    assert n1 == n2 and s2 > s1  # one released count for the table version; a second σ
+    g_hat = (s2 * u1 - s1 * u2) / (s2 - s1)
+    # the exact, noiseless mean of clipped gradients the attacker is after
+    policy = N.policy_from_context({"partition-id": 0, "num-partitions": 1}, {"data-dir": str(data)})
+    x, y, _, _ = N.load_node_data(policy).matrices(enc)
+    model = build_model(spec)
+    exact_rule = DPSGDGradients(0.0, 1.0, 1.0, expected_batch_size=n1)
+    exact_rule.compute(model, torch.as_tensor(x), torch.as_tensor(y))
+    exact = np.concatenate([dict(model.named_parameters())[k].grad.numpy().ravel() for k in sorted(w0)])
+    residual = np.sqrt(np.mean((g_hat - exact) ** 2))
+    noise_left = math.sqrt(2) * s1 * s2 / (n1 * abs(s2 - s1))
+    assert residual > 0.5 * noise_left, (residual, noise_left)  # same noise would leave ~1e-7
+    # reproducible: the same seed on a fresh state root gives the same release, whatever the run id
+    u3, s3, _ = release(tmp_path / "fresh", "run-z", **{"target-epsilon": 1.0})  # another run id, as simulate gives
+    assert s3 == s1 and np.array_equal(u3, u1)
+
+
+def test_deployment_noise_comes_from_the_operating_system(tables, tmp_path):
+    cfg, w, _ = honest_round(tables["schema"], tables["table"])
+    ctx = context(tables["paths"]["full"], tmp_path / "a")
+    one = P.from_array_record(send(CA.train, "train", cfg, w, ctx).content[P.ARRAYS])
+    two = P.from_array_record(send(CA.train, "train", {**cfg, "server-round": 2}, w, ctx).content[P.ARRAYS])
+    fresh = P.from_array_record(send(CA.train, "train", cfg, w, context(tables["paths"]["full"], tmp_path / "b"))
+                                .content[P.ARRAYS])
+    assert not np.allclose(one["layers.0.weight"], two["layers.0.weight"])
+    assert not np.allclose(one["layers.0.weight"], fresh["layers.0.weight"])  # not even on a fresh state
+
+
+# ---------------------------------------------------------------------------------------- 5. budget
+@pytest.mark.parametrize("variant", ["rekeyed", "dropped"])
+def test_a_rekeyed_or_shortened_table_keeps_the_spend_and_the_sides(variant, tables, tmp_path):
+    """The borrowers are the same people: a re-export must not restart their protection, nor move
+    anyone between training rows and holdout."""
+    schema, table = tables["schema"], tables["table"]
+    state = tmp_path / "state"
+    cfg, w, _ = honest_round(schema, table)
+    send(CA.train, "train", cfg, w, context(tables["paths"]["full"], state))
+    before = read_state(state)[0]
+    assert before["epsilon_spent"] > 0
+    reply = send(CA.train, "train", {**cfg, "run-id": "run-2"}, w, context(tables["paths"][variant], state))
+    after = read_state(state)[0]
+    assert after["epsilon_spent"] >= before["epsilon_spent"], "the spend carried over"
+    assert len(after["events"]) > len(before["events"])
+    assert signature(reply)["refused"] in ("", P.REFUSED_BUDGET)
+    other = pd.read_csv(tables["paths"][variant])
+    full_sides = holdout_mask(table, schema)
+    if variant == "rekeyed":  # the same rows: the same table version, the same sides
+        assert list(after["data_versions"]) == list(before["data_versions"])
+        assert np.array_equal(holdout_mask(other, schema), full_sides)
+    else:  # one row fewer: a new version, and every remaining borrower on the side it was on
+        assert len(after["data_versions"]) == 2
+        assert np.array_equal(holdout_mask(other, schema), full_sides[:-1])
+
+
+def test_the_budget_refusal_is_the_same_with_and_without_the_target(tables, tmp_path):
+    cfg, w, _ = honest_round(tables["schema"], tables["table"], **{"num-server-rounds": 1})
+    for k in ("full", "no-train-target"):
+        ctx = context(tables["paths"][k], tmp_path / k, **{"max-epsilon": 0.3})
+        send(CA.train, "train", cfg, w, ctx)
+    replies = [send(CA.train, "train", {**cfg, "server-round": 2}, w,
+                    context(tables["paths"][k], tmp_path / k, **{"max-epsilon": 0.3}))
+               for k in ("full", "no-train-target")]
+    a, b = (signature(r) for r in replies)
+    assert a["refused"] == b["refused"] == P.REFUSED_BUDGET
+    assert a["arrays"] == b["arrays"] == {} and a["metric-keys"] == b["metric-keys"]
+
+
+# ---------------------------------------------------------------------------------------- 6. fuzzing
+def _mutate_encoder(text: str, how: str, where: int) -> str:
+    d = json.loads(text)
+    numeric = [f for f in d["features"] if f["kind"] == "numeric"]
+    f = numeric[where % len(numeric)]
+    k = f["knots"]
+    i = where % len(k)
+    if how in ("nan", "inf", "-inf", "huge"):
+        k[i] = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf"), "huge": 1e308}[how]
+    elif how == "zero-width":
+        k[i] = k[i - 1] if i else k[1]
+    elif how == "reversed":
+        f["knots"] = k[::-1]
+    elif how == "wrong-width":
+        f["width"] += 1
+    elif how == "string-knot":
+        k[i] = "1.0"
+    elif how == "missing-feature":
+        d["features"].pop(where % len(d["features"]))
+    elif how == "extra-field":
+        f["scale"] = 3.0
+    elif how == "too-many-knots":
+        f["knots"] = list(np.linspace(k[0], k[-1], 5000))
+        f["width"] = 4999
+    elif how == "not-json":
+        return text[: len(text) // 2]
+    return json.dumps(d, allow_nan=True)
+
+
+def _mutate_weights(w: dict, how: str, where: int) -> dict:
+    out = {k: v.copy() for k, v in w.items()}
+    name = sorted(out)[where % len(out)]
+    a = out[name]
+    if how in ("nan", "inf", "-inf", "huge", "just-inside"):
+        a.flat[where % a.size] = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf, "huge": 3e38,
+                                  "just-inside": 1e4}[how]
+    elif how == "float64":
+        out[name] = a.astype(np.float64)
+    elif how == "int32":
+        out[name] = a.astype(np.int32)
+    elif how == "float16":
+        out[name] = a.astype(np.float16)
+    elif how == "shape":
+        out[name] = a.reshape(-1)[:-1] if a.size > 1 else np.zeros((2,), np.float32)
+    elif how == "missing":
+        out.pop(name)
+    elif how == "extra":
+        out["layers.99.weight"] = np.zeros((2, 2), np.float32)
+    return out
+
+
+INVALID_ENCODER_MUTATIONS = {"nan", "inf", "-inf", "zero-width", "reversed", "wrong-width", "string-knot",
+                             "missing-feature", "extra-field", "too-many-knots", "not-json"}
+ENCODER_MUTATIONS = sorted(INVALID_ENCODER_MUTATIONS) + ["huge", "none"]  # a huge last knot is valid
+INVALID_WEIGHT_MUTATIONS = {"nan", "inf", "-inf", "huge", "float64", "int32", "float16", "shape", "missing", "extra"}
+WEIGHT_MUTATIONS = sorted(INVALID_WEIGHT_MUTATIONS) + ["just-inside", "none"]
+CONFIG_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
+                          st.text(max_size=20))
+CONFIG_KEYS = ["server-round", "num-server-rounds", "local-epochs", "batch-size", "learning-rate", "clipping-norm",
+               "proximal-mu", "target-epsilon", "evaluate-every", "seed", "dp", "optimizer", "cutoff-pd", "run-id",
+               "ledger-head", "model-spec"]
+
+
+@pytest.fixture(scope="module")
+def fuzz_node(tables, tmp_path_factory):
+    cfg, w, _ = honest_round(tables["schema"], tables["table"], hidden=(8,))
+    ctx = context(tables["paths"]["full"], tmp_path_factory.mktemp("fuzz"), **{"max-epsilon": 1e3})
+    return cfg, w, ctx
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow])
+@given(handler=st.sampled_from(["train", "evaluate", "stats"]),
+       enc=st.one_of(st.just("none"), st.sampled_from(ENCODER_MUTATIONS)),
+       wts=st.one_of(st.just("none"), st.sampled_from(WEIGHT_MUTATIONS)), where=st.integers(0, 10_000),
+       config=st.dictionaries(st.sampled_from(CONFIG_KEYS), CONFIG_VALUES, max_size=2))
+def test_fuzzed_encoders_weights_and_configs_never_crash_the_node_nor_leak_a_non_finite_number(
+        fuzz_node, handler, enc, wts, where, config):
+    cfg, w, ctx = fuzz_node
+    crafted = dict(cfg, **{k: v for k, v in config.items() if v is not None})
+    if enc != "none":
+        crafted["encoder"] = _mutate_encoder(cfg["encoder"], enc, where)
+    weights = w if wts == "none" else _mutate_weights(w, wts, where)
+    fn = {"train": CA.train, "evaluate": CA.evaluate, "stats": CA.statistics}[handler]
+    try:
+        record = ConfigRecord(crafted)
+    except Exception:  # a value Flower itself cannot carry never reaches a node
+        return
+    message_type = P.STATS_MESSAGE if handler == "stats" else handler
+    reply = fn(_message(RecordDict({P.ARRAYS: P.to_array_record(weights), P.CONFIG: record}), message_type), ctx)
+    s = signature(reply)
+    assert s["finite"], s
+    assert s["refused"] in KNOWN_REFUSALS - {P.REFUSED_ERROR}, s
+    if handler != "stats" and (enc in INVALID_ENCODER_MUTATIONS or wts in INVALID_WEIGHT_MUTATIONS):
+        assert s["refused"] == P.REFUSED_REQUEST and not s["arrays"], (enc, wts, s)
