@@ -10,6 +10,9 @@ by maximum likelihood on the pooled class-conditional score histograms of the fi
 evaluation (bin centres as the scores, counts as weights) — post-processing of numbers the
 nodes already released, so it costs no privacy — and folds ``a`` and ``c`` into the last
 linear layer: ``W' = a·W``, ``b' = a·b + c``. Ranking (AUC, KS, Gini) is unchanged for a > 0.
+
+:func:`calibration_bands` measures calibration on the same histograms: mean PD against the
+observed default rate in bands of about equal population (the report's calibration section).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from models.metrics import LOGIT_LIMIT
+from models.metrics import LOGIT_LIMIT, score_bin_centres
 
 
 @dataclass(frozen=True)
@@ -97,4 +100,38 @@ def binned_calibration_summary(hist_neg: np.ndarray, hist_pos: np.ndarray, cal: 
             "brier": float(np.sum(pos * (1 - p) ** 2 + neg * p ** 2) / n),
             "log_loss": float(-np.sum(pos * np.log(pc) + neg * np.log1p(-pc)) / n),
         }
+    return out
+
+
+#: score bands of the report's calibration plot and table
+CALIBRATION_BANDS = 10
+
+
+def calibration_bands(hist_neg, hist_pos, bands: int = CALIBRATION_BANDS) -> list[dict]:
+    """Score bands of about equal population (by PD), each with n, PD range, mean PD and observed
+    default rate — how far the PD is from a probability, band by band.
+
+    Bins (in increasing PD) are assigned to band ``floor(bands · rows before the bin / total)``;
+    the PD of a bin is its centre (:func:`models.metrics.score_bin_centres`). Negative (noised)
+    counts count as 0. Bands that get no rows are left out; the others are numbered from 1.
+    """
+    neg = np.clip(np.asarray(hist_neg, dtype=float), 0, None)
+    pos = np.clip(np.asarray(hist_pos, dtype=float), 0, None)
+    n = neg + pos
+    total = n.sum()
+    if total <= 0:
+        return []
+    centres = score_bin_centres(len(n))
+    before = np.concatenate([[0.0], np.cumsum(n)[:-1]])
+    band = np.minimum((bands * before / total).astype(int), bands - 1)
+    out = []
+    for b in range(bands):
+        sel = (band == b) & (n > 0)
+        nb = n[sel].sum()
+        if nb <= 0:
+            continue
+        out.append({"band": len(out) + 1, "n": float(nb), "pd_low": float(centres[sel].min()),
+                    "pd_high": float(centres[sel].max()),
+                    "mean_pd": float((n[sel] * centres[sel]).sum() / nb),
+                    "observed": float(pos[sel].sum() / nb)})
     return out

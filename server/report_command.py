@@ -38,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
     from configs.errors import UserError
     from fedcredit.outcome import Outcome
     from fedcredit.path_checks import check_output_file
-    from server.model_card import ledger_verification, ledger_warning, load_metrics
+    from server.card_checks import ledger_verification
+    from server.card_warnings import ledger_warning
+    from server.model_card import load_metrics
     from server.report import write_report
 
     run_dir = Path(args.run_dir)

@@ -1,4 +1,8 @@
-"""Shared fixtures: the shipped schema and UCI mapping, the bad-input generator, the CLI runner."""
+"""Shared fixtures: the shipped schema and UCI mapping, the bad-input generator, the CLI runner,
+one torch thread, a process tag, a pooled synthetic consortium, a real Chromium. Helpers that
+are not fixtures live beside this file: tables.py (random and synthetic tables), processes.py, serving.py,
+inprocess_grid.py and inprocess_runs.py (in-process Flower runs), model_packages.py,
+deployment.py (a consortium on loopback)."""
 
 from __future__ import annotations
 
@@ -52,6 +56,40 @@ def run_fedcredit(*args, timeout: float = 120, cwd: Path | None = None) -> subpr
 def fedcredit_cli():
     """``fedcredit_cli(*args, timeout=..)`` → CompletedProcess of ``python -m fedcredit *args``."""
     return run_fedcredit
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (reproducible float sums; no oversubscription of a shared
+    machine); a module asks for it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def process_tag():
+    """A test's process tag (:func:`tests.processes.tagged`), set for the whole test: every process
+    the test starts carries it, so the test can find and stop exactly those."""
+    from tests.processes import tagged
+
+    with tagged() as tag:
+        yield tag
+
+
+@pytest.fixture(scope="session")
+def synthetic_pool():
+    """The rows of one synthetic consortium (scale 0.25, seed 4) in one table. Shared by the
+    session: do not change it in place."""
+    import pandas as pd
+
+    from simulation.synthetic import generate_consortium
+
+    m = generate_consortium(None, scale=0.25, seed=4)
+    return pd.concat([d.table for d in m["_data"]], ignore_index=True)
 
 
 SLOW_TEST_TIMEOUT_S = 900

@@ -4,7 +4,8 @@ Other work may run Flower and Ray on the same machine at the same time, so "new 
 began" is not enough to know what a test started. :func:`tagged` puts a unique tag into the
 environment for the duration of a test; every process the test starts — and everything those
 start (SuperExec, Ray's daemons and workers) — inherits it, and :func:`processes` with
-``tag=`` keeps only the processes whose environment carries it.
+``tag=`` keeps only the processes whose environment carries it. The ``process_tag`` fixture
+(tests/conftest.py) sets one for a whole test.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import signal
 import subprocess
 import time
 import uuid
-
-import pytest
 
 TAG_VARIABLE = "FEDCREDIT_TEST_TAG"
 
@@ -34,13 +33,6 @@ def tagged():
             os.environ.pop(TAG_VARIABLE, None)
         else:
             os.environ[TAG_VARIABLE] = old
-
-
-@pytest.fixture
-def process_tag():
-    """A test's process tag (see :func:`tagged`), set for the whole test."""
-    with tagged() as tag:
-        yield tag
 
 
 def _has_tag(pid: int, tag: str) -> bool:

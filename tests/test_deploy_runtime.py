@@ -28,7 +28,7 @@ import pytest
 
 from tests.conftest import REPO, run_fedcredit
 from tests.processes import kill_pids, new_processes, processes, tagged
-from tests.test_deploy import (BIN, MAX_EPSILON, consortium_files, flower_env, flwr, free_port, node_start_command, operator_cli, start,
+from tests.deployment import (BIN, MAX_EPSILON, consortium_files, flower_env, flwr, free_port, node_start_command, operator_cli, start,
                                superlink_command, wait_for_port)
 
 pytestmark = pytest.mark.slow

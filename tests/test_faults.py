@@ -28,49 +28,7 @@ from fedcredit import protocol as P
 from server.ledger import LEDGER_FILE, read_ledger, verify_ledger
 from tests.conftest import REPO, run_fedcredit
 from tests.inprocess_grid import InProcessGrid
-
-
-class ServerCrash(BaseException):
-    """Stands for the ServerApp process dying (not an Exception: nothing in the driver catches it)."""
-
-
-def _run_config(tmp_path: Path, tag: str, **overrides) -> dict:
-    return {"num-server-rounds": 3, "min-available-nodes": 3, "min-train-nodes": 2,
-            "run-dir": str(tmp_path / tag), "dp": False, "synthetic-scale": 0.3, "fraction-evaluate": 0.0,
-            "state-root": str(tmp_path / f"{tag}-state"), "round-timeout": 1.0, "seed": 3, **overrides}
-
-
-def _grid(rc: dict, n: int = 3, app=None, fail=None, grid_cls=InProcessGrid) -> InProcessGrid:
-    from clients.client_app import app as client_app
-
-    return grid_cls(app or client_app, {11 + k: {"partition-id": k, "num-partitions": n} for k in range(n)}, rc,
-                    fail=fail)
-
-
-def _execute(rc: dict, grid, *, crash_at: int | None = None, monkeypatch=None, resume_from=None, run_id: int = 7):
-    """Run (or resume) in process; with ``crash_at`` the 'process dies' in that round after the nodes
-    replied, before the checkpoint and the ledger's round entry. Returns (summary or None, run)."""
-    from server.consortium import ConsortiumRun
-
-    run = ConsortiumRun(grid, rc, run_id=run_id)
-    if crash_at is not None:
-        original = ConsortiumRun.checkpoint
-
-        def checkpoint(self, rnd):
-            if rnd == crash_at:
-                raise ServerCrash(f"server died in round {rnd}")
-            original(self, rnd)
-
-        monkeypatch.setattr(ConsortiumRun, "checkpoint", checkpoint)
-    try:
-        return run.execute(resume_from), run
-    except ServerCrash:
-        run.audit.close()  # a dead process holds no locks and no open files
-        run.recorder.close()
-        return None, run
-    finally:
-        if crash_at is not None:
-            monkeypatch.undo()
+from tests.inprocess_runs import _execute, _grid, _message, _run_config
 
 
 def _kinds(run_dir: Path) -> list[tuple[str, int | None]]:
@@ -340,31 +298,11 @@ def unwritable(directory: Path):
             directory.chmod(mode)
 
 
-def _message(content, message_type: str):
-    """A message as the SuperNode hands it to the ClientApp."""
-    from uuid import uuid4
-
-    from flwr.app import Message
-    from flwr.common.constant import SUPERLINK_NODE_ID
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 2, 1, SUPERLINK_NODE_ID
-    msg = Message(content, dst_node_id=5, message_type=message_type)
-    msg.metadata.__dict__["_message_id"] = str(uuid4())
-    return msg
-
-
 @pytest.fixture(scope="module")
 def bank_csv(tmp_path_factory):
-    from configs.schema import load_schema
-    from simulation.archetypes import load_archetypes
-    from simulation.synthetic import generate_institution, institution_rng, write_csv
+    from tests.tables import synthetic_bank_csv
 
-    a = next(x for x in load_archetypes() if x.id == "regional-bank")
-    table, _ = generate_institution(a, 1500, institution_rng(4, 0), load_schema())
-    path = tmp_path_factory.mktemp("bank") / "bank.csv"
-    write_csv(table, path)
-    return path
+    return synthetic_bank_csv(tmp_path_factory.mktemp("bank"), rows=1500, seed=4)
 
 
 @pytest.mark.parametrize("where", ["state-dir", "privacy-dir"])
@@ -640,7 +578,7 @@ def test_deployment_survives_a_killed_supernode_and_resumes_a_killed_server_app(
     the nodes' spend before the crash kept and the resumed rounds added."""
     from privacy.accountant import PrivacyEvent, compute_epsilon, read_state
     from server.checkpoints import list_checkpoints
-    from tests.test_deploy import (BIN, MAX_EPSILON, consortium_files, flower_env, flwr, free_port,
+    from tests.deployment import (BIN, MAX_EPSILON, consortium_files, flower_env, flwr, free_port,
                                    node_start_command, operator_cli, superlink_command, wait_for_port)
 
     started: list[subprocess.Popen] = []

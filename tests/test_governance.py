@@ -154,7 +154,8 @@ def test_card_flags_a_node_report_that_disagrees_with_its_state(tmp_path):
 
 
 def test_card_without_dp_baselines_or_ledger_says_so(tmp_path):
-    from server.model_card import build_model_card, render_markdown
+    from server.card_document import render_markdown
+    from server.model_card import build_model_card
 
     run_dir = make_run(tmp_path, dp=False, baselines=False, ledger=False)
     m = json.loads((run_dir / "metrics.json").read_text())
@@ -171,7 +172,8 @@ def test_card_without_dp_baselines_or_ledger_says_so(tmp_path):
 
 
 def test_card_states_what_the_server_checked_of_each_update(tmp_path):
-    from server.model_card import build_model_card, render_markdown
+    from server.card_document import render_markdown
+    from server.model_card import build_model_card
 
     run_dir = make_run(tmp_path)
     assert "no norm bound (max-update-norm = 0)" in render_markdown(build_model_card(run_dir))
@@ -294,9 +296,60 @@ def test_report_sections_without_data_say_so(tmp_path):
         _decode_png(src)
 
 
+def test_the_report_escapes_what_a_run_says(tmp_path):
+    """Institution names, reasons and details come from nodes and files: the report shows them as text."""
+    from server.report import write_report
+
+    run_dir = make_run(tmp_path, dp=False, baselines=False)
+    evil = '<script>alert("x")</script>'
+    m = json.loads((run_dir / "metrics.json").read_text().replace("regional-bank-1", evil.replace('"', '\\"')))
+    m["history"][0]["refused"] = {"<b>bank</b>": {"reason": "<img src=x onerror=alert(1)>"}}
+    m.update({"status": "stopped", "stop_reason": "<i>reason</i>", "stop_detail": "a & b"})
+    (run_dir / "metrics.json").write_text(json.dumps(m))
+    text = write_report(run_dir).read_text()
+    for raw in (evil, "<b>bank</b>", "<img src=x", "<i>reason</i>"):
+        assert raw not in text, raw
+    assert "&lt;script&gt;alert(" in text and "&lt;b&gt;bank&lt;/b&gt;" in text and "&lt;i&gt;reason&lt;/i&gt;" in text
+    assert _parse(run_dir / "report.html").external == []
+    assert evil in (run_dir / "model_card.md").read_text()  # Markdown holds the name as it is
+
+
+def test_the_card_is_one_document_rendered_as_markdown_and_in_the_report(tmp_path):
+    from markupsafe import escape
+
+    from server.card_document import REPORT_SECTIONS, card_document
+    from server.report import write_report
+    from server.templating import inline
+
+    run_dir = make_run(tmp_path)
+    html = write_report(run_dir).read_text()
+    md = (run_dir / "model_card.md").read_text()
+    doc = card_document(json.loads((run_dir / "model_card.json").read_text()))
+    assert [s.key for s in doc.report_sections()] == list(REPORT_SECTIONS)
+    for section in doc.sections:
+        assert f"## {section.title}\n" in md
+        for block in section.blocks:
+            texts = {"paragraph": lambda: [block.text], "heading": lambda: [block.text],
+                     "bullets": lambda: list(block.items), "preformatted": lambda: list(block.lines),
+                     "table": lambda: [c for row in block.rows for c in row]}[block.kind]()
+            for t in texts:
+                assert t.replace("|", "\\|") in md, t
+                if section.key in REPORT_SECTIONS:
+                    assert str(inline(t)) in html, t
+    assert "**Users:**" in md and "<strong>Users:</strong>" in html  # the marks, rendered twice
+    assert str(escape(doc.parts["privacy-table"].rows[0][-1])) in html
+
+
+def test_card_text_marks_become_tags_only_after_escaping():
+    from server.templating import inline
+
+    assert str(inline("a `x<y>` **b & c** <em>")) == "a <code>x&lt;y&gt;</code> <strong>b &amp; c</strong> &lt;em&gt;"
+    assert str(inline("`" + "f" * 64 + "`")) == f'<code class="hash">{"f" * 64}</code>'
+
+
 def test_calibration_bands_of_a_calibrated_model_lie_on_the_diagonal():
     from models.metrics import SCORE_BINS
-    from server.report import calibration_bands
+    from models.calibration import calibration_bands
 
     sums, p, y = _histograms(np.random.default_rng(3), 200_000, SCORE_BINS)
     bands = calibration_bands(sums.hist_neg, sums.hist_pos, 10)

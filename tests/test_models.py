@@ -27,32 +27,12 @@ from models.network import ModelSpec, build_model, get_weights, predict_pd
 from models.package import ModelPackage, load_package, save_package, sha256_file
 from models.scoring import ScoreScale, decisions
 from models.training import LocalTrainConfig, train_local
+from tests.tables import random_table
 
 
 @pytest.fixture(scope="module")
 def schema():
     return load_schema()
-
-
-def random_table(schema, n: int, seed: int) -> pd.DataFrame:
-    """A clean table with valid values for every schema column (not realistic, just valid)."""
-    rng = np.random.default_rng(seed)
-    cols = {}
-    if schema.id_column:
-        cols[schema.id_column] = [f"b{seed}-{i}" for i in range(n)]
-    for f in schema.features:
-        if f.kind == "categorical":
-            cols[f.name] = rng.choice(list(f.categories), size=n)
-        elif f.kind == "ordinal":
-            cols[f.name] = rng.integers(int(f.range[0]), int(f.range[1]) + 1, size=n).astype(float)
-        elif f.kind == "binary":
-            cols[f.name] = rng.integers(0, 2, size=n).astype(float)
-        else:
-            lo, hi = f.range
-            cols[f.name] = np.clip(rng.lognormal(8, 2, size=n) * rng.choice([1, 1, 1, -0.1], size=n)
-                                   if lo < 0 else rng.lognormal(np.log(max(lo, 1) + 30), 1, size=n), lo, hi)
-    cols[schema.label.name] = rng.integers(0, 2, size=n)
-    return pd.DataFrame(cols)
 
 
 def test_statistics_count_each_row_once_per_feature(schema):

@@ -19,7 +19,7 @@ from flwr.app import ConfigRecord, Context, RecordDict
 from clients import client_app as CA
 from fedcredit import protocol as P
 from tests.test_bad_inputs import CORPUS, ENTRIES
-from tests.test_faults import _message
+from tests.inprocess_runs import _message
 
 
 def _context(entry: dict, state) -> Context:

@@ -15,22 +15,15 @@ import pytest
 
 from clients import node as N
 from configs.errors import UserError
-from configs.schema import load_schema
 from models.encoder import fit_encoder_from_tables
 from models.network import ModelSpec, build_model, get_weights
 from privacy.accountant import compute_epsilon, read_state
+from tests.tables import synthetic_bank_csv
 
 
 @pytest.fixture(scope="module")
 def bank_file(tmp_path_factory):
-    from simulation.archetypes import load_archetypes
-    from simulation.synthetic import generate_institution, institution_rng, write_csv
-
-    a = next(x for x in load_archetypes() if x.id == "regional-bank")
-    table, _ = generate_institution(a, 2500, institution_rng(11, 0), load_schema())
-    path = tmp_path_factory.mktemp("bank") / "bank.csv"
-    write_csv(table, path)
-    return path
+    return synthetic_bank_csv(tmp_path_factory.mktemp("bank"), rows=2500, seed=11)
 
 
 def policy(bank_file, state_dir, **extra):

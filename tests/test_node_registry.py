@@ -14,8 +14,8 @@ import time
 import pytest
 
 from tests.conftest import run_fedcredit
-from tests.processes import new_processes, process_tag, processes, stop_started  # noqa: F401 (fixture)
-from tests.test_deploy import BIN, flower_env, free_port, start, superlink_command, wait_for_port
+from tests.processes import new_processes, processes, stop_started
+from tests.deployment import BIN, flower_env, free_port, start, superlink_command, wait_for_port
 
 
 def _fedcredit(capsys, *args) -> subprocess.CompletedProcess:

@@ -177,7 +177,7 @@ def test_check_tests_the_superlink_certificate_against_ca_crt(node_setup):
 
 
 def test_check_reports_a_superlink_that_does_not_answer(node_setup):
-    from tests.test_deploy import free_port
+    from tests.deployment import free_port
 
     base, _ = node_setup
     proc = _check(node_setup, f"127.0.0.1:{free_port()}", "--root-certificates", base / "certs" / "ca.crt")

@@ -19,7 +19,7 @@ from models.fairness import COUNT_COLUMNS, fairness_metrics, group_labels
 from models.metrics import EvaluationSums
 from privacy.dp_release import EVALUATION_NOISE_MULTIPLIER, release_evaluation
 from server.evaluation import pool_evaluations
-from server.model_card import card_warnings
+from server.card_warnings import card_warnings
 from server.replies import SortedReplies
 
 HOLDOUTS = {"bank-a": 300, "bank-b": 450, "lender-c": 600}

@@ -20,16 +20,16 @@ from simulation.partitioning import (
     partition_table,
     quantity_partition,
 )
-from simulation.synthetic import generate_consortium, write_csv
+from simulation.synthetic import write_csv
 
 SCHEMA = load_schema()
 LABEL = SCHEMA.label.name
 
 
 @pytest.fixture(scope="module")
-def table() -> pd.DataFrame:
-    m = generate_consortium(None, scale=0.25, seed=4)
-    return pd.concat([d.table for d in m["_data"]], ignore_index=True)
+def table(synthetic_pool) -> pd.DataFrame:
+    """The pooled synthetic consortium of tests/conftest.py (scale 0.25, seed 4)."""
+    return synthetic_pool
 
 
 CASES = [

@@ -24,6 +24,7 @@ from models.personalization import (PersonalizationConfigError, fine_tune, infor
                                     local_parameter_names, personal_settings)
 from models.training import LocalTrainConfig, initial_weights, train_local
 from privacy.accountant import compute_epsilon, read_state
+from tests.tables import synthetic_bank_csv
 
 HET = {"local-layers": "output-bias", "output-bias-learning-rate": 0.1, "aggregation-weight": "information",
        "personalize": "full", "personal-epochs": 1, "personal-proximal-mu": 0.1}
@@ -141,14 +142,7 @@ def test_local_parameters_are_the_output_bias_only():
 # ---------------------------------------------------------------------------- the node
 @pytest.fixture(scope="module")
 def lender_file(tmp_path_factory):
-    from simulation.archetypes import load_archetypes
-    from simulation.synthetic import generate_institution, institution_rng, write_csv
-
-    a = next(x for x in load_archetypes() if x.id == "regional-bank")
-    table, _ = generate_institution(a, 2000, institution_rng(5, 0), load_schema())
-    path = tmp_path_factory.mktemp("lender") / "lender.csv"
-    write_csv(table, path)
-    return path
+    return synthetic_bank_csv(tmp_path_factory.mktemp("lender"), rows=2000, seed=5, name="lender.csv")
 
 
 def _policy(path, state_dir, max_epsilon=2.0):

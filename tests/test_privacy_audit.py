@@ -20,7 +20,6 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from scipy.stats import binom
 
 from clients.dataset import holdout_mask
@@ -33,36 +32,19 @@ from privacy.audit import AuditSettings, audit_membership, fair_coin_canaries
 from privacy.audit_bounds import correct_guesses, epsilon_for, epsilon_lower_bound, guess_grid, p_value
 from privacy.dpsgd import DPSGDGradients
 from privacy.planning import plan_noise, sample_rate_for, steps_per_epoch
+from tests import tables
 
 OVERFIT = LocalTrainConfig(local_epochs=60, batch_size=32, learning_rate=3e-3)
 REFERENCE = LocalTrainConfig(local_epochs=20, batch_size=32, learning_rate=3e-3)
 DP_EPSILON = 1.0
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def random_table(schema, n: int, seed: int) -> pd.DataFrame:
     """Valid rows in schema format with labels independent of the features: only memorisation fits them."""
-    rng = np.random.default_rng(seed)
-    cols = {schema.id_column: [f"r{seed}-{i}" for i in range(n)]} if schema.id_column else {}
-    for f in schema.features:
-        if f.kind == "categorical":
-            cols[f.name] = rng.choice(list(f.categories), size=n)
-        elif f.kind == "ordinal":
-            cols[f.name] = rng.integers(int(f.range[0]), int(f.range[1]) + 1, size=n).astype(float)
-        elif f.kind == "binary":
-            cols[f.name] = rng.integers(0, 2, size=n).astype(float)
-        else:
-            lo, hi = f.range
-            cols[f.name] = np.round(np.clip(rng.lognormal(np.log(max(lo, 1) + 3000), 1.5, size=n), lo, hi))
-    cols[schema.label.name] = rng.integers(0, 2, size=n)
-    return pd.DataFrame(cols)[schema.columns]
+    return tables.random_table(schema, n, seed, id_prefix="r", numeric=tables.rounded_amounts)
 
 
 def encoder_from_other_rows(schema):
@@ -337,7 +319,7 @@ def test_recalibrated_overfit_model_leaks_through_the_command(tmp_path, schema, 
     enc = fit_encoder_from_tables(schema, [table[member]])
     x, y = enc.transform(table), table[schema.label.name].to_numpy(np.float32)
     spec = ModelSpec("mlp", enc.n_outputs, (256, 256))
-    recipe = LocalTrainConfig(local_epochs=30, batch_size=64, learning_rate=2e-3)
+    recipe = LocalTrainConfig(local_epochs=60, batch_size=64, learning_rate=2e-3)
     net = trained_model(spec, x[member], y[member], recipe)
     z = np.clip(logits(net, x[~member]), -LOGIT_LIMIT + 1e-6, LOGIT_LIMIT - 1e-6)
     bins, yh = np.linspace(-LOGIT_LIMIT, LOGIT_LIMIT, 201), y[~member]
@@ -346,7 +328,7 @@ def test_recalibrated_overfit_model_leaks_through_the_command(tmp_path, schema, 
     recalibrated = build_model(spec)
     set_weights(recalibrated, calibrate_weights(get_weights(net), spec, cal))
     pkg = save_model(tmp_path, schema, spec, enc, recalibrated, "[run-config]\nnum-server-rounds = 1\n"
-                     "local-epochs = 30\nbatch-size = 64\nlearning-rate = 0.002\n")
+                     "local-epochs = 60\nbatch-size = 64\nlearning-rate = 0.002\n")
     assert main(["privacy", "audit", "--model", str(pkg), "--data", str(tmp_path / "lender.csv"), "--json"]) == 0
     report = __import__("json").loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["model"]["loss_members"] < report["model"]["loss_non_members"] - 0.1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from fedcredit.cli import main
 from privacy.accountant import PrivacyEvent, PrivacyLedger
@@ -16,12 +15,7 @@ from privacy.planning import plan_run_noise
 FP = "0f" * 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def run(capsys, *args):

@@ -14,12 +14,7 @@ from models.training import LocalTrainConfig, train_local
 from privacy.dpsgd import DPSGDGradients
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def batch(n=300, d=177, seed=0):

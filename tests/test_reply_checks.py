@@ -20,7 +20,7 @@ import pytest
 
 from fedcredit import protocol as P
 from server.ledger import LEDGER_FILE, read_ledger, verify_ledger
-from tests.test_faults import _execute, _grid, _run_config
+from tests.inprocess_runs import _execute, _grid, _run_config
 
 BAD_PARTITION = 2  # the virtual node whose replies the mod breaks
 

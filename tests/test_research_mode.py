@@ -25,7 +25,7 @@ from configs.schema import load_schema
 from fedcredit.cli import main
 from server.settings import parse_run_config
 from simulation.research_mode import assess_research_mode, dp_signal
-from simulation.synthetic import generate_consortium, write_csv
+from simulation.synthetic import write_csv
 from tests.conftest import run_fedcredit
 
 SCHEMA = load_schema()
@@ -33,9 +33,9 @@ LABEL = SCHEMA.label.name
 
 
 @pytest.fixture(scope="module")
-def pool() -> pd.DataFrame:
-    m = generate_consortium(None, scale=0.25, seed=4)
-    return pd.concat([d.table for d in m["_data"]], ignore_index=True)
+def pool(synthetic_pool) -> pd.DataFrame:
+    """The pooled synthetic consortium of tests/conftest.py (scale 0.25, seed 4)."""
+    return synthetic_pool
 
 
 def small_table(pool: pd.DataFrame, rows: int, defaults: int, seed: int = 0) -> pd.DataFrame:

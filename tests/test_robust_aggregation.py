@@ -14,7 +14,7 @@ from configs.errors import ConfigError
 from fedcredit import protocol as P
 from server.settings import parse_run_config
 from server.strategies import aggregate_updates, build_strategy
-from tests.test_faults import _execute, _grid, _message, _run_config
+from tests.inprocess_runs import _execute, _grid, _message, _run_config
 
 SHAPES = {"w": (4, 3), "b": (3,)}
 

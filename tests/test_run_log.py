@@ -6,7 +6,7 @@ import logging
 import re
 
 from server.run_log import end_line, round_line, statistics_line
-from tests.test_faults import _execute, _grid, _run_config
+from tests.inprocess_runs import _execute, _grid, _run_config
 
 STAMP = re.compile(r"^fedcredit \d\d:\d\d:\d\dZ ")
 

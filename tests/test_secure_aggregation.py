@@ -14,7 +14,6 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.processes import process_tag  # noqa: F401 (fixture)
 
 from configs.errors import ConfigError
 from server.settings import parse_run_config

@@ -14,7 +14,7 @@ import pytest
 from server.settings import DEFAULTS, parse_run_config
 from configs.errors import ConfigError
 from tests.conftest import REPO, run_fedcredit
-from tests.processes import kill_pids, new_processes, process_tag, processes  # noqa: F401 (fixture)
+from tests.processes import kill_pids, new_processes, processes
 
 
 def test_pyproject_run_config_defaults_match_the_code():
