@@ -34,6 +34,7 @@ import numpy as np
 
 from clients.refusal import NodeRefusal
 from configs.schema import Feature, Schema, apply_transform
+from fedcredit import protocol as P
 from models.encoder import EncodedFeature, FeatureEncoder
 from models.network import ARCHITECTURES, ModelSpec, parameter_shapes
 
@@ -162,7 +163,9 @@ def train_request(cfg: dict, schema: Schema) -> tuple[dict, FeatureEncoder, Mode
     """A training round's config (typed, bounded), its encoder and model spec."""
     out = {"run-id": config_text(cfg, "run-id", ""), "dp": config_bool(cfg, "dp", True),
            "optimizer": config_text(cfg, "optimizer", "adam", choices=("adam", "sgd")),
-           "ledger-head": _ledger_head(cfg)}
+           "ledger-head": _ledger_head(cfg),
+           # evaluate the received weights (the previous round's model) before training: a second release
+           P.EVALUATE_RECEIVED: config_bool(cfg, P.EVALUATE_RECEIVED, False)}
     for key in ("server-round", "num-server-rounds", "local-epochs", "batch-size", "learning-rate",
                 "clipping-norm"):
         out[key] = config_number(cfg, key)
@@ -170,6 +173,11 @@ def train_request(cfg: dict, schema: Schema) -> tuple[dict, FeatureEncoder, Mode
         out[key] = config_number(cfg, key, default)
     if out["server-round"] < 1:
         raise _refuse(f"'server-round' of a training round must be at least 1, got {out['server-round']}")
+    if out[P.EVALUATE_RECEIVED] and out["server-round"] < 2:
+        raise _refuse(f"'{P.EVALUATE_RECEIVED}' asks to evaluate the previous round's model; round "
+                      f"{out['server-round']} has none")
+    if out[P.EVALUATE_RECEIVED]:
+        out["cutoff-pd"] = config_number(cfg, "cutoff-pd", 0.2)
     encoder = check_encoder(cfg.get("encoder"), schema)
     spec = check_model_spec(cfg.get("model-spec"), encoder.n_outputs)
     out.update(personal_keys(cfg))

@@ -94,16 +94,33 @@ def reply(msg: "Message", *, institution_id: str, arrays_key: str | None = None,
           arrays: dict[str, np.ndarray] | None = None, metrics: dict[str, float] | None = None,
           refused: str = "", detail: str = "", extra: dict | None = None) -> "Message":
     """Build a node's reply with the common ``node`` identity record."""
-    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+    from flwr.app import Message, RecordDict
 
     content = RecordDict()
+    _put_part(content, (arrays_key, METRICS, NODE), arrays, metrics,
+              {"institution-id": institution_id, "refused": refused, "detail": detail, **(extra or {})})
+    return Message(content, reply_to=msg)
+
+
+def add_evaluation(reply_msg: "Message", *, institution_id: str, arrays: dict[str, np.ndarray] | None = None,
+                   metrics: dict[str, float] | None = None, refused: str = "", detail: str = "",
+                   release: str = "") -> "Message":
+    """Add the evaluation part (``eval``, ``eval-metrics``, ``eval-node``) to a train reply whose
+    message asked for the evaluation of the received weights (:data:`EVALUATE_RECEIVED`)."""
+    _put_part(reply_msg.content, (EVAL, EVAL_METRICS, EVAL_NODE), arrays, metrics,
+              {"institution-id": institution_id, "refused": refused, "detail": detail, "release": release})
+    return reply_msg
+
+
+def _put_part(content, keys: tuple[str | None, str, str], arrays, metrics, node: dict) -> None:
+    """One part of a reply into ``content``: arrays (when any), metrics and the node record."""
+    from flwr.app import ConfigRecord, MetricRecord
+
+    arrays_key, metrics_key, node_key = keys
     if arrays is not None and arrays_key:
         content[arrays_key] = to_array_record(arrays)
-    content[METRICS] = MetricRecord({k: float(v) for k, v in (metrics or {}).items()})
-    node = {"institution-id": institution_id, "refused": refused, "detail": detail}
-    node.update(extra or {})
-    content[NODE] = ConfigRecord(node)
-    return Message(content, reply_to=msg)
+    content[metrics_key] = MetricRecord({k: float(v) for k, v in (metrics or {}).items()})
+    content[node_key] = ConfigRecord(node)
 
 
 def node_info(msg: "Message") -> dict:

@@ -26,12 +26,18 @@ evaluation existed. A reply without an evaluation part counts as that node's eva
 failing (``evaluation_failed``) — unless the whole message was refused, which refuses both.
 
 A separate ``evaluate`` message remains (:func:`folds_evaluation` is False) for the last round
-(no next train message, and the recalibration needs its figures at once), SecAgg+ runs (their
-train messages are the legacy protocol's, and an evaluation reply beside a masked update would
-identify the node's contribution), ``fraction-train`` or ``fraction-evaluate`` below 1 (the
-nodes that train are then not the sample that evaluates) and ``fold-evaluation = false``. If
-the run stops before round *r+1* sends anything, round *r* is evaluated with a separate
-message then (:meth:`server.consortium.ConsortiumRun.evaluate_pending`).
+(no next train message, and the recalibration needs its figures at once), ``fraction-train`` or
+``fraction-evaluate`` below 1 (the nodes that train are then not the sample that evaluates),
+``fold-evaluation = false`` and SecAgg+ runs: there a round's train reply is handled by Flower's
+``secaggplus_mod``, which clears every ArrayRecord of the reply that carries the masked update
+(the histograms would be lost), and ``SecAggPlusWorkflow`` hands the server only the legacy
+``FitRes``; a SecAgg+ round is four exchanges, so folding would save one message in five.
+
+If the run stops before round *r+1* sends anything (too few nodes left), or is resumed under
+settings that do not fold, round *r* is evaluated with a separate message then
+(:meth:`server.consortium.ConsortiumRun.evaluate_pending`), under the rule of every evaluation:
+with fewer than min(min-train-nodes, min-available-nodes) nodes connected it is recorded as
+failed, with the reason, in round *r*'s ``evaluation`` entry.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from fedcredit import protocol as P
 from models.encoder import fit_encoder_from_tables
 from models.network import ModelSpec, build_model, get_weights
 from privacy.accountant import read_state
+from server.folded_evaluation import split_reply
 from tests.test_faults import _message
 
 BUDGET = 2.0
@@ -411,7 +412,7 @@ CONFIG_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), 
                           st.text(max_size=20))
 CONFIG_KEYS = ["server-round", "num-server-rounds", "local-epochs", "batch-size", "learning-rate", "clipping-norm",
                "proximal-mu", "target-epsilon", "evaluate-every", "seed", "dp", "optimizer", "cutoff-pd", "run-id",
-               "ledger-head", "model-spec"]
+               "ledger-head", "model-spec", P.EVALUATE_RECEIVED]
 
 
 @pytest.fixture(scope="module")
@@ -423,26 +424,31 @@ def fuzz_node(tables, tmp_path_factory):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
-@given(handler=st.sampled_from(["train", "evaluate", "stats"]),
+@given(handler=st.sampled_from(["train", "train-evaluating", "evaluate", "stats"]),
        enc=st.one_of(st.just("none"), st.sampled_from(ENCODER_MUTATIONS)),
        wts=st.one_of(st.just("none"), st.sampled_from(WEIGHT_MUTATIONS)), where=st.integers(0, 10_000),
        config=st.dictionaries(st.sampled_from(CONFIG_KEYS), CONFIG_VALUES, max_size=2))
 def test_fuzzed_encoders_weights_and_configs_never_crash_the_node_nor_leak_a_non_finite_number(
         fuzz_node, handler, enc, wts, where, config):
     cfg, w, ctx = fuzz_node
+    if handler == "train-evaluating":  # a train message that also asks to evaluate the received weights
+        cfg = {**cfg, "server-round": 2, P.EVALUATE_RECEIVED: True}
     crafted = dict(cfg, **{k: v for k, v in config.items() if v is not None})
     if enc != "none":
         crafted["encoder"] = _mutate_encoder(cfg["encoder"], enc, where)
     weights = w if wts == "none" else _mutate_weights(w, wts, where)
-    fn = {"train": CA.train, "evaluate": CA.evaluate, "stats": CA.statistics}[handler]
+    fn = {"train": CA.train, "train-evaluating": CA.train, "evaluate": CA.evaluate, "stats": CA.statistics}[handler]
     try:
         record = ConfigRecord(crafted)
     except Exception:  # a value Flower itself cannot carry never reaches a node
         return
-    message_type = P.STATS_MESSAGE if handler == "stats" else handler
+    message_type = {"stats": P.STATS_MESSAGE, "train-evaluating": "train"}.get(handler, handler)
     reply = fn(_message(RecordDict({P.ARRAYS: P.to_array_record(weights), P.CONFIG: record}), message_type), ctx)
+    # a reply with an evaluation part: the update and the evaluation, each checked like a reply of its own
+    parts = split_reply(reply) if P.EVAL_NODE in reply.content.config_records else (reply,)
+    for s in map(signature, parts):
+        assert s["finite"], s
+        assert s["refused"] in KNOWN_REFUSALS - {P.REFUSED_ERROR}, s
     s = signature(reply)
-    assert s["finite"], s
-    assert s["refused"] in KNOWN_REFUSALS - {P.REFUSED_ERROR}, s
     if handler != "stats" and (enc in INVALID_ENCODER_MUTATIONS or wts in INVALID_WEIGHT_MUTATIONS):
-        assert s["refused"] == P.REFUSED_REQUEST and not s["arrays"], (enc, wts, s)
+        assert s["refused"] == P.REFUSED_REQUEST and not s["arrays"] and len(parts) == 1, (enc, wts, s)
