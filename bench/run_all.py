@@ -498,6 +498,8 @@ def key_figures(name: str, r: dict) -> list[tuple[str, Any]]:
 
 def notes(name: str, r: dict) -> list[str]:
     """A paragraph that reads a benchmark's figures (what they mean, which target is missed and why)."""
+    if name == "deploy_latency":
+        return deploy_latency_notes(r)
     if name != "serve_latency" or not r.get("levels"):
         return []
     lv = r["levels"]
@@ -525,6 +527,26 @@ def notes(name: str, r: dict) -> list[str]:
     text.append(f"Targets missed: {', '.join(missed)}." if missed else "All three targets are met.")
     text.append(f"The load average was {r.get('load_avg')} on {r.get('cores')} cores during the run, so absolute "
                 "times are several times an idle machine's; the targets are ratios measured side by side.")
+    return ["", " ".join(text)]
+
+
+def deploy_latency_notes(r: dict) -> list[str]:
+    """How many messages a deployed round is, whether the ratio meets its target, and the load."""
+    if r.get("ratio") is None:
+        return []
+    text = []
+    if r.get("fold_evaluation"):
+        text.append("Each round is one message per node: a round's evaluation travels in the next round's train "
+                    "message (`fold-evaluation`), so only the last round's evaluation and the final evaluation are "
+                    "messages of their own.")
+    met = r["ratio"] <= r.get("target_ratio", 10)
+    text.append(f"The ratio {r['ratio']} {'meets' if met else 'misses'} the target of ≤ {r.get('target_ratio', 10)}.")
+    load = r.get("load_avg")
+    if load:
+        text.append(f"The 1-minute load average was {load[0]} at the start and {load[-1]} at the end, on "
+                    f"{(r.get('machine') or {}).get('cpus')} cores shared with other work: the deployed side (a "
+                    "SuperLink, the SuperNodes and their runtimes, the ServerApp) is a dozen processes competing for "
+                    "them against the simulation's one, so absolute times and the ratio vary with the load.")
     return ["", " ".join(text)]
 
 
