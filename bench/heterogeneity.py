@@ -11,9 +11,11 @@ is split into INSTITUTIONS lenders in several ways (simulation.partitioning):
   reading); the seed used is in the output;
 * ``size``       — Dirichlet(1) sizes, default rates alike (quantity skew).
 
-Every setting is a whole ``fedcredit simulate`` run (the real ServerApp and ClientApps in Flower's
-simulation runtime, each node enforcing its budget ε or training without DP) with its
-centralised and local-only baselines, and prints ONE JSON line: per member its rows, default
+Every setting is a whole simulation run (:func:`simulation.runner.simulate`: the real ServerApp
+driver and ClientApps, each node enforcing its budget ε or training without DP) with its
+centralised and local-only baselines — by default in process (``--runtime inprocess``: the
+messages are delivered in this process, no Ray; ``--runtime flower`` uses Flower's simulation
+runtime like ``fedcredit simulate``) — and prints ONE JSON line: per member its rows, default
 rate and AUC on its own holdout of the local-only, global and personalised models, the chosen
 one (max of global and personalised) and the gain from joining; pooled, the federated AUC, the
 members' chosen models pooled, the centralised AUC, the means of the members' own AUCs, and
@@ -21,14 +23,24 @@ how many members are worse off than alone (0.005 tolerance). Settings:
 
 * the grid: each partition × each ε (``--epsilons 1,3,none``) with the consortium's recipe
   (:data:`RECIPE`: own intercepts, information weights, personal fine-tune — docs/benchmarks.md);
-* ``--compare`` (on label-0.3 at ε = 3): FedAvg as it was before the recipe, each ingredient of
-  the recipe left out, the server optimisers (FedAvgM, FedAdam, FedYogi, FedProx) and the
-  personalisation methods (none, calibration, head, full).
+* ``--compare`` (on label-0.3 at ε = 3): FedAvg as it was before the recipe (random output layer; and with
+  only the zero output layer), each ingredient of
+  the recipe left out, the server optimisers (FedAvgM, FedAdam, FedYogi, FedProx), the
+  personalisation methods (none, calibration, head, full with and without the proximal pull),
+  and each node picking its own batch for a per-step noise target (also on size skew).
 
-``--jobs N`` runs N settings at once, each in its own process with one CPU for Flower (the
-settings are independent; each needs ~1 GB of memory). ``--only NAME,…`` runs some settings;
+After the settings, one last JSON line (``"summary": true``) holds the pooled figures of every
+setting, the members of the target setting (label-0.3, ε = 3, and without DP), the targets met,
+the wall times and the per-member figure it drew (``--plot-out``; bench/run_all.py keeps this
+line).
+
+``--jobs N`` runs N settings at once, each in its own process on one CPU (the settings are
+independent; each needs well under 1 GB of memory). ``--only NAME,…`` runs some settings;
 ``--list`` prints their names. ``--plot FILE.jsonl`` draws the per-member gain figure
-(docs/benchmarks/heterogeneity.png) from earlier output instead of running anything.
+(docs/benchmarks/heterogeneity.png) and prints the summary line from earlier output (a run cut
+short, or run on another machine) instead of running anything.
+``--prepare DIR/partitions`` only writes the partitions (and their ``index.json``);
+``--partitions-dir DIR/partitions`` runs on partitions written so — e.g. on another machine that lacks flwr-datasets.
 
 Skips cleanly (one JSON line with "skipped") when the data file is absent. Partitions and run
 directories go to a temporary directory, removed at the end, unless ``--keep DIR``.
@@ -66,7 +78,7 @@ RECIPE = {"local-layers": "output-bias", "output-bias-learning-rate": 0.1, "aggr
           "personalize": "full", "personal-epochs": 2, "personal-proximal-mu": 0.1}
 #: FedAvg as the consortium ran it before: no local layers, example weights, no personal model
 PLAIN = {"local-layers": "none", "output-bias-learning-rate": 0.0, "aggregation-weight": "examples",
-         "personalize": "none"}
+         "personalize": "none", "step-noise-target": 0.0, "output-layer-init": "random"}
 MIN_ROWS, MIN_CLASS_ROWS = 500, 50
 GAIN_TOLERANCE = 0.005
 TARGET_CENTRALISED_DP, TARGET_CENTRALISED_NODP = 0.02, 0.01
@@ -88,7 +100,9 @@ def grid_settings(epsilons: list[float | None]) -> list[Setting]:
 
 def comparison_settings() -> list[Setting]:
     """Label skew α = 0.3, ε = 3: the recipe against its parts, the server optimisers, the fine-tunes."""
-    out = [Setting("compare/fedavg-before", "label-0.3", 3.0, run_config=dict(PLAIN), group="recipe")]
+    out = [Setting("compare/fedavg-before", "label-0.3", 3.0, run_config=dict(PLAIN), group="recipe"),
+           Setting("compare/fedavg-before-zero-init", "label-0.3", 3.0,
+                   run_config={**PLAIN, "output-layer-init": "zero"}, group="recipe")]
     for key, off in (("local-layers", "none"), ("aggregation-weight", "examples"), ("personalize", "none")):
         out.append(Setting(f"compare/recipe-without-{key}", "label-0.3", 3.0,
                            run_config={**RECIPE, key: off}, group="recipe"))
@@ -101,6 +115,9 @@ def comparison_settings() -> list[Setting]:
                            run_config={**RECIPE, "personalize": method}, group="personalize"))
     out.append(Setting("compare/personalize-full-mu0", "label-0.3", 3.0,
                        run_config={**RECIPE, "personal-proximal-mu": 0.0}, group="personalize"))
+    for part in ("label-0.3", "size"):
+        out.append(Setting(f"compare/step-noise-target-{part}", part, 3.0,
+                           run_config={**RECIPE, "step-noise-target": 0.006}, group="batch-plan"))
     return out
 
 
@@ -157,14 +174,21 @@ def write_partitions(data: str, names: set[str], k: int, seed: int, work: Path) 
             s = label_skew_seed(source.table, schema.label.name, k, spec["alpha"], seed)
         d = work / "partitions" / name
         manifest = write_partition(source, d, k=k, seed=s, force=True, **spec)
-        out[name] = {"dir": str(d), "seed": s, **spec,
+        out[name] = {"dir": name, "seed": s, **spec,
                      "default_rates": [e["default_rate"] for e in manifest["institutions"]],
                      "rows": [e["rows"] for e in manifest["institutions"]]}
-    return out
+    (work / "partitions" / "index.json").write_text(json.dumps(out, indent=1) + "\n")
+    return read_partitions(work / "partitions")
+
+
+def read_partitions(root: Path) -> dict[str, dict]:
+    """The partitions ``write_partitions`` left in ``root`` (``index.json``), with absolute directories."""
+    index = json.loads((Path(root) / "index.json").read_text())
+    return {name: {**p, "dir": str((Path(root) / p["dir"]).resolve())} for name, p in index.items()}
 
 
 # ------------------------------------------------------------------------------- one run
-def run_setting(setting: Setting, part: dict, rounds: int, seed: int, work: str) -> dict:
+def run_setting(setting: Setting, part: dict, rounds: int, seed: int, work: str, runtime: str = "inprocess") -> dict:
     """One ``simulate`` run with baselines; the JSON line of the setting."""
     from simulation.runner import SimulationOptions, simulate
 
@@ -175,9 +199,13 @@ def run_setting(setting: Setting, part: dict, rounds: int, seed: int, work: str)
     opts = SimulationOptions(data_dir=part["dir"], mapping=MAPPING, out=str(out_dir), rounds=rounds, seed=seed, cpus=1,
                              strategy=setting.strategy, dp=setting.epsilon is not None,
                              epsilon=setting.epsilon if setting.epsilon is not None else DEFAULTS["sim-max-epsilon"],
-                             run_config=dict(setting.run_config))
+                             run_config=dict(setting.run_config), runtime=runtime)
     s = simulate(opts)
-    return setting_line(setting, part, s, rounds, seed, time.time() - t0)
+    line = setting_line(setting, part, s, rounds, seed, time.time() - t0)
+    history = json.loads((out_dir / "metrics.json").read_text()).get("history") or []
+    line["global_by_round"] = [{"round": r["round"], **{k: (r.get("global") or {}).get(k) for k in ("auc", "mean_pd")}}
+                               for r in history if r.get("global")]
+    return line
 
 
 def setting_line(setting: Setting, part: dict, s: dict, rounds: int, seed: int, wall: float) -> dict:
@@ -203,9 +231,22 @@ def setting_line(setting: Setting, part: dict, s: dict, rounds: int, seed: int, 
         "target_pooled_met": (pooled is not None and cen is not None and pooled >= cen - tol),
         "target_mean_met": (s.get("auc_centralized_mean") is not None and chosen
                             and sum(chosen) / len(chosen) >= s["auc_centralized_mean"] - tol),
-        "wall_s": round(wall, 1),
+        "wall_s": round(wall, 1), "machine": machine_name(),
     }
     return line
+
+
+def machine_name() -> str:
+    """CPU model, cores and Python of the machine a setting ran on (settings may run elsewhere: --plot)."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 # ------------------------------------------------------------------------------- the plot
@@ -219,7 +260,7 @@ def plot_members(lines: list[dict], path: Path) -> Path:
     grid = [ln for ln in lines if ln.get("group") == "grid" and ln.get("status") == "completed"]
     parts = [p for p in PARTITIONS if any(ln["partition"] == p for ln in grid)]
     eps = sorted({ln["epsilon"] for ln in grid}, key=lambda e: float("inf") if e is None else e)
-    fig, axes = plt.subplots(1, len(parts), figsize=(3.2 * len(parts), 3.4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(parts), figsize=(max(6.5, 3.2 * len(parts)), 3.6), sharey=True, squeeze=False)
     colors = ["#e76f51", "#2a9d8f", "#1f3a5f", "#8d99ae"]
     for ax, p in zip(axes[0], parts):
         width = 0.8 / max(1, len(eps))
@@ -234,11 +275,12 @@ def plot_members(lines: list[dict], path: Path) -> Path:
         ax.axhspan(-GAIN_TOLERANCE, GAIN_TOLERANCE, color="#8d99ae", alpha=0.2, lw=0)
         ax.axhline(0, color="#8d99ae", lw=0.8)
         ax.set_title(p, fontsize=10)
-        ax.set_xticks(range(len(ln["members"])), [f"{i + 1}" for i in range(len(ln["members"]))], fontsize=8)
-        ax.set_xlabel("member", fontsize=8.5)
+        ax.set_xticks(range(len(ln["members"])), [f"{i + 1}\n{m['default_rate']:.1%}" if m["default_rate"] < 0.1 else f"{i + 1}\n{m['default_rate']:.0%}"
+                                                   for i, m in enumerate(ln["members"])], fontsize=7.5)
+        ax.set_xlabel("member (default rate)", fontsize=8.5)
     axes[0][0].set_ylabel("AUC gain over local-only")
     axes[0][-1].legend(fontsize=7.5, loc="best")
-    fig.suptitle("Gain from joining per member (chosen model − local-only, own holdout)", fontsize=10.5)
+    fig.suptitle("Gain from joining per member: chosen model − local-only AUC, own holdout", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
@@ -260,15 +302,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="settings run at once (one process and one CPU each)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", metavar="DIR", help="keep partitions and run directories here")
-    ap.add_argument("--plot", metavar="FILE.jsonl", help="draw the per-member figure from earlier output and exit")
+    ap.add_argument("--plot", metavar="FILE.jsonl",
+                    help="draw the per-member figure and print the summary line from earlier output, and exit")
     ap.add_argument("--plot-out", default=str(REPO / "docs" / "benchmarks" / "heterogeneity.png"))
+    ap.add_argument("--runtime", choices=["inprocess", "flower"], default="inprocess")
+    ap.add_argument("--prepare", metavar="DIR", help="only write the partitions into DIR and exit")
+    ap.add_argument("--partitions-dir", metavar="DIR", help="use the partitions --prepare wrote into DIR")
     args = ap.parse_args(argv)
 
     if args.plot:
-        lines = [json.loads(x) for x in Path(args.plot).read_text().splitlines() if x.startswith("{")]
-        print(json.dumps({"bench": "heterogeneity", "plot": str(plot_members(
-            [ln for ln in lines if ln.get("bench") == "heterogeneity"], Path(args.plot_out)))}))
-        return 0
+        return summarise_file(Path(args.plot), args)
     wanted = [p for p in args.partitions.split(",") if p]
     unknown = [p for p in wanted if p not in PARTITIONS]
     if unknown:
@@ -276,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = [s for s in grid_settings(parse_epsilons(args.epsilons)) if s.partition in wanted]
     if args.compare:
         settings += comparison_settings()
+    # the grid first (the target setting first of all), then the comparisons (FedAvg as before first):
+    # with --jobs the grid starts in the first wave, so a run cut short keeps it
+    settings.sort(key=lambda s: (s.group != "grid", s.partition != "label-0.3", s.epsilon != 3.0))
     if args.only:
         names = set(args.only.split(","))
         settings = [s for s in settings + comparison_settings() if s.name in names]
@@ -284,8 +330,19 @@ def main(argv: list[str] | None = None) -> int:
         for s in settings:
             print(s.name)
         return 0
+    if args.partitions_dir:
+        with scratch_dir(args.keep, "fedcredit-heterogeneity-") as work:
+            failed = run_all(settings, read_partitions(Path(args.partitions_dir)), args, work)
+        return 1 if failed else 0
     if not Path(args.data).is_file():
         print(json.dumps({"bench": "heterogeneity", "skipped": f"data file not found: {args.data}"}))
+        return 0
+    if args.prepare:
+        parts = write_partitions(args.data, {s.partition for s in settings}, args.institutions, args.seed,
+                                 _prepare_root(args.prepare))
+        print(json.dumps({"bench": "heterogeneity", "prepared": args.prepare,
+                          "partitions": {k: {kk: v[kk] for kk in ("seed", "rows", "default_rates")}
+                                         for k, v in parts.items()}}))
         return 0
     with scratch_dir(args.keep, "fedcredit-heterogeneity-") as work:
         parts = write_partitions(args.data, {s.partition for s in settings}, args.institutions, args.seed, work)
@@ -293,33 +350,115 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def run_all(settings: list[Setting], parts: dict, args, work: Path) -> int:
-    """Run the settings (``--jobs`` at once); print each one's JSON line as it finishes."""
-    failed = 0
-    if args.jobs <= 1:
-        for s in settings:
-            failed += _emit(lambda s=s: run_setting(s, parts[s.partition], args.rounds, args.seed, str(work)), s)
-        return failed
-    import multiprocessing
+def _prepare_root(directory: str) -> Path:
+    """``write_partitions`` writes into ``ROOT/partitions``: the root whose partitions folder is ``directory``."""
+    d = Path(directory).resolve()
+    if d.name != "partitions":
+        raise SystemExit(f"--prepare DIR: name the folder 'partitions' (got {d.name})")
+    return d.parent
 
-    # fresh interpreters: each job starts its own Ray and torch (no state forked from this process)
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(run_setting, s, parts[s.partition], args.rounds, args.seed, str(work)): s
-                   for s in settings}
-        for fut in as_completed(futures):
-            failed += _emit(fut.result, futures[fut])
+
+def summary_line(lines: list[dict], args, wall: float, plot: Path | None) -> dict:
+    """The last line: every setting's pooled figures, the target setting's members, the targets."""
+    keys = ("setting", "group", "partition", "partition_seed", "epsilon", "strategy", "status", "error",
+            "members_worse_than_local_only", "auc_federated_pooled", "auc_chosen_pooled", "auc_centralized_pooled",
+            "auc_chosen_mean", "auc_centralized_mean", "auc_local_only_mean", "target_pooled_met", "target_mean_met",
+            "wall_s")
+    rows = []
+    for ln in lines:
+        row = {k: ln.get(k) for k in keys if k in ln}
+        gains = [m["gain_from_joining"] for m in ln.get("members", []) if m.get("gain_from_joining") is not None]
+        row["min_gain"] = min(gains) if gains else None
+        first = (ln.get("global_by_round") or [{}])[0]
+        row["round1_auc"], row["round1_mean_pd"] = first.get("auc"), first.get("mean_pd")
+        rows.append(row)
+    target = {ln["setting"]: {"members": ln["members"], "auc_federated_pooled": ln["auc_federated_pooled"],
+                              "auc_chosen_pooled": ln["auc_chosen_pooled"],
+                              "auc_centralized_pooled": ln["auc_centralized_pooled"],
+                              "auc_chosen_mean": ln["auc_chosen_mean"], "auc_centralized_mean": ln["auc_centralized_mean"],
+                              "members_worse_than_local_only": ln["members_worse_than_local_only"]}
+              for ln in lines if ln.get("setting") in ("label-0.3/eps3", "label-0.3/no-dp") and "members" in ln}
+    walls = [ln["wall_s"] for ln in lines if ln.get("wall_s")]
+    machine = next((ln["machine"] for ln in lines if ln.get("machine")), None)
+    return {"bench": "heterogeneity", "summary": True, "institutions": args.institutions, "rounds": args.rounds,
+            "seed": args.seed, "runtime": args.runtime, "jobs": args.jobs, "machine": machine,
+            "settings": rows, "target": target,
+            "failed": [ln["setting"] for ln in lines if "error" in ln],
+            "setting_wall_s": {"mean": round(sum(walls) / len(walls), 1) if walls else None,
+                               "max": max(walls) if walls else None},
+            "wall_s": round(wall, 1), "plot": str(plot) if plot else None}
+
+
+def summarise_file(path: Path, args) -> int:
+    """The figure and the summary line from the settings' lines of earlier output (``--plot``): for a
+    run cut short (each setting's line is printed as it finishes) or run elsewhere."""
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.startswith("{")]
+    lines = [ln for ln in lines if ln.get("bench") == "heterogeneity" and "setting" in ln]
+    done = [ln for ln in lines if "members" in ln]
+    plot = plot_members(done, Path(args.plot_out)) if done else None
+    if done:  # what the runs themselves recorded, not this invocation's defaults
+        args.rounds, args.seed = done[0]["rounds"], done[0]["seed"]
+        args.institutions = len(done[0]["members"])
+    summary = summary_line(lines, args, 0.0, plot)
+    summary.update({"from": str(path), "wall_s": None})
+    print(json.dumps(summary, default=float), flush=True)
+    return 0
+
+
+def run_all(settings: list[Setting], parts: dict, args, work: Path) -> int:
+    """Run the settings; print each one's JSON line as it finishes, then the summary line."""
+    t0 = time.time()
+    lines: list[dict] = []
+    failed = _run_settings(settings, parts, args, work, lines)
+    plot = None
+    done = [ln for ln in lines if "members" in ln]
+    if done:
+        try:
+            plot = plot_members(done, Path(args.plot_out))
+        except Exception as exc:  # the figures must not be lost for the plot
+            print(f"per-member figure not drawn: {type(exc).__name__}: {exc}", file=sys.stderr)
+    print(json.dumps(summary_line(lines, args, time.time() - t0, plot), default=float), flush=True)
     return failed
 
 
-def _emit(result, s: Setting) -> int:
+def _run_settings(settings: list[Setting], parts: dict, args, work: Path, lines: list[dict]) -> int:
+    failed = 0
+    if args.jobs <= 1:
+        for s in settings:
+            failed += _emit(lambda s=s: run_setting(s, parts[s.partition], args.rounds, args.seed, str(work),
+                                                    args.runtime), s, lines)
+        return failed
+    import multiprocessing
+    import os
+
+    # one CPU per job: the spawned interpreters' BLAS and OpenMP pools start with one thread (inherited
+    # environment), torch's intra-op pool is set by the initializer
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    # fresh interpreters: each job starts its own torch (no state forked from this process)
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_one_thread) as pool:
+        futures = {pool.submit(run_setting, s, parts[s.partition], args.rounds, args.seed, str(work), args.runtime): s
+                   for s in settings}
+        for fut in as_completed(futures):
+            failed += _emit(fut.result, futures[fut], lines)
+    return failed
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _emit(result, s: Setting, lines: list[dict]) -> int:
     try:
         line = result()
     except Exception as exc:  # one failed setting must not lose the others' lines
-        print(json.dumps({"bench": "heterogeneity", "setting": s.name, "error": f"{type(exc).__name__}: {exc}",
-                          "spec": asdict(s)}), flush=True)
-        return 1
+        line = {"bench": "heterogeneity", "setting": s.name, "error": f"{type(exc).__name__}: {exc}", "spec": asdict(s)}
+    lines.append(line)
     print(json.dumps(line, default=float), flush=True)
-    return 0
+    return int("error" in line)
 
 
 if __name__ == "__main__":

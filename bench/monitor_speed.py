@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import numpy as np
-    import torch
+    from score_throughput import print_figures
 
     from configs.schema import load_schema
     from simulation.archetypes import load_archetypes
@@ -118,10 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         out[f"{name}_vs_score"] = round(out["score"]["wall_s"] / out[name]["wall_s"], 3)
     out["ok"] = all(out[n]["rows_per_s"] >= TARGET_ROWS_PER_S and out[f"{n}_vs_score"] >= 1.0
                     for n in ("monitor", "backtest"))
-    out.update({"torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-                "python": platform.python_version(), "load_avg_1min": round(os.getloadavg()[0], 2)})
-    print(json.dumps(out))
-    return 0
+    return print_figures(out)
 
 
 if __name__ == "__main__":

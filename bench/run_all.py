@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # bench.heterogeneity_doc renders that benchmark's section
 DEFAULT_UCI = REPO.parent / "shared" / "data" / "UCI_Credit_Card.csv"
 SEED = 0
 
@@ -93,6 +94,16 @@ def _uci(ctx: Ctx, *args: Any) -> list[str] | str:
     return _py("quality_uci.py", "--data", ctx.uci, "--seed", SEED, *args)
 
 
+def _heterogeneity(ctx: Ctx) -> list[str] | str:
+    if not ctx.uci.is_file():
+        return f"the UCI file is not at {ctx.uci} (--uci PATH)"
+    jobs = max(1, min(16, (os.cpu_count() or 1)))
+    common = ["--data", ctx.uci, "--seed", SEED, "--jobs", jobs, "--plot-out", ctx.img / "heterogeneity.png"]
+    if ctx.quick:
+        return _py("heterogeneity.py", *common, "--only", "label-0.3/eps3", "--rounds", 2)
+    return _py("heterogeneity.py", *common, "--compare")
+
+
 def _poisoning(ctx: Ctx) -> list[str] | str:
     script = REPO / "bench" / "poisoning.py"
     if not script.is_file():
@@ -142,6 +153,9 @@ BENCHES: list[Bench] = [
     Bench("quality_uci", "AUC on the UCI credit-card file: centralised, local-only, federated, federated + DP",
           lambda c: _uci(c, *(["--epsilons", "1", "--rounds", 3, "--dp-rounds", 3] if c.quick else [])), 3600),
     Bench("poisoning", "poisoned updates vs robust aggregation", _poisoning, 3600),
+    Bench("heterogeneity", "heterogeneous consortia on the UCI file (IID, credit-limit bands, label skew α 0.3 / 1.0, "
+          "size skew × ε 1, 3, no DP, and comparisons): does every member gain from joining under DP",
+          lambda c: _heterogeneity(c), 14400),
     Bench("scale", "100 and 1,000 institutions through Flower's simulation runtime (5 rounds, DP)",
           lambda c: _py("scale.py", "--seed", SEED,
                         *(["--institutions", 10, "--rounds", 2] if c.quick else ["--institutions", "100,1000"])),
@@ -357,6 +371,11 @@ def make_plots(results: dict[str, dict], img: Path) -> dict[str, list[str]]:
     r = results.get("render_report") or {}
     if r.get("status") == "ok" and (img / "report.png").is_file():
         plots["render_report"] = ["report.png"]
+    h = res("heterogeneity")
+    if h and h.get("plot") and Path(h["plot"]).is_file():
+        if Path(h["plot"]).resolve() != (img / "heterogeneity.png").resolve():
+            shutil.copyfile(h["plot"], img / "heterogeneity.png")
+        plots["heterogeneity"] = ["heterogeneity.png"]
     return plots
 
 
@@ -375,6 +394,10 @@ def _fmt(v: Any) -> str:
 
 def key_figures(name: str, r: dict) -> list[tuple[str, Any]]:
     """(label, value) pairs for the summary and the benchmark's section."""
+    if name == "heterogeneity":
+        from bench import heterogeneity_doc
+
+        return heterogeneity_doc.key_figures(r)
     if name == "synth_speed":
         return [("rows", r.get("rows")), ("generate rows/s", r.get("generate_rows_per_s")),
                 ("write CSV rows/s", r.get("write_csv_rows_per_s")), ("oracle AUC", r.get("oracle_auc"))]
@@ -603,6 +626,10 @@ def headline(name: str, r: dict) -> str:
                 return f"skipped: {r['skipped']}"
             dp = ", ".join(f"ε={e}: {v:.3f}" for e, v in (r.get("auc_federated_dp") or {}).items())
             return f"federated {r['auc_federated_nodp']:.3f} (no DP); {dp}; centralised MLP {r['auc_centralized_mlp']:.3f}"
+        if name == "heterogeneity":
+            from bench import heterogeneity_doc
+
+            return heterogeneity_doc.headline(r)
         if name == "poisoning":
             parts = [f"{a}: FedAvg {v['fedavg_auc']:.3f} → {v['best_rule']} {v['best_rule_auc']:.3f}"
                      for a, v in (r.get("summary") or {}).items() if v.get("best_rule")]
@@ -714,6 +741,10 @@ def write_document(results: dict[str, dict], env: dict, plots: dict[str, list[st
             table = poisoning_table(r)
             if table:
                 lines += [""] + table
+        if b.name == "heterogeneity":
+            from bench import heterogeneity_doc
+
+            lines += heterogeneity_doc.tables(r)
         for p in plots.get(b.name, []):
             lines += ["", f"![{b.name}: {p}]({rel}/{p})"]
         lines += ["", "<details><summary>JSON line</summary>", "", "```json", json.dumps(r), "```", "", "</details>"]

@@ -114,6 +114,17 @@ def stages(model: Path, data: Path, out: Path, mapping: str | None) -> dict:
     return t
 
 
+def print_figures(out: dict) -> int:
+    """Print the bench's one JSON line: ``out`` and the machine it ran on (torch threads, CPUs,
+    Python, 1-minute load average); returns the exit code 0."""
+    import torch
+
+    out.update({"torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+                "python": platform.python_version(), "load_avg_1min": round(os.getloadavg()[0], 2)})
+    print(json.dumps(out))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -127,7 +138,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import numpy as np
-    import torch
 
     from configs.schema import load_schema
     from simulation.archetypes import load_archetypes
@@ -177,10 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     if "mapping" in out:
         out["rows_per_s_mapping"] = out["mapping"]["rows_per_s"]
     out["ok"] = min(v["rows_per_s"] for k, v in out.items() if k in variants) >= TARGET_ROWS_PER_S
-    out.update({"torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-                "python": platform.python_version(), "load_avg_1min": round(os.getloadavg()[0], 2)})
-    print(json.dumps(out))
-    return 0
+    return print_figures(out)
 
 
 if __name__ == "__main__":

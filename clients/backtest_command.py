@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fedcredit.arguments import number
+from fedcredit.arguments import add_package_and_table, number
 
 HELP = "backtest on realised outcomes: AUC/KS/Gini, calibration by score band, cut-off figures vs the model card"
 DESCRIPTION = """\
@@ -41,10 +41,7 @@ JSON = "the summary: discrimination, calibration, cut-off figures and findings" 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="DIR", help="model package directory (RUN_DIR/model)")
-    p.add_argument("--data", required=True, metavar="FILE",
-                   help="scored borrowers with their realised outcome in the label column (CSV or Parquet)")
-    p.add_argument("--mapping", help="the institution's column mapping (name or path)")
+    add_package_and_table(p, "scored borrowers with their realised outcome in the label column (CSV or Parquet)")
     p.add_argument("--bands", type=number(int, minimum=2, maximum=50), default=10, help="score bands for calibration")
     p.add_argument("--interval", choices=("exact", "wilson"), default="exact",
                    help="binomial interval of a band's default rate: exact (Clopper-Pearson) or wilson")

@@ -9,6 +9,14 @@ which is what lets the privacy ledger compose training and evaluation releases i
 Because the id is left out, a re-export with re-keyed ids or with rows dropped or added
 keeps every other borrower on the side it was on.
 
+Rows are hashed by their *cell values*, not by how a table happens to store them
+(:func:`canonical_cells`): a virtual node's synthetic table (int64 amounts, pandas ``str``
+categories), the same rows read back from the CSV ``data synth`` wrote (float64, object), a
+Parquet file (int32, categorical) or a table with its columns in another order give every
+borrower the same side and the table the same fingerprint. The canonical form is the clean
+table :mod:`clients.validation` produces, so a deployed node's split did not move when this
+rule was introduced.
+
 :func:`data_fingerprint` names the table *version* in the institution's lifetime ledger
 (:mod:`privacy.ledger`): sha256 over the schema key and the sorted per-row hashes, so row
 order and ids do not matter but any other changed value does. The ledger composes releases of
@@ -29,20 +37,64 @@ from configs.schema import Schema
 DEFAULT_HOLDOUT_FRACTION = 0.2
 
 
-SPLIT_RULE = "row-hash/v2"  # v1 (before 0.2) hashed the id column too
+SPLIT_RULE = "row-hash/v2"  # v1 (earlier versions) hashed the id column too
 
 
 def _content_columns(table: pd.DataFrame, schema: Schema) -> list[str]:
-    return [c for c in table.columns if c != schema.id_column]
+    """Every column but the id: the schema's columns in schema order, then any others by name."""
+    known = [c for c in schema.columns if c in table.columns and c != schema.id_column]
+    return known + sorted(str(c) for c in table.columns if c not in known and c != schema.id_column)
+
+
+def _as_text(column: pd.Series) -> pd.Series:
+    """Python strings (object dtype); a missing cell is ``None``."""
+    values = column.astype(object).to_numpy()
+    missing = pd.isna(values)
+    return pd.Series([None if m else str(v) for v, m in zip(values, missing)], dtype=object)
+
+
+def _as_number(column: pd.Series) -> pd.Series:
+    """float64 with one zero (−0.0 → 0.0) and one NaN."""
+    values = pd.to_numeric(column.astype(object) if column.dtype == bool else column).to_numpy(dtype=np.float64)
+    return pd.Series(np.where(np.isnan(values), np.nan, values + 0.0))
+
+
+def _as_label(column: pd.Series) -> pd.Series:
+    """int64 when every value is a whole number (the clean table's label), else float64."""
+    values = _as_number(column)
+    whole = values.to_numpy()
+    if np.all(np.isfinite(whole)) and np.all(whole == np.round(whole)):
+        return pd.Series(whole.astype(np.int64))
+    return values
+
+
+def canonical_cells(table: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    """The content columns (:func:`_content_columns`) with one representation per cell value,
+    the clean table's (:mod:`clients.validation`): categorical features as Python strings,
+    the label as int64, every other feature as float64 (a column outside the schema: float64
+    if numeric or boolean, else strings). What is hashed; the index is 0..n−1."""
+    categorical = {f.name for f in schema.features if f.kind == "categorical"}
+    label = schema.label.name
+    out = {}
+    for c in _content_columns(table, schema):
+        column = table[c].reset_index(drop=True)
+        numeric = pd.api.types.is_numeric_dtype(column.dtype) or pd.api.types.is_bool_dtype(column.dtype)
+        if c == label and numeric:
+            out[c] = _as_label(column)
+        elif c in categorical or not numeric:
+            out[c] = _as_text(column)
+        else:
+            out[c] = _as_number(column)
+    return pd.DataFrame(out, index=pd.RangeIndex(len(table)))
 
 
 def row_hashes(table: pd.DataFrame, schema: Schema) -> np.ndarray:
-    """A 64-bit hash per row of the clean table: pandas' stable hash of every column but the id."""
-    return pd.util.hash_pandas_object(table[_content_columns(table, schema)], index=False).to_numpy(dtype=np.uint64)
+    """A 64-bit hash per row: pandas' stable hash of the row's canonical cells (every column but the id)."""
+    return pd.util.hash_pandas_object(canonical_cells(table, schema), index=False).to_numpy(dtype=np.uint64)
 
 
 def data_fingerprint(table: pd.DataFrame, schema: Schema) -> str:
-    """Order- and id-independent sha256 of a clean table and the schema key (hex)."""
+    """Order-, id- and dtype-independent sha256 of a clean table and the schema key (hex)."""
     columns = _content_columns(table, schema)
     h = hashlib.sha256(f"{SPLIT_RULE}|{schema.key}".encode())
     h.update(np.sort(row_hashes(table, schema)).tobytes())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fedcredit.arguments import number
+from fedcredit.arguments import add_package_and_table, number
 
 HELP = "drift monitoring: score PSI, CSI per feature, data quality against the development population"
 DESCRIPTION = """\
@@ -50,9 +50,8 @@ LIGHT_STYLE = {"stable": "green", "watch": "yellow", "act": "bold red", "unknown
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="DIR", help="model package directory (RUN_DIR/model)")
-    p.add_argument("--data", required=True, metavar="FILE", help="current applicants or book (CSV or Parquet)")
-    p.add_argument("--mapping", help="the institution's column mapping (name or path), for --data and --baseline")
+    add_package_and_table(p, "current applicants or book (CSV or Parquet)",
+                          "the institution's column mapping (name or path), for --data and --baseline")
     p.add_argument("--baseline", metavar="FILE",
                    help="compare with this table (held by the institution) instead of the package's development "
                         "population")

@@ -26,6 +26,7 @@ config** (:mod:`clients.node_policy`); the run config can only ask for less.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -161,7 +162,8 @@ def _run_plan(policy: NodePolicy, ledger, data: NodeData, n_train: float, cfg: d
     if plan and plan.get("planned-at") == "statistics":
         same = (plan.get("ledger-events") == len(ledger.all_events) and plan.get("run-id") == run_id
                 and plan.get("shape") == plan_shape(n_train, cfg, rnd))
-        plan = {k: plan[k] for k in ("run-id", "noise-multiplier", "evaluation-noise", "rounds")} if same else None
+        plan = ({k: plan[k] for k in ("run-id", "noise-multiplier", "evaluation-noise", "rounds", "batch-size")}
+                if same else None)
         state["plan"] = plan
     if not plan or plan.get("run-id") != run_id:
         plan = _budget(plan_run, policy, ledger, data, n_train, cfg, first_round=rnd)
@@ -211,9 +213,12 @@ def _train_private(policy, ledger, data, req, state, model, personal, tcfg, x, y
 
     rnd, run_id = req["server-round"], req["run-id"]
     n_hat = _budget(released_counts, policy, ledger, data, req)["train"]
+    plan = _run_plan(policy, ledger, data, n_hat, req, state, rnd)
+    sigma = float(plan["noise-multiplier"])
+    # the batch the plan chose (privacy.batch_plan: the announced one unless step-noise-target is set)
+    tcfg = dataclasses.replace(tcfg, batch_size=int(plan.get("batch-size") or tcfg.batch_size))
     q = sample_rate_for(int(n_hat), tcfg.batch_size)
     steps = tcfg.local_epochs * steps_per_epoch(int(n_hat), tcfg.batch_size)
-    sigma = float(_run_plan(policy, ledger, data, n_hat, req, state, rnd)["noise-multiplier"])
 
     def rule(salt: str, n_steps: int) -> DPSGDGradients:
         seed_ = noise_seed(policy, req, ledger, salt, inputs_digest(weights, req, sigma))

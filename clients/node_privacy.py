@@ -121,7 +121,7 @@ def personal_round(policy: NodePolicy, cfg: dict, model=None):
 def plan_shape(n_train: float, cfg: dict, first_round: int) -> str:
     """What :func:`plan_run` depends on besides the ledger (to reuse a plan only when equal)."""
     keys = ("run-id", "num-server-rounds", "local-epochs", "batch-size", "evaluate-every", "target-epsilon",
-            "aggregation-weight", "personalize", "personal-epochs")
+            "aggregation-weight", "personalize", "personal-epochs", "step-noise-target")
     return json.dumps([n_train, first_round] + [str(cfg.get(k, "")) for k in keys])
 
 
@@ -130,19 +130,21 @@ def plan_run(policy: NodePolicy, ledger, data: NodeData, n_train: float, cfg: di
     """The noise plan for the rest of this run, from the node's own ledger
     (:func:`privacy.planning.plan_run_noise`).
 
-    Rounds ``first_round..num-server-rounds`` of ``local-epochs`` epochs at the announced batch
-    size must fit the node's lifetime budget together with every earlier release; this run's
+    Rounds ``first_round..num-server-rounds`` of ``local-epochs`` epochs at the batch size (the
+    announced one, or the node's own choice for ``step-noise-target``: :mod:`privacy.batch_plan`)
+    must fit the node's lifetime budget together with every earlier release; this run's
     releases (``pending`` ones, planned noised evaluations: the scheduled ones and the final
     evaluation of the recalibrated model, see ``server.consortium``) must also fit the run's
     ``target-epsilon`` when the operator asks for less. The personal fine-tune after the last
     round and the label-count release (:mod:`clients.personalization`) are reserved too.
     Returns ``{"run-id",
-    "noise-multiplier", "evaluation-noise", "rounds"}``; raises ``BudgetExceeded``.
+    "noise-multiplier", "evaluation-noise", "rounds", "batch-size"}``; raises ``BudgetExceeded``.
     """
+    from privacy.batch_plan import plan_with_batch
     from privacy.planning import plan_run_noise, sample_rate_for, steps_per_epoch
 
     run_id = str(cfg.get("run-id", ""))
-    n_rows, batch, last = int(n_train), int(cfg["batch-size"]), int(cfg["num-server-rounds"])
+    n_rows, last = int(n_train), int(cfg["num-server-rounds"])
     personal = personal_round(policy, cfg)
     reserved = personal.releases_with_update(True, run_id, data.split.split)
     for e in reserved:
@@ -150,15 +152,19 @@ def plan_run(policy: NodePolicy, ledger, data: NodeData, n_train: float, cfg: di
     evaluations = 0
     if policy.release_eval == "noised":
         evaluations = 1 + len(evaluation_rounds(first_round, last, int(cfg.get("evaluate-every", 1))))
-    plan = plan_run_noise(prior_events=[e for e in ledger.events if e.run_id != run_id],
-                          run_events=[e for e in ledger.events if e.run_id == run_id] + list(pending) + reserved,
-                          evaluations=evaluations, max_epsilon=ledger.max_epsilon, delta=ledger.delta,
-                          sample_rate=sample_rate_for(n_rows, batch),
-                          steps_per_round=int(cfg["local-epochs"]) * steps_per_epoch(n_rows, batch),
-                          rounds=max(1, last - first_round + 1) + personal.reserved_rounds(cfg),
-                          run_epsilon_cap=float(cfg.get("target-epsilon", 0.0)) or None,
-                          accountant=policy.accountant, split=data.split.split, data=data.split.fingerprint)
+
+    def plan_for(batch: int):
+        return plan_run_noise(prior_events=[e for e in ledger.events if e.run_id != run_id],
+                              run_events=[e for e in ledger.events if e.run_id == run_id] + list(pending) + reserved,
+                              evaluations=evaluations, max_epsilon=ledger.max_epsilon, delta=ledger.delta,
+                              sample_rate=sample_rate_for(n_rows, batch),
+                              steps_per_round=int(cfg["local-epochs"]) * steps_per_epoch(n_rows, batch),
+                              rounds=max(1, last - first_round + 1) + personal.reserved_rounds(cfg),
+                              run_epsilon_cap=float(cfg.get("target-epsilon", 0.0)) or None,
+                              accountant=policy.accountant, split=data.split.split, data=data.split.fingerprint)
+
+    plan, batch = plan_with_batch(plan_for, n_rows, int(cfg["batch-size"]), personal.settings.step_noise_target)
     from privacy.dp_release import EVALUATION_NOISE_MULTIPLIER
 
-    return {"run-id": run_id, "noise-multiplier": plan.noise_multiplier, "rounds": plan.rounds,
+    return {"run-id": run_id, "noise-multiplier": plan.noise_multiplier, "rounds": plan.rounds, "batch-size": batch,
             "evaluation-noise": plan.evaluation_noise_multiplier or EVALUATION_NOISE_MULTIPLIER}

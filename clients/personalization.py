@@ -25,6 +25,8 @@ Run-config keys the node reads (all optional; absent = off)
 ``personal-epochs``             epochs of that fine-tune, 0–20; the
                                 node's noise plan reserves ⌈epochs / local-epochs⌉ rounds for it.
 ``personal-proximal-mu``        μ of the pull towards the received model (``full``), 0–1000.
+``step-noise-target``           σ / batch the node aims at when it picks its own batch size
+                                (privacy.batch_plan; 0–1, 0 = the announced batch).
 
 The personal model never leaves the node: nothing about it is sent to the coordinator. It
 is used by the institution to score its own applicants (``fedcredit score --model

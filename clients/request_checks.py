@@ -123,7 +123,7 @@ def config_text(cfg: dict, key: str, default: str | None = None, choices: tuple[
 
 #: the personalisation keys (:mod:`clients.personalization`), checked by models.personalization
 PERSONAL_KEYS = ("local-layers", "output-bias-learning-rate", "aggregation-weight", "personalize",
-                 "personal-epochs", "personal-proximal-mu")
+                 "personal-epochs", "personal-proximal-mu", "step-noise-target")
 
 
 def personal_keys(cfg: dict) -> dict:

@@ -44,3 +44,12 @@ def range_words(lo: float | None, hi: float | None, open_lo: bool = False, open_
     if lo is not None:
         return f"above {lo:g}" if open_lo else f"at least {lo:g}"
     return f"below {hi:g}" if open_hi else f"at most {hi:g}"
+
+
+def add_package_and_table(p: argparse.ArgumentParser, data_help: str,
+                          mapping_help: str = "the institution's column mapping (name or path)") -> None:
+    """``--model DIR`` (a model package), ``--data FILE`` and ``--mapping``: the scored table of the
+    institution's monitoring commands (monitor, backtest, drift release)."""
+    p.add_argument("--model", required=True, metavar="DIR", help="model package directory (RUN_DIR/model)")
+    p.add_argument("--data", required=True, metavar="FILE", help=data_help)
+    p.add_argument("--mapping", help=mapping_help)

@@ -43,6 +43,8 @@ COMMANDS: list[tuple[str, str]] = [
     ("monitor", "clients.monitor_command"),
     ("backtest", "clients.backtest_command"),
     ("compare", "clients.compare_command"),
+    ("drift release", "clients.drift_release_command"),
+    ("drift view", "server.drift_view_command"),
     ("serve", "clients.serve_command"),
     ("decisions verify", "clients.decisions_verify_command"),
     ("decisions show", "clients.decisions_show_command"),
@@ -69,6 +71,8 @@ GROUP_HELP = {
     "ledger": "verify the signed audit ledger of a run; create the operator's signing key",
     "decisions": "the decision service's trail: verify it, show and reproduce a decision, record an override, "
                  "print an adverse-action notice",
+    "drift": "the consortium's view of drift: a member releases DP-noised score-band counts on its own ledger; "
+             "the operator aggregates them and sees when to retrain",
     "node": "run an institution's node (checks its data, then starts Flower's SuperNode)",
     "nodes": "operator: register institutions' node keys under their names; list the registered nodes",
 }

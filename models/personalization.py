@@ -67,6 +67,7 @@ class PersonalSettings:
     personalize: str = "none"
     personal_epochs: int = 0
     personal_mu: float = 0.0
+    step_noise_target: float = 0.0  # σ / B a node aims at when it picks its batch (privacy.batch_plan); 0: off
 
     def personal_rounds(self, local_epochs: int) -> int:
         """Rounds' worth of DP-SGD steps the fine-tune takes (its epochs in whole local-epoch units)."""
@@ -99,6 +100,7 @@ def personal_settings(cfg: dict) -> PersonalSettings:
         personalize=choice("personalize", FINE_TUNE_METHODS, "none"),
         personal_epochs=int(epochs),
         personal_mu=number("personal-proximal-mu", 0, MAX_PERSONAL_MU, 0.0),
+        step_noise_target=number("step-noise-target", 0, 1, 0.0),
     )
 
 

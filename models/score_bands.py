@@ -77,6 +77,18 @@ def equal_mass_bands(score_counts, n_bands: int = DEFAULT_GROUPS) -> ScoreBands:
     return ScoreBands(equal_mass_groups(score_counts, n_bands))
 
 
+def development_bands(reference, n_bands: int = DEFAULT_GROUPS) -> ScoreBands:
+    """The score bands of a package's development population: about ``n_bands`` bands of equal
+    development mass over the bins of its score histograms (:class:`models.reference.PopulationReference`),
+    formed on the bins that stand out of their DP noise (:func:`models.reference.strong_counts`;
+    the noise std of a bin of ``score_neg + score_pos`` is √2 times one histogram's). A function
+    of the package alone — the same bands ``fedcredit monitor`` groups the score PSI into, and
+    the public cells of a member's drift release (:func:`models.drift_view.band_cells`)."""
+    from models.reference import strong_counts
+
+    return equal_mass_bands(strong_counts(reference.score_counts, np.sqrt(2) * reference.score_noise_std), n_bands)
+
+
 def bands_from_scores(pd_values, n_bands: int = DEFAULT_GROUPS, bins: int = SCORE_BINS) -> ScoreBands:
     """Bands of about equal population of the given PDs (at ``bins`` resolution)."""
     counts = np.bincount(score_bin_index(pd_values, bins), minlength=bins)

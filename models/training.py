@@ -150,9 +150,13 @@ def train_local(
             "steps": float(len(losses)), "examples": float(n)}
 
 
-def initial_weights(spec, seed: int = 0) -> dict[str, np.ndarray]:
+OUTPUT_LAYER_INITS = ("zero", "random")
+
+
+def initial_weights(spec, seed: int = 0, output_layer: str = "zero") -> dict[str, np.ndarray]:
     """The first global model: :func:`models.network.build_model`'s initialisation with the last
-    Linear layer set to zero, so every borrower starts at PD ½ (logit 0).
+    Linear layer set to zero (``output_layer = "zero"``), so every borrower starts at PD ½
+    (logit 0); ``"random"`` keeps PyTorch's default initialisation of that layer too.
 
     Under DP-SGD a randomly initialised output layer maps the hidden units to a random ranking,
     and the first noisy round mostly moves the intercept: the global model of round 1 ranked
@@ -165,7 +169,11 @@ def initial_weights(spec, seed: int = 0) -> dict[str, np.ndarray]:
     """
     from models.network import build_model, get_weights
 
+    if output_layer not in OUTPUT_LAYER_INITS:
+        raise ValueError(f"output_layer must be one of {OUTPUT_LAYER_INITS}, got {output_layer!r}")
     model = build_model(spec, seed)
+    if output_layer == "random":
+        return get_weights(model)
     last = model.linear_layers()[-1]
     with torch.no_grad():
         last.weight.zero_()

@@ -266,8 +266,10 @@ class DPSGDGradients:
         x = x.to(dtype)
         y = y.to(dtype)
         acts, gs, logits = (stack.manual_grads if stack.manual else stack.autograd_grads)(x, y)
-        acts, gs, ok = _zero_non_finite_rows(acts, gs, logits)
-        clip = self.clip_factors(stack, acts, gs) * ok
+        clip = self.clip_factors(stack, acts, gs)  # 0 for a row whose gradient is not finite
+        ok = clip > 0
+        if not bool(ok.all()):  # such rows contribute exactly nothing: no 0 · ∞ in the products below
+            acts, gs = _zero_rows(acts, gs, ok)
         k = 0
         for a, g, lin in zip(acts, gs, stack.linears):
             # (noise + Σ_i c_i g_i a_iᵀ) / (q·n), and (noise + Σ_i c_i g_i) / (q·n) for the bias
@@ -277,11 +279,13 @@ class DPSGDGradients:
             if lin.bias is not None:
                 lin.bias.grad = torch.addmv(noise[k], g.t(), clip, beta=inv, alpha=inv)
                 k += 1
-        return float(F.binary_cross_entropy_with_logits(logits[ok.bool()], y[ok.bool()])) if ok.any() else float("nan")
+        return float(F.binary_cross_entropy_with_logits(logits[ok], y[ok])) if bool(ok.any()) else float("nan")
 
     def clip_factors(self, stack: _LinearStack, acts, gs) -> torch.Tensor:
         """``min(1, C / (‖g_i‖ + 1e-6))`` from the ghost norms ``Σ_l ‖g_il‖² (‖a_il‖² + 1[bias])``;
-        0 for a row whose norm overflows (module docstring)."""
+        0 for a row whose squared norm is not finite — which is the case exactly when one of its
+        activations or output gradients is NaN or infinite (``0 · ∞`` and ``NaN`` propagate into
+        the sum), or the norm overflows (module docstring)."""
         sq = None
         for a, g, lin in zip(acts, gs, stack.linears):
             gn, an = torch.linalg.vecdot(g, g), torch.linalg.vecdot(a, a)
@@ -361,23 +365,17 @@ def _finite_rows(t: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(t.reshape(len(t), -1)).all(dim=1)
 
 
-def _zero_non_finite_rows(acts, gs, logits):
-    """The vectorised engine's fixed treatment of non-finite rows (module docstring): their
-    activations and output gradients set to 0, and ``ok`` (1.0 for a finite row, else 0.0)."""
-    ok = torch.isfinite(logits)
-    for a, g in zip(acts, gs):
-        ok &= _finite_rows(a) & _finite_rows(g)
-    if bool(ok.all()):
-        return acts, gs, ok.to(gs[0].dtype)
+def _zero_rows(acts, gs, ok: torch.Tensor):
+    """Activations and output gradients with the rows not in ``ok`` set to 0 (the vectorised
+    engine's fixed treatment of non-finite rows, module docstring)."""
     keep = ok.unsqueeze(1)
-    acts = [torch.where(keep, a, torch.zeros_like(a)) for a in acts]
-    gs = [torch.where(keep, g, torch.zeros_like(g)) for g in gs]
-    return acts, gs, ok.to(gs[0].dtype)
+    return ([torch.where(keep, a, torch.zeros_like(a)) for a in acts],
+            [torch.where(keep, g, torch.zeros_like(g)) for g in gs])
 
 
 def _zero_non_finite_grad_samples(params, logits: torch.Tensor) -> None:
     """The Opacus engine's fixed treatment of non-finite rows: their per-sample gradients set to 0
-    (norm 0, so clipping keeps them 0); the same rule as :func:`_zero_non_finite_rows`."""
+    (norm 0, so clipping keeps them 0); the same rule as the vectorised engine's."""
     ok = torch.isfinite(logits.reshape(-1))
     for p in params:
         if getattr(p, "grad_sample", None) is not None:

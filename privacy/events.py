@@ -23,8 +23,9 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Sequence
 
-#: statistics (feature counts), train (DP-SGD), evaluation (holdout histograms), count (row counts)
-EVENT_KINDS = ("train", "statistics", "evaluation", "count")
+#: statistics (feature counts), train (DP-SGD), evaluation (holdout histograms), count (row counts),
+#: drift (score-band counts of a monitored population, released to the operator: privacy.dp_release.release_drift)
+EVENT_KINDS = ("train", "statistics", "evaluation", "count", "drift")
 ROW_SETS = ("train", "holdout")
 
 

@@ -1,6 +1,6 @@
 """Migration of privacy state written by earlier versions: one ledger per table version → one per institution.
 
-Versions before 0.2 kept one ledger per table fingerprint (``<fingerprint>.json``), so a
+Earlier versions of the node kept one ledger per table fingerprint (``<fingerprint>.json``), so a
 re-exported table started from zero. :func:`merge_legacy_states` folds every such file into
 the institution's single ledger: all events, in time order, each tagged with the fingerprint
 of the table version it read (so parallel composition stays exact inside a version and

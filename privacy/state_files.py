@@ -13,7 +13,7 @@ Layout (``STATE_DIR/privacy/``)
   an error — never a silent reset to zero.
 * ``ledger.lock`` — an exclusive ``fcntl.flock`` held while a process uses the ledger.
 * ``<fingerprint>.json`` (format ``fedcredit-privacy-state/1``) — one ledger per table
-  version, as versions before 0.2 kept them; read once, migrated into ``ledger.json`` and
+  version, as earlier versions of the node kept them; read once, migrated into ``ledger.json`` and
   renamed ``<fingerprint>.json.migrated`` (kept as a record).
 
 Every write is atomic: temporary file, ``fsync``, ``os.replace``, ``fsync`` of the directory.
@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedcredit.atomic_write import fsync_directory, write_json_atomic
 from privacy.composition import ACCOUNTANTS
 from privacy.errors import PrivacyStateError
 from privacy.events import PrivacyEvent, events_digest
@@ -65,30 +66,9 @@ def content_digest(payload: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- atomic files
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def atomic_write_json(path: Path, payload: dict) -> None:
-    """Write JSON to ``path`` atomically (tmp + fsync + os.replace + dir fsync)."""
-    text = json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
+    """Write JSON to ``path`` atomically (tmp + fsync + os.replace + dir fsync); NaN is refused."""
+    write_json_atomic(path, payload, indent=2, sort_keys=True, allow_nan=False)
 
 
 def read_json(path: Path) -> dict:
@@ -304,4 +284,4 @@ def mark_migrated(pdir: Path, fingerprints: list[str]) -> None:
     for fp in fingerprints:
         with contextlib.suppress(FileNotFoundError):
             os.replace(pdir / f"{fp}.json", pdir / f"{fp}.json{MIGRATED_SUFFIX}")
-    _fsync_dir(pdir)
+    fsync_directory(pdir)

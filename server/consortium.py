@@ -382,7 +382,7 @@ class ConsortiumRun:
         self.population_counts = sum_statistics(parts)
         self.encoder = fit_encoder_from_histograms(self.schema, self.population_counts, s.encoder_knots)
         self.spec = ModelSpec(s.model, self.encoder.n_outputs, s.hidden if s.model == "mlp" else ())
-        self.weights = initial_weights(self.spec, s.seed)  # output layer zero: no round-1 collapse
+        self.weights = initial_weights(self.spec, s.seed, s.output_layer_init)  # zero: no round-1 collapse
         self.dtypes = {k: v.dtype for k, v in self.weights.items()}
 
     # ------------------------------------------------------------------- helpers

@@ -72,12 +72,14 @@ DEFAULTS: dict[str, Any] = {
     "secure-aggregation": False,
     "secagg-clipping-range": 8.0,
     # heterogeneity and personalisation (server.strategies.personalization_config, clients.personalization)
+    "output-layer-init": "zero",
     "local-layers": "none",
     "output-bias-learning-rate": 0.0,
     "aggregation-weight": "examples",
     "personalize": "none",
     "personal-epochs": 2,
     "personal-proximal-mu": 0.0,
+    "step-noise-target": 0.0,
     "schema": "consumer-credit-v1",
     # Simulation only: where virtual nodes find their data and keep their privacy state.
     "data-dir": "",
@@ -129,12 +131,14 @@ class RunSettings:
     max_malicious_nodes: int  # f the robust aggregation rules are sized for
     secure_aggregation: bool
     secagg_clipping_range: float
+    output_layer_init: str
     local_layers: str
     output_bias_learning_rate: float
     aggregation_weight: str
     personalize: str
     personal_epochs: int
     personal_proximal_mu: float
+    step_noise_target: float
     schema: str
     data_dir: str
     mapping: str
@@ -302,6 +306,8 @@ def _check(s: RunSettings) -> None:
     if not 0 <= s.server_momentum < 1:
         raise bad("server-momentum", f"must be in [0, 1) (FedAvgM's momentum), got {s.server_momentum}")
     _check_personalization(s, bad)
+    if s.output_layer_init not in ("zero", "random"):
+        raise bad("output-layer-init", f"must be zero or random, got '{s.output_layer_init}'")
 
 
 def _check_personalization(s: RunSettings, bad) -> None:
@@ -320,4 +326,4 @@ def _check_personalization(s: RunSettings, bad) -> None:
 
 #: run-config keys the nodes read for personalisation and aggregation weights (clients.personalization)
 PERSONALIZATION_KEYS = ("local-layers", "output-bias-learning-rate", "aggregation-weight", "personalize",
-                        "personal-epochs", "personal-proximal-mu")
+                        "personal-epochs", "personal-proximal-mu", "step-noise-target")

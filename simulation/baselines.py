@@ -43,6 +43,7 @@ class BaselineSettings:
     clipping_norm: float
     delta_for: "callable" = None  # n_rows → δ
     output_bias_learning_rate: float = 0.0
+    output_layer_init: str = "zero"
 
 
 def _cfg(b: BaselineSettings) -> LocalTrainConfig:
@@ -50,9 +51,9 @@ def _cfg(b: BaselineSettings) -> LocalTrainConfig:
                             optimizer=b.optimizer, output_bias_learning_rate=b.output_bias_learning_rate)
 
 
-def _initial_model(spec: ModelSpec, seed: int):
-    model = build_model(spec, seed)
-    set_weights(model, initial_weights(spec, seed))
+def _initial_model(spec: ModelSpec, b: BaselineSettings):
+    model = build_model(spec, b.seed)
+    set_weights(model, initial_weights(spec, b.seed, b.output_layer_init))
     return model
 
 
@@ -62,7 +63,7 @@ def centralised(nodes: dict[str, NodeData], encoder: FeatureEncoder, spec: Model
     mats = {k: d.matrices(encoder) for k, d in nodes.items()}
     x = np.concatenate([m[0] for m in mats.values()])
     y = np.concatenate([m[1] for m in mats.values()])
-    model = _initial_model(spec, b.seed)
+    model = _initial_model(spec, b)
     train_local(model, x, y, _cfg(b), seed=b.seed)
     per, all_p, all_y = {}, [], []
     for k, (_, _, xh, yh) in mats.items():
@@ -76,7 +77,7 @@ def centralised(nodes: dict[str, NodeData], encoder: FeatureEncoder, spec: Model
 def local_only(data: NodeData, encoder: FeatureEncoder, spec: ModelSpec, b: BaselineSettings) -> dict:
     """One institution alone (DP-SGD at its budget when ``b.dp``); AUC on its holdout."""
     x, y, xh, yh = data.matrices(encoder)
-    model = _initial_model(spec, b.seed)
+    model = _initial_model(spec, b)
     cfg = _cfg(b)
     out: dict = {}
     rule = None

@@ -53,7 +53,7 @@ def run_plain(run_config: dict, n_nodes: int, evaluate_every_round: bool = True)
     encoder = fit_encoder_from_histograms(load_schema(s.schema), sum_statistics(parts), s.encoder_knots)
     assert encoder.schema_key == schema_key
     spec = ModelSpec(s.model, encoder.n_outputs, s.hidden if s.model == "mlp" else ())
-    weights = initial_weights(spec, s.seed)
+    weights = initial_weights(spec, s.seed, s.output_layer_init)
     node_metrics: dict[str, dict] = {}  # institution → its last training reply's metrics (ε spent …)
     history = []
     t_rounds = time.time()

@@ -28,13 +28,19 @@ def simulate_plain(o) -> dict:
     from simulation.runner import (baseline_settings, build_run_config, count_data_files, data_summary,
                                    load_all_nodes, summarise)
 
+    from server.settings import parse_sim_budgets
+    from simulation.research_mode import assess_research_mode, load_nodes
+
     t_start = time.time()
     n = count_data_files(o.data_dir) if o.data_dir else o.institutions
     run_dir = Path(o.out).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
     run_config = build_run_config(o, run_dir, n)
     settings = parse_run_config(run_config)
-    nodes = load_all_nodes(run_config, n)
+    nodes = load_nodes(run_config, n, load_all_nodes)
+    budgets = parse_sim_budgets(settings.sim_budgets)
+    research = assess_research_mode(nodes, settings, {k: (budgets.get(k, o.epsilon) if settings.dp else None)
+                                                      for k in nodes})
+    run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     res = run_plain(run_config, n, evaluate_every_round=True)
     wall = time.time() - t0
@@ -46,6 +52,8 @@ def simulate_plain(o) -> dict:
                                          "epsilon_budget": m.get("epsilon-budget")}}
                          for k, m in res["node_metrics"].items()},
     }
+    if research:
+        metrics["research_mode"] = research
     t_baselines = time.time()
     if o.baselines:
         metrics["baselines"] = run_baselines(nodes, res["encoder"], res["spec"], baseline_settings(settings, o.epsilon))

@@ -56,6 +56,10 @@ class SimulationOptions:
     #: mode, simulation.research_mode); None: the consortium's 500 / 50 with DP, none without
     min_rows: int | None = None
     min_positives: int | None = None
+    #: "flower": Flower's simulation runtime (Ray); "inprocess": the same ServerApp driver and
+    #: ClientApp with the messages delivered in this process (simulation.inprocess_grid; no Ray,
+    #: one CPU — for benchmarks that run many simulations side by side)
+    runtime: str = "flower"
 
 
 #: simulation: seconds of round time-out per virtual node (DP planning, training and evaluation of
@@ -200,7 +204,12 @@ def simulate(o: SimulationOptions, on_event: Callable[[dict], None] | None = Non
         tail.start()
     t0 = time.time()
     try:
-        run_in_simulation(run_config, n_nodes, num_cpus=o.cpus, verbose=o.verbose, client_app=client_app)
+        if o.runtime == "inprocess":
+            from simulation.inprocess_grid import run_in_process
+
+            run_in_process(run_config, n_nodes, client_app=client_app)
+        else:
+            run_in_simulation(run_config, n_nodes, num_cpus=o.cpus, verbose=o.verbose, client_app=client_app)
     finally:
         if tail:
             tail.stop.set()
@@ -291,7 +300,8 @@ def baseline_settings(settings, epsilon: float):
                             optimizer=settings.optimizer, seed=settings.seed, dp=settings.dp,
                             max_epsilon=float(epsilon), clipping_norm=settings.clipping_norm,
                             delta_for=default_delta,
-                            output_bias_learning_rate=settings.output_bias_learning_rate)
+                            output_bias_learning_rate=settings.output_bias_learning_rate,
+                            output_layer_init=settings.output_layer_init)
 
 
 def oracle_aucs(nodes: dict[str, NodeData], o: SimulationOptions, n_nodes: int) -> dict:

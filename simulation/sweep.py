@@ -37,9 +37,10 @@ Output directory (default ``runs/sweep-<name>``)::
     sweep.toml            the sweep file as run
     points/<key>.json     one result per point, written as soon as the point completes
     runs/<key>/           the point's run directory (metrics.json, model/, report.html …)
-    data/<partition>/     institution files of each partition of the table (table source); the
-                          manifest records the settings' fingerprint, and a partition made under
-                          other settings (table, mapping, alpha, feature, …) is made again
+    data/<partition>/     institution files of each partition of the table (table source): the
+                          table's own rows, read by every point with data.mapping; the manifest
+                          records the settings' fingerprint, and a partition made under other
+                          settings (table, mapping, alpha, feature, …) is made again
     results.csv  results.parquet   the table: one row per point, with its run directory
     plots/privacy_utility.png      AUC vs ε: federated, local-only, centralised, no-DP references
     plots/auc_by_round.png         global AUC after each round, per point

@@ -26,3 +26,16 @@ def test_every_run_config_key_is_in_the_operator_runbook_with_its_default():
             assert shown in (json.dumps(default), default), key
         else:
             assert float(shown) == float(default), key
+
+
+def test_every_schema_and_mapping_key_is_in_the_schema_guide():
+    from configs.schema import _FEATURE_KEYS
+
+    guide = (REPO / "docs" / "schemas.md").read_text()
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", guide, re.M))
+    assert set(_FEATURE_KEYS) <= documented, f"docs/schemas.md lacks feature keys: {set(_FEATURE_KEYS) - documented}"
+    for table in ("[columns]", "[recode.<column>]", "[scale]", "[offset]", "[unstandardise.<column>]", "[read]",
+                  "[ignore] columns"):
+        assert f"| `{table}" in guide or f"`{table}`" in guide, table
+    for key in ("delimiter", "drop_leading_column", "positive", "negative", "bins", "transform"):
+        assert key in guide, key

@@ -260,3 +260,43 @@ def test_plan_made_for_the_statistics_is_reused_by_the_first_round_only_when_not
     calls.clear()
     stats_then_train(tmp_path / "c", first_round=2)  # first trained in round 2: planned for the rounds left
     assert len(calls) == 2
+
+
+def test_a_virtual_nodes_synthetic_table_and_the_same_rows_read_from_csv_or_parquet_split_alike(tmp_path):
+    """The split and the table version hash canonical cell values, not dtypes: the synthetic table a
+    virtual node generates (int64, pandas str), the CSV ``data synth`` writes for it (read back as
+    float64 / object), a Parquet copy with int32 and categorical columns in another column order —
+    every borrower on the same side, one fingerprint (the audit of a synthetic simulation needs it)."""
+    import pandas as pd
+
+    from clients.dataset import data_fingerprint, holdout_mask, row_hashes
+    from simulation.synthetic import write_csv
+
+    virtual = N.policy_from_context({"partition-id": 1, "num-partitions": 3},
+                                    {"synthetic-scale": 0.1, "synthetic-seed": 7, "state-root": str(tmp_path / "s")})
+    generated = N.load_node_data(virtual)
+    table = pd.concat([generated.split.train, generated.split.holdout], ignore_index=True)
+    assert str(table["credit_limit"].dtype) == "int64"  # what makes a dtype-keyed hash differ
+    write_csv(table, tmp_path / "lender.csv")
+    read = N.load_node_data(policy(tmp_path / "lender.csv", tmp_path / "state"))
+    assert str(read.split.train["credit_limit"].dtype) == "float64"
+    assert read.split.fingerprint == generated.split.fingerprint
+    sides = {"train": set(generated.split.train["borrower_id"]), "holdout": set(generated.split.holdout["borrower_id"])}
+    assert sides == {"train": set(read.split.train["borrower_id"]), "holdout": set(read.split.holdout["borrower_id"])}
+
+    stored = table[list(reversed(table.columns))].copy()
+    for c in stored.columns:
+        if str(stored[c].dtype) == "int64":
+            stored[c] = stored[c].astype("int32")
+        elif c != "borrower_id":
+            stored[c] = stored[c].astype("category")
+    stored.to_parquet(tmp_path / "lender.parquet")
+    parquet = pd.read_parquet(tmp_path / "lender.parquet")
+    assert np.array_equal(row_hashes(parquet, read.schema), row_hashes(table, read.schema))
+    assert data_fingerprint(parquet, read.schema) == read.split.fingerprint
+    assert np.array_equal(holdout_mask(parquet, read.schema, 0.3, 5), holdout_mask(table, read.schema, 0.3, 5))
+    # the cells still matter: one changed value is another table version and may move that row only
+    changed = table.copy()
+    changed.loc[0, "credit_limit"] += 10_000
+    assert data_fingerprint(changed, read.schema) != read.split.fingerprint
+    assert np.array_equal(row_hashes(changed, read.schema)[1:], row_hashes(table, read.schema)[1:])

@@ -265,6 +265,34 @@ def test_the_released_label_count_moves_by_one_defaulter_only_through_the_count(
     assert released["with"] - released["without"] == pytest.approx(1.0)
 
 
+def test_a_small_node_picks_a_larger_batch_for_a_step_noise_target_and_records_what_it_used(lender_file, tmp_path):
+    from privacy.batch_plan import candidate_batches
+
+    p = _policy(lender_file, tmp_path / "state")
+    cfg, w0, _, _ = _config(p, 1, 3, **{"step-noise-target": 0.006, "personalize": "none",
+                                        "aggregation-weight": "examples"})
+    _, m = N.train(p, w0, cfg, {})
+    n = int(m["num-examples"])  # the node sizes everything from its released (noisy) row count
+    batch = round(m["sample-rate"] * n)
+    assert batch > 256 and batch in candidate_batches(n, 256)
+    assert m["noise-multiplier"] / batch <= 0.006 or batch == candidate_batches(n, 256)[-1]
+    assert m["steps"] == -(-n // batch)  # one epoch of the chosen batch
+    (event,) = [e for e in read_state(p.state_dir)[0]["events"] if e["kind"] == "train"]
+    assert event["sample_rate"] == pytest.approx(batch / n) and event["noise_multiplier"] == m["noise-multiplier"]
+    # without a target the node keeps the announced batch
+    p2 = _policy(lender_file, tmp_path / "state2")
+    cfg2, _, _, _ = _config(p2, 1, 3, **{"personalize": "none", "aggregation-weight": "examples"})
+    _, m2 = N.train(p2, w0, cfg2, {})
+    assert round(m2["sample-rate"] * int(m2["num-examples"])) == 256 and m2["noise-multiplier"] / 256 > 0.006
+
+
+def test_candidate_batches_stop_at_half_the_rows():
+    from privacy.batch_plan import candidate_batches
+
+    assert candidate_batches(1500, 256) == [256, 512]
+    assert candidate_batches(300, 256) == [256]
+
+
 # ----------------------------------------------------------------------------- the server
 def _reply(n: float, weight=None):
     from flwr.app import Message, MetricRecord, RecordDict
@@ -379,3 +407,52 @@ def test_a_consortium_run_weighs_updates_by_information_and_leaves_each_node_a_p
     for inst in summary["institutions"]:
         d = find_personal_model(tmp_path / "state" / inst, [run.node_run_id])
         assert d is not None and json.loads((d / "model.json").read_text())["personalized_for"] == inst
+
+
+@pytest.mark.slow
+def test_simulate_reports_each_members_gain_from_joining(tmp_path):
+    """simulate (in process) with personal models: per member local-only, global and personalised AUC,
+    the gain from joining, the members worse off, the chosen models pooled; the report and the card
+    draw the per-member gains."""
+    from models.package import load_package
+    from simulation.member_gain import GAIN_TOLERANCE
+    from simulation.runner import SimulationOptions, load_all_nodes, simulate
+
+    out = tmp_path / "run"
+    s = simulate(SimulationOptions(institutions=3, rounds=2, scale=0.3, seed=4, epsilon=3.0, out=str(out),
+                                   runtime="inprocess", run_config={**HET, "hidden-layers": "16"}))
+    assert s["status"] == "completed"
+    metrics = json.loads((out / "metrics.json").read_text())
+    nodes = load_all_nodes(metrics["settings"], 3)
+    worse, chosen_aucs, pooled_y, pooled_pd = 0, [], [], []
+    global_model = load_package(out / "model")
+    for r in s["institutions"]:
+        inst = r["id"]
+        # the personalised AUC is the node's own package scored on its own holdout
+        pkg_dir = find_personal_model(out / "node-state" / inst, [metrics["run_id"]])
+        data = nodes[inst]
+        y = data.split.holdout["default_next_month"].to_numpy()
+        personal_pd = load_package(pkg_dir).predict_pd(data.split.holdout)
+        assert r["auc_personalized"] == pytest.approx(auc_score(y, personal_pd))
+        global_pd = global_model.predict_pd(data.split.holdout)
+        assert r["auc_federated"] == pytest.approx(auc_score(y, global_pd), abs=0.01)  # exact evaluation, binned
+        chosen = max(r["auc_federated"], r["auc_personalized"])
+        assert r["chosen_model"] == ("global" if chosen == r["auc_federated"] else "personalized")
+        assert r["gain_from_joining"] == pytest.approx(chosen - r["auc_local_only"])
+        worse += r["gain_from_joining"] < -GAIN_TOLERANCE
+        assert r["rows_holdout"] == len(data.split.holdout)
+        chosen_aucs.append(chosen)
+        pooled_y.append(y)
+        pooled_pd.append(personal_pd if r["chosen_model"] == "personalized" else global_pd)
+    assert s["members_worse_than_local_only"] == worse
+    # each member's chosen model scores its own holdout; the scores pooled (not a model of its own:
+    # under skew it may even rank below chance, so it is checked against the packages, not a bound)
+    assert s["auc_personalized_pooled"] == pytest.approx(auc_score(np.concatenate(pooled_y), np.concatenate(pooled_pd)))
+    assert s["auc_chosen_mean"] == pytest.approx(np.mean(chosen_aucs)) and 0.5 < s["auc_chosen_mean"] < 1.0
+    assert "local_only_pooled_auc" not in metrics["baselines"]  # removed: it measured where a row came from
+    html = (out / "report.html").read_text()
+    assert "Gain from joining, per member" in html and "AUC gain from joining per member" in html
+    card = (out / "model_card.md").read_text()
+    assert "### Gain from joining, per member" in card
+    for r in s["institutions"]:
+        assert f"{r['gain_from_joining']:+.3f}" in card
