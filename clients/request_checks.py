@@ -173,10 +173,10 @@ def train_request(cfg: dict, schema: Schema) -> tuple[dict, FeatureEncoder, Mode
         out[key] = config_number(cfg, key, default)
     if out["server-round"] < 1:
         raise _refuse(f"'server-round' of a training round must be at least 1, got {out['server-round']}")
-    if out[P.EVALUATE_RECEIVED] and out["server-round"] < 2:
-        raise _refuse(f"'{P.EVALUATE_RECEIVED}' asks to evaluate the previous round's model; round "
-                      f"{out['server-round']} has none")
-    if out[P.EVALUATE_RECEIVED]:
+    if out[P.EVALUATE_RECEIVED]:  # the evaluation's own keys: clients.node.evaluate checks them again, as ever
+        if out["server-round"] < 2:
+            raise _refuse(f"'{P.EVALUATE_RECEIVED}' asks to evaluate the previous round's model; round "
+                          f"{out['server-round']} has none")
         out["cutoff-pd"] = config_number(cfg, "cutoff-pd", 0.2)
     encoder = check_encoder(cfg.get("encoder"), schema)
     spec = check_model_spec(cfg.get("model-spec"), encoder.n_outputs)

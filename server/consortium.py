@@ -315,7 +315,11 @@ class ConsortiumRun:
         """A round's evaluation was to go with the next train message, which will not be sent (the
         run stopped, or resumed under settings that do not fold): evaluate that round's model — the
         current global model — with a separate message now."""
-        if self.pending_evaluation is not None:
+        if self.pending_evaluation is None:
+            return
+        if self.settings.fraction_evaluate <= 0:  # resumed with federated evaluation turned off
+            self.attach_evaluation("fraction-evaluate is 0: no federated evaluation", "evaluate")
+        else:
             self.attach_evaluation(self.send_evaluate(self.pending_evaluation), "evaluate")
 
     def aggregate_evaluate(self, rnd: int, record: dict, ex: Exchange) -> None:
