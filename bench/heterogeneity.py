@@ -34,6 +34,8 @@ setting, the members of the target setting (label-0.3, ε = 3, and without DP), 
 the wall times and the per-member figure it drew (``--plot-out``; bench/run_all.py keeps this
 line).
 
+``--seeds 0,1,2`` runs every setting once per seed on the same partitions; the summary gives
+means and standard deviations over the seeds (bench/heterogeneity_summary.py).
 ``--jobs N`` runs N settings at once, each in its own process on one CPU (the settings are
 independent; each needs well under 1 GB of memory). ``--only NAME,…`` runs some settings;
 ``--list`` prints their names. ``--plot FILE.jsonl`` draws the per-member gain figure
@@ -61,6 +63,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.heterogeneity_summary import plot_members, summary_line  # noqa: E402
 from bench.scratch import scratch_dir  # noqa: E402
 from server.settings import DEFAULTS  # noqa: E402
 
@@ -74,13 +77,14 @@ PARTITIONS = {
     "size": {"method": "quantity", "alpha": 1.0},
 }
 #: what a heterogeneous consortium runs with (measured: docs/benchmarks.md, "heterogeneity")
+#: (personal-proximal-mu 0: over 5 seeds at label-0.3, ε = 3 the members' mean AUC was 0.761 with μ = 0.1 and
+#: 0.771 with μ = 0 — the comparison setting "personalize-full-mu0.1" keeps measuring it)
 RECIPE = {"local-layers": "output-bias", "output-bias-learning-rate": 0.1, "aggregation-weight": "information",
-          "personalize": "full", "personal-epochs": 2, "personal-proximal-mu": 0.1}
+          "personalize": "full", "personal-epochs": 2, "personal-proximal-mu": 0.0}
 #: FedAvg as the consortium ran it before: no local layers, example weights, no personal model
 PLAIN = {"local-layers": "none", "output-bias-learning-rate": 0.0, "aggregation-weight": "examples",
          "personalize": "none", "step-noise-target": 0.0, "output-layer-init": "random"}
 MIN_ROWS, MIN_CLASS_ROWS = 500, 50
-GAIN_TOLERANCE = 0.005
 TARGET_CENTRALISED_DP, TARGET_CENTRALISED_NODP = 0.02, 0.01
 
 
@@ -113,8 +117,8 @@ def comparison_settings() -> list[Setting]:
     for method in ("calibration", "head"):
         out.append(Setting(f"compare/personalize-{method}", "label-0.3", 3.0,
                            run_config={**RECIPE, "personalize": method}, group="personalize"))
-    out.append(Setting("compare/personalize-full-mu0", "label-0.3", 3.0,
-                       run_config={**RECIPE, "personal-proximal-mu": 0.0}, group="personalize"))
+    out.append(Setting("compare/personalize-full-mu0.1", "label-0.3", 3.0,
+                       run_config={**RECIPE, "personal-proximal-mu": 0.1}, group="personalize"))
     for part in ("label-0.3", "size"):
         out.append(Setting(f"compare/step-noise-target-{part}", part, 3.0,
                            run_config={**RECIPE, "step-noise-target": 0.006}, group="batch-plan"))
@@ -193,7 +197,7 @@ def run_setting(setting: Setting, part: dict, rounds: int, seed: int, work: str,
     from simulation.runner import SimulationOptions, simulate
 
     t0 = time.time()
-    out_dir = Path(work) / "runs" / setting.name.replace("/", "_")
+    out_dir = Path(work) / "runs" / f"{setting.name.replace('/', '_')}_seed{seed}"
     if out_dir.exists():
         shutil.rmtree(out_dir)
     opts = SimulationOptions(data_dir=part["dir"], mapping=MAPPING, out=str(out_dir), rounds=rounds, seed=seed, cpus=1,
@@ -249,45 +253,6 @@ def machine_name() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-# ------------------------------------------------------------------------------- the plot
-def plot_members(lines: list[dict], path: Path) -> Path:
-    """Per-member gain (chosen − local-only AUC) for each partition at each ε of the grid."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    grid = [ln for ln in lines if ln.get("group") == "grid" and ln.get("status") == "completed"]
-    parts = [p for p in PARTITIONS if any(ln["partition"] == p for ln in grid)]
-    eps = sorted({ln["epsilon"] for ln in grid}, key=lambda e: float("inf") if e is None else e)
-    fig, axes = plt.subplots(1, len(parts), figsize=(max(6.5, 3.2 * len(parts)), 3.6), sharey=True, squeeze=False)
-    colors = ["#e76f51", "#2a9d8f", "#1f3a5f", "#8d99ae"]
-    for ax, p in zip(axes[0], parts):
-        width = 0.8 / max(1, len(eps))
-        for j, e in enumerate(eps):
-            ln = next((x for x in grid if x["partition"] == p and x["epsilon"] == e), None)
-            if ln is None:
-                continue
-            gains = [m["gain_from_joining"] if m["gain_from_joining"] is not None else float("nan")
-                     for m in ln["members"]]
-            xs = [i + (j - (len(eps) - 1) / 2) * width for i in range(len(gains))]
-            ax.bar(xs, gains, width * 0.95, color=colors[j % len(colors)], label=_eps_name(e).replace("eps", "ε = "))
-        ax.axhspan(-GAIN_TOLERANCE, GAIN_TOLERANCE, color="#8d99ae", alpha=0.2, lw=0)
-        ax.axhline(0, color="#8d99ae", lw=0.8)
-        ax.set_title(p, fontsize=10)
-        ax.set_xticks(range(len(ln["members"])), [f"{i + 1}\n{m['default_rate']:.1%}" if m["default_rate"] < 0.1 else f"{i + 1}\n{m['default_rate']:.0%}"
-                                                   for i, m in enumerate(ln["members"])], fontsize=7.5)
-        ax.set_xlabel("member (default rate)", fontsize=8.5)
-    axes[0][0].set_ylabel("AUC gain over local-only")
-    axes[0][-1].legend(fontsize=7.5, loc="best")
-    fig.suptitle("Gain from joining per member: chosen model − local-only AUC, own holdout", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
-
-
 # -------------------------------------------------------------------------------- driver
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -300,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="comma-separated setting names (see --list)")
     ap.add_argument("--list", action="store_true", help="print the setting names and exit")
     ap.add_argument("--jobs", type=int, default=1, help="settings run at once (one process and one CPU each)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the partitions (and of the runs without --seeds)")
+    ap.add_argument("--seeds", help="comma-separated run seeds: every setting runs once per seed on the same "
+                                    "partitions (default: --seed)")
     ap.add_argument("--keep", metavar="DIR", help="keep partitions and run directories here")
     ap.add_argument("--plot", metavar="FILE.jsonl",
                     help="draw the per-member figure and print the summary line from earlier output, and exit")
@@ -309,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prepare", metavar="DIR", help="only write the partitions into DIR and exit")
     ap.add_argument("--partitions-dir", metavar="DIR", help="use the partitions --prepare wrote into DIR")
     args = ap.parse_args(argv)
+    args.seeds = [int(x) for x in args.seeds.split(",") if x.strip()] if args.seeds else [args.seed]
 
     if args.plot:
         return summarise_file(Path(args.plot), args)
@@ -358,49 +326,17 @@ def _prepare_root(directory: str) -> Path:
     return d.parent
 
 
-def summary_line(lines: list[dict], args, wall: float, plot: Path | None) -> dict:
-    """The last line: every setting's pooled figures, the target setting's members, the targets."""
-    keys = ("setting", "group", "partition", "partition_seed", "epsilon", "strategy", "status", "error",
-            "members_worse_than_local_only", "auc_federated_pooled", "auc_chosen_pooled", "auc_centralized_pooled",
-            "auc_chosen_mean", "auc_centralized_mean", "auc_local_only_mean", "target_pooled_met", "target_mean_met",
-            "wall_s")
-    rows = []
-    for ln in lines:
-        row = {k: ln.get(k) for k in keys if k in ln}
-        gains = [m["gain_from_joining"] for m in ln.get("members", []) if m.get("gain_from_joining") is not None]
-        row["min_gain"] = min(gains) if gains else None
-        first = (ln.get("global_by_round") or [{}])[0]
-        row["round1_auc"], row["round1_mean_pd"] = first.get("auc"), first.get("mean_pd")
-        rows.append(row)
-    target = {ln["setting"]: {"members": ln["members"], "auc_federated_pooled": ln["auc_federated_pooled"],
-                              "auc_chosen_pooled": ln["auc_chosen_pooled"],
-                              "auc_centralized_pooled": ln["auc_centralized_pooled"],
-                              "auc_chosen_mean": ln["auc_chosen_mean"], "auc_centralized_mean": ln["auc_centralized_mean"],
-                              "members_worse_than_local_only": ln["members_worse_than_local_only"]}
-              for ln in lines if ln.get("setting") in ("label-0.3/eps3", "label-0.3/no-dp") and "members" in ln}
-    walls = [ln["wall_s"] for ln in lines if ln.get("wall_s")]
-    machine = next((ln["machine"] for ln in lines if ln.get("machine")), None)
-    return {"bench": "heterogeneity", "summary": True, "institutions": args.institutions, "rounds": args.rounds,
-            "seed": args.seed, "runtime": args.runtime, "jobs": args.jobs, "machine": machine,
-            "settings": rows, "target": target,
-            "failed": [ln["setting"] for ln in lines if "error" in ln],
-            "setting_wall_s": {"mean": round(sum(walls) / len(walls), 1) if walls else None,
-                               "max": max(walls) if walls else None},
-            "wall_s": round(wall, 1), "plot": str(plot) if plot else None}
-
-
 def summarise_file(path: Path, args) -> int:
     """The figure and the summary line from the settings' lines of earlier output (``--plot``): for a
     run cut short (each setting's line is printed as it finishes) or run elsewhere."""
     lines = [json.loads(x) for x in path.read_text().splitlines() if x.startswith("{")]
     lines = [ln for ln in lines if ln.get("bench") == "heterogeneity" and "setting" in ln]
     done = [ln for ln in lines if "members" in ln]
-    plot = plot_members(done, Path(args.plot_out)) if done else None
+    plot = plot_members(done, Path(args.plot_out), list(PARTITIONS)) if done else None
     if done:  # what the runs themselves recorded, not this invocation's defaults
-        args.rounds, args.seed = done[0]["rounds"], done[0]["seed"]
-        args.institutions = len(done[0]["members"])
-    summary = summary_line(lines, args, 0.0, plot)
-    summary.update({"from": str(path), "wall_s": None})
+        args.rounds, args.institutions = done[0]["rounds"], len(done[0]["members"])
+    summary = summary_line(lines, args, None, plot)
+    summary["from"] = str(path)
     print(json.dumps(summary, default=float), flush=True)
     return 0
 
@@ -414,7 +350,7 @@ def run_all(settings: list[Setting], parts: dict, args, work: Path) -> int:
     done = [ln for ln in lines if "members" in ln]
     if done:
         try:
-            plot = plot_members(done, Path(args.plot_out))
+            plot = plot_members(done, Path(args.plot_out), list(PARTITIONS))
         except Exception as exc:  # the figures must not be lost for the plot
             print(f"per-member figure not drawn: {type(exc).__name__}: {exc}", file=sys.stderr)
     print(json.dumps(summary_line(lines, args, time.time() - t0, plot), default=float), flush=True)
@@ -422,11 +358,13 @@ def run_all(settings: list[Setting], parts: dict, args, work: Path) -> int:
 
 
 def _run_settings(settings: list[Setting], parts: dict, args, work: Path, lines: list[dict]) -> int:
+    """Every setting once per seed, seed after seed (a run cut short keeps whole seeds)."""
     failed = 0
+    tasks = [(s, seed) for seed in args.seeds for s in settings]
     if args.jobs <= 1:
-        for s in settings:
-            failed += _emit(lambda s=s: run_setting(s, parts[s.partition], args.rounds, args.seed, str(work),
-                                                    args.runtime), s, lines)
+        for s, seed in tasks:
+            failed += _emit(lambda s=s, seed=seed: run_setting(s, parts[s.partition], args.rounds, seed, str(work),
+                                                               args.runtime), s, seed, lines)
         return failed
     import multiprocessing
     import os
@@ -438,10 +376,10 @@ def _run_settings(settings: list[Setting], parts: dict, args, work: Path, lines:
     # fresh interpreters: each job starts its own torch (no state forked from this process)
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_one_thread) as pool:
-        futures = {pool.submit(run_setting, s, parts[s.partition], args.rounds, args.seed, str(work), args.runtime): s
-                   for s in settings}
+        futures = {pool.submit(run_setting, s, parts[s.partition], args.rounds, seed, str(work), args.runtime):
+                   (s, seed) for s, seed in tasks}
         for fut in as_completed(futures):
-            failed += _emit(fut.result, futures[fut], lines)
+            failed += _emit(fut.result, *futures[fut], lines)
     return failed
 
 
@@ -451,11 +389,12 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _emit(result, s: Setting, lines: list[dict]) -> int:
+def _emit(result, s: Setting, seed: int, lines: list[dict]) -> int:
     try:
         line = result()
     except Exception as exc:  # one failed setting must not lose the others' lines
-        line = {"bench": "heterogeneity", "setting": s.name, "error": f"{type(exc).__name__}: {exc}", "spec": asdict(s)}
+        line = {"bench": "heterogeneity", "setting": s.name, "seed": seed, "error": f"{type(exc).__name__}: {exc}",
+                "spec": asdict(s)}
     lines.append(line)
     print(json.dumps(line, default=float), flush=True)
     return int("error" in line)

@@ -21,8 +21,14 @@ and of the reference's on every development band. A PSI below the bound is what 
 population of that size and noise shows by chance. When the bound reaches
 :data:`models.stability.STABLE_BELOW` (0.10) the member's figures are too noisy to resolve the
 first line: the light is ``unknown``. Otherwise the usual light of the PSI — so noise and
-sampling alone raise ``watch`` with probability below 1 % per member. ``psi_interval`` is the
-5–95 % range of the PSI with the member's noise replayed on its released counts.
+sampling alone raise ``watch`` with probability below 1 % per member. ``psi_interval`` is a 90 %
+interval of the PSI under the noise, by the basic bootstrap: the member's noise replayed on its
+released counts gives quantiles ``q₀₅, q₉₅`` of the re-noised PSI, and the interval is
+``[2·PSI − q₉₅, 2·PSI − q₀₅]`` (clipped at 0), which corrects the upward bias noise gives the
+index. Measured on synthetic releases of 600 and 6,000 rows at std 20 per band, drifted from
+PSI 0.007 to 0.19: it held the exact PSI in 87–97 % of 200 releases (the plain replay range:
+0–92 %); under extreme drift (PSI 2.4, bands of a few rows) 65–70 % — the light is ``act``
+there either way.
 
 Backtest (:func:`backtest_view`), per band ``n̂ = non_defaults + defaults``, observed default
 rate ``d̂ / n̂``, mean PD ``Ŝ / n̂``. Calibration: the Hosmer–Lemeshow statistic with the noise in
@@ -123,7 +129,8 @@ def psi_view(dev: Development, counts, noise_std: float, seed: int = 0) -> dict:
         replayed.append(population_stability_index(ref, counts + rng.normal(0.0, noise_std, len(counts))))
     bound = float(np.quantile(null, NOISE_QUANTILE)) if rows > 0 else float("inf")
     judged = bound < STABLE_BELOW
-    return {"rows": rows, "psi": psi, "noise_bound": bound, "psi_interval": _quantiles(replayed, [0.05, 0.95]),
+    q05, q95 = _quantiles(replayed, [0.05, 0.95])
+    return {"rows": rows, "psi": psi, "noise_bound": bound, "psi_interval": [max(0.0, 2 * psi - q95), 2 * psi - q05],
             "light": traffic_light(psi) if judged else "unknown", "judged": judged,
             "shares": (clean_counts(counts) / rows).tolist() if rows > 0 else [0.0] * len(counts)}
 

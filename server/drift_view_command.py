@@ -37,7 +37,7 @@ stdout (undefined figures are null):
    "backtest"}, "members": [{"institution", "period", "kind", "psi", "noise_bound", "light",
    "rows", "calibration", "signed_by"}], "out", "seconds"}
 
-Exit codes: 0 done; 2 a user mistake (a missing, damaged or foreign file, a bad signature, a
+Exit codes: 0 done; 3 with --fail-on, when retrain? reaches that answer (for scheduled jobs); 2 a user mistake (a missing, damaged or foreign file, a bad signature, a
 file not signed by its institution's registered key with --keys, two releases of one member
 for one period, a damaged package).
 """
@@ -50,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keys", nargs="+", metavar="PUB",
                    help="the members' registered node public keys (NAME.pub); then every file must be signed")
     p.add_argument("--out", metavar="DIR", help="write DIR/drift.json")
+    p.add_argument("--fail-on", choices=("watch", "retrain"), help="exit 3 when retrain? is this answer or worse")
 
 
 def run(args: argparse.Namespace):
@@ -80,7 +81,13 @@ def run(args: argparse.Namespace):
                      "signed_by": m["signed_by"], **_psi_summary(m["psi"]),
                      "calibration": m["backtest"]["calibration"] if m["backtest"] else None}
                     for m in result["members"]],
-        "out": args.out, "seconds": time.time() - t0}))
+        "out": args.out, "seconds": time.time() - t0}), _exit_code(result["recommendation"]["retrain"], args.fail_on))
+
+
+def _exit_code(answer: str, fail_on: str | None) -> int:
+    """3 when ``answer`` reaches ``fail_on`` (watch < retrain), else 0."""
+    order = ("watch", "retrain")
+    return 3 if fail_on and answer in order and order.index(answer) >= order.index(fail_on) else 0
 
 
 def _psi_summary(p: dict) -> dict:

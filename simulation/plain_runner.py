@@ -22,14 +22,12 @@ def simulate_plain(o) -> dict:
     ``RUN_DIR/metrics.json`` (history, final metrics, baselines, data) and returns the same
     summary as ``simulate``.
     """
-    from server.settings import parse_run_config
+    from server.settings import parse_run_config, parse_sim_budgets
     from simulation.baselines import run_baselines
     from simulation.plain_loop import run_plain
+    from simulation.research_mode import assess_research_mode, load_nodes
     from simulation.runner import (baseline_settings, build_run_config, count_data_files, data_summary,
                                    load_all_nodes, summarise)
-
-    from server.settings import parse_sim_budgets
-    from simulation.research_mode import assess_research_mode, load_nodes
 
     t_start = time.time()
     n = count_data_files(o.data_dir) if o.data_dir else o.institutions

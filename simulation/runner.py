@@ -56,6 +56,9 @@ class SimulationOptions:
     #: mode, simulation.research_mode); None: the consortium's 500 / 50 with DP, none without
     min_rows: int | None = None
     min_positives: int | None = None
+    #: ``time.time()`` when the command began (before its imports); the summary's ``wall_s`` counts
+    #: from here. None: from the call of :func:`simulate`
+    started_at: float | None = None
     #: "flower": Flower's simulation runtime (Ray); "inprocess": the same ServerApp driver and
     #: ClientApp with the messages delivered in this process (simulation.inprocess_grid; no Ray,
     #: one CPU — for benchmarks that run many simulations side by side)
@@ -174,7 +177,7 @@ def simulate(o: SimulationOptions, on_event: Callable[[dict], None] | None = Non
     from simulation.flower_runtime import run_in_simulation
     from simulation.research_mode import assess_research_mode, load_nodes
 
-    t_start = time.time()
+    t_start = o.started_at or time.time()
     n_nodes = count_data_files(o.data_dir) if o.data_dir else o.institutions
     if n_nodes < 2:
         raise UserError(f"--institutions must be at least 2, got {n_nodes}")

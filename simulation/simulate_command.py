@@ -29,7 +29,8 @@ Writes RUN_DIR/: metrics.json (rounds, per-institution figures, baselines), mode
 checkpoints/, progress.jsonl, config.resolved.toml, node-state/ (each institution's privacy
 ledger). A run refused before it starts (options, data, budgets, research mode) leaves no
 RUN_DIR. With --json the summary is the last line of stdout; its wall_s covers the whole
-simulation (validation, Flower run, baselines, report), flower_s and baselines_s its parts.
+command (its imports, validation, Flower run, baselines, report), flower_s and baselines_s its
+parts.
 
 Resume: --resume RUN_DIR continues a simulation that was killed (or stopped) from its last
 checkpoint, with the settings in RUN_DIR/config.resolved.toml (same data, state root, budgets);
@@ -206,6 +207,9 @@ def _option_value(key: str, raw):
 
 
 def run(args: argparse.Namespace) -> int:
+    import time
+
+    started = time.time()  # wall_s covers the whole command: the imports below take seconds too
     import logging
 
     from rich.console import Console
@@ -232,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
                             f"{', '.join('--' + g.replace('_', '-') for g in given)}")
         opts = resume_options(args.resume, cpus=args.cpus, baselines=False if args.no_baselines else None,
                               verbose=args.verbose, faults=args.inject_fault)
+        opts.started_at = started
         resumed_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     else:
         extra = take_option_keys(args, parse_key_values(args.run_config))
@@ -244,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
                                  scale=args.scale, out=args.out, state_root=args.state_root,
                                  baselines=not args.no_baselines, cpus=args.cpus, run_config=extra,
                                  verbose=args.verbose, faults=args.inject_fault, budgets=_budgets(args),
-                                 min_rows=args.min_rows, min_positives=args.min_positives)
+                                 min_rows=args.min_rows, min_positives=args.min_positives, started_at=started)
         if opts.budgets and not opts.dp:
             raise UserError("--budgets sets privacy budgets; it cannot go with --no-dp")
     if not args.verbose:
@@ -285,7 +290,11 @@ def run(args: argparse.Namespace) -> int:
                 bar.update(baselines[0], completed=e["done"], info=f"{e['name']} trained")
 
         baselines = [None]
-        summary = simulate(opts, on_event)
+        try:
+            summary = simulate(opts, on_event)
+        except UserError:
+            bar.update(task, visible=False)  # refused before it started: no bar that says it was starting
+            raise
         bar.update(task, description="done")
     print_table(summary)
     return Outcome(summary)

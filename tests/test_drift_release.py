@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,6 +177,8 @@ def test_the_operator_sees_a_drifted_member_and_the_consortium_retrains(consorti
     assert len(full["members"]) == 3 and full["bands"]["count"] == bands.n_bands
     drifted_only = _view(capsys, d, fc)
     assert drifted_only["retrain"] == "retrain" and drifted_only["pooled"]["light"] == "act"
+    for files, code in (((fc,), 3), ((fa, fb), 0)):
+        assert cli(capsys, "drift", "view", "--model", d / "model", *files, "--fail-on", "watch").returncode == code
 
 
 def test_noise_alone_does_not_trigger_the_recommendation(consortium, tmp_path, capsys):
@@ -303,3 +306,35 @@ def test_the_released_bands_are_the_development_bands_monitor_uses(consortium):
     d, pkg, same = consortium
     monitored = score_stability(pkg.reference, pkg.predict_pd(same), pkg.scale)
     assert np.array_equal(monitored.group_of_cell, development_bands(pkg.reference).bin_group)
+
+
+@pytest.mark.slow
+def test_a_release_after_a_federated_dp_run_composes_with_the_runs_spend(tmp_path, capsys):
+    """The real round driver and ClientApps train under DP (3 virtual nodes, in process); a member
+    then releases its drift from its node's state: one more event in the same lifetime ledger,
+    composed by the same accountant with every release of the run."""
+    from privacy.accountant import compute_epsilon, read_state
+    from tests.inprocess_runs import _execute, _grid, _run_config
+
+    rc = _run_config(tmp_path, "dp", **{"dp": True, "sim-max-epsilon": 3.0, "target-epsilon": 1.0,
+                                        "num-server-rounds": 2, "fraction-evaluate": 1.0})
+    summary, _ = _execute(rc, _grid(rc))
+    assert summary["status"] == "completed"
+    model = tmp_path / "dp" / "model"
+    state = next(d for d in sorted(Path(rc["state-root"]).iterdir()) if d.is_dir())
+    (before,) = read_state(state)
+    table, _ = synthetic_table("card-issuer", 3000, seed=12)
+    write_table(table, tmp_path / "applicants.csv", drop=(load_schema().label.name,))
+    r = cli(capsys, "drift", "release", "--model", model, "--data", tmp_path / "applicants.csv", "--state-dir", state,
+            "--out", tmp_path / "release.json", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = _last_json(r.stdout)
+    (after,) = read_state(state)
+    assert after["events"][:-1] == before["events"] and after["events"][-1]["kind"] == "drift"
+    assert s["epsilon_before"] == pytest.approx(before["epsilon_spent"])
+    eps = compute_epsilon([PrivacyEvent.from_dict(e) for e in after["events"]], after["delta"])
+    assert s["epsilon_spent"] == pytest.approx(eps) == pytest.approx(after["epsilon_spent"])
+    assert before["epsilon_spent"] < eps < before["epsilon_spent"] + 0.05
+    r = cli(capsys, "drift", "view", "--model", model, tmp_path / "release.json", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _last_json(r.stdout)["members"][0]["institution"] == state.name

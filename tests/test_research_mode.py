@@ -4,7 +4,8 @@ Institutions below the consortium's DP-training minimum (500 rows, 50 defaults) 
 when the researcher lowers the minimum — with a loud warning and a record in the run — and are
 refused where DP-SGD's noise would drown all of their defaults (ρ < 1); the refusal's advice must
 work as written. A refused run leaves no directory; run-config keys that options also set are
-honoured or refused, never silently replaced.
+honoured or refused, never silently replaced. A research-mode run end to end (warning, baselines'
+progress, timings, the card) is tests/test_bring_your_own_data.py's.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from fedcredit.cli import main
 from server.settings import parse_run_config
 from simulation.research_mode import assess_research_mode, dp_signal
 from simulation.synthetic import write_csv
-from tests.conftest import run_fedcredit
 
 SCHEMA = load_schema()
 LABEL = SCHEMA.label.name
@@ -203,22 +203,18 @@ def test_a_run_config_key_an_option_sets_is_honoured(monkeypatch, tmp_path, caps
     capsys.readouterr()
 
 
-# ----------------------------------------------------------------------------- end to end
-@pytest.mark.slow
-def test_a_research_mode_simulation_runs_warns_and_is_recorded_with_its_timings(small_consortium, tmp_path):
-    run_dir = tmp_path / "run"
-    proc = run_fedcredit("simulate", "--data", small_consortium, "--out", run_dir, "--rounds", 2, "--epsilon", 2,
-                         "--min-rows", 300, "--run-config", "min-positives=30", "--json", timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    err = " ".join(proc.stderr.split())
-    assert "RESEARCH MODE: 3 institutions below" in err
-    assert "baselines (centralised, local-only)" in err and "4/4" in err  # progress while the baselines train
-    assert summary["research_mode"] is True and summary["status"] == "completed"
-    assert summary["baselines_s"] > 0 and summary["flower_s"] > 0
-    assert summary["wall_s"] >= summary["flower_s"] + summary["baselines_s"]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+def test_the_sweeps_in_process_runtime_refuses_and_records_small_institutions_as_simulate_does(small_consortium,
+                                                                                               tmp_path):
+    from simulation.plain_runner import simulate_plain
+    from simulation.runner import SimulationOptions
+
+    refused = SimulationOptions(data_dir=str(small_consortium), rounds=1, out=str(tmp_path / "refused"),
+                                baselines=False)
+    with pytest.raises(UserError, match=r"research mode: --min-rows 300 --min-positives 30 "):
+        simulate_plain(refused)
+    assert not (tmp_path / "refused").exists()
+    summary = simulate_plain(SimulationOptions(data_dir=str(small_consortium), rounds=1, out=str(tmp_path / "run"),
+                                               baselines=False, min_rows=300, min_positives=30))
+    assert summary["research_mode"] is True
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(metrics["research_mode"]["institutions"]) == {"bank-1", "bank-2", "bank-3"}
-    assert metrics["wall_s"] == summary["wall_s"]
-    card = " ".join((run_dir / "model_card.md").read_text().split())
-    assert "RESEARCH MODE: 3 institutions below the consortium's DP-training minimum" in card
