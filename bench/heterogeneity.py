@@ -353,7 +353,9 @@ def run_all(settings: list[Setting], parts: dict, args, work: Path) -> int:
             plot = plot_members(done, Path(args.plot_out), list(PARTITIONS))
         except Exception as exc:  # the figures must not be lost for the plot
             print(f"per-member figure not drawn: {type(exc).__name__}: {exc}", file=sys.stderr)
-    print(json.dumps(summary_line(lines, args, time.time() - t0, plot), default=float), flush=True)
+    summary = summary_line(lines, args, time.time() - t0, plot)
+    summary["command"] = " ".join(["python bench/heterogeneity.py", *sys.argv[1:]])
+    print(json.dumps(summary, default=float), flush=True)
     return failed
 
 

@@ -225,6 +225,21 @@ def run_bench(b: Bench, ctx: Ctx) -> dict:
     return entry
 
 
+def result_from_file(b: Bench, path: Path) -> dict:
+    """A benchmark's entry from the output it printed elsewhere (``--result-from``): its last JSON
+    line; a plot it names is looked for beside the file (the other machine's path is not here)."""
+    result = _last_json(path.read_text())
+    if result is None:
+        raise SystemExit(f"--result-from: no JSON line in {path}")
+    plot = result.get("plot")
+    if plot and not Path(plot).is_file() and (path.parent / Path(plot).name).is_file():
+        result["plot"] = str(path.parent / Path(plot).name)
+    started = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+    return {"name": b.name, "what": b.what, "started": started, "commit": result.get("commit") or _git(
+        "rev-parse", "--short", "HEAD"), "command": result.get("command"), "wall_s": result.get("wall_s"),
+        "machine": result.get("machine"), "status": "ok", "result": result}
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     import signal
 
@@ -730,7 +745,10 @@ def write_document(results: dict[str, dict], env: dict, plots: dict[str, list[st
         if e is None:
             continue
         lines += ["", f"## {b.name.replace('_', '-')}", "", f"{b.what}."]
-        if e.get("command"):
+        if e.get("command") and e.get("machine"):  # run on another machine (--result-from)
+            lines += ["", f"Command: `{e['command']}` on {e['machine']} (wall {e.get('wall_s')} s, commit "
+                          f"`{e.get('commit')}`, {e.get('started')})."]
+        elif e.get("command"):
             shown = e["command"].replace(str(REPO.parent) + "/", "../")  # run from the repository root
             lines += ["", f"Command: `{shown}` (wall {e.get('wall_s')} s, load average "
                           f"{e.get('load_avg_before', 0):.1f} → {e.get('load_avg_after', 0):.1f}, commit "
@@ -772,7 +790,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", help="scratch directory for sweeps, runs and logs (default runs/benchmarks-work)")
     ap.add_argument("--render-only", action="store_true",
                     help="run nothing: rewrite the document and plots from the stored results.json")
+    ap.add_argument("--result-from", action="append", default=[], metavar="NAME=FILE",
+                    help="run nothing: store the last JSON line of FILE as NAME's result (a benchmark run on "
+                         "another machine: its line names the machine and the command), then render")
     args = ap.parse_args(argv)
+    args.render_only = args.render_only or bool(args.result_from)
 
     names = [b.name for b in BENCHES]
     only = [s.strip() for s in args.only.split(",")] if args.only else names
@@ -789,6 +811,11 @@ def main(argv: list[str] | None = None) -> int:
     store = img / "results.json"
     stored = json.loads(store.read_text()) if store.is_file() else {}
     results: dict[str, dict] = dict(stored.get("benchmarks", {}))
+    for item in args.result_from:
+        name, _, path = item.partition("=")
+        if name not in names or not Path(path).is_file():
+            ap.error(f"--result-from {item}: NAME must be one of {', '.join(names)} and FILE an existing file")
+        results[name] = result_from_file(next(b for b in BENCHES if b.name == name), Path(path))
     ctx = Ctx(quick=args.quick, uci=Path(args.uci), work=work, img=img, results=results)
     cmd = "python bench/run_all.py" + (" --quick" if args.quick else "")
     for b in BENCHES:

@@ -63,7 +63,9 @@ def drift_release(scored, state_dir: str | Path, *, with_outcomes: bool, noise_m
     cells = band_cells(bands, scored.pd, scored.outcomes if with_outcomes else None)
     with open_member_ledger(state_dir) as ledger:
         noisy, event = release_drift(cells, noise_multiplier, rng if rng is not None else np.random.default_rng())
-        event.run_id = str(pkg.meta.get("run_id", ""))
+        # not the package's run id: the event is no part of that run (a run's own events count
+        # against its target-epsilon when the node plans it)
+        event.detail += f"; scored with the model of run {pkg.meta.get('run_id', '?')}"
         before = ledger.spent()
         spent = ledger.record([event])  # persisted before anything is written for the operator
         privacy = {"event": event.to_dict(), "epsilon_before": before, "epsilon_spent": spent, "epsilon_budget": ledger.max_epsilon,

@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--outcomes", action="store_true",
                    help="release the backtest cells (defaults, non-defaults, sum of PDs per band): the file needs "
                         "the label column with both outcomes")
-    p.add_argument("--period", default="", metavar="TEXT", help="your label for the release, e.g. 'applicants 2025-07'")
+    p.add_argument("--period", metavar="TEXT", help="your label for the release, e.g. 'applicants 2025-07'")
     p.add_argument("--noise-multiplier", type=number(float, minimum=0.5, maximum=1000),
                    default=DRIFT_NOISE_MULTIPLIER, help="σ: noise std per cell / sensitivity")
     p.add_argument("--key", metavar="KEY", help="sign the file with this node private key (fedcredit keys)")
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace):
         scored = load_scored_table(args.model, args.data, args.mapping, outcomes=args.outcomes)
         stage("releasing through the privacy ledger")
         body = drift_release(scored, args.state_dir, with_outcomes=args.outcomes,
-                             noise_multiplier=args.noise_multiplier, period=args.period, key=args.key)
+                             noise_multiplier=args.noise_multiplier, period=args.period or "", key=args.key)
         write_json_atomic(out, body, allow_nan=False)
     p = body["privacy"]
     before = p["epsilon_before"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fedcredit.arguments import add_package_and_table, number
+from fedcredit.arguments import add_fail_on, add_package_and_table, number
 
 HELP = "drift monitoring: score PSI, CSI per feature, data quality against the development population"
 DESCRIPTION = """\
@@ -58,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--groups", type=number(int, minimum=2, maximum=50), default=10,
                    help="groups (score bands, feature groups) of about equal development mass")
     p.add_argument("--out", metavar="DIR", help="write DIR/monitor.json and DIR/monitor.html")
-    p.add_argument("--fail-on", choices=("watch", "act"), help="exit 3 when the status is this light or worse")
+    add_fail_on(p, ("watch", "act"), "the status")
 
 
 def run(args: argparse.Namespace):
@@ -68,10 +68,11 @@ def run(args: argparse.Namespace):
     from clients.scored_table import check_command_paths, load_scored_table, load_table, package_pd
     from configs.errors import UserError
     from fedcredit.json_values import finite
-    from fedcredit.outcome import Outcome
+    from fedcredit.outcome import Outcome, fail_on_exit_code
     from fedcredit.progress import stage_progress
     from models.package import load_package
     from models.reference import reference_from_table
+    from models.stability import LIGHTS
 
     t0 = time.time()
     check_command_paths([args.model], args.out)
@@ -107,13 +108,7 @@ def run(args: argparse.Namespace):
             "reference")
     summary = {"ok": True, "model": args.model, "data": args.data, **{k: result[k] for k in keys},
                "out": str(out_dir) if out_dir else None, "seconds": time.time() - t0}
-    return Outcome(finite(summary), 3 if args.fail_on and _at_least(result["status"], args.fail_on) else 0)
-
-
-def _at_least(status: str, light: str) -> bool:
-    from models.stability import LIGHTS
-
-    return status in LIGHTS and LIGHTS.index(status) >= LIGHTS.index(light)
+    return Outcome(finite(summary), fail_on_exit_code(result["status"], args.fail_on, LIGHTS))
 
 
 def _write_outputs(out, result: dict, summary_line: str, args):

@@ -41,6 +41,7 @@ from clients.node_privacy import (
     plan_run,
     plan_shape,
     released_counts,
+    require_budget,
 )
 from clients.refusal import NodeRefusal
 from clients.request_checks import (
@@ -69,8 +70,10 @@ def node_schema(name: str) -> Schema:
 
 
 def _wants_dp(policy: NodePolicy, cfg: dict) -> bool:
-    """DP unless the run asks for none *and* the node allows non-private training."""
+    """DP unless the run asks for none *and* the node allows non-private training (decided, with
+    the node's budget being set, before any row is read)."""
     if cfg["dp"]:
+        require_budget(policy)
         return True
     if not policy.allow_non_private:
         raise NodeRefusal(P.REFUSED_POLICY, "the run asks for training without differential privacy; this node's "
@@ -112,9 +115,10 @@ def answer_statistics(policy: NodePolicy, cfg: dict, state: dict | None = None
     if req["schema-key"] and req["schema-key"] != schema.key:
         raise NodeRefusal(P.REFUSED_POLICY, f"the run uses schema {req['schema-key']}, this node's data follows "
                           f"{schema.key}")
+    dp = _wants_dp(policy, req)  # a policy refusal is decided before any row is read
     data = load_node_data(policy)
     stats = feature_statistics(data.split.train, data.schema)
-    if not _wants_dp(policy, req):
+    if not dp:
         return stats, {"num-examples": float(data.split.n_train)}
     from privacy.dp_release import STATISTICS_NOISE_MULTIPLIER, release_statistics
 
@@ -180,6 +184,7 @@ def train(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict,
     """
     req, encoder, spec = train_request(cfg, node_schema(policy.schema))
     weights = check_weights(weights, spec)
+    dp = _wants_dp(policy, req)  # a policy refusal is decided before any row is read
     rnd = req["server-round"]
     if req["ledger-head"]:  # keep the audit ledger head we were shown (clients.ledger_heads)
         from clients.ledger_heads import record_ledger_head
@@ -194,7 +199,7 @@ def train(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict,
                             proximal_mu=req["proximal-mu"],
                             output_bias_learning_rate=personal.settings.output_bias_learning_rate)
     seed = req["seed"] * 100_003 + rnd  # the training loop's own generator (public; not DP-SGD's sample)
-    if not _wants_dp(policy, req):
+    if not dp:
         out = train_local(model, x, y, tcfg, seed=seed)
         metrics = {"num-examples": float(len(x)), "train-loss": out["loss"], **personal.after_training(model, y, dp=False)}
         personal.personalise_if_last(req, x, y, tcfg, None, policy.institution_id, encoder, data.schema)
@@ -285,6 +290,8 @@ def evaluate(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict, stat
         record_ledger_head(policy.state_dir, req["run-id"], req["server-round"], req["ledger-head"], stage="evaluate")
     if policy.release_eval == "off":  # decided before any data is read
         return None, {"num-examples": 0.0}, "off"
+    if policy.release_eval == "noised":
+        require_budget(policy)
     data = load_node_data(policy)
     _, _, xh, yh = data.matrices(encoder)
     pd_holdout = finite_pd(predict_pd(_model_from(spec, weights), xh))

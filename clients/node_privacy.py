@@ -47,13 +47,18 @@ from fedcredit.protocol import evaluation_rounds
 PER_RUN_KEYS = ("run-id", "ledger-head")
 
 
+def require_budget(policy: NodePolicy) -> None:
+    """Refuse (policy) when the node config sets no ``max-epsilon``: decided from the config alone."""
+    if policy.max_epsilon is None:
+        raise NodeRefusal(P.REFUSED_POLICY, "this node has no 'max-epsilon' in its node config, so it does not "
+                          "release anything computed from borrower data; set max-epsilon")
+
+
 def open_ledger(policy: NodePolicy, data: NodeData):
     """The institution's ledger, opened for the table version in ``data`` (hold it briefly: it is locked)."""
     from privacy.ledger import PrivacyLedger
 
-    if policy.max_epsilon is None:
-        raise NodeRefusal(P.REFUSED_POLICY, "this node has no 'max-epsilon' in its node config, so it does not "
-                          "release anything computed from borrower data; set max-epsilon")
+    require_budget(policy)
     return PrivacyLedger.open(policy.state_dir, institution_id=policy.institution_id,
                               max_epsilon=policy.max_epsilon, delta=policy.delta, accountant=policy.accountant,
                               fingerprint=data.split.fingerprint, schema_key=data.schema.key, split=data.split.split)

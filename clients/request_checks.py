@@ -56,7 +56,7 @@ CONFIG_LIMITS: dict[str, tuple[type, float, float]] = {
     "local-epochs": (int, 1, 1_000),
     "batch-size": (int, 1, 10_000_000),
     "evaluate-every": (int, 1, 100_000),
-    "seed": (int, -(2**63), 2**63 - 1),
+    "seed": (int, 0, 2**63 - 1),  # NumPy generators take non-negative seeds only
     "learning-rate": (float, 1e-12, 10.0),
     "proximal-mu": (float, 0.0, 1e3),
     "clipping-norm": (float, 1e-6, 1e3),

@@ -53,3 +53,9 @@ def add_package_and_table(p: argparse.ArgumentParser, data_help: str,
     p.add_argument("--model", required=True, metavar="DIR", help="model package directory (RUN_DIR/model)")
     p.add_argument("--data", required=True, metavar="FILE", help=data_help)
     p.add_argument("--mapping", help=mapping_help)
+
+
+def add_fail_on(p: argparse.ArgumentParser, levels: tuple[str, ...], what: str) -> None:
+    """``--fail-on LEVEL``: exit 3 when ``what`` reaches that level (for scheduled jobs;
+    :func:`fedcredit.outcome.fail_on_exit_code`)."""
+    p.add_argument("--fail-on", choices=levels, help=f"exit 3 when {what} is this or worse (for scheduled jobs)")

@@ -19,3 +19,15 @@ class Outcome:
 
     summary: Any
     exit_code: int = 0
+
+
+#: the exit code of a scheduled job's ``--fail-on`` (:func:`fail_on_exit_code`)
+FAIL_ON_EXIT_CODE = 3
+
+
+def fail_on_exit_code(level: str, fail_on: str | None, order: tuple[str, ...]) -> int:
+    """:data:`FAIL_ON_EXIT_CODE` when ``level`` is ``fail_on`` or later in ``order`` (mildest first),
+    else 0 — also for a level outside ``order`` (e.g. "unknown") and without ``--fail-on``."""
+    if not fail_on or level not in order:
+        return 0
+    return FAIL_ON_EXIT_CODE if order.index(level) >= order.index(fail_on) else 0

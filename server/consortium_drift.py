@@ -95,3 +95,15 @@ def consortium_drift(pkg, files: list[tuple[str, dict]], trusted: dict[str, str]
     return {"model": package_identity(pkg),
             "bands": bands_record(bands), "development_shares": (dev.counts / dev.counts.sum()).tolist(),
             "members": members, "pooled": pooled, "recommendation": recommendation(pooled, members)}
+
+
+def view_release_files(model_dir, paths, key_paths=None) -> dict:
+    """:func:`consortium_drift` of the release files ``paths`` for the package in ``model_dir``;
+    with ``key_paths`` (the members' registered ``NAME.pub``) every file must be signed by its
+    institution's key."""
+    from fedcredit.drift_file import read_drift_file
+    from models.package import load_package
+
+    pkg = load_package(model_dir)
+    files = [(path, read_drift_file(path)) for path in paths]
+    return consortium_drift(pkg, files, trusted_keys(key_paths) if key_paths else None)

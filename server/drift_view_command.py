@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from fedcredit.arguments import add_fail_on
+
 HELP = "operator: drift and backtest across the consortium from members' DP releases; retrain?"
 DESCRIPTION = """\
 Aggregate the drift release files members sent (`fedcredit drift release`) for one model
@@ -49,31 +51,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="the members' drift release files")
     p.add_argument("--keys", nargs="+", metavar="PUB",
                    help="the members' registered node public keys (NAME.pub); then every file must be signed")
+    add_fail_on(p, ("watch", "retrain"), "the answer to retrain?")
     p.add_argument("--out", metavar="DIR", help="write DIR/drift.json")
-    p.add_argument("--fail-on", choices=("watch", "retrain"), help="exit 3 when retrain? is this answer or worse")
 
 
 def run(args: argparse.Namespace):
     import time
 
     from clients.scored_table import check_command_paths, write_result_json
-    from fedcredit.drift_file import read_drift_file
-    from fedcredit.json_values import finite
-    from fedcredit.outcome import Outcome
-    from models.package import load_package
-    from server.consortium_drift import consortium_drift, trusted_keys
+    from server.consortium_drift import view_release_files
 
     t0 = time.time()
     check_command_paths([args.model], args.out)
-    pkg = load_package(args.model)
-    files = [(path, read_drift_file(path)) for path in args.files]
-    result = consortium_drift(pkg, files, trusted_keys(args.keys) if args.keys else None)
+    result = view_release_files(args.model, args.files, args.keys)
     if args.out:
         write_result_json(args.out, "drift.json", {"model": args.model, **result})
     _print(result)
+    from fedcredit.json_values import finite
+    from fedcredit.outcome import Outcome, fail_on_exit_code
+
     pooled = result["pooled"]
     return Outcome(finite({
-        "ok": True, "model": args.model, "files": len(files), "retrain": result["recommendation"]["retrain"],
+        "ok": True, "model": args.model, "files": len(result["members"]), "retrain": result["recommendation"]["retrain"],
         "reasons": result["recommendation"]["reasons"],
         "pooled": {**_psi_summary(pooled["psi"]), "members": pooled["members"],
                    "backtest": _backtest_summary(pooled["backtest"])},
@@ -81,13 +80,8 @@ def run(args: argparse.Namespace):
                      "signed_by": m["signed_by"], **_psi_summary(m["psi"]),
                      "calibration": m["backtest"]["calibration"] if m["backtest"] else None}
                     for m in result["members"]],
-        "out": args.out, "seconds": time.time() - t0}), _exit_code(result["recommendation"]["retrain"], args.fail_on))
-
-
-def _exit_code(answer: str, fail_on: str | None) -> int:
-    """3 when ``answer`` reaches ``fail_on`` (watch < retrain), else 0."""
-    order = ("watch", "retrain")
-    return 3 if fail_on and answer in order and order.index(answer) >= order.index(fail_on) else 0
+        "out": args.out, "seconds": time.time() - t0}),
+        fail_on_exit_code(result["recommendation"]["retrain"], args.fail_on, ("no", "watch", "retrain")))
 
 
 def _psi_summary(p: dict) -> dict:

@@ -185,3 +185,68 @@ def test_quality_uci_removes_its_temporary_directory(scratch, tmp_path, monkeypa
     with pytest.raises(RuntimeError):
         run_main(bench, monkeypatch, "--data", str(data), "--keep", str(keep))
     assert (keep / "institutions" / "institution-1.csv").is_file()
+
+
+def _hetero_line(setting: str, seed: int, gains: list[float], pooled: float, group: str = "grid") -> dict:
+    """A bench/heterogeneity.py setting line: members whose chosen model (the global one) sits ``gains``
+    above their local-only AUC of 0.7."""
+    members = [{"id": f"institution-{i + 1}", "rows": 1000 * (i + 1), "default_rate": 0.1 * (i + 1),
+                "auc_local_only": 0.7, "auc_federated": 0.7 + g, "auc_personalized": 0.69 + g,
+                "chosen_model": "global", "gain_from_joining": g, "auc_centralized": 0.8}
+               for i, g in enumerate(gains)]
+    return {"bench": "heterogeneity", "setting": setting, "group": group, "partition": setting.split("/")[0],
+            "partition_seed": 7, "epsilon": 3.0, "strategy": "fedavg", "rounds": 20, "seed": seed,
+            "status": "completed", "members": members, "auc_federated_pooled": pooled, "auc_chosen_pooled": pooled,
+            "auc_centralized_pooled": 0.77, "auc_chosen_mean": 0.7 + sum(gains) / len(gains),
+            "auc_centralized_mean": 0.8, "auc_local_only_mean": 0.7,
+            "members_worse_than_local_only": sum(g < -0.005 for g in gains), "target_pooled_met": pooled >= 0.75,
+            "wall_s": 20.0, "machine": "Test Xeon, 16 cores, Python 3.12.3",
+            "global_by_round": [{"round": 1, "auc": 0.6, "mean_pd": 0.3}]}
+
+
+def test_heterogeneity_summary_averages_each_setting_over_its_seeds():
+    summary = load_bench("heterogeneity_summary")
+    lines = [_hetero_line("label-0.3/eps3", 0, [0.01, -0.02], 0.76), _hetero_line("label-0.3/eps3", 1, [0.03, 0.0], 0.78),
+             _hetero_line("compare/fedavg-before", 0, [-0.05, 0.01], 0.70, group="recipe"),
+             {"bench": "heterogeneity", "setting": "iid/eps3", "seed": 1, "error": "RuntimeError: boom"}]
+    s = summary.summary_line(lines, SimpleNamespace(institutions=2, rounds=20, seed=0, runtime="inprocess", jobs=16),
+                             12.0, None)
+    rows = {r["setting"]: r for r in s["settings"]}
+    assert [r["setting"] for r in s["settings"]] == ["label-0.3/eps3", "compare/fedavg-before"]  # the grid first
+    t = rows["label-0.3/eps3"]
+    assert t["seeds"] == [0, 1] and t["members_worse_by_seed"] == [1, 0] and t["min_gain"] == pytest.approx(-0.02)
+    assert t["auc_federated_pooled"] == pytest.approx(0.77)
+    assert t["auc_federated_pooled_sd"] == pytest.approx(0.0141421356, rel=1e-6)  # sample sd of 0.76, 0.78
+    assert t["target_pooled_met_by_seed"] == [True, True]
+    assert rows["compare/fedavg-before"]["auc_federated_pooled_sd"] is None  # one seed: no sd
+    m1, m2 = s["target"]["label-0.3/eps3"]["members"]
+    assert m1["gain_from_joining"] == pytest.approx(0.02) and m1["seeds_worse"] == 0
+    assert m2["gain_from_joining"] == pytest.approx(-0.01) and m2["seeds_worse"] == 1
+    assert s["seeds"] == [0, 1] and s["failed"] == ["iid/eps3 (seed 1)"] and s["machine"].startswith("Test Xeon")
+
+
+def test_a_result_measured_elsewhere_is_rendered_with_its_machine_command_and_targets(run_all, tmp_path):
+    summary = load_bench("heterogeneity_summary")
+    lines = [_hetero_line("label-0.3/eps3", seed, [0.01, 0.02], 0.76) for seed in (0, 1)]
+    line = summary.summary_line(lines, SimpleNamespace(institutions=2, rounds=20, seed=0, runtime="inprocess",
+                                                       jobs=16), 30.0, None)
+    line["command"] = "python bench/heterogeneity.py --seeds 0,1 --jobs 16"
+    out = tmp_path / "elsewhere" / "heterogeneity.jsonl"
+    out.parent.mkdir()
+    out.write_text("\n".join(json.dumps(x) for x in lines + [line]) + "\n")
+    doc = tmp_path / "doc" / "benchmarks.md"
+    (doc.parent / "benchmarks").mkdir(parents=True)
+    (doc.parent / "benchmarks" / "results.json").write_text(json.dumps(
+        {"environment": ENV, "command": "python bench/run_all.py",
+         "benchmarks": {"synth_speed": entry(run_all, "synth_speed", result=RESULTS["synth_speed"])}}))
+    assert run_all.main(["--result-from", f"heterogeneity={out}", "--doc", str(doc),
+                         "--work", str(tmp_path / "work")]) == 0
+    text = doc.read_text()
+    assert ("Command: `python bench/heterogeneity.py --seeds 0,1 --jobs 16` on Test Xeon, 16 cores, "
+            "Python 3.12.3") in text
+    assert ("label-0.3/eps3: no member's chosen model more than 0.005 below its local-only model in 2 of 2 seeds; "
+            "the members' chosen models, pooled, within 0.02 of the centralised model in 2 of 2 seeds "
+            "(0.760 ± 0.000 vs 0.770; the global model alone: 0.760 ± 0.000)") in text
+    assert "| label-0.3/eps3 | 3 | 0, 0 |" in text and "## synth-speed" in text  # the stored results stay
+    with pytest.raises(SystemExit):
+        run_all.main(["--result-from", f"nonsense={out}", "--doc", str(doc)])

@@ -127,6 +127,7 @@ def test_the_released_file_with_and_without_a_target_as_an_attacker_sees_it(cons
         after = _events(state)
         assert after[:len(before)] == before and len(after) == len(before) + 1  # the spend is recorded
         assert after[-1]["kind"] == "drift" and after[-1]["noise_multiplier"] == 20.0 and after[-1]["rows"] == ""
+        assert after[-1]["run_id"] == ""  # no part of the package's run (it would count against its target ε)
         assert s["epsilon_spent"] > s["epsilon_before"]
         files[name] = (json.loads((tmp_path / f"{name}.json").read_text()), s)
     (a, sa), (b, sb) = files["with"], files["without"]

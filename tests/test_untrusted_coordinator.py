@@ -104,15 +104,40 @@ def signature(reply) -> dict:
     values = [v for rec in reply.content.array_records.values() for v in P.from_array_record(rec).values()]
     metrics = dict(reply.content[P.METRICS]) if P.METRICS in reply.content.metric_records else {}
     info = P.node_info(reply)
-    return {"arrays": arrays, "metric-keys": sorted(metrics), "node-keys": sorted(info),
-            "refused": info.get("refused", ""), "detail": info.get("detail", ""),
-            "finite": all(np.all(np.isfinite(v)) for v in values) and all(math.isfinite(v) for v in metrics.values())}
+    out = {"arrays": arrays, "metric-keys": sorted(metrics), "node-keys": sorted(info),
+           "refused": info.get("refused", ""), "detail": info.get("detail", ""),
+           "finite": all(np.all(np.isfinite(v)) for v in values) and all(math.isfinite(v) for v in metrics.values())}
+    if info.get("release") == "noised":  # the released figures a noised evaluation's shape follows
+        out["noised"] = (metrics["num-examples"], metrics["noise-multiplier"])
+    return out
+
+
+def comparable(sig: dict) -> dict:
+    """A reply's signature with what follows the node's released noisy row count n̂ masked —
+    post-processing of an accounted release, and a fresh draw at each node: the figures of a
+    budget refusal (the ε the refused release would have reached depends on q = batch / n̂) and
+    the number of score bins of a noised evaluation (from n̂ and the planned σ; checked here to be
+    exactly that function of the released figures)."""
+    import re
+
+    from privacy.dp_release import evaluation_bins
+
+    if sig["refused"] == P.REFUSED_BUDGET:
+        sig = {**sig, "detail": re.sub(r"\d+(\.\d+)?", "#", sig["detail"])}
+    evaluation = sig["arrays"].get(P.EVAL)
+    if evaluation and "noised" in sig:
+        n_hat, sigma = sig["noised"]
+        bins = evaluation_bins(n_hat, sigma, sum(k.startswith("fair/") for k in evaluation))
+        assert evaluation["hist-neg"] == evaluation["hist-pos"] == (bins,), (evaluation, n_hat, sigma)
+        evaluation = {**evaluation, "hist-neg": "bins(n̂, σ)", "hist-pos": "bins(n̂, σ)"}
+        sig = {**sig, "arrays": {**sig["arrays"], P.EVAL: evaluation}}
+    return {k: v for k, v in sig.items() if k != "noised"}
 
 
 def assert_same_reply_shape(with_target, without_target) -> None:
     a, b = signature(with_target), signature(without_target)
     assert a["finite"] and b["finite"], (a, b)
-    assert a == b, (a, b)
+    assert comparable(a) == comparable(b), (a, b)
 
 
 def target_value(tables, who: str, feature: str) -> float:
@@ -196,7 +221,8 @@ def test_weights_that_overflow_on_one_borrowers_pattern_give_finite_alike_replie
     set_weights(model, w)
     with torch.no_grad():
         x_t = torch.as_tensor(enc.transform(tables["train_target"].to_frame().T))
-        x_o = torch.as_tensor(enc.transform(table.iloc[[1, 2, 3]]))
+        others = table.drop(index=tables["train_target"].name).iloc[:3]  # three borrowers besides the target
+        x_o = torch.as_tensor(enc.transform(others))
         assert not torch.isfinite(model(x_t)).all() and torch.isfinite(model(x_o)).all()
     replies = [send(CA.train, "train", cfg, w, context(tables["paths"][k], tmp_path / k))
                for k in ("full", "no-train-target")]
@@ -452,3 +478,224 @@ def test_fuzzed_encoders_weights_and_configs_never_crash_the_node_nor_leak_a_non
     s = signature(reply)
     if handler != "stats" and (enc in INVALID_ENCODER_MUTATIONS or wts in INVALID_WEIGHT_MUTATIONS):
         assert s["refused"] == P.REFUSED_REQUEST and not s["arrays"] and len(parts) == 1, (enc, wts, s)
+
+
+# ---------------------------------------------------------------------------------------- 7. red team
+# A second pass as a hostile coordinator (session 2): every handler and every release the crafted
+# weights reach, messages out of order, claimed run ids and ledger heads. Each compares the reply
+# of a node whose table holds the target with one whose table does not.
+TARGET_FREE = {"train": "no-train-target", "evaluate": "no-holdout-target", "stats": "no-train-target"}
+HANDLERS = {"train": (CA.train, "train"), "evaluate": (CA.evaluate, "evaluate"),
+            "stats": (CA.statistics, P.STATS_MESSAGE)}
+
+
+def both_nodes(tables, root, handler: str, cfg: dict, weights: dict, **node_config):
+    """The reply of the node with the target and of the node without it (each on its own state)."""
+    fn, message_type = HANDLERS[handler]
+    return [send(fn, message_type, cfg, weights, context(tables["paths"][k], root / k, **node_config))
+            for k in ("full", TARGET_FREE[handler])]
+
+
+def overflow_round(tables, who: str, **extra):
+    """An honest-looking round config with weights that overflow on ``who``'s row only."""
+    cfg, _, enc = honest_round(tables["schema"], tables["table"], **extra)
+    spec, w = overflow_weights(enc, tables[who])
+    cfg["model-spec"] = json.dumps(spec.to_dict())
+    return cfg, w
+
+
+@pytest.mark.parametrize("handler", ["train", "evaluate", "stats"])
+def test_overflow_weights_at_the_target_look_alike_in_every_handler(handler, tables, tmp_path):
+    """The float32-overflow weights of the issue, sent to each handler with the target on the side
+    that handler reads (the statistics query reads no weights: its reply must not care either)."""
+    cfg, w = overflow_round(tables, "holdout_target" if handler == "evaluate" else "train_target")
+    replies = both_nodes(tables, tmp_path, handler, cfg, w)
+    assert_same_reply_shape(*replies)
+    assert signature(replies[0])["refused"] == "", signature(replies[0])["detail"]
+
+
+@pytest.mark.parametrize("personalize", ["calibration", "head", "full"])
+def test_overflow_weights_in_the_last_round_with_personalisation_look_alike(personalize, tables, tmp_path):
+    """The last round also fine-tunes the node's personal model (from the crafted weights: the
+    calibration sees the target's non-finite logit, the head its overflowing body features) and
+    releases the noised label count behind the information weight: still one fixed reply shape,
+    and a personal model is written in both worlds."""
+    from clients.personalization import personal_dir
+
+    cfg, w = overflow_round(tables, "train_target", **{
+        "num-server-rounds": 1, "personalize": personalize, "personal-epochs": 1,
+        "aggregation-weight": "information", "local-layers": "output-bias"})
+    replies = both_nodes(tables, tmp_path, "train", cfg, w)
+    assert_same_reply_shape(*replies)
+    s = signature(replies[0])
+    assert s["refused"] == "" and "aggregation-weight" in s["metric-keys"], s["detail"]
+    for k in ("full", "no-train-target"):
+        assert (personal_dir(tmp_path / k, "run-1") / "model" / "model.json").is_file(), k
+
+
+def test_an_encoder_with_a_zero_width_knot_is_refused_alike_by_evaluation_and_statistics(tables, tmp_path):
+    """The zero-width knot at a holdout borrower's value, sent with an evaluation; and with a
+    statistics query (which has no encoder: the knot must not reach the data either)."""
+    cfg, _, _ = honest_round(tables["schema"], tables["table"])
+    cfg, w = with_encoder(cfg, zero_width_knot_at(cfg["encoder"], "credit_limit",
+                                                  target_value(tables, "holdout_target", "credit_limit")))
+    evaluations = both_nodes(tables, tmp_path / "e", "evaluate", cfg, w)
+    assert_same_reply_shape(*evaluations)
+    assert signature(evaluations[0])["refused"] == P.REFUSED_REQUEST
+    assert not (tmp_path / "e" / "full" / "privacy").exists()
+    statistics = both_nodes(tables, tmp_path / "s", "stats", cfg, w)
+    assert_same_reply_shape(*statistics)
+
+
+def _sequence(tables, root, steps):
+    """Play ``steps`` — (handler, config changes) — against both nodes; the signatures side by side."""
+    cfg, w, _ = honest_round(tables["schema"], tables["table"], **{"num-server-rounds": 3})
+    ctxs = {k: context(tables["paths"][k], root / k) for k in ("full", "no-train-target", "no-holdout-target")}
+    out = []
+    for handler, changes in steps:
+        fn, message_type = HANDLERS[handler]
+        out.append({k: signature(send(fn, message_type, {**cfg, **changes}, w, ctx)) for k, ctx in ctxs.items()})
+    return out
+
+
+@pytest.mark.parametrize("order", ["evaluate-first", "round-backwards", "same-round-twice", "another-run-id"])
+def test_messages_out_of_order_never_raise_and_look_alike(order, tables, tmp_path):
+    """Evaluation before any training, a round number that goes backwards, the same round twice,
+    a run id that changes mid-run: every reply alike with and without either target, never an
+    error, and every release recorded (the spend only grows)."""
+    steps = {"evaluate-first": [("evaluate", {}), ("train", {}), ("evaluate", {"server-round": 1})],
+             "round-backwards": [("train", {"server-round": 3}), ("train", {"server-round": 1}),
+                                 ("evaluate", {"server-round": 2})],
+             "same-round-twice": [("train", {}), ("train", {}), ("evaluate", {}), ("evaluate", {})],
+             "another-run-id": [("train", {}), ("train", {"run-id": "run-x", "server-round": 2}),
+                                ("evaluate", {"run-id": "run-1", "server-round": 2})]}[order]
+    spent = []
+    for replies in _sequence(tables, tmp_path, steps):
+        full = replies.pop("full")
+        for other in replies.values():
+            assert comparable(full) == comparable(other) and full["finite"], (full, other)
+        assert full["refused"] in ("", P.REFUSED_BUDGET), full
+        spent.append(read_state(tmp_path / "full")[0]["epsilon_spent"])
+    assert spent == sorted(spent) and spent[-1] > 0
+
+
+def test_ledger_heads_that_do_not_chain_are_kept_as_shown_and_malformed_ones_refused_alike(tables, tmp_path):
+    """The node cannot verify the operator's chain; it keeps every head it is shown (a head that
+    goes back or forks is what ``fedcredit ledger verify --heads-file`` later catches) and refuses
+    one that is not a sha256 digest before reading any row."""
+    from clients.ledger_heads import read_ledger_heads
+
+    cfg, w, _ = honest_round(tables["schema"], tables["table"])
+    heads = ["a" * 64, "b" * 64, "a" * 64]  # a fork: round 2 shows a head, round 3 goes back to round 1's
+    for rnd, head in enumerate(heads, start=1):
+        replies = both_nodes(tables, tmp_path, "train", {**cfg, "server-round": rnd, "ledger-head": head}, w)
+        assert_same_reply_shape(*replies)
+    assert [h["head"] for h in read_ledger_heads(tmp_path / "full")] == heads
+    for bad in ("A" * 64, "a" * 63, "not a hash", "../../etc/passwd"):
+        for handler in ("train", "evaluate"):
+            replies = both_nodes(tables, tmp_path / "bad", handler, {**cfg, "ledger-head": bad}, w)
+            assert_same_reply_shape(*replies)
+            assert signature(replies[0])["refused"] == P.REFUSED_REQUEST, (bad, handler)
+    assert not (tmp_path / "bad" / "full" / "privacy").exists()
+
+
+@pytest.mark.parametrize("key,value", [("num-server-rounds", 100_000), ("local-epochs", 1_000),
+                                       ("evaluate-every", 1), ("batch-size", 10_000_000),
+                                       ("learning-rate", 10.0), ("clipping-norm", 1e3), ("proximal-mu", 1e3),
+                                       ("seed", 2**63 - 1), ("seed", -1), ("seed", -(2**63)), ("seed", 2**63),
+                                       ("num-server-rounds", 100_001),
+                                       ("batch-size", 2**70), ("learning-rate", 1e308)])
+def test_huge_config_values_are_refused_or_served_alike(key, value, tables, tmp_path):
+    """The largest values the checks allow and the first ones they do not: refused alike (before
+    the data when out of bounds, by the public budget when the plan cannot fit) or trained alike."""
+    from clients.request_checks import CONFIG_LIMITS
+
+    cfg, w, _ = honest_round(tables["schema"], tables["table"])
+    if key == "local-epochs":  # 1,000 epochs cannot fit ε = 2: a refusal, not an hour of training
+        cfg["num-server-rounds"] = 100_000
+    replies = both_nodes(tables, tmp_path, "train", {**cfg, key: value}, w)
+    assert_same_reply_shape(*replies)
+    s = signature(replies[0])
+    _, lo, hi = CONFIG_LIMITS[key]
+    if not lo <= value <= hi:
+        assert s["refused"] == P.REFUSED_REQUEST and key in s["detail"], s
+        assert not (tmp_path / "full" / "privacy").exists()
+    else:
+        assert s["refused"] in ("", P.REFUSED_BUDGET), s
+
+
+def test_two_runs_with_one_seed_on_one_state_never_share_a_noise_seed(tables, tmp_path):
+    """Simulation seeds: the same ``--seed``, the same round, run ids alike or not — every release
+    on one state root gets its own seed, because the ledger's release counter is part of it; and a
+    repeated message (same run, same round) is a new release with new noise."""
+    from clients.node_privacy import inputs_digest, noise_seed, open_ledger
+
+    data = tmp_path / "data"
+    data.mkdir()
+    pd.read_csv(tables["paths"]["full"]).to_csv(data / "bank.csv", index=False)
+    cfg, w, _ = honest_round(tables["schema"], tables["table"], **{"num-server-rounds": 3, "target-epsilon": 2.0})
+    seeds, updates = [], []
+    for run_id in ("run-a", "run-a", "run-b"):
+        ctx = simulation_context(data, tmp_path / "root")
+        policy = N.policy_from_context(dict(ctx.node_config), dict(ctx.run_config), str(ctx.run_id))
+        with open_ledger(policy, N.load_node_data(policy)) as ledger:
+            seeds.append(noise_seed(policy, {**cfg, "run-id": run_id}, ledger, "train-1", inputs_digest(w, cfg)))
+        reply = send(CA.train, "train", {**cfg, "run-id": run_id}, w, ctx)
+        assert signature(reply)["refused"] == "", signature(reply)
+        updates.append(P.from_array_record(reply.content[P.ARRAYS])["layers.0.weight"])
+    assert len(set(seeds)) == 3
+    assert not np.allclose(updates[0], updates[1]) and not np.allclose(updates[1], updates[2])
+
+
+@pytest.mark.parametrize("handler", ["train", "stats", "evaluate"])
+def test_a_request_the_node_policy_forbids_is_refused_before_any_row_is_read(handler, tables, tmp_path):
+    """Training without DP on a node that forbids it, or any DP release on a node without a
+    max-epsilon: the refusal is decided from the message and the node config alone — the same
+    reply whether the table holds the target, or does not even pass validation (which would
+    otherwise answer ``invalid-data``)."""
+    cfg, w, _ = honest_round(tables["schema"], tables["table"])
+    broken = tmp_path / "broken.csv"
+    pd.read_csv(tables["paths"]["full"]).head(20).to_csv(broken, index=False)  # too few rows to validate
+    cases = [({"dp": False}, {})] if handler != "evaluate" else []
+    cases.append(({}, {"max-epsilon": ""}))
+    for changes, node_config in cases:
+        fn, message_type = HANDLERS[handler]
+        replies = [send(fn, message_type, {**cfg, **changes}, w, context(path, tmp_path / f"s{i}", **node_config))
+                   for i, path in enumerate([tables["paths"]["full"], tables["paths"]["no-train-target"], broken])]
+        for other in replies[1:]:
+            assert_same_reply_shape(replies[0], other)
+        assert signature(replies[0])["refused"] == P.REFUSED_POLICY, signature(replies[0])
+
+
+def test_serving_opens_no_channel_to_the_coordinator():
+    """docs/privacy.md: ``fedcredit serve`` sends nothing to the coordinator. Checked on the source:
+    nothing the serving command reaches — every fedcredit module it imports, at any depth — imports
+    Flower, gRPC or an HTTP client; it only listens (uvicorn/starlette) for the institution's own
+    applications."""
+    from tests.conftest import REPO
+    from tests.test_layers import PACKAGES, imports_of
+
+    def module_file(name: str):
+        parts = name.split(".")
+        for k in range(len(parts), 0, -1):
+            for candidate in (REPO.joinpath(*parts[:k]).with_suffix(".py"), REPO.joinpath(*parts[:k], "__init__.py")):
+                if parts[0] in PACKAGES and candidate.is_file():
+                    return candidate
+        return None
+
+    seen, todo, external = set(), [REPO / "clients" / "serve_command.py"], set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in imports_of(path):
+            target = module_file(name)
+            if target is not None:
+                todo.append(target)
+            elif name.split(".")[0] not in PACKAGES:
+                external.add(name)
+    assert {"decision_http.py", "decision_log.py"} <= {p.name for p in seen}  # the walk followed the serving code
+    talking = {n for n in external if n.split(".")[0] in {"flwr", "grpc", "requests", "httpx", "aiohttp", "urllib3"}
+               or n.startswith(("urllib.request", "http.client"))}
+    assert talking == set(), sorted(talking)
