@@ -209,16 +209,16 @@ def _evaluation_part(msg: Message, context: Context, policy: N.NodePolicy, recei
 
 def _train_secure(msg: Message, context: Context) -> Message:
     """One SecAgg+ round: train as usual, reply with the update (legacy ``fitres.*`` layout)."""
-    import json
-
     import numpy as np
     from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.compat.common import recorddict_compat as compat
 
+    from clients.request_checks import secure_aggregation_settings
+
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
     cfg = dict(fitins.config)
-    names = json.loads(str(cfg.pop(P.SECAGG_ARRAY_NAMES)))
-    max_weight, clip = float(cfg.pop(P.SECAGG_MAX_WEIGHT)), float(cfg.pop(P.SECAGG_CLIPPING))
+    # checked before training (a refusal here spends nothing; the guard sends its fixed reply)
+    names, max_weight, clip = secure_aggregation_settings(cfg, len(fitins.parameters.tensors))
     before = dict(zip(names, parameters_to_ndarrays(fitins.parameters)))
     update = {k: np.zeros_like(v) for k, v in before.items()}
     info = {"institution-id": _institution(context), "refused": "", "detail": ""}

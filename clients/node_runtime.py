@@ -8,7 +8,11 @@ restarts this one if it dies):
 1. ``AcquireTask`` (signed with the SuperExec secret that only the SuperNode and this process
    know) claims the next ClientApp task and its token;
 2. with the token, ``PullTaskInput`` and ``PullMessages`` give the run, its FAB, the node's
-   context and the message (Flower's own ``run_clientapp.pull_task_input``);
+   context and the message (Flower's own ``run_clientapp.pull_task_input``, watched by
+   :mod:`clients.task_input`: a message the SuperNode gave up while receiving it — its run
+   stopped meanwhile — is finished without a reply as soon as the SuperNode has a newer task,
+   instead of holding this process and leaving a stale reply that the SuperNode would send in
+   place of the next message's);
 3. the FAB is only *checked* (:func:`clients.app_release.check_fab`): a FAB that is not the
    installed release gets the reply ``app-not-allowed`` naming what was offered and what is
    allowed — its code is never installed, imported or run;
@@ -42,6 +46,9 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
+
+NextTask = tuple[str, int]  # (token, task id) of a task acquired from the SuperNode
 
 # the modules a task uses, imported once before the first task (most import torch or opacus)
 WARM_MODULES = ("clients.client_app", "clients.node", "clients.validation", "clients.ledger_heads",
@@ -141,16 +148,26 @@ def error_reply(message):
     return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=TASK_FAILED_REASON), reply_to=message)
 
 
-def run_task(s: RuntimeSettings, institution_id: str, token: str, task_id: int) -> None:
-    """Pull one task, check its FAB, run it in a forked worker (or refuse it), push the outcome."""
+def run_task(s: RuntimeSettings, institution_id: str, token: str, task_id: int,
+             acquire_next: Callable[[], NextTask | None] = lambda: None) -> NextTask | None:
+    """Pull one task, check its FAB, run it in a forked worker (or refuse it), push the outcome.
+
+    Returns the next task to run when this one's message turned out to be abandoned by the
+    SuperNode (:mod:`clients.task_input`; ``acquire_next`` takes the next pending task), else None.
+    """
     from flwr.common.constant import SubStatus
-    from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+    from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
     from clients.app_release import installed_release
+    from clients.task_input import MessageAbandoned, give_up, pull_task_input
 
     client = task_client(s, token)
     try:
-        message, context, run, fab = pull_task_input(client)
+        try:
+            message, context, run, fab = pull_task_input(client, task_id, acquire_next)
+        except MessageAbandoned as gone:
+            give_up(client, task_id, gone)
+            return gone.next_task
         kind = message.metadata.message_type
         verdict = verdict_for(s, fab)
         if not verdict.allowed:
@@ -158,7 +175,7 @@ def run_task(s: RuntimeSettings, institution_id: str, token: str, task_id: int) 
             log(f"REFUSED run {run.run_id} {kind}: app-not-allowed — {detail}")
             push_message(client, refusal_reply(message, institution_id, detail), context)
             push_task_output(client, context, SubStatus.COMPLETED, "app-not-allowed")
-            return
+            return None
         t0 = time.perf_counter()
         outcome = run_in_worker(s, token, message, context, client)
         log(f"run {run.run_id} round {message.metadata.group_id or '-'} {kind}: {outcome} "
@@ -167,6 +184,7 @@ def run_task(s: RuntimeSettings, institution_id: str, token: str, task_id: int) 
         log(f"task {task_id} could not be handled:\n{traceback.format_exc()}")
     finally:
         client.close()
+    return None
 
 
 def run_in_worker(s: RuntimeSettings, token: str, message, context, client) -> str:
@@ -174,6 +192,8 @@ def run_in_worker(s: RuntimeSettings, token: str, message, context, client) -> s
     from flwr.common.constant import SubStatus
     from flwr.supercore.heartbeat import HeartbeatSender
     from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
+
+    from clients.task_input import heartbeat_fn
 
     read_fd, write_fd = os.pipe()
     sys.stdout.flush()
@@ -185,7 +205,7 @@ def run_in_worker(s: RuntimeSettings, token: str, message, context, client) -> s
         die_with_parent(parent)
         worker(s, token, message, context, write_fd)
     os.close(write_fd)
-    heartbeat = HeartbeatSender(_heartbeat_fn(client))
+    heartbeat = HeartbeatSender(heartbeat_fn(client))
     heartbeat.start()
     try:
         status = _wait(pid)
@@ -242,20 +262,6 @@ def _report_cold_imports(kind: str, loaded: set[str]) -> None:
         log(f"{kind}: {len(new)} module(s) imported during the task, not warmed up: {', '.join(new[:12])}")
 
 
-def _heartbeat_fn(client):
-    """Flower's task heartbeat, without its SIGINT to this process when the task is gone."""
-    import httpx
-    from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest  # pylint: disable=E0611
-
-    def beat() -> bool:
-        try:
-            return bool(client.SendTaskHeartbeat(SendTaskHeartbeatRequest()).success)
-        except httpx.HTTPError:
-            return False
-
-    return beat
-
-
 _PRCTL = None
 
 
@@ -305,6 +311,17 @@ def _exit_description(status: int) -> str:
 
 
 # ------------------------------------------------------------------------------ loop
+def next_pending_task(client, request) -> NextTask | None:
+    """Acquire the SuperNode's next pending task, if it has one (None also when it cannot be asked)."""
+    import httpx
+
+    try:
+        res = client.AcquireTask(request)
+    except httpx.HTTPError:
+        return None
+    return (res.token, res.task.task_id) if res.HasField("task") and res.token else None
+
+
 def serve(s: RuntimeSettings, institution_id: str) -> int:
     """Acquire and run tasks until stopped; exits 1 when the SuperNode is gone for good."""
     import httpx
@@ -315,6 +332,10 @@ def serve(s: RuntimeSettings, institution_id: str) -> int:
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
     delay, unreachable_since = POLL_MIN_S, None
     log(f"ready: institution {institution_id}, tasks from the SuperNode at {s.runtime_api}")
+
+    def acquire_next() -> NextTask | None:
+        return next_pending_task(client, request)
+
     while True:
         try:
             res = client.AcquireTask(request)
@@ -331,7 +352,9 @@ def serve(s: RuntimeSettings, institution_id: str) -> int:
                 "stopping (is another runtime using a different secret?)")
             return 1
         if res.HasField("task") and res.token:
-            run_task(s, institution_id, res.token, res.task.task_id)
+            task: NextTask | None = (res.token, res.task.task_id)
+            while task is not None:  # the next one, when a task's message was abandoned by the SuperNode
+                task = run_task(s, institution_id, *task, acquire_next=acquire_next)
             delay = POLL_MIN_S
         else:
             time.sleep(delay)

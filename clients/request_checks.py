@@ -194,6 +194,27 @@ def evaluation_request(cfg: dict, schema: Schema) -> tuple[dict, FeatureEncoder,
     return out, encoder, check_model_spec(cfg.get("model-spec"), encoder.n_outputs)
 
 
+def secure_aggregation_settings(cfg: dict, n_arrays: int) -> tuple[list[str], float, float]:
+    """The SecAgg+ round's own keys, removed from ``cfg``: the arrays' names (a JSON list of
+    ``n_arrays`` distinct names), the largest weight M ≥ 1 and the clipping range c > 0 (both
+    finite, at most 1e12) — checked before training, so that settings the node cannot use never
+    cost it a round of budget."""
+    try:
+        names = json.loads(str(cfg.pop(P.SECAGG_ARRAY_NAMES, "")))
+    except ValueError:
+        names = None
+    if (not isinstance(names, list) or len(names) != n_arrays or len(set(names)) != n_arrays
+            or not all(isinstance(n, str) for n in names)):
+        raise _refuse(f"'{P.SECAGG_ARRAY_NAMES}' must be a JSON list of {n_arrays} distinct names")
+    settings = []
+    for key, lo in ((P.SECAGG_MAX_WEIGHT, 1.0), (P.SECAGG_CLIPPING, 1e-12)):
+        v = cfg.pop(key, None)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= 1e12:
+            raise _refuse(f"'{key}' must be a number in [{lo:g}, 1e12], got {_shown(v)}")
+        settings.append(float(v))
+    return names, settings[0], settings[1]
+
+
 # ----------------------------------------------------------------------------- the encoder
 def _json_object(text: Any, what: str, max_chars: int) -> dict:
     if not isinstance(text, str):

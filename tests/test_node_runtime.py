@@ -209,3 +209,135 @@ def test_runtime_module_runs_as_a_program():
     proc = subprocess.run([sys.executable, "-m", "clients.node_runtime", "--help"], capture_output=True, text=True,
                           cwd=REPO, timeout=60)
     assert proc.returncode == 0 and "--runtime-api" in proc.stdout
+
+
+# ------------------------------------------------------------- a message the SuperNode gave up
+@pytest.fixture
+def supernode_side():
+    """Flower's own SuperNode parts in this process: its NodeState and the Runtime API app that
+    ``flower-supernode`` serves (on a free loopback port), and its message intake
+    ``_pull_and_store_message`` fed by a stand-in SuperLink."""
+    import time
+
+    import uvicorn
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.supernode.main import create_app
+    from flwr.supernode.nodestate import NodeStateFactory
+
+    from tests.deployment import free_port
+
+    factory = NodeStateFactory(objectstore_factory=ObjectStoreFactory())
+    state = factory.state()
+    state.set_node_id(7)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app=create_app(state_factory=factory), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    yield state, f"127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _superlink_message(run_id: int, server_round: int):
+    """A train message as the SuperLink hands it out: (message without content, object tree,
+    the contents of its objects by id)."""
+    import time
+
+    from flwr.app import ConfigRecord, Message, Metadata, RecordDict
+    from flwr.app.message import remove_content_from_message
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_tree
+
+    metadata = Metadata(run_id=run_id, message_id="", src_node_id=1, dst_node_id=7, reply_to_message_id="",
+                        group_id=str(server_round), created_at=time.time(), ttl=3600.0, message_type="train")
+    msg = Message(RecordDict({"config": ConfigRecord({"server-round": server_round})}), metadata=metadata)
+    msg.metadata.__dict__["_message_id"] = msg.object_id
+    contents = {oid: obj.deflate() for oid, obj in get_all_nested_objects(msg).items()}
+    return remove_content_from_message(msg), get_object_tree(msg), contents
+
+
+def _supernode_receives(state, run_id: int, server_round: int, fab: bytes,
+                        run_stopped: bool) -> tuple[str, int | None]:
+    """Flower's SuperNode takes one message of ``run_id`` from the SuperLink; with ``run_stopped``
+    the run stops while its content is pulled (its ServerApp was killed mid-round). Returns the
+    message id and what Flower's intake returns (the run id, or None for a message it ignored)."""
+    from flwr.supercore.fab import Fab
+    from flwr.supercore.run import Run, RunNotRunningException
+    from flwr.supernode.start_client_internal import _pull_and_store_message
+
+    message, tree, contents = _superlink_message(run_id, server_round)
+    digest = hashlib.sha256(fab).hexdigest()
+    run = Run.create_empty(run_id)
+    run.fab_hash, run.series_id = digest, run_id
+
+    def pull_object(_run_id: int, object_id: str) -> bytes:
+        if run_stopped:
+            raise RunNotRunningException()
+        return contents[object_id]
+
+    got = _pull_and_store_message(state=state, object_store=state.object_store, node_config={},
+                                  receive=lambda: (message, tree), get_run=lambda _: run,
+                                  get_fab=lambda *_: Fab(digest, fab, {}), pull_object=pull_object,
+                                  confirm_message_received=lambda *_: None, trusted_entities=None)
+    return message.metadata.message_id, got
+
+
+def test_a_message_the_supernode_gave_up_is_left_unanswered_and_the_next_one_is_answered(
+        supernode_side, installed_fab, capsys):
+    """Flower 1.42's SuperNode ignores a message whose run stopped while its content was being pulled,
+    but leaves its task pending with the content missing. The runtime takes that task, waits for the
+    content, and once the SuperNode has the next run's task gives the old one up without a reply —
+    so the one reply in the SuperNode's state, the one it sends, answers the next run's message
+    (a stale reply would be sent in its place and the real one never; a resumed run then got no
+    reply in a whole round). Both messages are refused here (the FAB is not on the node's
+    allow-list), so no worker starts."""
+    import time
+
+    from flwr.common.constant import Status, SubStatus
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+    from flwr.supercore.constant import TaskType
+    from flwr.supernode.start_client_internal import _push_messages
+
+    from clients.node_runtime import RuntimeSettings, acquire_client, next_pending_task, run_task
+
+    state, api = supernode_side
+    _, ignored = _supernode_receives(state, 111, 2, installed_fab, run_stopped=True)
+    assert ignored is None  # Flower: "Run ID 111 is not in `RUNNING` status. Ignoring message …"
+    (stale,) = state.get_tasks(statuses=[Status.PENDING])
+
+    settings = RuntimeSettings(api, {}, None, frozenset({"0" * 64}))
+    client = acquire_client(settings)
+    request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
+    first = client.AcquireTask(request)
+    assert first.task.task_id == stale.task_id
+    outcome: dict = {}
+
+    def run_the_stale_task() -> None:
+        outcome["next"] = run_task(settings, "test-bank", first.token, first.task.task_id,
+                                   acquire_next=lambda: next_pending_task(client, request))
+
+    runtime = threading.Thread(target=run_the_stale_task, daemon=True)
+    runtime.start()
+    time.sleep(2.0)
+    assert runtime.is_alive()  # waiting for content that is not there (yet)
+
+    answered_id, got = _supernode_receives(state, 222, 2, installed_fab, run_stopped=False)  # the resumed run
+    assert got == 222
+    runtime.join(timeout=40)
+    assert not runtime.is_alive(), "the runtime stayed on the message the SuperNode gave up"
+    token, task_id = outcome["next"]
+    assert run_task(settings, "test-bank", token, task_id) is None
+
+    (old,) = state.get_tasks(task_ids=[stale.task_id])
+    assert (old.status.status, old.status.sub_status) == (Status.FINISHED, SubStatus.FAILED)
+    sent = []
+    _push_messages(state=state, object_store=state.object_store, push_object=lambda *_: None,
+                   send=lambda msg, _tree, _runtime: (sent.append(msg), (set(), "session"))[1])
+    assert [(m.metadata.run_id, m.metadata.reply_to_message_id) for m in sent] == [(222, answered_id)]
+    log = capsys.readouterr().out
+    assert f"run 111 task {stale.task_id}: given up without a reply" in log
+    assert f"moved on to task {task_id}" in log and "REFUSED run 222 train: app-not-allowed" in log

@@ -699,3 +699,55 @@ def test_serving_opens_no_channel_to_the_coordinator():
     talking = {n for n in external if n.split(".")[0] in {"flwr", "grpc", "requests", "httpx", "aiohttp", "urllib3"}
                or n.startswith(("urllib.request", "http.client"))}
     assert talking == set(), sorted(talking)
+
+
+def secure_round(cfg: dict, weights: dict, **secagg) -> RecordDict:
+    """A train message in the legacy layout the SecAgg+ mod hands the handler (``fitins.*``)."""
+    from flwr.common import FitIns, ndarrays_to_parameters
+    from flwr.compat.common import recorddict_compat as compat
+
+    names = sorted(weights)
+    config = {**cfg, P.SECAGG_ARRAY_NAMES: json.dumps(names), P.SECAGG_MAX_WEIGHT: 10_000.0,
+              P.SECAGG_CLIPPING: 8.0, **secagg}
+    return compat.fitins_to_recorddict(FitIns(ndarrays_to_parameters([weights[k] for k in names]), config), True)
+
+
+def secure_signature(reply) -> dict:
+    from flwr.common import parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    assert not reply.has_error(), reply.error
+    res = compat.recorddict_to_fitres(reply.content, keep_input=True)
+    arrays = parameters_to_ndarrays(res.parameters)
+    metrics = dict(res.metrics)
+    numbers = [v for v in metrics.values() if isinstance(v, float)]
+    return {"shapes": [a.shape for a in arrays], "metric-keys": sorted(metrics), "refused": metrics.get("refused"),
+            "finite": all(np.all(np.isfinite(a)) for a in arrays) and all(math.isfinite(v) for v in numbers)}
+
+
+SECAGG_ATTACKS = {"overflow": {}, "zero-width-knot": {}, "max-weight-zero": {P.SECAGG_MAX_WEIGHT: 0.0},
+                  "max-weight-tiny": {P.SECAGG_MAX_WEIGHT: 1e-300}, "clipping-nan": {P.SECAGG_CLIPPING: float("nan")},
+                  "names-short": {P.SECAGG_ARRAY_NAMES: json.dumps(["layers.0.weight"])}}
+
+
+@pytest.mark.parametrize("attack", sorted(SECAGG_ATTACKS))
+def test_a_secure_aggregation_round_with_crafted_weights_or_settings_looks_alike(attack, tables, tmp_path):
+    """The SecAgg+ path (:func:`clients.client_app._train_secure`): the update it hands the mod is
+    finite and its reply alike with and without the target, for overflow weights at the target and
+    a zero-width knot at its value (refused before the data). Secure-aggregation settings the mod's
+    arithmetic cannot use (M = 0 divided by; M = 1e-300 overflowed after the round was trained and
+    its ε spent) are refused before any row is read: the guard's fixed reply, nothing spent."""
+    cfg, w = overflow_round(tables, "train_target")
+    if attack == "zero-width-knot":
+        cfg, w = with_encoder(cfg, zero_width_knot_at(cfg["encoder"], "credit_limit",
+                                                      target_value(tables, "train_target", "credit_limit")))
+    replies = [CA.train(_message(secure_round(cfg, w, **SECAGG_ATTACKS[attack]), "train"),
+                        context(tables["paths"][k], tmp_path / k)) for k in ("full", "no-train-target")]
+    if SECAGG_ATTACKS[attack]:
+        a, b = (P.node_info(r) for r in replies)
+        assert a == b and a["refused"] == P.REFUSED_ERROR, (a, b)
+        assert not (tmp_path / "full" / "privacy").exists(), "refused before any data was read or spent"
+        return
+    a, b = (secure_signature(r) for r in replies)
+    assert a == b and a["finite"], (a, b)
+    assert a["refused"] == ("" if attack == "overflow" else P.REFUSED_REQUEST), a
