@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -751,3 +752,34 @@ def test_a_secure_aggregation_round_with_crafted_weights_or_settings_looks_alike
     a, b = (secure_signature(r) for r in replies)
     assert a == b and a["finite"], (a, b)
     assert a["refused"] == ("" if attack == "overflow" else P.REFUSED_REQUEST), a
+
+
+MESSAGE = st.tuples(st.sampled_from(["train", "evaluate", "stats"]), st.integers(0, 4), st.sampled_from(["r1", "r2"]),
+                    st.booleans())
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow])
+@given(sequence=st.lists(MESSAGE, min_size=2, max_size=4))
+def test_fuzzed_message_orders_never_crash_the_node_nor_overspend(tables, fuzz_node, sequence):
+    """Any order of train / evaluate / statistics messages — rounds repeated, skipped, going back,
+    0 for a train message, run ids interleaved, weights overflowing for many rows or not — on a
+    node with a small budget: never a node error, never a non-finite number, and the ledger never
+    passes the budget."""
+    import tempfile
+
+    cfg, w, _ = fuzz_node
+    budget = 0.5
+    ctx = context(tables["paths"]["full"], tempfile.mkdtemp(prefix="order-fuzz-"), **{"max-epsilon": budget})
+    crafted = {k: np.where(v > 0, np.float32(1e4), np.float32(-1e4)).astype(np.float32) if k.endswith("weight")
+               else v for k, v in w.items()}  # every unit saturates: many rows' logits overflow
+    for handler, rnd, run_id, overflow in sequence:
+        fn, message_type = HANDLERS[handler]
+        reply = send(fn, message_type, {**cfg, "server-round": rnd, "run-id": run_id}, crafted if overflow else w, ctx)
+        s = signature(reply)
+        assert s["finite"], s
+        assert s["refused"] in {"", P.REFUSED_REQUEST, P.REFUSED_BUDGET}, s
+        if handler == "train" and rnd == 0:
+            assert s["refused"] == P.REFUSED_REQUEST, s
+    if (Path(ctx.node_config["state-dir"]) / "privacy").exists():
+        assert read_state(ctx.node_config["state-dir"])[0]["epsilon_spent"] <= budget
