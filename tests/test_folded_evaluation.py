@@ -414,3 +414,22 @@ def test_an_unexpected_error_in_one_part_is_that_parts_fixed_refusal_and_leaves_
     assert kept == (expected[0] if broken == "evaluate" else expected[1]) and kept["refused"] == ""
     kinds = [e[0] for e in _events(tmp_path / "bug") if e[0] != "count"]
     assert kinds == (["train"] if broken == "evaluate" else ["evaluation"])
+
+
+@pytest.mark.timeout(300)
+def test_a_run_resumed_without_federated_evaluation_records_the_pending_one_as_not_done(tmp_path, monkeypatch):
+    """Resumed with ``fraction-evaluate = 0``: round 1's pending evaluation is not sent but recorded
+    as not done, with the reason, in its own ledger entry; nothing is evaluated after it."""
+    rc = _run_config(tmp_path, "off", **{"num-server-rounds": 3, "fraction-evaluate": 1.0})
+    _execute(rc, _grid(rc), crash_at=2, monkeypatch=monkeypatch)
+    run_dir = Path(rc["run-dir"])
+    rc.update({"resume-from": str(run_dir), "fraction-evaluate": 0.0})
+    grid = _grid(rc)
+    resumed, _ = _execute(rc, grid, resume_from=run_dir)
+    assert resumed["status"] == "completed" and "evaluate" not in _sent(grid)
+    r1 = resumed["history"][0]
+    assert r1["evaluated_with"] == "evaluate" and r1["evaluation_failed"] == {
+        "*": "fraction-evaluate is 0: no federated evaluation"}
+    entries = read_ledger(run_dir / LEDGER_FILE)
+    last = [e["payload"] for e in entries if e["kind"] == "evaluation"][-1]
+    assert last["round"] == 1 and last["evaluation_failed"] == r1["evaluation_failed"]
