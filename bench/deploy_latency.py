@@ -19,7 +19,13 @@ same institutions' files with the same run config in Flower's simulation runtime
 
 ratio = median deployed round ÷ median simulated round, over rounds 2…R (round 1 is warm-up on
 both sides: first-use costs of the nodes' workers, Ray actors importing torch); ``ratio_all``
-over all rounds. Target: ≤ 10. Prints one JSON line.
+over all rounds. Target: ≤ 10. Prints one JSON line, with the machine's 1-minute load average
+at the start and the end (``load_avg``): on a shared machine the deployed side — a dozen
+processes — suffers more from load than the simulated one.
+
+Both sides run with the run config's defaults otherwise, so ``fold-evaluation = true``: a round's
+evaluation travels in the next round's train message (one message per node per round; the
+last round's evaluation and the final evaluation are one more message each).
 
 With ``--node-runtime both`` (the default) the same run is deployed twice, one after the other,
 on fresh deployments: with ``fedcredit node start`` (reported as the main figures) and with raw
@@ -240,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="give up on the raw flower-supernode run after this many seconds (reported as unfinished)")
     p.add_argument("--keep", default=None, help="keep data, logs and run directories here")
     args = p.parse_args(argv)
-    t_bench = time.time()
+    t_bench, load_start = time.time(), os.getloadavg()[0]
     runtimes = ["fedcredit", "flower"] if args.node_runtime == "both" else [args.node_runtime]
     with scratch_dir(args.keep, "fedcredit-deploy-latency-") as work:
         fedcredit("certs", "--out", work / "certs", "--hosts", "localhost,127.0.0.1")
@@ -272,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_all": round(statistics.median(main_rt["phases_s"]["rounds"]) / statistics.median(sim_rounds), 2),
         "target_ratio": 10, "deployed_status": main_rt["status"], "simulated_status": simulated["status"],
         "deployed_final_auc": main_rt["final_auc"], "simulated_final_auc": (simulated.get("final") or {}).get("auc"),
+        "fold_evaluation": True, "load_avg": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "bench_s": round(time.time() - t_bench, 1),
     }

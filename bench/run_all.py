@@ -28,6 +28,7 @@ import os
 import platform
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -536,6 +537,8 @@ def key_figures(name: str, r: dict) -> list[tuple[str, Any]]:
 
 def notes(name: str, r: dict) -> list[str]:
     """A paragraph that reads a benchmark's figures (what they mean, which target is missed and why)."""
+    if name == "deploy_latency":
+        return deploy_latency_notes(r)
     if name != "serve_latency" or not r.get("levels"):
         return []
     lv = r["levels"]
@@ -563,6 +566,34 @@ def notes(name: str, r: dict) -> list[str]:
     text.append(f"Targets missed: {', '.join(missed)}." if missed else "All three targets are met.")
     text.append(f"The load average was {r.get('load_avg')} on {r.get('cores')} cores during the run, so absolute "
                 "times are several times an idle machine's; the targets are ratios measured side by side.")
+    return ["", " ".join(text)]
+
+
+def deploy_latency_notes(r: dict) -> list[str]:
+    """How many messages a deployed round is, whether the ratio meets its target, and the load."""
+    if r.get("ratio") is None:
+        return []
+    text = []
+    if r.get("fold_evaluation"):
+        text.append("Each round is one message per node: a round's evaluation travels in the next round's train "
+                    "message (`fold-evaluation`), so only the last round's evaluation and the final evaluation are "
+                    "messages of their own.")
+        rounds = (r.get("phases_s") or {}).get("rounds") or []
+        if len(rounds) > 2:
+            text.append(f"The last round, whose evaluation is a message of its own, took {rounds[-1]} s against a "
+                        f"median {statistics.median(rounds[1:-1])} s for the one-message rounds 2…{len(rounds) - 1}.")
+    met = r["ratio"] <= r.get("target_ratio", 10)
+    text.append(f"The ratio {r['ratio']} {'meets' if met else 'misses'} the target of ≤ {r.get('target_ratio', 10)}"
+                + ("." if met else ": the simulated round, too, is one message per round now, and what is left of a "
+                   "deployed round is the cost of one message through the SuperLink and a SuperNode (Flower's "
+                   "SuperNode polls for work every 3 s) against an in-memory message to a Ray actor of the simulation "
+                   "runtime."))
+    load = r.get("load_avg")
+    if load:
+        text.append(f"The 1-minute load average was {load[0]} at the start and {load[-1]} at the end, on "
+                    f"{(r.get('machine') or {}).get('cpus')} cores shared with other work: the deployed side (a "
+                    "SuperLink, the SuperNodes and their runtimes, the ServerApp) is a dozen processes competing for "
+                    "them against the simulation's one, so absolute times and the ratio vary with the load.")
     return ["", " ".join(text)]
 
 

@@ -31,6 +31,8 @@ from fedcredit import protocol as P
 
 app = ClientApp()
 
+NODE_ERROR_DETAIL = "the node hit an internal error; its log has the details"
+
 
 def _policy(context: Context) -> N.NodePolicy:
     return N.policy_from_context(dict(context.node_config), dict(context.run_config), str(context.run_id))
@@ -67,11 +69,21 @@ def _fixed_reply_on_error(handler):
         try:
             return handler(msg, context)
         except Exception:  # noqa: BLE001 - deliberately everything: the reply must not depend on what failed
-            print(f"fedcredit node: unexpected error while handling a {msg.metadata.message_type} message:\n"
-                  f"{traceback.format_exc()}", file=sys.stderr, flush=True)
-            return P.reply(msg, institution_id=_institution(context), metrics={"num-examples": 0.0},
-                           refused=P.REFUSED_ERROR, detail="the node hit an internal error; its log has the details")
+            _log_unexpected(f"{msg.metadata.message_type} message")
+            return _node_error(msg, context)
     return guarded
+
+
+def _node_error(msg: Message, context: Context) -> Message:
+    """The one fixed reply to an unexpected error, whatever caused it."""
+    return P.reply(msg, institution_id=_institution(context), metrics={"num-examples": 0.0},
+                   refused=P.REFUSED_ERROR, detail=NODE_ERROR_DETAIL)
+
+
+def _log_unexpected(what: str) -> None:
+    """The traceback of an unexpected error, to the node's log only."""
+    print(f"fedcredit node: unexpected error while handling a {what}:\n{traceback.format_exc()}", file=sys.stderr,
+          flush=True)
 
 
 def _arrays(msg: Message) -> dict:
@@ -84,10 +96,16 @@ def _arrays(msg: Message) -> dict:
         raise N.NodeRefusal.invalid_request(f"the weights cannot be read ({type(exc).__name__})") from None
 
 
-def _refusal(msg: Message, context: Context, exc: Exception) -> Message:
+def _refusal_fields(exc: Exception) -> dict:
+    """A refusal's reply fields: no examples and the public figures the refusal carries (ε spent,
+    budget) as metrics, the reason code and its sentence."""
     reason, detail = _reason(exc)
     metrics = {"num-examples": 0.0, **(exc.metrics if isinstance(exc, N.NodeRefusal) else {})}
-    return P.reply(msg, institution_id=_institution(context), metrics=metrics, refused=reason, detail=detail[:4000])
+    return {"metrics": metrics, "refused": reason, "detail": detail[:4000]}
+
+
+def _refusal(msg: Message, context: Context, exc: Exception) -> Message:
+    return P.reply(msg, institution_id=_institution(context), **_refusal_fields(exc))
 
 
 def _config(msg: Message) -> dict:
@@ -132,30 +150,75 @@ def _secagg_when_asked(msg: Message, context: Context, call_next) -> Message:
 @app.train(mods=[_secagg_when_asked])
 @_fixed_reply_on_error
 def train(msg: Message, context: Context) -> Message:
+    """Train on the received weights; when the message asks (``evaluate-received``), first evaluate
+    them — the previous round's model — and answer both in one reply (:mod:`server.folded_evaluation`).
+
+    The folded evaluation is handled exactly as a separate ``evaluate`` message would be: the
+    same request checks (:func:`clients.node.received_evaluation` checks the whole train request
+    first, :func:`clients.node.evaluate` then the evaluation's own), the same DP release, budget
+    check and ledger event on the holdout side, the same refusals. The two releases are
+    separate: each is checked against the budget and recorded in the node's ledger before the
+    reply leaves, and each is refused on its own — an unexpected error in either becomes that
+    part's fixed ``node-error`` refusal — so the update part has the same layout whatever
+    happened to the evaluation and the other way round. A message that fails the checks is
+    refused as a whole before either release.
+    """
     if "fitins.parameters" in msg.content.array_records:
         return _train_secure(msg, context)
     try:
         policy = _policy(context)
+        received, cfg = _arrays(msg), _config(msg)
+        evaluation_cfg = N.received_evaluation(policy, received, cfg)
+    except (N.NodeRefusal, UserError) as exc:
+        return _refusal(msg, context, exc)
+    if evaluation_cfg is None:
+        return _train_part(msg, context, policy, received, cfg)
+    evaluation = _evaluation_part(msg, context, policy, received, evaluation_cfg)  # first: the order of releases
+    try:
+        reply = _train_part(msg, context, policy, received, cfg)
+    except Exception:  # noqa: BLE001 - as _fixed_reply_on_error, but the evaluation (already released) still goes
+        _log_unexpected(f"{msg.metadata.message_type} message's training")
+        reply = _node_error(msg, context)
+    return P.add_evaluation(reply, institution_id=policy.institution_id, **evaluation)
+
+
+def _train_part(msg: Message, context: Context, policy: N.NodePolicy, received: dict, cfg: dict) -> Message:
+    """The reply with the update (``arrays``, ``metrics``, ``node``), or with a refusal."""
+    try:
         state = {"plan": _plan_state(context)}
-        weights, metrics = N.train(policy, _arrays(msg), _config(msg), state)
+        weights, metrics = N.train(policy, received, cfg, state)
         _save_plan_state(context, state.get("plan") or {})
     except (N.NodeRefusal, UserError) as exc:
         return _refusal(msg, context, exc)
     return P.reply(msg, institution_id=policy.institution_id, arrays_key=P.ARRAYS, arrays=weights, metrics=metrics)
 
 
+def _evaluation_part(msg: Message, context: Context, policy: N.NodePolicy, received: dict, cfg: dict) -> dict:
+    """The evaluation part of a train reply (:func:`fedcredit.protocol.add_evaluation`'s fields) —
+    what :func:`evaluate` would answer to the same request: released, withheld (``release-eval =
+    off``) or refused, an unexpected error as the fixed ``node-error`` refusal."""
+    try:
+        arrays, metrics, mode = N.evaluate(policy, received, cfg, {"plan": _plan_state(context)})
+        return {"arrays": arrays, "metrics": metrics, "release": mode}
+    except (N.NodeRefusal, UserError) as exc:
+        return _refusal_fields(exc)
+    except Exception:  # noqa: BLE001 - deliberately everything, as _fixed_reply_on_error
+        _log_unexpected(f"{msg.metadata.message_type} message's evaluation of the received weights")
+        return {"metrics": {"num-examples": 0.0}, "refused": P.REFUSED_ERROR, "detail": NODE_ERROR_DETAIL}
+
+
 def _train_secure(msg: Message, context: Context) -> Message:
     """One SecAgg+ round: train as usual, reply with the update (legacy ``fitres.*`` layout)."""
-    import json
-
     import numpy as np
     from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.compat.common import recorddict_compat as compat
 
+    from clients.request_checks import secure_aggregation_settings
+
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
     cfg = dict(fitins.config)
-    names = json.loads(str(cfg.pop(P.SECAGG_ARRAY_NAMES)))
-    max_weight, clip = float(cfg.pop(P.SECAGG_MAX_WEIGHT)), float(cfg.pop(P.SECAGG_CLIPPING))
+    # checked before training (a refusal here spends nothing; the guard sends its fixed reply)
+    names, max_weight, clip = secure_aggregation_settings(cfg, len(fitins.parameters.tensors))
     before = dict(zip(names, parameters_to_ndarrays(fitins.parameters)))
     update = {k: np.zeros_like(v) for k, v in before.items()}
     info = {"institution-id": _institution(context), "refused": "", "detail": ""}
@@ -171,9 +234,8 @@ def _train_secure(msg: Message, context: Context) -> Message:
         reason, detail = _reason(exc)
         info.update(refused=reason, detail=detail[:4000])
     except Exception:  # noqa: BLE001 - the same fixed reply as _fixed_reply_on_error, in the SecAgg+ layout
-        print(f"fedcredit node: unexpected error in a SecAgg+ round:\n{traceback.format_exc()}", file=sys.stderr,
-              flush=True)
-        info.update(refused=P.REFUSED_ERROR, detail="the node hit an internal error; its log has the details")
+        _log_unexpected("SecAgg+ round")
+        info.update(refused=P.REFUSED_ERROR, detail=NODE_ERROR_DETAIL)
     n = 0 if info["refused"] else int(metrics.get("num-examples", 0))
     # the mod sends round(n/M · 2²²)/2²² · Δ, clipped to ±c: report how much the clipping changed
     ratio = round(n / max_weight * P.SECAGG_QUANTIZATION_RANGE) / P.SECAGG_QUANTIZATION_RANGE

@@ -60,7 +60,7 @@ from models.network import ModelSpec, build_model, get_weights, predict_pd, set_
 from models.training import LocalTrainConfig, train_local
 
 __all__ = ["NodeData", "NodePolicy", "NodeRefusal", "answer_statistics", "clear_data_cache", "evaluate",
-           "load_node_data", "policy_from_context", "train"]
+           "load_node_data", "policy_from_context", "received_evaluation", "train"]
 
 
 @functools.lru_cache(maxsize=8)
@@ -247,6 +247,22 @@ def _train_private(policy, ledger, data, req, state, model, personal, tcfg, x, y
 
 
 # ------------------------------------------------------------------------- evaluation
+def received_evaluation(policy: NodePolicy, weights: dict[str, np.ndarray], cfg: dict) -> dict | None:
+    """The evaluation config a train message asks for with ``evaluate-received`` (None: none).
+
+    The whole train request — config, encoder, model spec and weights — is checked first
+    (:mod:`clients.request_checks`), so a message that fails is refused as a whole before either
+    release. The weights it carries are the previous round's global model: the evaluation is
+    reported as round ``server-round`` − 1. It stores no ledger head (the training part stores the
+    same head for this round).
+    """
+    req, _, spec = train_request(cfg, node_schema(policy.schema))
+    if not req[P.EVALUATE_RECEIVED]:
+        return None
+    check_weights(weights, spec)
+    return {**cfg, "server-round": req["server-round"] - 1, "cutoff-pd": req["cutoff-pd"], "ledger-head": ""}
+
+
 def finite_pd(pd_values: np.ndarray) -> np.ndarray:
     """PDs in [0, 1]; a non-finite PD (from any weights or row) is scored 0.5 — one fixed bin."""
     p = np.asarray(pd_values, dtype=np.float64)

@@ -34,6 +34,7 @@ import numpy as np
 
 from clients.refusal import NodeRefusal
 from configs.schema import Feature, Schema, apply_transform
+from fedcredit import protocol as P
 from models.encoder import EncodedFeature, FeatureEncoder
 from models.network import ARCHITECTURES, ModelSpec, parameter_shapes
 
@@ -162,7 +163,9 @@ def train_request(cfg: dict, schema: Schema) -> tuple[dict, FeatureEncoder, Mode
     """A training round's config (typed, bounded), its encoder and model spec."""
     out = {"run-id": config_text(cfg, "run-id", ""), "dp": config_bool(cfg, "dp", True),
            "optimizer": config_text(cfg, "optimizer", "adam", choices=("adam", "sgd")),
-           "ledger-head": _ledger_head(cfg)}
+           "ledger-head": _ledger_head(cfg),
+           # evaluate the received weights (the previous round's model) before training: a second release
+           P.EVALUATE_RECEIVED: config_bool(cfg, P.EVALUATE_RECEIVED, False)}
     for key in ("server-round", "num-server-rounds", "local-epochs", "batch-size", "learning-rate",
                 "clipping-norm"):
         out[key] = config_number(cfg, key)
@@ -170,6 +173,11 @@ def train_request(cfg: dict, schema: Schema) -> tuple[dict, FeatureEncoder, Mode
         out[key] = config_number(cfg, key, default)
     if out["server-round"] < 1:
         raise _refuse(f"'server-round' of a training round must be at least 1, got {out['server-round']}")
+    if out[P.EVALUATE_RECEIVED]:  # the evaluation's own keys: clients.node.evaluate checks them again, as ever
+        if out["server-round"] < 2:
+            raise _refuse(f"'{P.EVALUATE_RECEIVED}' asks to evaluate the previous round's model; round "
+                          f"{out['server-round']} has none")
+        out["cutoff-pd"] = config_number(cfg, "cutoff-pd", 0.2)
     encoder = check_encoder(cfg.get("encoder"), schema)
     spec = check_model_spec(cfg.get("model-spec"), encoder.n_outputs)
     out.update(personal_keys(cfg))
@@ -184,6 +192,27 @@ def evaluation_request(cfg: dict, schema: Schema) -> tuple[dict, FeatureEncoder,
            "ledger-head": _ledger_head(cfg)}
     encoder = check_encoder(cfg.get("encoder"), schema)
     return out, encoder, check_model_spec(cfg.get("model-spec"), encoder.n_outputs)
+
+
+def secure_aggregation_settings(cfg: dict, n_arrays: int) -> tuple[list[str], float, float]:
+    """The SecAgg+ round's own keys, removed from ``cfg``: the arrays' names (a JSON list of
+    ``n_arrays`` distinct names), the largest weight M ≥ 1 and the clipping range c > 0 (both
+    finite, at most 1e12) — checked before training, so that settings the node cannot use never
+    cost it a round of budget."""
+    try:
+        names = json.loads(str(cfg.pop(P.SECAGG_ARRAY_NAMES, "")))
+    except ValueError:
+        names = None
+    if (not isinstance(names, list) or len(names) != n_arrays or len(set(names)) != n_arrays
+            or not all(isinstance(n, str) for n in names)):
+        raise _refuse(f"'{P.SECAGG_ARRAY_NAMES}' must be a JSON list of {n_arrays} distinct names")
+    settings = []
+    for key, lo in ((P.SECAGG_MAX_WEIGHT, 1.0), (P.SECAGG_CLIPPING, 1e-12)):
+        v = cfg.pop(key, None)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= 1e12:
+            raise _refuse(f"'{key}' must be a number in [{lo:g}, 1e12], got {_shown(v)}")
+        settings.append(float(v))
+    return names, settings[0], settings[1]
 
 
 # ----------------------------------------------------------------------------- the encoder

@@ -18,6 +18,12 @@ Messages (server → node, node → server)
                  arrays ``eval`` (``hist-neg``, ``hist-pos``, ``sums``, ``fair/<attribute>``;
                  absent when the node releases none, ``node.release`` = ``off``, or refuses)
                  + metrics ``metrics``; ``node.release`` = ``exact`` | ``noised`` | ``off``.
+``train`` with ``evaluate-received`` = true in its config (and ``cutoff-pd``): the node first
+                 evaluates the weights it received (the previous round's global model, reported
+                 as round ``server-round`` − 1), then trains; the reply carries the update as
+                 above plus the evaluation in ``eval`` (arrays), ``eval-metrics`` (metrics) and
+                 ``eval-node`` (``institution-id``, ``refused``, ``detail``, ``release``) — each
+                 part released, withheld or refused on its own (:mod:`server.folded_evaluation`).
 The server checks every statistics, update and evaluation reply (:mod:`server.update_checks`)
 and leaves out, and records, one that does not fit.
 Every reply carries the ConfigRecord ``node`` with ``institution-id`` and, on refusal,
@@ -41,6 +47,10 @@ METRICS = "metrics"
 STATS = "stats"
 EVAL = "eval"
 NODE = "node"
+# the evaluation part of a train reply that also evaluated the received weights (EVALUATE_RECEIVED)
+EVAL_METRICS = "eval-metrics"
+EVAL_NODE = "eval-node"
+EVALUATE_RECEIVED = "evaluate-received"  # train config: evaluate the received weights before training
 
 # Secure aggregation (server/secure_aggregation.py): one round of Flower's SecAgg+ protocol. The
 # node's train handler gets the legacy ``fitins.*`` records with these extra config keys and
@@ -84,16 +94,33 @@ def reply(msg: "Message", *, institution_id: str, arrays_key: str | None = None,
           arrays: dict[str, np.ndarray] | None = None, metrics: dict[str, float] | None = None,
           refused: str = "", detail: str = "", extra: dict | None = None) -> "Message":
     """Build a node's reply with the common ``node`` identity record."""
-    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+    from flwr.app import Message, RecordDict
 
     content = RecordDict()
+    _put_part(content, (arrays_key, METRICS, NODE), arrays, metrics,
+              {"institution-id": institution_id, "refused": refused, "detail": detail, **(extra or {})})
+    return Message(content, reply_to=msg)
+
+
+def add_evaluation(reply_msg: "Message", *, institution_id: str, arrays: dict[str, np.ndarray] | None = None,
+                   metrics: dict[str, float] | None = None, refused: str = "", detail: str = "",
+                   release: str = "") -> "Message":
+    """Add the evaluation part (``eval``, ``eval-metrics``, ``eval-node``) to a train reply whose
+    message asked for the evaluation of the received weights (:data:`EVALUATE_RECEIVED`)."""
+    _put_part(reply_msg.content, (EVAL, EVAL_METRICS, EVAL_NODE), arrays, metrics,
+              {"institution-id": institution_id, "refused": refused, "detail": detail, "release": release})
+    return reply_msg
+
+
+def _put_part(content, keys: tuple[str | None, str, str], arrays, metrics, node: dict) -> None:
+    """One part of a reply into ``content``: arrays (when any), metrics and the node record."""
+    from flwr.app import ConfigRecord, MetricRecord
+
+    arrays_key, metrics_key, node_key = keys
     if arrays is not None and arrays_key:
         content[arrays_key] = to_array_record(arrays)
-    content[METRICS] = MetricRecord({k: float(v) for k, v in (metrics or {}).items()})
-    node = {"institution-id": institution_id, "refused": refused, "detail": detail}
-    node.update(extra or {})
-    content[NODE] = ConfigRecord(node)
-    return Message(content, reply_to=msg)
+    content[metrics_key] = MetricRecord({k: float(v) for k, v in (metrics or {}).items()})
+    content[node_key] = ConfigRecord(node)
 
 
 def node_info(msg: "Message") -> dict:

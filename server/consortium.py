@@ -66,10 +66,11 @@ from server.checkpoints import Checkpoint, load_checkpoint, resume_source, save_
 from server.clipping import ServerSideClipping
 from server.evaluation import calibration_record, pool_evaluations
 from server.exchange import Exchange, exchange
+from server.folded_evaluation import folded_evaluation_config, folds_evaluation, split_exchange
 from server.ledger import RunLedger
 from server.replies import SortedReplies, by_institution, releases_nothing, sort_replies, stop_reason
 from server.round_config import as_record, evaluate_config, statistics_config, train_config
-from server.run_log import emit, end_line, round_line, statistics_line
+from server.run_log import emit, end_line, evaluation_line, round_line, statistics_line
 from server.run_records import (RunRecorder, drop_node_sums, privacy_fields, public, resolve_run_dir,
                                 write_resolved_config)
 from server.run_summary import run_summary
@@ -115,6 +116,7 @@ class ConsortiumRun:
         self.dtypes: dict[str, np.dtype] = {}  # the global model's parameter dtypes (the network's)
         self.audit: RunLedger | None = None  # the signed audit ledger, opened by execute()
         self.last_pooled: tuple[int, EvaluationSums] | None = None  # (round, pooled sums) of the last evaluation
+        self.pending_evaluation: int | None = None  # a round whose evaluation goes with the next train message
         self.started = time.time()
 
     # ----------------------------------------------------------------------- run
@@ -128,6 +130,7 @@ class ConsortiumRun:
                 self.run_round(rnd)
         except RunStopped as stop:
             status, reason, detail = "stopped", stop.reason, stop.detail
+            self.evaluate_pending()  # the train message that was to carry it is not sent
             self.recorder.event("run-stopped", reason=reason, detail=detail)
         summary = self.finish(status, reason, detail, self.final_evaluation())
         self.recorder.event("run-end", status=status, reason=reason, ledger_head=summary.get("ledger_head"))
@@ -164,17 +167,29 @@ class ConsortiumRun:
             return 1
         first = self.resume(ckpt)
         self.wait_for_nodes()  # a resumed run, too, starts once min-available-nodes are connected
+        if self.pending_evaluation is not None and not folds_evaluation(self.settings, first - 1):
+            self.evaluate_pending()  # resumed under settings that do not fold: a separate message
         return first
 
     # ------------------------------------------------------------------- one round
     def run_round(self, rnd: int) -> dict:
-        """One round: configure → send → aggregate, then (when due) evaluate, then record it."""
+        """One round: configure → send → aggregate, then (when due) evaluate, then record it.
+
+        A due evaluation goes into the next round's train message when it can
+        (:mod:`server.folded_evaluation`): this round's record then gets it from there."""
         t0 = time.time()
         messages = self.configure_train(rnd)
         replies, secure = self.send_train(rnd, messages)
+        if self.pending_evaluation is not None and not secure:
+            replies, evaluation = split_exchange(replies)
+            self.attach_evaluation(evaluation, "train")
         record = self.aggregate_train(rnd, replies, secure)
         if rnd in P.evaluation_rounds(rnd, self.settings.num_server_rounds, self.settings.evaluate_every):
-            self.evaluate(rnd, record)
+            if folds_evaluation(self.settings, rnd):
+                self.pending_evaluation = rnd
+                record["evaluation_in"] = f"round {rnd + 1}'s train messages"
+            else:
+                self.evaluate(rnd, record)
         self.end_round(rnd, record, time.time() - t0)
         return record
 
@@ -183,8 +198,11 @@ class ConsortiumRun:
         (Flower's own sampler would wait for min-available-nodes forever); fewer than
         min-train-nodes stops the run."""
         nodes = self.wait_for_nodes(self.settings.min_train_nodes)
-        config = as_record(train_config(self.settings, self.node_run_id, rnd, self.encoder.to_json(),
-                                        json.dumps(self.spec.to_dict()), self.ledger_head))
+        config = train_config(self.settings, self.node_run_id, rnd, self.encoder.to_json(),
+                              json.dumps(self.spec.to_dict()), self.ledger_head)
+        if self.pending_evaluation is not None:  # the weights sent are that round's model: evaluate them first
+            config.update(folded_evaluation_config(self.settings))
+        config = as_record(config)
         return list(self.strategy.configure_train(rnd, P.to_array_record(self.weights), config,
                                                   snapshot_grid(self.grid, nodes)))
 
@@ -255,16 +273,54 @@ class ConsortiumRun:
         model) on the sampled nodes' holdouts; the outcome goes into ``record``."""
         if self.settings.fraction_evaluate <= 0:
             return
+        ex = self.send_evaluate(rnd, weights)
+        if isinstance(ex, str):
+            record["evaluation_failed"] = {"*": ex}
+            return
+        self.aggregate_evaluate(rnd, record, ex)
+
+    def send_evaluate(self, rnd: int, weights: dict[str, np.ndarray] | None = None) -> Exchange | str:
+        """The evaluate messages of round ``rnd`` sent and their replies collected; or why none was sent."""
         nodes = sorted(self.grid.get_node_ids())
         if len(nodes) < max(1, self.strategy.min_evaluate_nodes):
-            record["evaluation_failed"] = {"*": f"only {len(nodes)} node(s) connected; evaluation skipped"}
-            return
+            return f"only {len(nodes)} node(s) connected; evaluation skipped"
         config = as_record(evaluate_config(self.settings, self.node_run_id, rnd, self.encoder.to_json(),
                                            json.dumps(self.spec.to_dict()), self.ledger_head))
         messages = self.strategy.configure_evaluate(
             rnd, P.to_array_record(self.weights if weights is None else weights), config,
             snapshot_grid(self.grid, nodes))
-        self.aggregate_evaluate(rnd, record, self.send(messages))
+        return self.send(messages)
+
+    def attach_evaluation(self, ex: Exchange | str, carried_by: str) -> None:
+        """The evaluation of the pending round's model — from the next round's train replies, or a
+        separate message (``ex`` a string: why none was sent) — into that round's record, which is
+        already checkpointed and in the ledger: its own ledger entry, a progress event, a log line."""
+        rnd, self.pending_evaluation = self.pending_evaluation, None
+        record = next(r for r in reversed(self.history) if r.get("round") == rnd)
+        record.pop("evaluation_in", None)
+        record["evaluated_with"] = carried_by
+        if isinstance(ex, str):
+            record["evaluation_failed"] = {"*": ex}
+        else:
+            self.aggregate_evaluate(rnd, record, ex)
+        if "_pooled_eval" in record:
+            self.last_pooled = (rnd, record.pop("_pooled_eval"))
+            drop_node_sums([r for r in self.history if r is not record])
+        self.audit.evaluation(record)
+        emit(evaluation_line(record, self.settings.num_server_rounds))
+        self.recorder.event("evaluation-end", round=rnd, carried_by=carried_by,
+                            auc=(record.get("global") or {}).get("auc"))
+
+    def evaluate_pending(self) -> None:
+        """A round's evaluation was to go with the next train message, which will not be sent (the
+        run stopped, or resumed under settings that do not fold): evaluate that round's model — the
+        current global model — with a separate message now."""
+        if self.pending_evaluation is None:
+            return
+        if self.settings.fraction_evaluate <= 0:  # resumed with federated evaluation turned off
+            self.attach_evaluation("fraction-evaluate is 0: no federated evaluation", "evaluate")
+        else:
+            self.attach_evaluation(self.send_evaluate(self.pending_evaluation), "evaluate")
 
     def aggregate_evaluate(self, rnd: int, record: dict, ex: Exchange) -> None:
         """Sort the evaluation replies and pool the accepted ones into ``record``."""
@@ -403,6 +459,8 @@ class ConsortiumRun:
         self.weights = ckpt.weights  # as checkpointed (an older FedAdam run's may be float64)
         self.dtypes = {k: v.dtype for k, v in get_weights(build_model(self.spec)).items()}
         self.history = list(st.get("history", []))
+        if self.history and self.history[-1].get("evaluation_in"):  # checkpointed before its evaluation came
+            self.pending_evaluation = int(self.history[-1]["round"])
         self.statistics = st.get("statistics", {})
         if st.get("population_counts"):  # absent in checkpoints written before monitoring existed
             self.population_counts = {k: np.asarray(v, dtype=np.float64) for k, v in st["population_counts"].items()}

@@ -49,8 +49,8 @@ PUBLIC_KEY_FILE = "ledger-key.pub.pem"
 #: the kind of a run ledger's first entry, which names the operator's key
 START_KIND = "run-start"
 
-KINDS = ("run-start", "statistics", "round", "refusal", "dropout", "rejected-update", "rejected-reply",
-         "resume", "run-stopped", "run-end")
+KINDS = ("run-start", "statistics", "round", "evaluation", "refusal", "dropout", "rejected-update",
+         "rejected-reply", "resume", "run-stopped", "run-end")
 
 #: A ledger that cannot be continued (broken chain, wrong key) or a key that cannot be used — the
 #: signed chain's own error (:class:`fedcredit.signed_chain.ChainError`), under the ledger's name.
@@ -188,6 +188,18 @@ class AuditLedger(SignedChain):
 
 
 # ------------------------------------------------------------------- one run's ledger
+def _evaluation_fields(record: dict) -> dict:
+    """The evaluation part of a round's ledger entry: global, per-institution and fairness figures
+    (no in-memory sums) and who failed, refused or was rejected."""
+    institutions = {who: {k: v for k, v in m.items() if not k.startswith("_")}
+                    for who, m in (record.get("institutions") or {}).items()}
+    return {"metrics": {"global": record.get("global"), "institutions": institutions,
+                        "fairness": record.get("fairness")},
+            "evaluation_failed": record.get("evaluation_failed", {}),
+            "evaluation_refused": record.get("evaluation_refused", {}),
+            "evaluation_rejected": record.get("evaluation_rejected", {})}
+
+
 def _sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -198,7 +210,8 @@ class RunLedger:
     Entries: ``run-start`` (run id, sha256 and values of the resolved config, the key and where
     it came from, what is resumed), ``statistics``, ``resume`` (checkpoint round and model hash;
     rounds of the checkpoint missing from the ledger are added as ``round`` entries marked
-    ``recovered_from_checkpoint``), one ``round`` per completed training round, ``refusal`` /
+    ``recovered_from_checkpoint``), one ``round`` per completed training round, ``evaluation`` for
+    a round whose evaluation came with the next round's train replies (:meth:`evaluation`), ``refusal`` /
     ``dropout`` / ``rejected-update`` / ``rejected-reply`` as they happen (:meth:`on_event`, a
     RunRecorder listener; a refusal to evaluate and a rejected statistics or evaluation reply
     carry ``stage``),
@@ -320,20 +333,16 @@ class RunLedger:
 
     def round(self, record: dict, recovered: bool = False) -> str:
         privacy = record.get("privacy") or {}
-        institutions = {who: {k: v for k, v in m.items() if not k.startswith("_")}
-                        for who, m in (record.get("institutions") or {}).items()}
         payload = {k: record.get(k) for k in (
             "round", "sampled", "participants", "refused", "dropped", "rejected", "model_sha256_before",
             "model_sha256_after", "aggregate_update_norm", "examples", "train_loss")}
         payload.update({
             "epsilon_spent": {who: p.get("epsilon_spent") for who, p in privacy.items()},
             "privacy": privacy,
-            "metrics": {"global": record.get("global"), "institutions": institutions,
-                        "fairness": record.get("fairness")},
-            "evaluation_failed": record.get("evaluation_failed", {}),
-            "evaluation_refused": record.get("evaluation_refused", {}),
-            "evaluation_rejected": record.get("evaluation_rejected", {}),
+            **_evaluation_fields(record),
         })
+        if record.get("evaluation_in"):  # the evaluation comes later, in its own entry (server.folded_evaluation)
+            payload["evaluation_in"] = record["evaluation_in"]
         for key in ("aggregation", "clipped"):  # the robust rule's choices; updates clipped by the server
             if record.get(key) is not None:
                 payload[key] = record[key]
@@ -342,6 +351,14 @@ class RunLedger:
         if recovered:
             payload["recovered_from_checkpoint"] = True
         return self.ledger.append("round", payload)
+
+    def evaluation(self, record: dict) -> str:
+        """The evaluation of round ``record["round"]``'s model when it came after that round's entry
+        (asked for with the next round's train message, :mod:`server.folded_evaluation`)."""
+        return self.ledger.append("evaluation", {
+            "round": record.get("round"), "model_sha256": record.get("model_sha256_after"),
+            "evaluated_with": record.get("evaluated_with"),
+            "privacy_after_evaluation": record.get("privacy_after_evaluation") or {}, **_evaluation_fields(record)})
 
     def on_event(self, event: dict) -> None:
         """RunRecorder listener: refusals, dropouts, rejected updates and replies and a stop become entries."""

@@ -84,12 +84,28 @@ def round_line(record: dict, rounds_planned: int) -> str:
              epsilon_range(record)]
     if record.get("stopped"):
         parts.append(f"run stops: {record['stopped']}")
-    g = record.get("global") or {}
-    shown = [f for f in (figure("AUC", g, "auc"), figure("KS", g, "ks")) if f]
-    parts.append(", ".join(shown) if shown else "not evaluated")
+    parts.append(f"evaluated with {record['evaluation_in']}" if record.get("evaluation_in") else figures(record))
     if record.get("wall_s") is not None:
         parts.append(f"{record['wall_s']:.1f} s")
     return " | ".join(parts)
+
+
+def figures(record: dict) -> str:
+    """``"AUC 0.742 ± 0.031, KS 0.381 ± 0.045"``, or ``"not evaluated"``."""
+    g = record.get("global") or {}
+    shown = [f for f in (figure("AUC", g, "auc"), figure("KS", g, "ks")) if f]
+    return ", ".join(shown) if shown else "not evaluated"
+
+
+def evaluation_line(record: dict, rounds_planned: int) -> str:
+    """The log line of a round's evaluation that came after the round's own line (it went with the
+    next round's train messages, :mod:`server.folded_evaluation`)."""
+    evaluated = record.get("institutions") or {}
+    return " | ".join([
+        f"fedcredit {_stamp()} round {record.get('round')}/{rounds_planned} evaluation",
+        f"evaluated by {len(evaluated)}: {', '.join(evaluated) or '—'}",
+        outcomes("refused", record.get("evaluation_refused")), outcomes("rejected", record.get("evaluation_rejected")),
+        outcomes("dropped", record.get("evaluation_failed")), epsilon_range(record), figures(record)])
 
 
 def statistics_line(statistics: dict) -> str:

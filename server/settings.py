@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "fraction-train": 1.0,
     "fraction-evaluate": 1.0,
     "evaluate-every": 1,
+    "fold-evaluation": True,
     "min-train-nodes": 2,
     "min-available-nodes": 2,
     "local-epochs": 1,
@@ -106,6 +107,7 @@ class RunSettings:
     fraction_train: float
     fraction_evaluate: float
     evaluate_every: int
+    fold_evaluation: bool  # evaluation of round r inside round r+1's train message (server.folded_evaluation)
     min_train_nodes: int
     min_available_nodes: int
     local_epochs: int

@@ -132,6 +132,10 @@ def test_deploy_two_dp_rounds_with_tls_and_node_auth(tmp_path, process_tag):
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert metrics["status"] == "completed" and metrics["rounds_completed"] == 2, metrics.get("stop_detail")
         assert sorted(metrics["history"][-1]["participants"]) == sorted(institutions)
+        # round 1's evaluation came back inside round 2's train replies (fold-evaluation): noised, from every node
+        r1 = metrics["history"][0]
+        assert r1["evaluated_with"] == "train" and sorted(r1["institutions"]) == sorted(institutions), r1
+        assert r1["global"]["auc"] is not None and "round 1/2 evaluation | evaluated by 3" in out
         pkg = load_package(run_dir / "model")
         assert pkg.meta["dp"] is True and pkg.meta["rounds_completed"] == 2
 
@@ -143,6 +147,8 @@ def test_deploy_two_dp_rounds_with_tls_and_node_auth(tmp_path, process_tag):
             assert 0 < spent <= MAX_EPSILON + 1e-9, (name, spent)
             kinds = {e["kind"] for e in states[0]["events"]}
             assert "statistics" in kinds and len(states[0]["events"]) >= 3, kinds
+            evaluated = [(e["round"], e["rows"]) for e in states[0]["events"] if e["kind"] == "evaluation"]
+            assert evaluated[0] == (1, "holdout"), evaluated  # round 1's model, evaluated with round 2's message
             reported = metrics["institutions"][name]["privacy"]["epsilon_spent"]  # after training round 2
             assert 0 < reported <= spent + 1e-9
         # --- a second run on the same deployment, with secure aggregation (SecAgg+) and DP: the

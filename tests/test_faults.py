@@ -165,10 +165,14 @@ def test_a_resumed_run_ends_with_the_same_model_as_an_uninterrupted_one(tmp_path
 
     assert verify_ledger(run_dir / LEDGER_FILE).ok
     kinds = _kinds(run_dir)
-    assert kinds == [("run-start", None), ("statistics", None), ("round", 1), ("round", 2),
-                     ("run-start", None), ("resume", None), ("round", 3), ("round", 4), ("run-end", None)]
-    resume = read_ledger(run_dir / LEDGER_FILE)[5]["payload"]
+    # round r's evaluation came with round r+1's train replies (its own entry); round 2's came in the
+    # round 3 that died before its checkpoint, so the resumed run asks for it again with its round 3
+    assert kinds == [("run-start", None), ("statistics", None), ("round", 1), ("evaluation", 1), ("round", 2),
+                     ("evaluation", 2), ("run-start", None), ("resume", None), ("evaluation", 2), ("round", 3),
+                     ("evaluation", 3), ("round", 4), ("run-end", None)]
+    resume = read_ledger(run_dir / LEDGER_FILE)[7]["payload"]
     assert resume["checkpoint_round"] == 2 and resume["next_round"] == 3
+    assert [r["global"]["auc"] for r in resumed["history"]] == [r["global"]["auc"] for r in whole["history"]]
 
 
 def test_a_round_in_flight_when_the_server_died_is_paid_once_and_replanned(tmp_path, monkeypatch):

@@ -127,7 +127,8 @@ def _nan_histogram(reply, msg):
                          ids=["no-sums", "nan-histogram"])
 def test_a_broken_evaluation_reply_is_rejected_recorded_and_the_run_goes_on(tmp_path, tamper, reason):
     seen: dict = {}
-    rc = _run_config(tmp_path, "eval", **{"num-server-rounds": 2, "fraction-evaluate": 1.0})
+    # every evaluation in an evaluate message (the folded ones: tests/test_folded_evaluation.py)
+    rc = _run_config(tmp_path, "eval", **{"num-server-rounds": 2, "fraction-evaluate": 1.0, "fold-evaluation": False})
     summary, _ = _execute(rc, _grid(rc, app=_tampering_app("evaluate", tamper, seen)))
     assert summary["status"] == "completed" and summary["rounds_completed"] == 2
     bad = seen["bad"]
@@ -159,7 +160,7 @@ def refusing_run(tmp_path_factory):
     """A finished run (2 rounds, evaluated) in which one node refuses every evaluation."""
     tmp = tmp_path_factory.mktemp("refusal")
     seen: dict = {}
-    rc = _run_config(tmp, "refuse", **{"num-server-rounds": 2, "fraction-evaluate": 1.0})
+    rc = _run_config(tmp, "refuse", **{"num-server-rounds": 2, "fraction-evaluate": 1.0, "fold-evaluation": False})
     summary, _ = _execute(rc, _grid(rc, app=_tampering_app("evaluate", _refuse, seen)))
     return summary, Path(rc["run-dir"]), seen
 

@@ -20,8 +20,9 @@ def test_a_run_logs_statistics_every_round_with_refusals_and_epsilon_and_its_end
         summary, _ = _execute(rc, _grid(rc))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fedcredit ")]
     assert summary["status"] == "completed", summary["stop_detail"]
-    assert len(lines) == 4 and all(STAMP.match(line) for line in lines), lines
-    stats, r1, r2, end = lines
+    # round 1's evaluation went with round 2's train messages (fold-evaluation): its own line, after round 1's
+    assert len(lines) == 5 and all(STAMP.match(line) for line in lines), lines
+    stats, r1, e1, r2, end = lines
     assert "statistics | 2 answered: national-bank-1, regional-bank-1" in stats
     assert "refused: card-issuer-1 (budget-exhausted: " in stats
     for rnd, line in ((1, r1), (2, r2)):
@@ -31,9 +32,12 @@ def test_a_run_logs_statistics_every_round_with_refusals_and_epsilon_and_its_end
         low, high = (float(x) for x in re.search(r"ε spent (\d\.\d\d)[–-]?(\d\.\d\d)?", line).groups(default="nan"))
         spent = [p["epsilon_spent"] for p in summary["history"][rnd - 1]["privacy"].values()]
         assert abs(low - min(spent)) < 0.006 and (high != high or abs(high - max(spent)) < 0.006), (line, spent)
-        auc = summary["history"][rnd - 1]["global"]["auc"]
-        assert f"AUC {auc:.3f}" in line and "±" not in line  # exact releases in simulation: no ± to show
         assert re.search(r"\| \d+\.\d s$", line)
+    assert "evaluated with round 2's train messages" in r1 and "AUC" not in r1
+    assert " round 1/2 evaluation | evaluated by 3: card-issuer-1, national-bank-1, regional-bank-1 |" in e1, e1
+    for line, record in ((e1, summary["history"][0]), (r2, summary["history"][1])):
+        auc = record["global"]["auc"]
+        assert f"AUC {auc:.3f}" in line and "±" not in line  # exact releases in simulation: no ± to show
     assert f"run 7 completed | 2/2 rounds | final AUC {summary['final']['auc']:.3f}" in end
     assert f"ledger head {summary['ledger_head'][:16]}" in end
 
@@ -57,6 +61,19 @@ def test_round_line_shows_the_noise_of_noised_figures_and_a_stop():
     assert line.endswith("| 4.2 s")
     assert "ε spent: not reported (no DP)" in round_line({"round": 1, "privacy": {"a": {}}}, 1)
     assert "not evaluated" in round_line({"round": 1}, 1)
+
+
+def test_a_folded_evaluation_has_its_own_line_and_the_round_line_says_where_it_went():
+    from server.run_log import evaluation_line
+
+    assert round_line({"round": 2, "evaluation_in": "round 3's train messages"}, 5).endswith(
+        "| evaluated with round 3's train messages")
+    line = evaluation_line({"round": 2, "institutions": {"a": {}, "b": {}}, "evaluation_refused": {
+        "c": {"reason": "budget-exhausted", "detail": "holdout side"}}, "privacy": {"a": {"epsilon_spent": 0.5}},
+        "privacy_after_evaluation": {"a": 0.61, "b": 0.7}, "global": {"auc": 0.7, "auc_sd": 0.02}}, 5)
+    assert STAMP.match(line) and " round 2/5 evaluation | evaluated by 2: a, b |" in line
+    assert "refused: c (budget-exhausted: holdout side)" in line and "ε spent 0.61–0.70" in line
+    assert "AUC 0.700 ± 0.020" in line
 
 
 def test_statistics_and_end_lines():

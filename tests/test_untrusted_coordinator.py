@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -30,6 +31,7 @@ from fedcredit import protocol as P
 from models.encoder import fit_encoder_from_tables
 from models.network import ModelSpec, build_model, get_weights
 from privacy.accountant import read_state
+from server.folded_evaluation import split_reply
 from tests.test_faults import _message
 
 BUDGET = 2.0
@@ -437,7 +439,7 @@ CONFIG_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), 
                           st.text(max_size=20))
 CONFIG_KEYS = ["server-round", "num-server-rounds", "local-epochs", "batch-size", "learning-rate", "clipping-norm",
                "proximal-mu", "target-epsilon", "evaluate-every", "seed", "dp", "optimizer", "cutoff-pd", "run-id",
-               "ledger-head", "model-spec"]
+               "ledger-head", "model-spec", P.EVALUATE_RECEIVED]
 
 
 @pytest.fixture(scope="module")
@@ -449,29 +451,34 @@ def fuzz_node(tables, tmp_path_factory):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
-@given(handler=st.sampled_from(["train", "evaluate", "stats"]),
+@given(handler=st.sampled_from(["train", "train-evaluating", "evaluate", "stats"]),
        enc=st.one_of(st.just("none"), st.sampled_from(ENCODER_MUTATIONS)),
        wts=st.one_of(st.just("none"), st.sampled_from(WEIGHT_MUTATIONS)), where=st.integers(0, 10_000),
        config=st.dictionaries(st.sampled_from(CONFIG_KEYS), CONFIG_VALUES, max_size=2))
 def test_fuzzed_encoders_weights_and_configs_never_crash_the_node_nor_leak_a_non_finite_number(
         fuzz_node, handler, enc, wts, where, config):
     cfg, w, ctx = fuzz_node
+    if handler == "train-evaluating":  # a train message that also asks to evaluate the received weights
+        cfg = {**cfg, "server-round": 2, P.EVALUATE_RECEIVED: True}
     crafted = dict(cfg, **{k: v for k, v in config.items() if v is not None})
     if enc != "none":
         crafted["encoder"] = _mutate_encoder(cfg["encoder"], enc, where)
     weights = w if wts == "none" else _mutate_weights(w, wts, where)
-    fn = {"train": CA.train, "evaluate": CA.evaluate, "stats": CA.statistics}[handler]
+    fn = {"train": CA.train, "train-evaluating": CA.train, "evaluate": CA.evaluate, "stats": CA.statistics}[handler]
     try:
         record = ConfigRecord(crafted)
     except Exception:  # a value Flower itself cannot carry never reaches a node
         return
-    message_type = P.STATS_MESSAGE if handler == "stats" else handler
+    message_type = {"stats": P.STATS_MESSAGE, "train-evaluating": "train"}.get(handler, handler)
     reply = fn(_message(RecordDict({P.ARRAYS: P.to_array_record(weights), P.CONFIG: record}), message_type), ctx)
+    # a reply with an evaluation part: the update and the evaluation, each checked like a reply of its own
+    parts = split_reply(reply) if P.EVAL_NODE in reply.content.config_records else (reply,)
+    for s in map(signature, parts):
+        assert s["finite"], s
+        assert s["refused"] in KNOWN_REFUSALS - {P.REFUSED_ERROR}, s
     s = signature(reply)
-    assert s["finite"], s
-    assert s["refused"] in KNOWN_REFUSALS - {P.REFUSED_ERROR}, s
     if handler != "stats" and (enc in INVALID_ENCODER_MUTATIONS or wts in INVALID_WEIGHT_MUTATIONS):
-        assert s["refused"] == P.REFUSED_REQUEST and not s["arrays"], (enc, wts, s)
+        assert s["refused"] == P.REFUSED_REQUEST and not s["arrays"] and len(parts) == 1, (enc, wts, s)
 
 
 # ---------------------------------------------------------------------------------------- 7. red team
@@ -693,3 +700,86 @@ def test_serving_opens_no_channel_to_the_coordinator():
     talking = {n for n in external if n.split(".")[0] in {"flwr", "grpc", "requests", "httpx", "aiohttp", "urllib3"}
                or n.startswith(("urllib.request", "http.client"))}
     assert talking == set(), sorted(talking)
+
+
+def secure_round(cfg: dict, weights: dict, **secagg) -> RecordDict:
+    """A train message in the legacy layout the SecAgg+ mod hands the handler (``fitins.*``)."""
+    from flwr.common import FitIns, ndarrays_to_parameters
+    from flwr.compat.common import recorddict_compat as compat
+
+    names = sorted(weights)
+    config = {**cfg, P.SECAGG_ARRAY_NAMES: json.dumps(names), P.SECAGG_MAX_WEIGHT: 10_000.0,
+              P.SECAGG_CLIPPING: 8.0, **secagg}
+    return compat.fitins_to_recorddict(FitIns(ndarrays_to_parameters([weights[k] for k in names]), config), True)
+
+
+def secure_signature(reply) -> dict:
+    from flwr.common import parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    assert not reply.has_error(), reply.error
+    res = compat.recorddict_to_fitres(reply.content, keep_input=True)
+    arrays = parameters_to_ndarrays(res.parameters)
+    metrics = dict(res.metrics)
+    numbers = [v for v in metrics.values() if isinstance(v, float)]
+    return {"shapes": [a.shape for a in arrays], "metric-keys": sorted(metrics), "refused": metrics.get("refused"),
+            "finite": all(np.all(np.isfinite(a)) for a in arrays) and all(math.isfinite(v) for v in numbers)}
+
+
+SECAGG_ATTACKS = {"overflow": {}, "zero-width-knot": {}, "max-weight-zero": {P.SECAGG_MAX_WEIGHT: 0.0},
+                  "max-weight-tiny": {P.SECAGG_MAX_WEIGHT: 1e-300}, "clipping-nan": {P.SECAGG_CLIPPING: float("nan")},
+                  "names-short": {P.SECAGG_ARRAY_NAMES: json.dumps(["layers.0.weight"])}}
+
+
+@pytest.mark.parametrize("attack", sorted(SECAGG_ATTACKS))
+def test_a_secure_aggregation_round_with_crafted_weights_or_settings_looks_alike(attack, tables, tmp_path):
+    """The SecAgg+ path (:func:`clients.client_app._train_secure`): the update it hands the mod is
+    finite and its reply alike with and without the target, for overflow weights at the target and
+    a zero-width knot at its value (refused before the data). Secure-aggregation settings the mod's
+    arithmetic cannot use (M = 0 divided by; M = 1e-300 overflowed after the round was trained and
+    its ε spent) are refused before any row is read: the guard's fixed reply, nothing spent."""
+    cfg, w = overflow_round(tables, "train_target")
+    if attack == "zero-width-knot":
+        cfg, w = with_encoder(cfg, zero_width_knot_at(cfg["encoder"], "credit_limit",
+                                                      target_value(tables, "train_target", "credit_limit")))
+    replies = [CA.train(_message(secure_round(cfg, w, **SECAGG_ATTACKS[attack]), "train"),
+                        context(tables["paths"][k], tmp_path / k)) for k in ("full", "no-train-target")]
+    if SECAGG_ATTACKS[attack]:
+        a, b = (P.node_info(r) for r in replies)
+        assert a == b and a["refused"] == P.REFUSED_ERROR, (a, b)
+        assert not (tmp_path / "full" / "privacy").exists(), "refused before any data was read or spent"
+        return
+    a, b = (secure_signature(r) for r in replies)
+    assert a == b and a["finite"], (a, b)
+    assert a["refused"] == ("" if attack == "overflow" else P.REFUSED_REQUEST), a
+
+
+MESSAGE = st.tuples(st.sampled_from(["train", "evaluate", "stats"]), st.integers(0, 4), st.sampled_from(["r1", "r2"]),
+                    st.booleans())
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow])
+@given(sequence=st.lists(MESSAGE, min_size=2, max_size=4))
+def test_fuzzed_message_orders_never_crash_the_node_nor_overspend(tables, fuzz_node, sequence):
+    """Any order of train / evaluate / statistics messages — rounds repeated, skipped, going back,
+    0 for a train message, run ids interleaved, weights overflowing for many rows or not — on a
+    node with a small budget: never a node error, never a non-finite number, and the ledger never
+    passes the budget."""
+    import tempfile
+
+    cfg, w, _ = fuzz_node
+    budget = 0.5
+    ctx = context(tables["paths"]["full"], tempfile.mkdtemp(prefix="order-fuzz-"), **{"max-epsilon": budget})
+    crafted = {k: np.where(v > 0, np.float32(1e4), np.float32(-1e4)).astype(np.float32) if k.endswith("weight")
+               else v for k, v in w.items()}  # every unit saturates: many rows' logits overflow
+    for handler, rnd, run_id, overflow in sequence:
+        fn, message_type = HANDLERS[handler]
+        reply = send(fn, message_type, {**cfg, "server-round": rnd, "run-id": run_id}, crafted if overflow else w, ctx)
+        s = signature(reply)
+        assert s["finite"], s
+        assert s["refused"] in {"", P.REFUSED_REQUEST, P.REFUSED_BUDGET}, s
+        if handler == "train" and rnd == 0:
+            assert s["refused"] == P.REFUSED_REQUEST, s
+    if (Path(ctx.node_config["state-dir"]) / "privacy").exists():
+        assert read_state(ctx.node_config["state-dir"])[0]["epsilon_spent"] <= budget
