@@ -577,6 +577,8 @@ def notes(name: str, r: dict) -> list[str]:
     """A paragraph that reads a benchmark's figures (what they mean, which target is missed and why)."""
     if name == "deploy_latency":
         return deploy_latency_notes(r)
+    if name == "monitor_speed":
+        return monitor_speed_notes(r)
     if name != "serve_latency" or not r.get("levels"):
         return []
     lv = r["levels"]
@@ -604,6 +606,28 @@ def notes(name: str, r: dict) -> list[str]:
     text.append(f"Targets missed: {', '.join(missed)}." if missed else "All three targets are met.")
     text.append(f"The load average was {r.get('load_avg')} on {r.get('cores')} cores during the run, so absolute "
                 "times are several times an idle machine's; the targets are ratios measured side by side.")
+    return ["", " ".join(text)]
+
+
+def monitor_speed_notes(r: dict) -> list[str]:
+    """Where each command's time goes (its own seconds against process start-up) and which target is missed."""
+    cmds = [c for c in ("score", "monitor", "monitor_page", "backtest") if isinstance(r.get(c), dict)]
+    if "score" not in cmds:
+        return []
+    words = {"score": "score", "monitor": "monitor", "monitor_page": "monitor --out", "backtest": "backtest"}
+    text = [f"Each command ran in a fresh process, in turn, {r.get('repeats')} time(s) on the same file; of the "
+            "median wall times, the command's own seconds (as it reports them: read, validate, score and its own "
+            "work) were " + ", ".join(f"{words[c]} {r[c]['command_s']} of {r[c]['wall_s']} s" for c in cmds)
+            + "; the rest is process start-up (imports, model load)."]
+    missed = [f"{words[c]} ≥ 1× score ({r.get(f'{c}_vs_score')})" for c in ("monitor", "backtest")
+              if c in cmds and (r.get(f"{c}_vs_score") or 0) < 1]
+    missed += [f"{words[c]} ≥ {r.get('target_rows_per_s'):,} rows/s ({r[c]['rows_per_s']:,})"
+               for c in ("monitor", "backtest") if c in cmds and r[c]["rows_per_s"] < (r.get("target_rows_per_s") or 0)]
+    text.append(f"Targets missed: {'; '.join(missed)}." if missed else "Both targets are met.")
+    if r.get("load_avg_1min") is not None:
+        text.append(f"The 1-minute load average was {r['load_avg_1min']} at the end on {r.get('cpus')} cores shared "
+                    "with other work, so rows/s are below an idle machine's; the ratios to score are measured side "
+                    "by side.")
     return ["", " ".join(text)]
 
 

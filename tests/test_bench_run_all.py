@@ -198,6 +198,24 @@ def test_commands_are_shown_as_they_ran_with_the_data_path_as_given(run_all, tmp
     assert f"Command: `{absolute}` (" in text  # not rewritten for where this checkout happens to be
 
 
+
+def test_monitor_speed_section_states_the_ratios_to_score_and_the_missed_targets(run_all):
+    r = {"bench": "monitor_speed", "rows": 1_000_000, "repeats": 3, "target_rows_per_s": 100_000,
+         "score": {"wall_s": 10.0, "command_s": 7.0, "rows_per_s": 100_000},
+         "monitor": {"wall_s": 8.0, "command_s": 6.0, "rows_per_s": 125_000, "status": "stable"},
+         "monitor_page": {"wall_s": 12.5, "command_s": 10.0, "rows_per_s": 80_000},
+         "backtest": {"wall_s": 12.5, "command_s": 11.0, "rows_per_s": 80_000, "auc": 0.5},
+         "monitor_vs_score": 1.25, "monitor_page_vs_score": 0.8, "backtest_vs_score": 0.8, "ok": False,
+         "cpus": 2, "load_avg_1min": 3.5}
+    assert run_all.headline("monitor_speed", r) == ("monitor 125,000 rows/s (1.25× score), backtest 80,000 rows/s "
+                                                    "(0.8× score), score 100,000; target ≥ 100,000 and ≥ 1× score")
+    note = " ".join(run_all.notes("monitor_speed", r))
+    assert "score 7.0 of 10.0 s, monitor 6.0 of 8.0 s, monitor --out 10.0 of 12.5 s, backtest 11.0 of 12.5 s" in note
+    assert "Targets missed: backtest ≥ 1× score (0.8); backtest ≥ 100,000 rows/s (80,000)." in note
+    r.update(backtest={"wall_s": 9.0, "command_s": 8.0, "rows_per_s": 111_111}, backtest_vs_score=1.111)
+    assert "Both targets are met." in " ".join(run_all.notes("monitor_speed", r))
+
+
 # ----------------------------------------------------------------- temporary directories
 @pytest.fixture
 def scratch(tmp_path, monkeypatch):
