@@ -15,7 +15,14 @@ for the two cores), keeps each one's last JSON line, stderr log and wall time, a
   the Python / torch / Flower / Opacus versions, seeds and the exact commands.
 
 A benchmark whose script is missing (bench/poisoning.py until it lands) or whose data is
-absent (the UCI file) is reported as skipped, with the reason. This script prints one JSON
+absent (the UCI file) is reported as skipped, with the reason.
+
+The document is rendered from what is stored only: results.json and the PNGs beside it. What a
+section needs from a benchmark's working files (the sweep's per-point table, the plots it wrote
+under ``--work``) is copied into its results.json entry (``per_point``) and into the image
+folder (``plots``) when the benchmark is recorded, so ``--only NAME`` or ``--render-only`` after
+the working files are gone keeps every other section as it was. Commands are shown as they ran,
+from the repository root (the UCI path as given to ``--uci``, relative by default). This script prints one JSON
 line too (what ran, what failed, where the document is) and exits with 1 when a benchmark it
 ran failed (0 when all ran or were skipped; ``--render-only`` runs nothing and exits 0).
 """
@@ -39,7 +46,7 @@ from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # bench.heterogeneity_doc renders that benchmark's section
-DEFAULT_UCI = REPO.parent / "shared" / "data" / "UCI_Credit_Card.csv"
+DEFAULT_UCI = "../shared/data/UCI_Credit_Card.csv"  # from the repository root, where the benchmarks run
 SEED = 0
 
 
@@ -89,15 +96,22 @@ def _report_run(ctx: Ctx) -> list[str] | str:
     return _py("render_report.py", pick, "--out", ctx.img / "report.png", "--height", 3200)
 
 
+def _no_uci(ctx: Ctx) -> str | None:
+    """Why the UCI benchmarks cannot run (``ctx.uci`` is taken from the repository root), or None."""
+    if (REPO / ctx.uci).is_file():
+        return None
+    return f"the UCI file is not at {ctx.uci} (from the repository root; --uci PATH)"
+
+
 def _uci(ctx: Ctx, *args: Any) -> list[str] | str:
-    if not ctx.uci.is_file():
-        return f"the UCI file is not at {ctx.uci} (--uci PATH)"
+    if _no_uci(ctx):
+        return _no_uci(ctx)
     return _py("quality_uci.py", "--data", ctx.uci, "--seed", SEED, *args)
 
 
 def _heterogeneity(ctx: Ctx) -> list[str] | str:
-    if not ctx.uci.is_file():
-        return f"the UCI file is not at {ctx.uci} (--uci PATH)"
+    if _no_uci(ctx):
+        return _no_uci(ctx)
     jobs = max(1, min(16, (os.cpu_count() or 1)))
     common = ["--data", ctx.uci, "--seed", SEED, "--jobs", jobs, "--plot-out", ctx.img / "heterogeneity.png"]
     if ctx.quick:
@@ -191,8 +205,7 @@ def run_bench(b: Bench, ctx: Ctx) -> dict:
     if isinstance(argv, str):
         entry.update({"status": "skipped", "reason": argv})
         return entry
-    shown = [("python" if a == sys.executable else str(a).replace(str(REPO) + "/", "")) for a in argv]
-    entry["command"] = shlex.join(shown)
+    entry["command"] = shown_command(argv)
     log = ctx.work / "logs" / f"{b.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -223,6 +236,44 @@ def run_bench(b: Bench, ctx: Ctx) -> dict:
         if entry["status"] == "failed":
             entry["reason"] = f"exit code {code}; see {log}"
     return entry
+
+
+def shown_command(argv: list[Any]) -> str:
+    """The command as run from the repository root: ``python`` for this interpreter, paths inside the
+    repository relative to it, every other argument (``--uci``'s path) as given."""
+    return shlex.join("python" if a == sys.executable else str(a).replace(str(REPO) + "/", "") for a in argv)
+
+
+def keep_section_inputs(name: str, entry: dict, img: Path) -> None:
+    """Copy into ``entry`` (and ``img``) what its section needs from the benchmark's working files,
+    once, while they exist: the sweep's per-point rows (``per_point``) and the plots the benchmark
+    wrote elsewhere (``plots``: names inside ``img``). An entry that has them keeps them."""
+    r = entry.get("result") if entry.get("status") == "ok" else None
+    if not r:
+        return
+    if name == "privacy_utility" and "per_point" not in entry:
+        table = r.get("table")
+        if table and Path(table).is_file():
+            import csv
+
+            with open(table, newline="") as f:
+                entry["per_point"] = [{k: row.get(k, "") for k in SWEEP_COLUMNS} for row in csv.DictReader(f)]
+    if "plots" in entry:
+        return
+    sources = {"privacy_utility": r.get("plots") or [], "heterogeneity": [r["plot"]] if r.get("plot") else [],
+               "render_report": [img / "report.png"]}.get(name)
+    if sources is None:
+        return
+    names = []
+    for src in map(Path, sources):
+        target = img / src.name
+        if src.is_file() and src.resolve() != target.resolve():
+            img.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, target)
+        if target.is_file():
+            names.append(src.name)
+    if names:
+        entry["plots"] = names
 
 
 def result_from_file(b: Bench, path: Path) -> dict:
@@ -301,14 +352,9 @@ def make_plots(results: dict[str, dict], img: Path) -> dict[str, list[str]]:
         e = results.get(name) or {}
         return e.get("result") if e.get("status") == "ok" else None
 
-    sweep = res("privacy_utility")
-    if sweep:
-        names = []
-        for p in sweep.get("plots", []):
-            if Path(p).is_file():
-                shutil.copyfile(p, img / Path(p).name)
-                names.append(Path(p).name)
-        plots["privacy_utility"] = names
+    for name, e in results.items():  # copied into img when the benchmark was recorded (keep_section_inputs)
+        if res(name) and e.get("plots"):
+            plots[name] = [p for p in e["plots"] if (img / p).is_file()]
     plt = _plt()
     q = res("quality_uci")
     if q and "skipped" not in q:
@@ -384,14 +430,6 @@ def make_plots(results: dict[str, dict], img: Path) -> dict[str, list[str]]:
         fig.savefig(img / "scale.png")
         plt.close(fig)
         plots["scale"] = ["scale.png"]
-    r = results.get("render_report") or {}
-    if r.get("status") == "ok" and (img / "report.png").is_file():
-        plots["render_report"] = ["report.png"]
-    h = res("heterogeneity")
-    if h and h.get("plot") and Path(h["plot"]).is_file():
-        if Path(h["plot"]).resolve() != (img / "heterogeneity.png").resolve():
-            shutil.copyfile(h["plot"], img / "heterogeneity.png")
-        plots["heterogeneity"] = ["heterogeneity.png"]
     return plots
 
 
@@ -539,6 +577,8 @@ def notes(name: str, r: dict) -> list[str]:
     """A paragraph that reads a benchmark's figures (what they mean, which target is missed and why)."""
     if name == "deploy_latency":
         return deploy_latency_notes(r)
+    if name == "monitor_speed":
+        return monitor_speed_notes(r)
     if name != "serve_latency" or not r.get("levels"):
         return []
     lv = r["levels"]
@@ -566,6 +606,28 @@ def notes(name: str, r: dict) -> list[str]:
     text.append(f"Targets missed: {', '.join(missed)}." if missed else "All three targets are met.")
     text.append(f"The load average was {r.get('load_avg')} on {r.get('cores')} cores during the run, so absolute "
                 "times are several times an idle machine's; the targets are ratios measured side by side.")
+    return ["", " ".join(text)]
+
+
+def monitor_speed_notes(r: dict) -> list[str]:
+    """Where each command's time goes (its own seconds against process start-up) and which target is missed."""
+    cmds = [c for c in ("score", "monitor", "monitor_page", "backtest") if isinstance(r.get(c), dict)]
+    if "score" not in cmds:
+        return []
+    words = {"score": "score", "monitor": "monitor", "monitor_page": "monitor --out", "backtest": "backtest"}
+    text = [f"Each command ran in a fresh process, in turn, {r.get('repeats')} time(s) on the same file; of the "
+            "median wall times, the command's own seconds (as it reports them: read, validate, score and its own "
+            "work) were " + ", ".join(f"{words[c]} {r[c]['command_s']} of {r[c]['wall_s']} s" for c in cmds)
+            + "; the rest is process start-up (imports, model load)."]
+    missed = [f"{words[c]} ≥ 1× score ({r.get(f'{c}_vs_score')})" for c in ("monitor", "backtest")
+              if c in cmds and (r.get(f"{c}_vs_score") or 0) < 1]
+    missed += [f"{words[c]} ≥ {r.get('target_rows_per_s'):,} rows/s ({r[c]['rows_per_s']:,})"
+               for c in ("monitor", "backtest") if c in cmds and r[c]["rows_per_s"] < (r.get("target_rows_per_s") or 0)]
+    text.append(f"Targets missed: {'; '.join(missed)}." if missed else "Both targets are met.")
+    if r.get("load_avg_1min") is not None:
+        text.append(f"The 1-minute load average was {r['load_avg_1min']} at the end on {r.get('cpus')} cores shared "
+                    "with other work, so rows/s are below an idle machine's; the ratios to score are measured side "
+                    "by side.")
     return ["", " ".join(text)]
 
 
@@ -666,20 +728,21 @@ def headline(name: str, r: dict) -> str:
     return ""
 
 
-def sweep_table(r: dict) -> list[str]:
-    table = r.get("table")
-    if not table or not Path(table).is_file():
-        return []
-    import csv
+SWEEP_COLUMNS = ("epsilon", "status", "auc_federated", "auc_local_only_mean", "auc_centralized",
+                 "epsilon_spent_max", "point_wall_s")
 
-    rows = list(csv.DictReader(open(table)))
+
+def sweep_table(rows: list[dict]) -> list[str]:
+    """The sweep's per-point table from the rows stored in its entry (``per_point``)."""
+    if not rows:
+        return []
     out = ["| ε | status | AUC federated | AUC local-only (mean) | AUC centralised | ε spent (max) | wall s |",
            "| ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
 
     def f(v, d=4):
         try:
             return f"{float(v):.{d}f}"
-        except ValueError:
+        except (TypeError, ValueError):
             return "—"
 
     for x in rows:
@@ -749,8 +812,7 @@ def write_document(results: dict[str, dict], env: dict, plots: dict[str, list[st
             lines += ["", f"Command: `{e['command']}` on {e['machine']} (wall {e.get('wall_s')} s, commit "
                           f"`{e.get('commit')}`, {e.get('started')})."]
         elif e.get("command"):
-            shown = e["command"].replace(str(REPO.parent) + "/", "../")  # run from the repository root
-            lines += ["", f"Command: `{shown}` (wall {e.get('wall_s')} s, load average "
+            lines += ["", f"Command: `{e['command']}` (wall {e.get('wall_s')} s, load average "
                           f"{e.get('load_avg_before', 0):.1f} → {e.get('load_avg_after', 0):.1f}, commit "
                           f"`{e.get('commit')}`, {e.get('started')})."]
         if e["status"] != "ok":
@@ -761,7 +823,7 @@ def write_document(results: dict[str, dict], env: dict, plots: dict[str, list[st
         lines += [f"| {k} | {_fmt(v)} |" for k, v in key_figures(b.name, r)]
         lines += notes(b.name, r)
         if b.name == "privacy_utility":
-            table = sweep_table(r)
+            table = sweep_table(e.get("per_point") or [])
             if table:
                 lines += ["", "Per point (the sweep's results table):", ""] + table
         if b.name == "poisoning":
@@ -785,7 +847,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="short smoke run; writes runs/benchmarks-quick/ by default")
     ap.add_argument("--only", help="comma-separated benchmarks to run (the others keep their stored results)")
     ap.add_argument("--skip", default="", help="comma-separated benchmarks not to run")
-    ap.add_argument("--uci", default=str(DEFAULT_UCI), help="the UCI credit-card CSV (quality_uci)")
+    ap.add_argument("--uci", default=DEFAULT_UCI,
+                    help="the UCI credit-card CSV (quality_uci, heterogeneity); a relative path is taken from the "
+                         "repository root and shown as given in the commands (default %(default)s)")
     ap.add_argument("--doc", help="the Markdown file (default docs/benchmarks.md; quick: runs/benchmarks-quick/)")
     ap.add_argument("--work", help="scratch directory for sweeps, runs and logs (default runs/benchmarks-work)")
     ap.add_argument("--render-only", action="store_true",
@@ -816,6 +880,9 @@ def main(argv: list[str] | None = None) -> int:
         if name not in names or not Path(path).is_file():
             ap.error(f"--result-from {item}: NAME must be one of {', '.join(names)} and FILE an existing file")
         results[name] = result_from_file(next(b for b in BENCHES if b.name == name), Path(path))
+        keep_section_inputs(name, results[name], img)
+    for name, e in results.items():  # entries stored before their sections' inputs were kept
+        keep_section_inputs(name, e, img)
     ctx = Ctx(quick=args.quick, uci=Path(args.uci), work=work, img=img, results=results)
     cmd = "python bench/run_all.py" + (" --quick" if args.quick else "")
     for b in BENCHES:
@@ -826,6 +893,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work / "sweep-privacy-utility", ignore_errors=True)  # a fresh sweep, not a resumed one
         results[b.name] = run_bench(b, ctx)
         e = results[b.name]
+        keep_section_inputs(b.name, e, img)
         print(f"[run_all] {b.name}: {e['status']} {e.get('reason', '')} ({e.get('wall_s', 0)} s)", file=sys.stderr,
               flush=True)
         store.write_text(json.dumps({"environment": environment(), "benchmarks": results}, indent=2) + "\n")

@@ -52,7 +52,7 @@ NextTask = tuple[str, int]  # (token, task id) of a task acquired from the Super
 
 # the modules a task uses, imported once before the first task (most import torch or opacus)
 WARM_MODULES = ("clients.client_app", "clients.node", "clients.validation", "clients.ledger_heads",
-                "clients.personalization", "models.personalization", "models.package",
+                "clients.personalization", "models.personalization", "models.package", "safetensors.numpy",
                 "privacy.accountant", "privacy.dpsgd", "privacy.planning", "privacy.batch_plan", "privacy.dp_release",
                 "opacus", "opacus.optimizers", "opacus.accountants", "opacus.accountants.utils",
                 "opacus.accountants.analysis.rdp", "flwr.client.mod", "flwr.compat.common.recorddict_compat",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -121,6 +122,98 @@ def test_exit_code_is_non_zero_when_a_benchmark_fails(run_all, tmp_path, monkeyp
     outcome["status"] = "ok"
     assert run_all.main(args) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["ok"] is True
+
+
+
+def _section(text: str, name: str) -> str:
+    start = text.index(f"\n## {name}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:] if end < 0 else text[start:end]
+
+
+def test_rerunning_one_benchmark_keeps_the_sections_whose_work_files_are_gone(run_all, tmp_path, monkeypatch):
+    """The sweep's per-point table and plots live under --work; once that is cleaned, ``--only``
+    another benchmark (or ``--render-only``) still renders them, from results.json and the images."""
+    sweep = tmp_path / "work" / "sweep-privacy-utility"
+    sweep_result = {"ok": True, "points": 2, "ran": 2, "skipped": 0, "failed": [], "table": str(sweep / "results.csv"),
+                    "plots": [str(sweep / "plots" / "privacy_utility.png"), str(sweep / "plots" / "auc_by_round.png")]}
+
+    def run_bench(b, ctx):
+        if b.name == "privacy_utility":  # what the sweep leaves in its --out directory
+            (sweep / "plots").mkdir(parents=True)
+            (sweep / "results.csv").write_text(
+                "epsilon,status,auc_federated,auc_local_only_mean,auc_centralized,epsilon_spent_max,point_wall_s,"
+                "run_dir\n1.0,completed,0.72501,0.68384,0.79471,0.9951,13.84,/x/eps1\n"
+                ",completed,0.79042,0.72361,0.79733,,12.31,/x/nodp\n")
+            for png in ("privacy_utility.png", "auc_by_round.png"):
+                (sweep / "plots" / png).write_bytes(b"\x89PNG " + png.encode())
+        return entry(run_all, b.name, result=sweep_result if b.name == "privacy_utility" else RESULTS[b.name])
+
+    monkeypatch.setattr(run_all, "run_bench", run_bench)
+    doc = tmp_path / "doc" / "benchmarks.md"
+    args = ["--work", str(tmp_path / "work"), "--doc", str(doc)]
+    assert run_all.main(["--only", "privacy_utility,quality_uci", *args]) == 0
+    before = doc.read_text()
+    section = _section(before, "privacy-utility")
+    assert "| 1.0 | completed | 0.7250 | 0.6838 | 0.7947 | 0.995 | 13.8 |" in section
+    assert "| no DP | completed | 0.7904 | 0.7236 | 0.7973 | — | 12.3 |" in section
+    assert "](benchmarks/privacy_utility.png)" in section and "](benchmarks/auc_by_round.png)" in section
+    assert (doc.parent / "benchmarks" / "auc_by_round.png").read_bytes() == b"\x89PNG auc_by_round.png"
+
+    import shutil
+
+    shutil.rmtree(tmp_path / "work")  # the working files are gone
+    assert run_all.main(["--only", "synth_speed", *args]) == 0
+    after = doc.read_text()
+    for name in ("privacy-utility", "quality-uci"):
+        assert _section(after, name) == _section(before, name), name
+    assert "## synth-speed" in after
+    assert run_all.main(["--render-only", *args]) == 0
+    assert doc.read_text() == after
+
+
+def test_commands_are_shown_as_they_ran_with_the_data_path_as_given(run_all, tmp_path, monkeypatch):
+    uci = tmp_path / "UCI_Credit_Card.csv"
+    uci.write_text("ID\n1\n")
+    relative = Path(os.path.relpath(uci, REPO))  # as given to --uci, from the repository root
+    ctx = run_all.Ctx(quick=False, uci=relative, work=tmp_path, img=tmp_path)
+    assert run_all.shown_command(run_all._uci(ctx)) == f"python bench/quality_uci.py --data {relative} --seed 0"
+    seen = []
+    monkeypatch.setattr(run_all, "run_bench", lambda b, c: seen.append(c.uci) or entry(run_all, b.name, "skipped"))
+    run_all.main(["--only", "quality_uci", "--work", str(tmp_path / "w"), "--doc", str(tmp_path / "d" / "b.md")])
+    assert seen == [Path("../shared/data/UCI_Credit_Card.csv")]  # the default stays relative
+
+    doc = tmp_path / "doc" / "benchmarks.md"
+    (doc.parent / "benchmarks").mkdir(parents=True)
+    stored = {"quality_uci": entry(run_all, "quality_uci", result=RESULTS["quality_uci"]),
+              "synth_speed": entry(run_all, "synth_speed", result=RESULTS["synth_speed"])}
+    stored["quality_uci"]["command"] = "python bench/quality_uci.py --data ../shared/data/UCI_Credit_Card.csv --seed 0"
+    absolute = f"python bench/synth_speed.py --out {REPO.parent}/elsewhere/x.csv --seed 0"
+    stored["synth_speed"]["command"] = absolute
+    (doc.parent / "benchmarks" / "results.json").write_text(json.dumps(
+        {"environment": ENV, "command": "python bench/run_all.py", "benchmarks": stored}))
+    assert run_all.main(["--render-only", "--doc", str(doc), "--work", str(tmp_path / "work")]) == 0
+    text = doc.read_text()
+    assert "Command: `python bench/quality_uci.py --data ../shared/data/UCI_Credit_Card.csv --seed 0` (" in text
+    assert f"Command: `{absolute}` (" in text  # not rewritten for where this checkout happens to be
+
+
+
+def test_monitor_speed_section_states_the_ratios_to_score_and_the_missed_targets(run_all):
+    r = {"bench": "monitor_speed", "rows": 1_000_000, "repeats": 3, "target_rows_per_s": 100_000,
+         "score": {"wall_s": 10.0, "command_s": 7.0, "rows_per_s": 100_000},
+         "monitor": {"wall_s": 8.0, "command_s": 6.0, "rows_per_s": 125_000, "status": "stable"},
+         "monitor_page": {"wall_s": 12.5, "command_s": 10.0, "rows_per_s": 80_000},
+         "backtest": {"wall_s": 12.5, "command_s": 11.0, "rows_per_s": 80_000, "auc": 0.5},
+         "monitor_vs_score": 1.25, "monitor_page_vs_score": 0.8, "backtest_vs_score": 0.8, "ok": False,
+         "cpus": 2, "load_avg_1min": 3.5}
+    assert run_all.headline("monitor_speed", r) == ("monitor 125,000 rows/s (1.25× score), backtest 80,000 rows/s "
+                                                    "(0.8× score), score 100,000; target ≥ 100,000 and ≥ 1× score")
+    note = " ".join(run_all.notes("monitor_speed", r))
+    assert "score 7.0 of 10.0 s, monitor 6.0 of 8.0 s, monitor --out 10.0 of 12.5 s, backtest 11.0 of 12.5 s" in note
+    assert "Targets missed: backtest ≥ 1× score (0.8); backtest ≥ 100,000 rows/s (80,000)." in note
+    r.update(backtest={"wall_s": 9.0, "command_s": 8.0, "rows_per_s": 111_111}, backtest_vs_score=1.111)
+    assert "Both targets are met." in " ".join(run_all.notes("monitor_speed", r))
 
 
 # ----------------------------------------------------------------- temporary directories
