@@ -74,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="number of institutions (cycles through the archetypes)")
     parser.add_argument("--scale", type=number(float), default=1.0, metavar="X",
                         help="size multiplier (1.0 ≈ 40,000 rows for 5 institutions)")
-    parser.add_argument("--seed", type=number(int, minimum=0), default=0, metavar="S",
+    parser.add_argument("--seed", type=number(int), default=0, metavar="S",
                         help="random seed (same seed → byte-identical files)")
     parser.add_argument("--schema", default=None, metavar="S",
                         help="consortium schema: a shipped name or a path (default: consumer-credit-v1)")

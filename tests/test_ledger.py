@@ -487,6 +487,15 @@ def _check_round_chain(entries: list[dict]) -> list[dict]:
     return rounds
 
 
+def _of_round(entry: dict, rnd: int) -> bool:
+    """An entry written once round ``rnd``'s train messages were sent: the round's own entries, and
+    the evaluation of round ``rnd`` − 1 that those messages carried (fold-evaluation)."""
+    p = entry["payload"]
+    if entry["kind"] == "evaluation":
+        return p.get("evaluated_with") == "train" and p.get("round") == rnd - 1
+    return p.get("round") == rnd and entry["kind"] in ("round", "refusal", "dropout", "rejected-update")
+
+
 def _check_node_heads(run_dir: Path, entries: list[dict], rounds: list[int]) -> list[Path]:
     files = sorted((run_dir / "node-state").glob(f"*/{HEADS_FILE}"))
     assert len(files) == 3
@@ -498,8 +507,7 @@ def _check_node_heads(run_dir: Path, entries: list[dict], rounds: list[int]) -> 
         assert [h["round"] for h in train] == rounds, f
         for h in train:
             # the head a node was shown for round k is the hash of the entry just before round k's entries
-            first = next(e for e in entries if e["payload"].get("round") == h["round"]
-                         and e["kind"] in ("round", "refusal", "dropout", "rejected-update"))
+            first = next(e for e in entries if _of_round(e, h["round"]))
             assert h["head"] == entries[first["index"] - 1]["hash"], (f, h)
         evaluations = [h for h in stored if h["stage"] == "evaluate"]
         assert evaluations and len(train) + len(evaluations) == len(stored), f
@@ -519,16 +527,22 @@ def test_simulated_run_writes_a_verifiable_ledger_that_nodes_hold_heads_of(simul
     r = verify_ledger(run_dir / LEDGER_FILE, public)
     assert r.ok, r.reason
     entries = read_ledger(run_dir / LEDGER_FILE)
-    assert [e["kind"] for e in entries] == ["run-start", "statistics", "round", "round", "run-end"]
+    # round 1's evaluation came with round 2's train messages (fold-evaluation): its own entry before round 2's
+    assert [e["kind"] for e in entries] == ["run-start", "statistics", "round", "evaluation", "round", "run-end"]
+    assert entries[3]["payload"]["round"] == 1 and entries[3]["payload"]["evaluated_with"] == "train"
+    assert entries[3]["payload"]["model_sha256"] == entries[2]["payload"]["model_sha256_after"]
     start, end = entries[0]["payload"], entries[-1]["payload"]
     assert start["config_sha256"] == hashlib.sha256((run_dir / "config.resolved.toml").read_bytes()).hexdigest()
     assert start["key"]["source"] == "generated-for-run" and start["key"]["key_id"] == key_id(public)
 
     rounds = _check_round_chain(entries)
     assert [p["round"] for p in rounds] == [1, 2]
+    evaluated = {e["payload"]["round"]: e["payload"]["metrics"] for e in entries if e["kind"] == "evaluation"}
     for p in rounds:
         assert len(p["participants"]) == 3 and set(p["epsilon_spent"]) == set(p["participants"])
-        assert p["aggregate_update_norm"] > 0 and 0.5 < p["metrics"]["global"]["auc"] < 1
+        assert (p["metrics"]["global"] is None) == (p["round"] in evaluated)  # a round's figures in one entry only
+        metrics = evaluated.get(p["round"], p["metrics"])
+        assert p["aggregate_update_norm"] > 0 and 0.5 < metrics["global"]["auc"] < 1
     last_round = weights_digest(load_checkpoint(run_dir, 2).weights)
     assert rounds[-1]["model_sha256_after"] == last_round == end["last_round_model_sha256"]
     exported = weights_digest(load_package(run_dir / "model").weights)
@@ -571,10 +585,10 @@ def test_resumed_simulated_run_continues_the_same_ledger(simulated_run, tmp_path
     r = verify_ledger(run_dir / LEDGER_FILE, load_public_key(run_dir / PUBLIC_KEY_FILE))
     assert r.ok, r.reason
     entries = read_ledger(run_dir / LEDGER_FILE)
-    assert [e["kind"] for e in entries] == ["run-start", "statistics", "round", "round", "run-end",
+    assert [e["kind"] for e in entries] == ["run-start", "statistics", "round", "evaluation", "round", "run-end",
                                             "run-start", "resume", "round", "run-end"]
-    assert entries[6]["payload"]["checkpoint_round"] == 2
-    assert entries[6]["payload"]["model_sha256"] == entries[3]["payload"]["model_sha256_after"]
+    assert entries[7]["payload"]["checkpoint_round"] == 2
+    assert entries[7]["payload"]["model_sha256"] == entries[4]["payload"]["model_sha256_after"]
     assert [p["round"] for p in _check_round_chain(entries)] == [1, 2, 3]
     assert json.loads((run_dir / "metrics.json").read_text())["ledger_head"] == entries[-1]["hash"]
     _check_node_heads(run_dir, entries, [1, 2, 3])

@@ -226,11 +226,11 @@ def test_a_dp_simulation_is_reproducible_for_a_seed_though_each_run_has_its_own_
     assert ids[0] != ids[1]
 
 
-@pytest.mark.parametrize("argv", [["simulate"], ["data", "synth", "--out", "x.csv"],
-                                  ["data", "partition", "--data", "x.csv", "--out", "parts"],
+@pytest.mark.parametrize("argv", [["simulate"], ["data", "partition", "--data", "x.csv", "--out", "parts"],
                                   ["privacy", "audit", "--model", "m", "--data", "x.csv"]])
 def test_a_negative_seed_is_refused_when_the_arguments_are_read(argv, tmp_path, monkeypatch, capsys):
-    """NumPy takes non-negative seeds only and the nodes refuse others: exit 2 naming --seed, before any work."""
+    """NumPy takes non-negative seeds only and the nodes refuse others: exit 2 naming --seed, before any work
+    (``data synth`` says so in its own words: tests/test_synthetic.py)."""
     from fedcredit.cli import main
 
     monkeypatch.chdir(tmp_path)
