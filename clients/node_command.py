@@ -46,7 +46,8 @@ Checks, in order (any failure prints the report and exits 2 without starting any
      SuperLink that does not answer is an error; otherwise the node waits for it.
 
 Then it runs, and supervises, two processes (their lines get a UTC timestamp):
-  flower-supernode --isolation process --host 127.0.0.1 --port P ...   (connects, holds tasks)
+  flower-supernode --isolation process --host 127.0.0.1 --port P ...   (connects, holds tasks;
+      started as 'python -m clients.supernode_launcher': Flower's SuperNode, idle poll 0.25 s)
   python -m clients.node_runtime ...   (runs each task with the installed fedcredit, warm;
                                         restarted if it dies)
 A run whose app (FAB) is not this installed release is refused with 'app-not-allowed'; the
@@ -274,21 +275,11 @@ def check_tls_and_key(root_certificates: str | None, key: str | None, insecure: 
     out(f"node key OK: {kpath}")
 
 
-def flower_tool(name: str) -> str:
-    """A Flower executable of this environment (next to this Python, else on PATH)."""
-    exe = Path(sys.executable).with_name(name)
-    binary = str(exe) if exe.exists() else shutil.which(name)
-    if not binary:
-        from configs.errors import UserError
-
-        raise UserError(f"{name} not found next to this Python or on PATH; install flwr in this environment")
-    return binary
-
-
 def supernode_command(args: argparse.Namespace, cfg: dict, secret_file: Path) -> list[str]:
     """``flower-supernode`` in process isolation: it runs no app; tasks wait for the runtime on
-    127.0.0.1:PORT, which only a holder of ``secret_file`` may claim them from."""
-    cmd = [flower_tool("flower-supernode"), "--superlink", args.superlink]
+    127.0.0.1:PORT, which only a holder of ``secret_file`` may claim them from. Started through
+    :mod:`clients.supernode_launcher` (Flower's own entry point, its idle poll shortened)."""
+    cmd = [sys.executable, "-m", "clients.supernode_launcher", "--superlink", args.superlink]
     if args.insecure:
         cmd.append("--insecure")
     else:

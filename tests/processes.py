@@ -42,8 +42,8 @@ def _has_tag(pid: int, tag: str) -> bool:
     except OSError:  # gone, or not ours to read
         return False
 
-FLOWER_AND_RAY = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-simulation", "clients.node_runtime",
-                  "flwr-serverapp", "flwr-clientapp", "raylet", "gcs_server", "ray::", "default_worker.py")
+FLOWER_AND_RAY = ("flower-superlink", "flower-supernode", "clients.supernode_launcher", "flower-superexec",
+                  "flwr-simulation", "clients.node_runtime", "flwr-serverapp", "flwr-clientapp", "raylet", "gcs_server", "ray::", "default_worker.py")
 
 
 def processes(markers=FLOWER_AND_RAY, tag: str | None = None) -> dict[int, str]:
