@@ -29,9 +29,10 @@ SIGNIFICANCE = 0.05
 CARD_FIGURES = ("auc", "gini", "ks", "brier", "mean_pd", "default_rate")
 
 
-def discrimination(pd_values, y, confidence: float = CONFIDENCE) -> dict:
-    """AUC (exact, with DeLong CI), Gini, KS, Brier, log loss — NaN-free JSON figures."""
-    m = EvaluationSums.from_scores(pd_values, y).metrics()
+def discrimination(pd_values, y, confidence: float = CONFIDENCE, bin_index=None) -> dict:
+    """AUC (exact, with DeLong CI), Gini, KS, Brier, log loss — NaN-free JSON figures
+    (``bin_index``: the PDs' :func:`models.metrics.score_bin_index`, when already computed)."""
+    m = EvaluationSums.from_scores(pd_values, y, bin_index=bin_index).metrics()
     ci = auc_interval(y, pd_values, confidence)
     return {"auc": ci.auc, "auc_se": ci.se, "auc_ci": [ci.low, ci.high], "gini": 2 * ci.auc - 1,
             "gini_ci": [2 * ci.low - 1, 2 * ci.high - 1], "ks": m["ks"], "brier": m["brier"],
@@ -39,9 +40,10 @@ def discrimination(pd_values, y, confidence: float = CONFIDENCE) -> dict:
 
 
 def calibration(pd_values, y, scale, bands: int = DEFAULT_GROUPS, confidence: float = CONFIDENCE,
-                method: str = "exact") -> dict:
-    """Per-band calibration table and the Hosmer–Lemeshow test."""
-    bins = score_bin_index(pd_values, SCORE_BINS)  # once: the bands and every row's band come from it
+                method: str = "exact", bin_index=None) -> dict:
+    """Per-band calibration table and the Hosmer–Lemeshow test (``bin_index`` as in :func:`discrimination`)."""
+    # once: the bands and every row's band come from it
+    bins = score_bin_index(pd_values, SCORE_BINS) if bin_index is None else bin_index
     score_bands = equal_mass_bands(np.bincount(bins, minlength=SCORE_BINS), bands)
     table = calibration_by_band(pd_values, y, score_bands.bin_group[bins], score_bands.labels(scale),
                                 confidence, method)
@@ -120,9 +122,10 @@ def backtest_result(scored, bands: int = DEFAULT_GROUPS, confidence: float = CON
                     method: str = "exact") -> dict:
     """The backtest of one scored table with outcomes (see the module docstring)."""
     pkg, p, y = scored.package, scored.pd, scored.outcomes
+    bins = score_bin_index(p, SCORE_BINS)  # one pass: the card's histograms and the calibration bands
     result = {"rows": scored.rows, "defaults": int(y.sum()), "default_rate": float(y.mean()),
-              "mean_pd": float(p.mean()), "discrimination": discrimination(p, y, confidence),
-              "calibration": calibration(p, y, pkg.scale, bands, confidence, method),
+              "mean_pd": float(p.mean()), "discrimination": discrimination(p, y, confidence, bins),
+              "calibration": calibration(p, y, pkg.scale, bands, confidence, method, bins),
               "cutoff": cutoff_figures(p, y, pkg.cutoff_pd).to_dict()}
     result["development"] = development_figures(pkg)
     result["comparison"] = _comparison_rows(result, result["development"])

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace):
         else:
             reference, reference_name = pkg.reference, f"the development population in {args.model}"
         stage(f"reading, validating and scoring {args.data}")
-        scored = load_scored_table(args.model, args.data, args.mapping, package=pkg)
+        scored = load_scored_table(args.model, args.data, args.mapping, package=pkg, feature_counts=True)
         stage("comparing populations")
         result = assess_drift(scored, reference, reference_name, args.groups)
         summary_line = headline(result)

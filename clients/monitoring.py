@@ -85,7 +85,8 @@ def assess_drift(scored, reference: PopulationReference, reference_name: str,
     if problem:
         raise UserError(f"{reference_name}: its feature statistics do not fit the model's schema {pkg.schema.key} "
                         f"({problem}); monitor against a reference of the same schema")
-    current = feature_statistics(scored.table, pkg.schema)
+    current = scored.feature_counts if scored.feature_counts is not None else feature_statistics(scored.table,
+                                                                                                  pkg.schema)
     csi = characteristic_stability(reference.feature_counts, current, pkg.schema, groups, reference.feature_noise_std)
     out: dict = {"rows": scored.rows, "reference": {"name": reference_name, **reference.source,
                                                     "rows": _reference_rows(reference)}}

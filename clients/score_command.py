@@ -116,22 +116,32 @@ SCORE_ROWS_PER_BLOCK = 16384
 SCORE_TORCH_THREADS = 1
 
 
-def score_rows(pkg, model, table, explain: int = 0):
-    """PD of every row of a validated table (and its ``explain`` main reasons), block by block."""
+def score_rows(pkg, model, table, explain: int = 0, counts: dict | None = None):
+    """PD of every row of a validated table (and its ``explain`` main reasons), block by block.
+
+    ``counts``: a dict that receives the table's per-feature count vectors
+    (:func:`models.encoder.feature_statistics`), counted in the same pass from the values the
+    encoder converts anyway (fedcredit monitor).
+    """
     import numpy as np
     import torch
 
+    from models.encoder import add_feature_counts
     from models.network import predict_pd
 
     n = len(table)
     pd_values = np.empty(n, dtype=np.float64)
     reasons = np.empty((n, explain), dtype=object) if explain else None
+    usable = pkg.encoder.converted_like_schema(pkg.schema) if counts is not None else set()
     threads = torch.get_num_threads()
     torch.set_num_threads(SCORE_TORCH_THREADS)
     try:
         for start in range(0, max(n, 1), SCORE_ROWS_PER_BLOCK):
             part = table.iloc[start:start + SCORE_ROWS_PER_BLOCK]
-            x = pkg.encoder.transform(part)
+            converted = {} if counts is not None else None
+            x = pkg.encoder.transform(part, converted)
+            if counts is not None:
+                add_feature_counts(counts, part, pkg.schema, converted, usable)
             pd_values[start:start + len(part)] = predict_pd(model, x)
             if explain and len(part):
                 from models.reasons import adverse_action_reasons

@@ -16,11 +16,14 @@ import numpy as np
 
 @dataclass
 class ScoredTable:
-    """``pd``: the package's PD of every row of ``data.table`` (in file order)."""
+    """``pd``: the package's PD of every row of ``data.table`` (in file order); ``feature_counts``:
+    the table's per-feature count vectors (:func:`models.encoder.feature_statistics`) when they
+    were counted while scoring, else None."""
 
     package: object  # models.package.ModelPackage
     data: object  # clients.validation.InstitutionTable
     pd: np.ndarray
+    feature_counts: dict | None = None
 
     @property
     def table(self):
@@ -53,14 +56,18 @@ def load_table(path, pkg, mapping=None, *, outcomes: bool = False):
                                   min_positives=1 if outcomes else 0)
 
 
-def load_scored_table(model_dir, data_path, mapping=None, *, outcomes: bool = False, package=None) -> ScoredTable:
+def load_scored_table(model_dir, data_path, mapping=None, *, outcomes: bool = False, package=None,
+                      feature_counts: bool = False) -> ScoredTable:
     """Load (and verify) the package in ``model_dir`` — or use ``package`` — then read, validate
-    and score ``data_path``."""
+    and score ``data_path``; ``feature_counts``: also count the features in the scoring pass."""
+    from clients.score_command import score_rows
     from models.package import load_package
 
     pkg = package if package is not None else load_package(model_dir)
     data = load_table(data_path, pkg, mapping, outcomes=outcomes)
-    return ScoredTable(package=pkg, data=data, pd=package_pd(pkg, data.table))
+    counts = {} if feature_counts else None
+    pd_values = score_rows(pkg, pkg.model(), data.table, counts=counts)[0]
+    return ScoredTable(package=pkg, data=data, pd=pd_values, feature_counts=counts)
 
 
 def check_command_paths(models: list[str], out: str | None) -> None:

@@ -70,24 +70,39 @@ def feature_statistics(table, schema: Schema, include_protected: bool = False) -
 
     See the module docstring for the layout; each row contributes 1 to one cell per feature.
     """
-    stats: dict[str, np.ndarray] = {}
-    for f in model_feature_list(schema, include_protected):
-        col = table[f.name]
-        if f.kind == "numeric":
-            edges = f.bin_edges()
-            t = apply_transform(f.transform, np.clip(col.to_numpy(dtype=float), *f.range))
-            stats[f.name] = np.bincount(uniform_bin_index(t, edges), minlength=f.bins).astype(np.float64)
-        elif f.kind == "ordinal":
-            lo = int(f.range[0])
-            idx = col.to_numpy(dtype=float).astype(np.int64) - lo
-            stats[f.name] = np.bincount(idx, minlength=len(f.levels())).astype(np.float64)
-        elif f.kind == "categorical":
-            codes = _category_codes(col, f)
-            stats[f.name] = np.bincount(codes, minlength=len(f.categories)).astype(np.float64)
-        else:
-            idx = col.to_numpy(dtype=float).astype(np.int64)
-            stats[f.name] = np.bincount(idx, minlength=2).astype(np.float64)
-    return stats
+    return {f.name: feature_counts(f, table[f.name]) for f in model_feature_list(schema, include_protected)}
+
+
+def feature_counts(f: Feature, col, converted: np.ndarray | None = None) -> np.ndarray:
+    """One feature's count vector (the layout of :func:`statistics_layout`) from its clean column.
+
+    ``converted``: what the encoder already computed from the same column, so it is not
+    computed again — for a numeric feature the transformed values ``transform(clip(x, range))``,
+    for a categorical one the category codes (:meth:`FeatureEncoder.transform` with ``keep``;
+    valid only when the encoder's range, transform and categories are the schema's, see
+    :meth:`FeatureEncoder.converted_like_schema`).
+    """
+    if f.kind == "numeric":
+        t = converted if converted is not None else apply_transform(
+            f.transform, np.clip(col.to_numpy(dtype=float), *f.range))
+        return np.bincount(uniform_bin_index(t, f.bin_edges()), minlength=f.bins).astype(np.float64)
+    if f.kind == "categorical":
+        codes = converted if converted is not None else _category_codes(col, f)
+        return np.bincount(codes, minlength=len(f.categories)).astype(np.float64)
+    if f.kind == "ordinal":
+        idx = col.to_numpy(dtype=float).astype(np.int64) - int(f.range[0])
+        return np.bincount(idx, minlength=len(f.levels())).astype(np.float64)
+    return np.bincount(col.to_numpy(dtype=float).astype(np.int64), minlength=2).astype(np.float64)
+
+
+def add_feature_counts(totals: dict[str, np.ndarray], table, schema: Schema, converted: dict | None = None,
+                       usable: set[str] = frozenset()) -> None:
+    """Add the count vectors of ``table`` (one block of rows) to ``totals`` (the model features of
+    :func:`feature_statistics`); ``converted[name]`` is used for the names in ``usable``. The
+    counts are integers, so block sums equal the counts of the whole table exactly."""
+    for f in model_feature_list(schema):
+        c = feature_counts(f, table[f.name], converted.get(f.name) if converted and f.name in usable else None)
+        totals[f.name] = totals[f.name] + c if f.name in totals else c
 
 
 def uniform_bin_index(t: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -226,12 +241,15 @@ class FeatureEncoder:
         """Feature name → the columns of the encoded matrix that belong to it."""
         return {f.name: slice(f.start, f.start + f.width) for f in self.features}
 
-    def transform(self, table) -> np.ndarray:
+    def transform(self, table, keep: dict | None = None) -> np.ndarray:
         """Encode a clean table (schema columns, validated) as an ``(n, n_outputs)`` float32 matrix.
 
         Each column is read once; the matrix is then filled in blocks of
         :data:`TRANSFORM_ROWS_PER_BLOCK` rows, so the float64 intermediates of the
         piecewise-linear encoding stay small (cache-sized) whatever the number of rows.
+        ``keep``: a dict that receives, per numeric feature, the transformed values
+        ``transform(clip(x, value_range))`` and, per categorical feature, the category codes
+        (for :func:`feature_counts`, which then need not compute them again).
         """
         n = len(table)
         out = np.zeros((n, self.n_outputs), dtype=np.float32)
@@ -248,6 +266,8 @@ class FeatureEncoder:
                 columns.append((f, _category_codes(col, f), None))
             else:
                 columns.append((f, col.to_numpy(dtype=float), None))
+        if keep is not None:
+            keep.update({f.name: values for f, values, _ in columns if f.kind in ("numeric", "categorical")})
         for start in range(0, n, TRANSFORM_ROWS_PER_BLOCK):
             stop = min(n, start + TRANSFORM_ROWS_PER_BLOCK)
             rows = out[start:stop]
@@ -266,6 +286,21 @@ class FeatureEncoder:
                 else:
                     block[:, 0] = values[start:stop]
         return out
+
+    def converted_like_schema(self, schema: Schema) -> set[str]:
+        """The features whose values :meth:`transform` converts exactly as :func:`feature_counts`
+        does from the schema (same range and transform, same categories in the same order)."""
+        same = set()
+        for e in self.features:
+            f = schema.feature(e.name) if e.name in schema.feature_names else None
+            if f is None or f.kind != e.kind:
+                continue
+            if (e.kind == "numeric" and e.transform == f.transform
+                    and list(e.value_range) == [float(f.range[0]), float(f.range[1])]):
+                same.add(e.name)
+            elif e.kind == "categorical" and list(e.categories) == list(f.categories or ()):
+                same.add(e.name)
+        return same
 
     def reference_frame(self) -> pd.DataFrame:
         """One row holding each feature's consortium reference value (the typical applicant)."""

@@ -52,10 +52,12 @@ class EvaluationSums:
     logloss_sum: float = 0.0
 
     @classmethod
-    def from_scores(cls, pd_values: np.ndarray, y: np.ndarray, bins: int = SCORE_BINS) -> "EvaluationSums":
+    def from_scores(cls, pd_values: np.ndarray, y: np.ndarray, bins: int = SCORE_BINS,
+                    bin_index: np.ndarray | None = None) -> "EvaluationSums":
+        """``bin_index``: ``score_bin_index(pd_values, bins)`` when the caller has it already."""
         p = np.asarray(pd_values, dtype=float)
         y = np.asarray(y, dtype=float)
-        idx = score_bin_index(p, bins)
+        idx = score_bin_index(p, bins) if bin_index is None else bin_index
         pc = np.clip(p, _EPS, 1 - _EPS)
         return cls(
             hist_neg=np.bincount(idx[y == 0], minlength=bins).astype(float),

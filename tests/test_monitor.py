@@ -382,3 +382,37 @@ def test_uniform_bin_index_is_the_binary_search_it_replaces():
         t = np.clip(t, e[0], e[-1])
         expected = np.clip(np.searchsorted(e, t, side="right") - 1, 0, len(e) - 2)
         np.testing.assert_array_equal(uniform_bin_index(t, e), expected, err_msg=f.name)
+
+
+def test_feature_counts_of_the_scoring_pass_are_those_of_feature_statistics(monitored, monkeypatch):
+    """monitor counts the features in the scoring pass from the values the encoder converts anyway:
+    block by block, the counts must be exactly feature_statistics' of the whole table, the PDs
+    unchanged — and a feature the encoder converts differently from the schema (another range)
+    is counted from the table."""
+    import copy
+
+    from clients import score_command
+    from clients.scored_table import load_table, package_pd
+    from models.encoder import feature_statistics
+    from models.package import load_package
+
+    d, _, _, _ = monitored
+    pkg = load_package(d / "model")
+    data = load_table(d / "drifted.csv", pkg)
+    expected, pd_plain = feature_statistics(data.table, pkg.schema), package_pd(pkg, data.table)
+    monkeypatch.setattr(score_command, "SCORE_ROWS_PER_BLOCK", 1000)  # several blocks, the last one short
+    assert {"credit_limit", "education"} <= pkg.encoder.converted_like_schema(pkg.schema)
+    counts = {}
+    pd_values, _ = score_command.score_rows(pkg, pkg.model(), data.table, counts=counts)
+    np.testing.assert_array_equal(pd_values, pd_plain)
+    assert list(counts) == list(expected)
+    for name in expected:
+        np.testing.assert_array_equal(counts[name], expected[name], err_msg=name)
+    other = copy.deepcopy(pkg)
+    limit = next(e for e in other.encoder.features if e.name == "credit_limit")
+    limit.value_range = [limit.value_range[0], limit.value_range[1] / 100]  # clips where the schema does not
+    assert "credit_limit" not in other.encoder.converted_like_schema(other.schema)
+    counts = {}
+    score_command.score_rows(other, other.model(), data.table, counts=counts)
+    for name in expected:
+        np.testing.assert_array_equal(counts[name], expected[name], err_msg=name)
