@@ -121,8 +121,13 @@ def chromium() -> str:
     missing browser fails the test instead of silently skipping it."""
     path = find_chromium()
     if path is None:
-        message = "no Chromium installed (Debian: apt-get install -y chromium)"
-        if os.environ.get("FEDCREDIT_REQUIRE_BROWSER") == "1":
-            pytest.fail(message + "; FEDCREDIT_REQUIRE_BROWSER=1 requires it")
-        pytest.skip(message)
+        skip_unless_required("no Chromium installed (Debian: apt-get install -y chromium)", "FEDCREDIT_REQUIRE_BROWSER")
     return path
+
+
+def skip_unless_required(message: str, variable: str) -> None:
+    """A tool a test needs is missing: skip the test with ``message`` — or fail it where the
+    environment variable ``variable`` is ``1`` (CI sets it after installing the tool)."""
+    if os.environ.get(variable) == "1":
+        pytest.fail(f"{message}; {variable}=1 requires it")
+    pytest.skip(message)
