@@ -2,7 +2,9 @@
 one torch thread, a process tag, a pooled synthetic consortium, a real Chromium. Helpers that
 are not fixtures live beside this file: tables.py (random and synthetic tables), processes.py, serving.py,
 inprocess_grid.py and inprocess_runs.py (in-process Flower runs), model_packages.py,
-deployment.py (a consortium on loopback)."""
+deployment.py (a consortium on loopback), node_messages.py (crafted messages into a node's
+ClientApp and the signature of its reply), bad_input_corpus.py, source_imports.py. A test module
+never imports another test module (tests/test_layers.py checks it)."""
 
 from __future__ import annotations
 
