@@ -472,8 +472,12 @@ def key_figures(name: str, r: dict) -> list[tuple[str, Any]]:
                            ("monitor_page", "monitor --out DIR (JSON + HTML page)"), ("backtest", "backtest")):
             if isinstance(r.get(cmd), dict):
                 out.append((f"{words}: rows/s (wall s)", f"{_fmt(r[cmd]['rows_per_s'])} ({r[cmd]['wall_s']})"))
-        out += [("monitor / backtest speed ÷ score speed", f"{r.get('monitor_vs_score')} / {r.get('backtest_vs_score')}"),
-                ("target rows/s", r.get("target_rows_per_s")), ("target met", r.get("ok"))]
+        out += [("monitor / backtest speed ÷ score speed", f"{r.get('monitor_vs_score')} / {r.get('backtest_vs_score')}")]
+        if "monitor_vs_score_cpu" in r:
+            out.append(("the same in CPU time (score's CPU s ÷ the command's)",
+                        f"{r['monitor_vs_score_cpu']} / {r['backtest_vs_score_cpu']} (CPU s: "
+                        + ", ".join(f"{c} {r[c]['cpu_s']}" for c in ("score", "monitor", "backtest")) + ")"))
+        out += [("target rows/s", r.get("target_rows_per_s")), ("target met", r.get("ok"))]
         return out
     if name == "reason_codes_speed":
         return [("rows", r.get("rows")), ("score rows/s", r.get("score_rows_per_s")),
