@@ -2,14 +2,18 @@
 each process's own ``FLWR_HOME``, certificates, data and node keys (``fedcredit certs`` / ``data
 synth`` / ``keys``), the SuperLink with TLS and node authentication, the operator's Flower CLI with
 the institutions registered, and ``fedcredit node start`` — as docs/operator.md and
-docs/institution.md describe them."""
+docs/institution.md describe them; a real (TLS) HTTP server on loopback standing in for a SuperLink
+that ``node start --check`` probes (:class:`LoopbackServer`)."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -106,3 +110,24 @@ def node_start_command(port: int, certs: Path, keys: Path, data: Path, state: Pa
 def node_config(data: Path, state: Path, inst: str) -> str:
     return (f"data-path='{data}' state-dir='{state}' max-epsilon={MAX_EPSILON} institution-id='{inst}' "
             "release-eval='noised'")
+
+
+class LoopbackServer:
+    """A real HTTP server on loopback, with TLS when given a certificate and key: a stand-in for a
+    SuperLink that ``fedcredit node start --check`` probes (its port: ``.port``)."""
+
+    def __init__(self, cert: Path | None = None, key: Path | None = None):
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+        if cert is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(cert, key)
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()

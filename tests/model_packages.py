@@ -8,6 +8,7 @@ histograms; exact in simulation).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,33 @@ def make_package(directory: Path, table, *, epochs: int = 3, hidden=(16,), seed:
         pkg.reference = reference_from_table(table, schema, pkg.predict_pd(table), y, source="the development sample")
     save_package(directory, pkg)
     return load_package(directory)
+
+
+@dataclass
+class PackagedLender:
+    """A package trained on one synthetic lender's development table, and a later book of the same
+    lender (new borrowers, same archetype), in one directory for the test's files."""
+
+    directory: Path
+    package: object
+    development: object
+    book: object
+
+    def write(self, name: str, table, *, label: bool = True) -> Path:
+        """Write ``table`` as ``directory / name`` (without the label column where ``label`` is False)."""
+        drop = () if label else (self.package.schema.label.name,)
+        return write_table(table, self.directory / name, drop=drop)
+
+
+def packaged_lender(directory: Path, archetype_id: str, *, seed: int, book_rows: int, book_prefix: str,
+                    development_rows: int = 8000, package_dir: str = "model") -> PackagedLender:
+    """Train a package (``directory / package_dir``) on ``development_rows`` rows of the synthetic
+    lender ``archetype_id`` (institution 0 of ``seed``) and draw its later book: ``book_rows`` rows of
+    institution 1 of the same seed, ids prefixed ``book_prefix``."""
+    development, _ = synthetic_table(archetype_id, development_rows, seed=seed)
+    package = make_package(directory / package_dir, development)
+    book, _ = synthetic_table(archetype_id, book_rows, seed=seed, index=1, id_prefix=book_prefix)
+    return PackagedLender(directory, package, development, book)
 
 
 def write_table(table, path: Path, drop: tuple[str, ...] = ()) -> Path:

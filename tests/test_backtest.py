@@ -19,7 +19,7 @@ from models.score_bands import bands_from_scores
 from models.scoring import ScoreScale
 from tests.conftest import run_fedcredit
 from tests.model_packages import cli_in_process as cli
-from tests.model_packages import make_package, outcomes_from_pd, synthetic_table, write_table
+from tests.model_packages import outcomes_from_pd, packaged_lender, write_table
 
 
 # ------------------------------------------------------------------------------ intervals
@@ -103,19 +103,18 @@ def backtested(tmp_path_factory):
     from models.metrics import EvaluationSums
     from models.package import save_package
 
-    d = tmp_path_factory.mktemp("backtest")
-    dev, _ = synthetic_table("regional-bank", 8000, seed=4)
-    pkg = make_package(d / "trained", dev)
-    book, _ = synthetic_table("regional-bank", 12_000, seed=4, index=1, id_prefix="B")
-    p = pkg.predict_pd(book)
-    calibrated = outcomes_from_pd(book, p, seed=7)
-    doubled = outcomes_from_pd(book, np.minimum(1.0, 2 * p), seed=7)
+    lender = packaged_lender(tmp_path_factory.mktemp("backtest"), "regional-bank", seed=4, book_rows=12_000,
+                             book_prefix="B", package_dir="trained")
+    d, pkg = lender.directory, lender.package
+    p = pkg.predict_pd(lender.book)
+    calibrated = outcomes_from_pd(lender.book, p, seed=7)
+    doubled = outcomes_from_pd(lender.book, np.minimum(1.0, 2 * p), seed=7)
     # the development figures of the card: the package's AUC on outcomes drawn from its PDs
     card = {k: float(v) for k, v in EvaluationSums.from_scores(p, calibrated["default_next_month"]).metrics().items()}
     pkg.meta["final_metrics"] = card
     save_package(d / "model", pkg)
-    write_table(calibrated, d / "calibrated.csv")
-    write_table(doubled, d / "doubled.csv")
+    lender.write("calibrated.csv", calibrated)
+    lender.write("doubled.csv", doubled)
     return d, pkg, calibrated, doubled, card
 
 

@@ -12,10 +12,7 @@ from pathlib import Path
 
 import pytest
 
-CORPUS = Path(__file__).resolve().parent / "data" / "bad_inputs"
-MANIFEST = json.loads((CORPUS / "MANIFEST.json").read_text(encoding="utf-8"))
-ENTRIES = MANIFEST["files"]
-READABLE = MANIFEST["readable"]
+from tests.bad_input_corpus import CORPUS, ENTRIES, READABLE
 
 
 def command(entry: dict, path: Path | None = None) -> list[str]:

@@ -20,8 +20,8 @@ import time
 import pytest
 
 from tests.conftest import REPO, run_fedcredit
-from tests.deployment import (MAX_EPSILON, consortium_files, flower_env, flwr, free_port, node_start_command,
-                              operator_cli, start, superlink_command, wait_for_port)
+from tests.deployment import (MAX_EPSILON, LoopbackServer, consortium_files, flower_env, flwr, free_port,
+                              node_start_command, operator_cli, start, superlink_command, wait_for_port)
 from tests.processes import new_processes, processes, stop_started
 
 
@@ -52,9 +52,7 @@ def test_node_start_checks_config_key_and_certificate(tmp_path):
     good = f"data-path='{csv}' state-dir='{tmp_path / 'st'}' max-epsilon=4.0"
     common = ["node", "start", "--superlink", "127.0.0.1:9", "--root-certificates", tmp_path / "certs" / "ca.crt"]
 
-    from tests.test_node_runtime import _Server
-
-    with _Server(tmp_path / "certs" / "server.crt", tmp_path / "certs" / "server.key") as superlink:
+    with LoopbackServer(tmp_path / "certs" / "server.crt", tmp_path / "certs" / "server.key") as superlink:
         common[3] = f"127.0.0.1:{superlink.port}"
         ok = run_fedcredit(*common, "--key", tmp_path / "keys" / "bank", "--node-config", good, "--check",
                            "--port", 9123)

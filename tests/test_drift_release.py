@@ -26,7 +26,7 @@ from privacy.events import PrivacyEvent
 from privacy.ledger import PrivacyLedger
 from tests.conftest import run_fedcredit
 from tests.model_packages import cli_in_process as cli
-from tests.model_packages import make_package, outcomes_from_pd, synthetic_table, write_table
+from tests.model_packages import make_package, outcomes_from_pd, packaged_lender, synthetic_table, write_table
 
 
 def _last_json(out: str) -> dict:
@@ -56,17 +56,14 @@ def _high_risk_sample(table, pd_values, rows: int, seed: int):
 
 @pytest.fixture(scope="module")
 def consortium(tmp_path_factory):
-    d = tmp_path_factory.mktemp("drift")
-    dev, _ = synthetic_table("card-issuer", 8000, seed=3)
-    pkg = make_package(d / "model", dev)
-    same, _ = synthetic_table("card-issuer", 6000, seed=3, index=1, id_prefix="S")
+    lender = packaged_lender(tmp_path_factory.mktemp("drift"), "card-issuer", seed=3, book_rows=6000, book_prefix="S")
+    d, pkg, same = lender.directory, lender.package, lender.book
     same_pd = pkg.predict_pd(same)
-    label = pkg.schema.label.name
-    write_table(same, d / "same.csv", drop=(label,))
-    write_table(_high_risk_sample(same, same_pd, 6000, seed=4), d / "drifted.csv", drop=(label,))
-    write_table(same.iloc[:300], d / "small.csv", drop=(label,))
-    write_table(outcomes_from_pd(same, same_pd, seed=5), d / "calibrated.csv")
-    write_table(outcomes_from_pd(same, np.clip(2 * same_pd, 0, 1), seed=6), d / "twice.csv")
+    lender.write("same.csv", same, label=False)
+    lender.write("drifted.csv", _high_risk_sample(same, same_pd, 6000, seed=4), label=False)
+    lender.write("small.csv", same.iloc[:300], label=False)
+    lender.write("calibrated.csv", outcomes_from_pd(same, same_pd, seed=5))
+    lender.write("twice.csv", outcomes_from_pd(same, np.clip(2 * same_pd, 0, 1), seed=6))
     for name in ("bank-a", "bank-b", "bank-c", "bank-d"):
         _ledger(d / name, name)
     return d, pkg, same

@@ -318,7 +318,7 @@ def test_an_unwritable_state_dir_makes_the_node_refuse_without_losing_or_doublin
     from clients import client_app as CA
     from clients import node as N
     from privacy.accountant import PrivacyEvent, compute_epsilon, read_state
-    from tests.test_node_privacy import round_config
+    from tests.node_messages import round_config
 
     state = tmp_path / "state"
     node_config = {"data-path": str(bank_csv), "state-dir": str(state), "institution-id": "bank", "max-epsilon": 2.0}
@@ -378,7 +378,7 @@ def test_simulation_with_failing_straggling_and_invalid_nodes_goes_on(three_inst
     """Flower's simulation runtime, four virtual nodes: card-issuer-1 fails in round 1 (injected),
     national-bank-1 answers after the round timeout in round 2 (injected), and zz-lender's file is
     invalid (bypassing ``fedcredit simulate``'s up-front validation, as a real node's file would)."""
-    from tests.test_bad_inputs import CORPUS
+    from tests.bad_input_corpus import CORPUS
 
     data = tmp_path / "data"
     shutil.copytree(three_institutions, data)

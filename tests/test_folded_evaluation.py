@@ -30,7 +30,8 @@ from server.ledger import LEDGER_FILE, read_ledger, verify_ledger
 from server.replies import refusal, releases_nothing
 from server.update_checks import check_evaluation, check_update, fairness_layout
 from tests.inprocess_runs import _execute, _grid, _message, _run_config
-from tests.test_untrusted_coordinator import comparable, context, honest_round, send, signature, tables  # noqa: F401
+from tests.node_messages import comparable, context, honest_round, overflow_weights, send, signature
+from tests.node_messages import tables  # noqa: F401 (a fixture)
 
 FOLDED = {P.EVALUATE_RECEIVED: True}
 
@@ -377,8 +378,6 @@ def test_weights_that_overflow_on_a_holdout_borrower_give_alike_finite_parts(tab
     within the bound whose forward pass is not finite on the target holdout borrower only. Both
     parts of the reply — the evaluation of the crafted weights and the training from them — have
     the same keys, shapes and refusal with and without the target, and every number is finite."""
-    from tests.test_untrusted_coordinator import overflow_weights
-
     schema, table = tables["schema"], tables["table"]
     cfg, _, enc = honest_round(schema, table)
     spec, w = overflow_weights(enc, tables["holdout_target"])

@@ -11,8 +11,7 @@ import ast
 from pathlib import Path
 
 from tests.conftest import REPO
-
-PACKAGES = ("clients", "configs", "fedcredit", "models", "privacy", "server", "simulation")
+from tests.source_imports import PACKAGES, imports_of
 
 #: what each package must never import
 FORBIDDEN = {
@@ -29,18 +28,6 @@ KNOWN: dict[str, set[str]] = {}
 
 #: the only module that may import the dispatcher (it loads every command module)
 CLI_IMPORTERS = {"fedcredit/__main__.py"}
-
-
-def imports_of(path: Path) -> set[str]:
-    """Every absolute module name ``path`` imports, at any depth of its code."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module)
-            names |= {f"{node.module}.{a.name}" for a in node.names}
-    return names
 
 
 def product_modules():
@@ -69,3 +56,43 @@ def test_the_check_sees_an_import_inside_a_function(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("def run():\n    from fedcredit.cli import number\n    import server.report\n")
     assert {"fedcredit.cli", "fedcredit.cli.number", "server.report"} <= imports_of(module)
+
+
+# ------------------------------------------------------------------------------ the test suite
+def imported_test_modules(path: Path) -> set[str]:
+    """The test modules (``test_*``, pytest's own naming) that ``path`` imports: ``tests.test_x``,
+    ``test_x``, ``from tests import test_x``, ``from .test_x import …``, at any depth of its code."""
+    names = set(imports_of(path))
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            names |= {node.module or ""} | {f"{node.module or ''}.{a.name}".lstrip(".") for a in node.names}
+    found = set()
+    for name in names:
+        parts = name.split(".")
+        parts = parts[1:] if parts[0] == "tests" else parts
+        if parts and parts[0].startswith("test_"):
+            found.add(parts[0])
+    return found
+
+
+def test_no_test_module_imports_another():
+    """What test modules share lives in helper modules beside them (tests/deployment.py,
+    tests/node_messages.py, tests/source_imports.py, …): a test module imported by another ties the
+    two together and hands its fixtures and tests to the importer. The helper modules define no
+    ``test_*`` function or ``Test*`` class, so importing one collects nothing twice."""
+    files = sorted((REPO / "tests").rglob("*.py"))
+    wrong = {p.relative_to(REPO).as_posix(): sorted(found) for p in files if (found := imported_test_modules(p))}
+    assert wrong == {}, f"move the shared helpers into a helper module under tests/: {wrong}"
+    helpers = [p for p in files if p.parent.name == "tests" and not p.name.startswith("test_")]
+    collectable = {p.name: [n.name for n in ast.parse(p.read_text(encoding="utf-8")).body
+                            if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name.startswith(("test", "Test"))]
+                   for p in helpers}
+    assert {k: v for k, v in collectable.items() if v} == {}
+
+
+def test_the_check_sees_a_test_module_imported_in_any_form(tmp_path):
+    module = tmp_path / "test_m.py"
+    module.write_text("from tests.test_faults import _kinds\nimport test_deploy\n"
+                      "def f():\n    from tests import test_ledger\n    from .test_monitor import _psi\n"
+                      "    from . import test_serve\n    from tests.deployment import free_port\n")
+    assert imported_test_modules(module) == {"test_faults", "test_deploy", "test_ledger", "test_monitor", "test_serve"}

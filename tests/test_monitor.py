@@ -24,7 +24,7 @@ from models.stability import (EMPTY_SHARE, characteristic_stability, feature_gro
                               population_stability_index, psi_sampling_floor, traffic_light)
 from tests.conftest import run_fedcredit
 from tests.model_packages import cli_in_process as cli
-from tests.model_packages import make_package, synthetic_table, write_table
+from tests.model_packages import packaged_lender, synthetic_table, write_table
 
 
 def _psi(e, a) -> float:
@@ -149,15 +149,13 @@ def test_a_reference_too_noisy_for_its_size_says_so_instead_of_raising_alarms():
 # ---------------------------------------------------------------------------- the command
 @pytest.fixture(scope="module")
 def monitored(tmp_path_factory):
-    d = tmp_path_factory.mktemp("monitor")
-    dev, _ = synthetic_table("card-issuer", 8000, seed=3)
-    pkg = make_package(d / "model", dev)
-    same, _ = synthetic_table("card-issuer", 6000, seed=3, index=1, id_prefix="S")
-    drifted = same.copy()
+    lender = packaged_lender(tmp_path_factory.mktemp("monitor"), "card-issuer", seed=3, book_rows=6000,
+                             book_prefix="S")
+    drifted = lender.book.copy()
     drifted["credit_limit"] = (drifted["credit_limit"] * 3).clip(upper=20_000_000)
-    write_table(same, d / "same.csv", drop=("default_next_month",))
-    write_table(drifted, d / "drifted.csv", drop=("default_next_month",))
-    return d, pkg, dev, same
+    lender.write("same.csv", lender.book, label=False)
+    lender.write("drifted.csv", drifted, label=False)
+    return lender.directory, lender.package, lender.development, lender.book
 
 
 def _summary(proc):

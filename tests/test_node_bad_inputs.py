@@ -18,7 +18,7 @@ from flwr.app import ConfigRecord, Context, RecordDict
 
 from clients import client_app as CA
 from fedcredit import protocol as P
-from tests.test_bad_inputs import CORPUS, ENTRIES
+from tests.bad_input_corpus import CORPUS, ENTRIES
 from tests.inprocess_runs import _message
 
 

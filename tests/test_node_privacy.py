@@ -7,7 +7,6 @@ checks are in tests/test_simulation.py and tests/test_deploy.py.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +14,8 @@ import pytest
 
 from clients import node as N
 from configs.errors import UserError
-from models.encoder import fit_encoder_from_tables
-from models.network import ModelSpec, build_model, get_weights
 from privacy.accountant import compute_epsilon, read_state
+from tests.node_messages import round_config
 from tests.tables import synthetic_bank_csv
 
 
@@ -30,18 +28,6 @@ def policy(bank_file, state_dir, **extra):
     cfg = {"data-path": str(bank_file), "state-dir": str(state_dir), "institution-id": "bank", "max-epsilon": 1.0}
     cfg.update(extra)
     return N.policy_from_context(cfg, {})
-
-
-def round_config(p, rnd: int, rounds: int, **extra) -> dict:
-    data = N.load_node_data(p)
-    enc = fit_encoder_from_tables(data.schema, [data.split.train])
-    spec = ModelSpec("mlp", enc.n_outputs, (16,))
-    cfg = {"run-id": "r1", "server-round": rnd, "num-server-rounds": rounds, "local-epochs": 1, "batch-size": 256,
-           "learning-rate": 0.01, "optimizer": "adam", "proximal-mu": 0.0, "dp": True, "target-epsilon": 0.0,
-           "clipping-norm": 1.0, "seed": 0, "encoder": enc.to_json(), "model-spec": json.dumps(spec.to_dict()),
-           "cutoff-pd": 0.2}
-    cfg.update(extra)
-    return cfg, get_weights(build_model(spec))
 
 
 def spent(state_dir) -> float:

@@ -9,9 +9,7 @@ on loopback with the certificates ``fedcredit certs`` makes.
 from __future__ import annotations
 
 import hashlib
-import http.server
 import shutil
-import ssl
 import subprocess
 import sys
 import threading
@@ -21,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, run_fedcredit
+from tests.deployment import LoopbackServer
 
 
 def _fab(app_dir: Path) -> bytes:
@@ -126,26 +125,6 @@ def node_setup(tmp_path_factory):
     return base, next((base / "data").glob("*.csv"))
 
 
-class _Server:
-    """A real HTTP server on loopback, with TLS when given a certificate and key."""
-
-    def __init__(self, cert: Path | None = None, key: Path | None = None):
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
-        if cert is not None:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(cert, key)
-            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def _check(node_setup, superlink: str, *extra) -> subprocess.CompletedProcess:
     base, csv = node_setup
     return run_fedcredit("node", "start", "--superlink", superlink, "--check", "--node-config",
@@ -156,7 +135,7 @@ def _check(node_setup, superlink: str, *extra) -> subprocess.CompletedProcess:
 def test_check_tests_the_superlink_certificate_against_ca_crt(node_setup):
     base, _ = node_setup
     ca, key = ["--root-certificates", base / "certs" / "ca.crt"], ["--key", base / "keys" / "bank"]
-    with _Server(base / "certs" / "server.crt", base / "certs" / "server.key") as tls:
+    with LoopbackServer(base / "certs" / "server.crt", base / "certs" / "server.key") as tls:
         ok = _check(node_setup, f"127.0.0.1:{tls.port}", *ca, *key)
         assert ok.returncode == 0, ok.stderr
         assert "SuperLink OK" in ok.stdout and "commonName=localhost" in ok.stdout
@@ -165,11 +144,11 @@ def test_check_tests_the_superlink_certificate_against_ca_crt(node_setup):
         assert wrong_ca.returncode == 2 and "is not signed by" in wrong_ca.stderr, wrong_ca.stderr
         insecure = _check(node_setup, f"127.0.0.1:{tls.port}", "--insecure")
         assert insecure.returncode == 2 and "uses TLS but this node was started with --insecure" in insecure.stderr
-    with _Server(base / "elsewhere" / "server.crt", base / "elsewhere" / "server.key") as other_name:
+    with LoopbackServer(base / "elsewhere" / "server.crt", base / "elsewhere" / "server.key") as other_name:
         wrong_name = _check(node_setup, f"127.0.0.1:{other_name.port}",
                             "--root-certificates", base / "elsewhere" / "ca.crt")
         assert wrong_name.returncode == 2 and "not valid for '127.0.0.1'" in wrong_name.stderr, wrong_name.stderr
-    with _Server() as plain:
+    with LoopbackServer() as plain:
         no_tls = _check(node_setup, f"127.0.0.1:{plain.port}", *ca)
         assert no_tls.returncode == 2 and "does not use TLS" in no_tls.stderr, no_tls.stderr
     for proc in (wrong_ca, insecure, wrong_name, no_tls):
