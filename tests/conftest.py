@@ -1,5 +1,6 @@
 """Shared fixtures: the shipped schema and UCI mapping, the bad-input generator, the CLI runner,
-one torch thread, a process tag, a pooled synthetic consortium, a real Chromium. Helpers that
+one torch thread, a process tag, a pooled synthetic consortium, a real Chromium; the session's
+process reaper (process_reaper.py). Helpers that
 are not fixtures live beside this file: tables.py (random and synthetic tables), processes.py, serving.py,
 inprocess_grid.py and inprocess_runs.py (in-process Flower runs), model_packages.py,
 deployment.py (a consortium on loopback), node_messages.py (crafted messages into a node's
@@ -94,6 +95,37 @@ def synthetic_pool():
     return pd.concat([d.table for d in m["_data"]], ignore_index=True)
 
 
+_REAPER: subprocess.Popen | None = None
+
+
+def pytest_configure(config):
+    """Start the session's process reaper (tests/process_reaper.py) and mark every process the
+    session starts from now on with the session's id: if pytest is killed from outside, the
+    reaper ends them — also those Flower detaches into sessions of their own."""
+    global _REAPER
+    import uuid
+
+    from tests.process_reaper import SESSION_VARIABLE
+
+    session_id = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if k != SESSION_VARIABLE}
+    _REAPER = subprocess.Popen([sys.executable, "-m", "tests.process_reaper", session_id], cwd=REPO, env=env,
+                               stdin=subprocess.PIPE, start_new_session=True)
+    os.environ[SESSION_VARIABLE] = session_id
+
+
+def pytest_unconfigure(config):
+    """A normal end: close the reaper's pipe; it ends anything the session left and exits."""
+    from tests.process_reaper import GRACE_S
+
+    if _REAPER is not None:
+        _REAPER.stdin.close()
+        try:
+            _REAPER.wait(timeout=GRACE_S + 10)
+        except subprocess.TimeoutExpired:
+            _REAPER.kill()
+
+
 SLOW_TEST_TIMEOUT_S = 900
 
 
@@ -123,8 +155,13 @@ def chromium() -> str:
     missing browser fails the test instead of silently skipping it."""
     path = find_chromium()
     if path is None:
-        message = "no Chromium installed (Debian: apt-get install -y chromium)"
-        if os.environ.get("FEDCREDIT_REQUIRE_BROWSER") == "1":
-            pytest.fail(message + "; FEDCREDIT_REQUIRE_BROWSER=1 requires it")
-        pytest.skip(message)
+        skip_unless_required("no Chromium installed (Debian: apt-get install -y chromium)", "FEDCREDIT_REQUIRE_BROWSER")
     return path
+
+
+def skip_unless_required(message: str, variable: str) -> None:
+    """A tool a test needs is missing: skip the test with ``message`` — or fail it where the
+    environment variable ``variable`` is ``1`` (CI sets it after installing the tool)."""
+    if os.environ.get(variable) == "1":
+        pytest.fail(f"{message}; {variable}=1 requires it")
+    pytest.skip(message)

@@ -5,7 +5,9 @@ began" is not enough to know what a test started. :func:`tagged` puts a unique t
 environment for the duration of a test; every process the test starts — and everything those
 start (SuperExec, Ray's daemons and workers) — inherits it, and :func:`processes` with
 ``tag=`` keeps only the processes whose environment carries it. The ``process_tag`` fixture
-(tests/conftest.py) sets one for a whole test.
+(tests/conftest.py) sets one for a whole test. A process started with ``start_new_session=True``
+leads its own process group: :func:`signal_group` and :func:`stop_group` end it with everything it
+started, and :func:`group_alive` says whether anything of it is left.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import signal
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 TAG_VARIABLE = "FEDCREDIT_TEST_TAG"
 
@@ -86,10 +89,47 @@ def kill_pids(pids) -> None:
             pass
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the process group ``pgid`` is still alive (zombies do not count)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def signal_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+    """Send ``sig`` to the process group that ``proc`` leads and wait for ``proc``; SIGKILL the
+    group if ``proc`` outlives ``timeout`` seconds. Returns ``proc``'s exit code."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return proc.wait(timeout=30)
+
+
+def stop_group(proc: subprocess.Popen, what: str, timeout: float = 30) -> None:
+    """End the process group that ``proc`` leads (SIGTERM, SIGKILL for anything left after
+    ``timeout`` seconds) and assert that none of its processes is left."""
+    signal_group(proc, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert not group_alive(proc.pid), f"{what} left processes behind"
+
+
 def stop_started(started: list) -> None:
     """Stop the ``subprocess.Popen``s a test started (last first), by their PIDs only."""
-    import subprocess
-
     for p in reversed(started):
         if p.poll() is None:
             kill_pids([p.pid])

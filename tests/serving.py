@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import REPO
+from tests.processes import signal_group, stop_group
 
 START_TIMEOUT_S = 90
 
@@ -32,28 +33,7 @@ class Service:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         """Signal the service's process group and wait for it; returns its exit code."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            return self.proc.wait(timeout=30)
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether any process of the process group ``pgid`` is still alive (zombies do not count)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+        return signal_group(self.proc, sig, timeout)
 
 
 def start_service(args: list, stderr: Path) -> Service:
@@ -92,13 +72,7 @@ def served(args: list, stderr: Path):
     try:
         yield service
     finally:
-        service.stop()
-        deadline = time.monotonic() + 30
-        while group_alive(service.proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(service.proc.pid, signal.SIGKILL)
-        assert not group_alive(service.proc.pid), "the service left processes behind"
+        stop_group(service.proc, "the service", timeout=60)
 
 
 def build_package(directory: Path, rows: int = 1500, seed: int = 3):

@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from clients.decision_log import read_trail
-from tests.serving import build_package, group_alive, records, served
+from tests.processes import group_alive
+from tests.serving import build_package, records, served
 
 CLIENTS = 8
 ANSWERED_BEFORE_KILL = 150
