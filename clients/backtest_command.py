@@ -59,12 +59,14 @@ def run(args: argparse.Namespace):
     from fedcredit.json_values import finite
     from fedcredit.outcome import Outcome
     from fedcredit.progress import stage_progress
+    from models.package import load_package  # (torch: imported before the clock, as in score, monitor, compare)
 
     t0 = time.time()
     check_command_paths([args.model], args.out)
     with stage_progress("backtest") as stage:
         stage(f"verifying the package, reading and scoring {args.data}")
-        scored = load_scored_table(args.model, args.data, args.mapping, outcomes=True)
+        scored = load_scored_table(args.model, args.data, args.mapping, outcomes=True,
+                                   package=load_package(args.model))
         stage("computing the backtest")
         result = backtest_result(scored, args.bands, args.confidence, args.interval)
         if args.out:

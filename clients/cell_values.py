@@ -83,7 +83,11 @@ def parse_numbers(s: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.
 
 
 def _to_numpy(arr) -> np.ndarray:
+    """A writable float64 array of its own (Arrow's zero-copy views are read-only and copied;
+    a chunked array's values are already gathered into a new array)."""
     out = arr.to_numpy() if hasattr(arr, "to_numpy") else np.asarray(arr)
+    if out.dtype == np.float64 and out.flags.writeable:
+        return out
     return np.array(out, dtype=np.float64, copy=True)
 
 

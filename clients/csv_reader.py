@@ -34,6 +34,9 @@ SNIFF_BYTES = 1 << 16
 #: one field of a whitespace-separated line: a run of double-quoted strings (quotes doubled inside)
 #: and characters that are neither whitespace nor quotes
 _WHITESPACE_FIELD = re.compile(r'(?:[^\s"]+|"(?:[^"]|"")*")+')
+#: a control character that text does not hold: below 32 except tab, line feed, form feed and
+#: carriage return, or DEL
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 _DELIMITER_WORDS = {"\t": "tab", ",": "','", ";": "';'", "|": "'|'", WHITESPACE: "whitespace"}
 
 
@@ -69,7 +72,7 @@ def read_csv(p: Path, options: ReadOptions | None = None) -> RawTable:
     if bad:
         kept = np.setdiff1d(kept, np.array([b[0] for b in bad], dtype=np.int64), assume_unique=True)
     problems = _bad_row_problems(bad, n_fields, total, delimiter, options.drop_leading_column)
-    if data.count(b'"') % 2 == 1:
+    if b'"' in data and data.count(b'"') % 2 == 1:
         last = int(total) if total else 1
         problems.append(Problem(
             "error", "bad-row", None, 1, [last],
@@ -108,7 +111,7 @@ def decode_text(p: Path) -> tuple[bytes, str, list[Problem]]:
         raise unreadable(p, f"the file contains NUL bytes (first at line {line}), so it is not a text CSV "
                             f"(random or binary data, a database file, or UTF-16 text without a byte-order mark); "
                             f"export the table as CSV (UTF-8) or Parquet")
-    if not data.strip():
+    if not data or data.isspace():  # (no stripped copy of the whole file)
         raise unreadable(p, "the file contains only whitespace; export the table again with a header line and data rows",
                          code="empty")
     if data.isascii():  # ASCII is UTF-8; checking that is ~10x cheaper than decoding
@@ -135,7 +138,7 @@ def decode_text(p: Path) -> tuple[bytes, str, list[Problem]]:
 def _refuse_binary_or_markup(p: Path, text: str) -> None:
     sample = text[:SNIFF_BYTES]
     if sample:
-        controls = sum(1 for ch in sample if (ord(ch) < 32 and ch not in "\t\n\r\f") or ch == "\x7f")
+        controls = len(_CONTROL_CHARACTER.findall(sample))
         if controls > max(2, len(sample) // 100):
             raise unreadable(p, f"the file is binary, not text ({controls} control characters in its first "
                                 f"{len(sample)} characters); export the table as CSV (UTF-8) or Parquet")
@@ -285,9 +288,12 @@ def _skip_blank_rows(frame: pd.DataFrame, kept: np.ndarray, notes: list[Problem]
     n_cols = frame.shape[1]
     if not len(frame) or not n_cols:
         return frame, kept
-    blank = np.ones(len(frame), dtype=bool)
-    for i in range(n_cols):
-        blank &= (frame.iloc[:, i] == "").to_numpy()
+    blank = np.array((frame.iloc[:, 0] == "").to_numpy(), dtype=bool)
+    for i in range(1, n_cols):
+        if not blank.any():  # (usually after the first column: only rows blank so far are compared)
+            return frame, kept
+        rows = np.flatnonzero(blank)
+        blank[rows] = (frame.iloc[rows, i] == "").to_numpy()
     if not blank.any():
         return frame, kept
     last_data = np.flatnonzero(~blank)

@@ -415,7 +415,7 @@ class _Validator:
         lo, hi = f.range  # type: ignore[misc]
         with np.errstate(invalid="ignore"):
             inside = (values >= lo) & (values <= hi)
-        zscores = looks_standardised(raw_values[valid])
+        zscores = _ZScoreHint(raw_values, valid)  # computed only when a message needs it
         if not self._check_range(f, values, valid & ~inside, affine, zscores):
             ok = False
         if f.kind in ("ordinal", "binary") and not self._check_whole(f, values, valid & inside, valid, zscores):
@@ -427,9 +427,9 @@ class _Validator:
             values[missing] = float(f.impute)
         if not ok:
             return None
-        return pd.Series(values.astype(np.float64, copy=False))
+        return pd.Series(values.astype(np.float64, copy=False), copy=False)  # (own array: no copy)
 
-    def _check_range(self, f: Feature, values: np.ndarray, out: np.ndarray, affine, zscores: str) -> bool:
+    def _check_range(self, f: Feature, values: np.ndarray, out: np.ndarray, affine, zscores: _ZScoreHint) -> bool:
         """Report the values outside the feature's range (after the mapping's affine map); True if none."""
         if not out.any():
             return True
@@ -442,8 +442,8 @@ class _Validator:
         mapped = affine.scale != 1.0 or affine.offset != 0.0
         after = f" {affine.words(f.name)}" if mapped else ""
         inf_note = " Infinite values are never valid." if infinite.any() else ""
-        if zscores and not mapped:
-            fix = (f"The column looks standardised {zscores}: map it back to the schema's unit with "
+        if not mapped and zscores.text:
+            fix = (f"The column looks standardised {zscores.text}: map it back to the schema's unit with "
                    f"[unstandardise.{f.name}] mean = …, sd = … in the mapping (the mean and sd it was standardised "
                    f"with), or use a schema written for standardised values (`fedcredit schema infer` drafts one).")
         else:
@@ -456,7 +456,7 @@ class _Validator:
         return False
 
     def _check_whole(self, f: Feature, values: np.ndarray, candidates: np.ndarray, valid: np.ndarray,
-                     zscores: str) -> bool:
+                     zscores: _ZScoreHint) -> bool:
         """Ordinal and binary values must be whole numbers; True if they are. The advice fits the
         column: a few fractions are typing errors, a column of them is not levels at all."""
         with np.errstate(invalid="ignore"):
@@ -467,8 +467,8 @@ class _Validator:
         shown = _examples(pd.Series(values[frac]).map(_fmt_number), 3)
         levels = "0 or 1" if f.kind == "binary" else f"whole numbers from {_fmt_number(lo)} to {_fmt_number(hi)}"
         share = float(frac.sum()) / max(1, int(valid.sum()))
-        if zscores:
-            fix = (f"The column looks standardised {zscores}, so its values are not levels: map it back with "
+        if zscores.text:
+            fix = (f"The column looks standardised {zscores.text}, so its values are not levels: map it back with "
                    f"[unstandardise.{f.name}] mean = …, sd = … in the mapping if the original levels are known, or "
                    f"declare '{f.name}' numeric in the schema (`fedcredit schema infer` drafts a schema from the "
                    f"file).")
@@ -567,7 +567,7 @@ class _Validator:
             text = text.where(~missing, str(f.impute))
         if not ok:
             return None
-        return pd.Series(text.to_numpy(dtype=object), dtype=object)
+        return pd.Series(text.to_numpy(dtype=object), dtype=object, copy=False)
 
     # -- id and label ------------------------------------------------------------------------
 
@@ -583,9 +583,7 @@ class _Validator:
             ok = False
             self._report_missing(col, missing, "every row needs its borrower id — fill them in, or drop the id "
                                                "column entirely (it is optional)")
-        present = text[~missing]
-        dup_mask = np.zeros(len(text), dtype=bool)
-        dup_mask[~missing] = present.duplicated(keep=False).to_numpy(dtype=bool)
+        dup_mask = _duplicated(text, missing)
         if dup_mask.any():
             ok = False
             counts = text[dup_mask].value_counts()
@@ -596,7 +594,7 @@ class _Validator:
                        f"e.g. {listed}. Each borrower must appear once: remove the duplicated rows or fix the ids.")
         if not ok:
             return None
-        return pd.Series(text.to_numpy(dtype=object), dtype=object)
+        return pd.Series(text.to_numpy(dtype=object), dtype=object, copy=False)
 
     def _check_label(self, s: pd.Series):
         col = self.schema.label.name
@@ -648,7 +646,7 @@ class _Validator:
                        f"them{recode}.")
         if not ok:
             return None
-        return pd.Series(is_pos.astype(np.int64))
+        return pd.Series(is_pos.astype(np.int64), copy=False)
 
     def _check_counts(self, label_values) -> None:
         n = self.n
@@ -693,6 +691,42 @@ class _Validator:
 # --------------------------------------------------------------------------------------------
 # vectorised helpers
 # --------------------------------------------------------------------------------------------
+
+
+class _ZScoreHint:
+    """:func:`~clients.cell_values.looks_standardised` of a column's valid values, computed on
+    first use: only the advice of a range or whole-number error needs it (a clean column never does)."""
+
+    def __init__(self, values: np.ndarray, valid: np.ndarray):
+        self._values, self._valid, self._text = values, valid, None
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = looks_standardised(self._values[self._valid])
+        return self._text
+
+
+def _duplicated(text: pd.Series, missing: np.ndarray) -> np.ndarray:
+    """Rows whose (present) id another present row shares. Most files have none: counting the
+    distinct ids (one hash pass, no per-row result) shows that; only then are the rows marked."""
+    present = text[~missing]
+    if _distinct_count(present) == len(present):
+        return np.zeros(len(text), dtype=bool)
+    dup_mask = np.zeros(len(text), dtype=bool)
+    dup_mask[~missing] = present.duplicated(keep=False).to_numpy(dtype=bool)
+    return dup_mask
+
+
+def _distinct_count(s: pd.Series) -> int:
+    """Number of distinct values (pyarrow's hash table for Arrow-backed text, else pandas')."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arrow = getattr(s.array, "_pa_array", None)  # pandas' Arrow-backed string arrays
+    if isinstance(arrow, (pa.Array, pa.ChunkedArray)):
+        return len(pc.unique(arrow))
+    return int(s.nunique(dropna=False))
 
 
 def _examples(values: pd.Series, k: int) -> list[str]:

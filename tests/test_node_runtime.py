@@ -327,7 +327,7 @@ def test_a_message_the_supernode_gave_up_is_left_unanswered_and_the_next_one_is_
 NOT_IN_TASKS = {
     "clients.node_runtime": "the runtime's own set-up and serve loop, before any task",
     "clients.node_command": "the runtime's own set-up, before any task",
-    "server.settings": "simulated budgets (clients.node_policy) only for virtual nodes",
+    "importlib.metadata": "the simulation's entry point (clients.virtual_nodes) only for virtual nodes",
     "pyarrow.csv": "the table is read once at warm-up (clients.node.load_node_data)",
     "pyarrow.parquet": "the table is read once at warm-up (clients.node.load_node_data)",
     "sklearn.linear_model": "Platt scaling (models.calibration.fit_platt) runs on the server",
