@@ -100,11 +100,12 @@ def honest_auc(run_dir: Path, run_config: dict, honest: list[int], n: int) -> fl
     """AUC of the last checkpoint's model on the honest institutions' pooled holdouts."""
     import numpy as np
 
-    from clients.node import load_node_data, policy_from_context
+    from clients.node import load_node_data
     from models.encoder import FeatureEncoder
     from models.metrics import auc_score
     from models.network import ModelSpec, build_model, predict_pd, set_weights
     from server.checkpoints import load_checkpoint
+    from simulation.virtual_nodes import virtual_policy
 
     ckpt = load_checkpoint(run_dir)
     encoder = FeatureEncoder.from_dict(ckpt.state["encoder"])
@@ -112,7 +113,7 @@ def honest_auc(run_dir: Path, run_config: dict, honest: list[int], n: int) -> fl
     set_weights(model, ckpt.weights)
     ps, ys = [], []
     for k in honest:
-        data = load_node_data(policy_from_context({"partition-id": k, "num-partitions": n}, run_config))
+        data = load_node_data(virtual_policy(k, n, run_config))
         ps.append(predict_pd(model, encoder.transform(data.split.holdout)))
         ys.append(data.split.holdout[data.schema.label.name].to_numpy())
     return float(auc_score(np.concatenate(ys), np.concatenate(ps)))

@@ -1,10 +1,11 @@
 """The node's table, loaded once per process: validated, split into training rows and holdout, encoded.
 
 Deployment nodes load their file with the same checks as ``fedcredit data validate``
-(:mod:`clients.validation`); a virtual node of a synthetic simulation draws its table from
-:mod:`simulation.synthetic`. The encoded matrices are cached per encoder; every non-finite
-value an encoder could produce is replaced the same way for every row (:func:`encode`), so a
-coordinator's encoder cannot mark one borrower's row.
+(:mod:`clients.validation`); a virtual node of a synthetic simulation gets its table from the
+callable its policy carries (:attr:`clients.node_policy.NodePolicy.draw_table`, put there by the
+simulation: :mod:`clients.virtual_nodes`). The encoded matrices are cached per encoder; every
+non-finite value an encoder could produce is replaced the same way for every row
+(:func:`encode`), so a coordinator's encoder cannot mark one borrower's row.
 """
 
 from __future__ import annotations
@@ -58,13 +59,13 @@ def clear_data_cache() -> None:
 
 def load_node_data(policy: NodePolicy) -> NodeData:
     """Load, validate and split the node's table (cached per process)."""
-    key = (policy.source, policy.mapping, policy.schema, policy.split_seed, policy.holdout_fraction,
-           policy.synthetic_scale, policy.synthetic_seed, policy.min_rows, policy.min_positives)
+    key = (policy.source, policy.draw_table, policy.mapping, policy.schema, policy.split_seed,
+           policy.holdout_fraction, policy.min_rows, policy.min_positives)
     if key in _DATA_CACHE:
         return _DATA_CACHE[key]
     schema = load_schema(policy.schema)
-    if policy.source.startswith("synthetic:"):
-        table = _synthetic_table(policy, schema)
+    if policy.draw_table is not None:
+        table = policy.draw_table(schema)
     else:
         from clients.validation import load_institution_table
 
@@ -75,9 +76,3 @@ def load_node_data(policy: NodePolicy) -> NodeData:
     _DATA_CACHE[key] = data
     return data
 
-
-def _synthetic_table(policy: NodePolicy, schema: Schema):
-    from simulation.synthetic import consortium_member
-
-    index, count = (int(v) for v in policy.source.split(":", 1)[1].split("/"))
-    return consortium_member(index, count, policy.synthetic_scale, policy.synthetic_seed, schema)[1]

@@ -12,21 +12,19 @@ Node config keys (deployment, ``flower-supernode --node-config``)
 The run config (the coordinator's) can only ask for less than the node config allows; it never
 sets the budget, δ or the release policy of a deployed node.
 
-Simulation: a virtual node only has ``partition-id`` / ``num-partitions``; it takes file
-``partition-id`` of the run's ``data-dir`` (sorted) or synthesises institution ``partition-id``,
-keeps its privacy state under ``state-root/<institution-id>``, its budget from
-``sim-budgets`` (its own entry) or ``sim-max-epsilon``, its data minimum from ``min-rows`` /
-``min-positives``, releases exact evaluations and may train without DP (``dp = false``).
+Simulation: a virtual node only has ``partition-id`` / ``num-partitions``; the simulation gives it
+its policy (:mod:`clients.virtual_nodes`: which table, institution id, budget, state directory;
+:mod:`simulation.virtual_nodes` documents the run config keys it reads). Nothing here imports
+simulation or server code.
 """
 
 from __future__ import annotations
 
-import functools
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from clients.virtual_nodes import virtual_nodes
 from configs.errors import UserError
 
 DEPLOYMENT_RELEASE_MODES = ("noised", "off")
@@ -36,7 +34,7 @@ DATA_SUFFIXES = (".csv", ".parquet", ".pq", ".tsv", ".txt")
 @dataclass(frozen=True)
 class NodePolicy:
     institution_id: str
-    source: str  # a file path, or "synthetic:<index>/<count>"
+    source: str  # a file path, or (a virtual node whose table the simulation draws) a description of it
     mapping: str | None
     schema: str
     state_dir: Path
@@ -48,15 +46,17 @@ class NodePolicy:
     holdout_fraction: float
     accountant: str
     simulation: bool
-    synthetic_scale: float = 1.0
-    synthetic_seed: int = 0
+    #: a virtual node's table, drawn by the simulation that made this policy (``draw_table(schema)`` →
+    #: DataFrame; compared by value: equal callables draw equal tables); None: read the file ``source``
+    draw_table: Callable[[Any], Any] | None = None
     #: the table's minimum rows / defaults (``fedcredit data validate``'s); simulation: run config
     #: ``min-rows`` / ``min-positives`` (research mode, see simulation.research_mode)
     min_rows: int = 500
     min_positives: int = 50
 
 
-def _get(cfg: dict, key: str, default: Any = None) -> Any:
+def config_value(cfg: dict, key: str, default: Any = None) -> Any:
+    """``cfg[key]``; ``default`` when it is missing or empty (Flower's config values are never None)."""
     v = cfg.get(key, default)
     return default if v == "" else v
 
@@ -67,89 +67,27 @@ def policy_from_context(node_config: dict, run_config: dict, run_id: str = "") -
     run_config = dict(run_config or {})
     if "data-path" in node_config:
         path = str(node_config["data-path"])
-        state = _get(node_config, "state-dir")
+        state = config_value(node_config, "state-dir")
         if not state:
             raise UserError("node config: 'state-dir' is required (the node's lifetime privacy state lives there)")
-        release = str(_get(node_config, "release-eval", "noised"))
+        release = str(config_value(node_config, "release-eval", "noised"))
         if release not in DEPLOYMENT_RELEASE_MODES:
             hint = " (exact evaluation releases are for simulation only)" if release == "exact" else ""
             raise UserError(f"node config: 'release-eval' must be one of {', '.join(DEPLOYMENT_RELEASE_MODES)}, "
                             f"got '{release}'{hint}")
-        max_eps = _get(node_config, "max-epsilon")
+        max_eps = config_value(node_config, "max-epsilon")
         return NodePolicy(
-            institution_id=str(_get(node_config, "institution-id", Path(path).stem)),
-            source=path, mapping=_get(node_config, "mapping"),
-            schema=str(_get(node_config, "schema", "consumer-credit-v1")),
+            institution_id=str(config_value(node_config, "institution-id", Path(path).stem)),
+            source=path, mapping=config_value(node_config, "mapping"),
+            schema=str(config_value(node_config, "schema", "consumer-credit-v1")),
             state_dir=Path(str(state)).expanduser(),
             max_epsilon=float(max_eps) if max_eps is not None else None,
-            delta=float(_get(node_config, "delta")) if _get(node_config, "delta") is not None else None,
+            delta=float(config_value(node_config, "delta")) if config_value(node_config, "delta") is not None else None,
             release_eval=release,
-            allow_non_private=str(_get(node_config, "allow-non-private", "false")).lower() == "true",
-            split_seed=int(_get(node_config, "split-seed", 0)),
-            holdout_fraction=float(_get(node_config, "holdout-fraction", 0.2)),
-            accountant=str(_get(node_config, "accountant", "rdp")), simulation=False)
+            allow_non_private=str(config_value(node_config, "allow-non-private", "false")).lower() == "true",
+            split_seed=int(config_value(node_config, "split-seed", 0)),
+            holdout_fraction=float(config_value(node_config, "holdout-fraction", 0.2)),
+            accountant=str(config_value(node_config, "accountant", "rdp")), simulation=False)
     if "partition-id" not in node_config:
         raise UserError("node config: give 'data-path' (and 'state-dir', 'max-epsilon') for this institution")
-    index, count = int(node_config["partition-id"]), int(node_config.get("num-partitions", 1))
-    data_dir = _get(run_config, "data-dir")
-    if data_dir:
-        files = _data_files(str(data_dir))
-        if index >= len(files):
-            raise UserError(f"run config: data-dir {data_dir} has {len(files)} data file(s); "
-                            f"virtual node {index} has none (use num-supernodes ≤ {len(files)})")
-        source, inst = str(files[index]), files[index].stem
-    else:
-        plan = _synthetic_plan(count, float(_get(run_config, "synthetic-scale", 1.0)))
-        source, inst = f"synthetic:{index}/{count}", plan[index].id
-    root = _get(run_config, "state-root") or str(Path(tempfile.gettempdir()) / "fedcredit-sim" / (run_id or "run"))
-    return NodePolicy(
-        institution_id=inst, source=source, mapping=_get(run_config, "mapping"),
-        schema=str(_get(run_config, "schema", "consumer-credit-v1")),
-        state_dir=Path(root) / inst, max_epsilon=_simulated_budget(run_config, inst),
-        delta=None, release_eval="exact", allow_non_private=True, split_seed=0, holdout_fraction=0.2,
-        accountant="rdp", simulation=True,
-        synthetic_scale=float(_get(run_config, "synthetic-scale", 1.0)),
-        synthetic_seed=int(_get(run_config, "synthetic-seed", 0)),
-        min_rows=int(_get(run_config, "min-rows", 500)), min_positives=int(_get(run_config, "min-positives", 50)))
-
-
-def _simulated_budget(run_config: dict, institution: str) -> float:
-    """A virtual node's lifetime ε: its entry in ``sim-budgets``, else ``sim-max-epsilon``."""
-    from server.settings import parse_sim_budgets
-
-    budgets = parse_sim_budgets(str(_get(run_config, "sim-budgets", "") or ""))
-    return float(budgets.get(institution, _get(run_config, "sim-max-epsilon", 3.0)))
-
-
-def _data_files(data_dir: str) -> tuple[Path, ...]:
-    """The data files of a simulation's data directory, sorted (virtual node k takes file k).
-
-    Resolved for every message, so the listing is cached until the directory changes (its
-    mtime): a directory of 1,000 files costs ~20 ms to list and sort, per message otherwise.
-    """
-    import os
-
-    return _data_files_at(data_dir, os.stat(data_dir).st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _data_files_at(data_dir: str, mtime_ns: int) -> tuple[Path, ...]:
-    return tuple(sorted(p for p in Path(data_dir).iterdir() if p.suffix.lower() in DATA_SUFFIXES))
-
-
-def _synthetic_plan(count: int, scale: float):
-    """The synthetic consortium's institutions (cached while the archetypes file is unchanged)."""
-    import os
-
-    from simulation.archetypes import ARCHETYPES_FILE
-
-    return _synthetic_plan_at(count, scale, os.stat(ARCHETYPES_FILE).st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _synthetic_plan_at(count: int, scale: float, mtime_ns: int):
-    from simulation.archetypes import institution_plan, load_archetypes
-
-    return tuple(institution_plan(count, scale, load_archetypes()))
-
-
+    return virtual_nodes().policy(node_config, run_config, run_id)

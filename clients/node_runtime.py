@@ -19,8 +19,13 @@ restarts this one if it dies):
 4. otherwise a worker forked from this warm process runs the installed
    ``clients.client_app.app`` on the message and pushes the reply and the updated context,
    while this process keeps the task alive with heartbeats. A worker that dies (a crash, a
-   kill, the memory limit) takes only its task with it: this process answers the message with a
-   fixed error reply and goes on with the next task.
+   kill, the memory limit) takes only its task with it: this process finishes the task for it
+   (its kept reply, or a fixed error reply) and goes on with the next task.
+
+The task in flight — its token, its message and, before any of it is pushed, its reply — is kept
+in the node's private directory (:mod:`clients.task_in_flight`), so that a runtime that was itself
+killed finishes that task when it is started again, before it warms up: Flower's SuperNode waits
+with no time limit for a reply whose upload was cut off.
 
 Warm: torch, opacus, Flower's message types and the institution's table (validated and split)
 are loaded once, before the first task; a forked worker starts with all of it in memory
@@ -79,6 +84,7 @@ class RuntimeSettings:
     secret: bytes | None = None  # the SuperExec auth secret shared with the SuperNode
     allowed_hashes: frozenset[str] = frozenset()
     verdicts: dict = field(default_factory=dict)  # FAB sha256 → FabVerdict
+    work_dir: Path | None = None  # private to the node (the secret's directory): the task in flight
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -156,43 +162,49 @@ def run_task(s: RuntimeSettings, institution_id: str, token: str, task_id: int,
     SuperNode (:mod:`clients.task_input`; ``acquire_next`` takes the next pending task), else None.
     """
     from flwr.common.constant import SubStatus
-    from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
+    from flwr.supernode.runtime.run_clientapp import push_task_output
 
     from clients.app_release import installed_release
+    from clients.task_in_flight import TaskInFlight, send_reply
     from clients.task_input import MessageAbandoned, give_up, pull_task_input
 
     client = task_client(s, token)
+    flight = TaskInFlight.of(s)
     try:
+        flight.taken(token, task_id)
         try:
             message, context, run, fab = pull_task_input(client, task_id, acquire_next)
         except MessageAbandoned as gone:
             give_up(client, task_id, gone)
             return gone.next_task
+        flight.received(message)
         kind = message.metadata.message_type
         verdict = verdict_for(s, fab)
         if not verdict.allowed:
             detail = verdict.detail(installed_release(), s.allowed_hashes)
             log(f"REFUSED run {run.run_id} {kind}: app-not-allowed — {detail}")
-            push_message(client, refusal_reply(message, institution_id, detail), context)
+            send_reply(client, flight, refusal_reply(message, institution_id, detail), context,
+                       SubStatus.COMPLETED, "app-not-allowed")
             push_task_output(client, context, SubStatus.COMPLETED, "app-not-allowed")
             return None
         t0 = time.perf_counter()
-        outcome = run_in_worker(s, token, message, context, client)
+        outcome = run_in_worker(s, token, message, context, client, flight)
         log(f"run {run.run_id} round {message.metadata.group_id or '-'} {kind}: {outcome} "
             f"in {time.perf_counter() - t0:.2f} s (task {task_id})")
     except Exception:  # a broken task must not stop the node: log it, the task expires at the SuperNode
         log(f"task {task_id} could not be handled:\n{traceback.format_exc()}")
     finally:
+        flight.clear()
         client.close()
     return None
 
 
-def run_in_worker(s: RuntimeSettings, token: str, message, context, client) -> str:
-    """Fork a worker for the task; heartbeat while it runs; answer for it if it dies."""
-    from flwr.common.constant import SubStatus
+def run_in_worker(s: RuntimeSettings, token: str, message, context, client, flight) -> str:
+    """Fork a worker for the task; heartbeat while it runs; finish the task for it if it dies
+    (:func:`clients.task_in_flight.finish_task`: its kept reply, or the fixed error reply)."""
     from flwr.supercore.heartbeat import HeartbeatSender
-    from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
+    from clients.task_in_flight import finish_task
     from clients.task_input import heartbeat_fn
 
     read_fd, write_fd = os.pipe()
@@ -203,7 +215,7 @@ def run_in_worker(s: RuntimeSettings, token: str, message, context, client) -> s
     if pid == 0:  # pragma: no cover - runs in the worker
         os.close(read_fd)
         die_with_parent(parent)
-        worker(s, token, message, context, write_fd)
+        worker(s, token, message, context, flight, write_fd)
     os.close(write_fd)
     heartbeat = HeartbeatSender(heartbeat_fn(client))
     heartbeat.start()
@@ -215,22 +227,21 @@ def run_in_worker(s: RuntimeSettings, token: str, message, context, client) -> s
     if b"O" in progress:
         return "done"
     why = _exit_description(status)
-    log(f"the worker of this task {why}; answering with a fixed error reply")
-    if b"R" not in progress:
-        push_message(client, error_reply(message), context)
-    push_task_output(client, context, SubStatus.FAILED, f"fedcredit worker {why}")
+    done = finish_task(client, flight, flight.load(), message, context)
+    log(f"the worker of this task {why}; {done}")
     return f"worker {why}"
 
 
-def worker(s: RuntimeSettings, token: str, message, context, progress_fd: int) -> None:
-    """In the forked worker: run the installed ClientApp, push reply and context, exit."""
+def worker(s: RuntimeSettings, token: str, message, context, flight, progress_fd: int) -> None:
+    """In the forked worker: run the installed ClientApp, keep and push reply and context, exit."""
     code = 0
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         from flwr.common.constant import SubStatus
-        from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
+        from flwr.supernode.runtime.run_clientapp import push_task_output
 
         from clients.client_app import app
+        from clients.task_in_flight import send_reply
 
         client = task_client(s, token)
         status, details = SubStatus.COMPLETED, ""
@@ -241,8 +252,7 @@ def worker(s: RuntimeSettings, token: str, message, context, progress_fd: int) -
         except Exception:
             log(f"the ClientApp raised on a {message.metadata.message_type} message:\n{traceback.format_exc()}")
             reply, status, details = error_reply(message), SubStatus.FAILED, "ClientApp raised an exception"
-        push_message(client, reply, context)
-        os.write(progress_fd, b"R")
+        send_reply(client, flight, reply, context, status, details)
         push_task_output(client, context, status, details)
         os.write(progress_fd, b"O")
     except BaseException:
@@ -383,6 +393,7 @@ def _exit_now(*_) -> None:
 def main(argv: list[str] | None = None) -> int:
     from clients.app_release import parse_allowed_hashes
     from clients.node_command import parse_node_config
+    from clients.task_in_flight import finish_interrupted_task
     from configs.errors import UserError
 
     args = parse_args(argv)
@@ -390,7 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_node_config(args.node_config)
         secret = Path(args.superexec_auth_secret_file).read_bytes() if args.superexec_auth_secret_file else None
-        settings = RuntimeSettings(args.runtime_api, cfg, secret, parse_allowed_hashes(cfg.get("allowed-fab-hashes")))
+        settings = RuntimeSettings(args.runtime_api, cfg, secret, parse_allowed_hashes(cfg.get("allowed-fab-hashes")),
+                                   work_dir=Path(args.superexec_auth_secret_file).parent if secret else None)
+        finish_interrupted_task(settings)  # before warm-up: the old task's lease is running out
         t0 = time.perf_counter()
         institution = warm_up(cfg)
     except UserError as exc:

@@ -4,8 +4,8 @@
   run's messages as tasks on its local Runtime API; it runs no app code.
 * ``python -m clients.node_runtime`` (:mod:`clients.node_runtime`) executes those tasks with the
   installed fedcredit. A runtime that dies (killed, out of memory) is started again, after
-  1, 2, 4 … 30 s; its in-flight task is answered by the SuperNode as a crashed ClientApp once
-  its token expires, and the privacy ledger stays as the last atomic write left it.
+  1, 2, 4 … 30 s; the restarted runtime first finishes the task the killed one was working on
+  (:mod:`clients.task_in_flight`), and the privacy ledger stays as the last atomic write left it.
 
 Both write to this process's standard output, each line prefixed with a UTC timestamp and
 the source (``supernode`` / ``runtime``). When the SuperNode ends, the runtime is stopped and

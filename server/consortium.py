@@ -19,11 +19,13 @@ recalibrated final model.
    (:func:`server.replies.sort_replies`) and the strategy aggregates the accepted ones — the
    weighted mean or a robust rule, optionally clipped first (:mod:`server.clipping`). The
    global model keeps the network's parameter dtype (float32) whatever the aggregation computes
-   in (FedAdam: float64), so updates are checked against one dtype. ``evaluate``: the sampled
-   nodes evaluate the new global model on their holdouts and the pooled histograms give the
-   global AUC/KS/Gini exactly (:mod:`server.evaluation`); evaluation replies are sorted the same
-   way. ``end_round``: a checkpoint, the ledger's round entry, a progress event and a line in
-   the ServerApp's log (:mod:`server.run_log`, what ``flwr log`` shows).
+   in (FedAdam: float64), so updates are checked against one dtype. ``evaluate``
+   (:mod:`server.round_evaluation`): the sampled nodes evaluate the new global model on their
+   holdouts — in the next round's train message when it can (:mod:`server.folded_evaluation`) —
+   and the pooled histograms give the global AUC/KS/Gini exactly (:mod:`server.evaluation`);
+   evaluation replies are sorted the same way. ``end_round``: a checkpoint, the ledger's round
+   entry, a progress event and a line in the ServerApp's log (:mod:`server.run_log`, what
+   ``flwr log`` shows).
 3. **End.** When all rounds are done — or fewer than ``min-train-nodes`` nodes can train, which
    stops the run cleanly with the reason — the final model is recalibrated and evaluated once
    more, and the model package, ``metrics.json`` and the ledger's run-end entry are written
@@ -58,37 +60,26 @@ from configs.errors import UserError
 from configs.schema import load_schema
 from fedcredit import protocol as P
 from models.encoder import FeatureEncoder, fit_encoder_from_histograms, statistics_layout, sum_statistics
-from models.metrics import EvaluationSums
 from models.network import ModelSpec, build_model, get_weights
 from models.package import weights_digest
 from models.training import initial_weights
 from server.checkpoints import Checkpoint, load_checkpoint, resume_source, save_checkpoint
 from server.clipping import ServerSideClipping
-from server.evaluation import calibration_record, pool_evaluations
 from server.exchange import Exchange, exchange
-from server.folded_evaluation import folded_evaluation_config, folds_evaluation, split_exchange
 from server.ledger import RunLedger
-from server.replies import SortedReplies, by_institution, releases_nothing, sort_replies, stop_reason
-from server.round_config import as_record, evaluate_config, statistics_config, train_config
-from server.run_log import emit, end_line, evaluation_line, round_line, statistics_line
+from server.replies import RunStopped, SortedReplies, by_institution, sort_replies, stop_reason
+from server.round_config import as_record, statistics_config, train_config
+from server.round_evaluation import RoundEvaluation
+from server.run_log import emit, end_line, round_line, statistics_line
 from server.run_records import (RunRecorder, drop_node_sums, privacy_fields, public, resolve_run_dir,
                                 write_resolved_config)
 from server.run_summary import run_summary
 from server.settings import parse_run_config
 from server.strategies import (aggregate_updates, build_strategy, restore_strategy_state, snapshot_grid,
                                strategy_state)
-from server.update_checks import check_evaluation, check_statistics, check_update, fairness_layout
+from server.update_checks import check_statistics, check_update
 
 NODE_WAIT_POLL_S = 0.2
-
-
-class RunStopped(Exception):
-    """The run cannot go on (too few nodes); carries the reason code and detail."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 class ConsortiumRun:
@@ -115,8 +106,7 @@ class ConsortiumRun:
         self.weights: dict[str, np.ndarray] = {}
         self.dtypes: dict[str, np.dtype] = {}  # the global model's parameter dtypes (the network's)
         self.audit: RunLedger | None = None  # the signed audit ledger, opened by execute()
-        self.last_pooled: tuple[int, EvaluationSums] | None = None  # (round, pooled sums) of the last evaluation
-        self.pending_evaluation: int | None = None  # a round whose evaluation goes with the next train message
+        self.evaluation = RoundEvaluation(self)  # the evaluation step: pending round, last pooled sums
         self.started = time.time()
 
     # ----------------------------------------------------------------------- run
@@ -130,9 +120,9 @@ class ConsortiumRun:
                 self.run_round(rnd)
         except RunStopped as stop:
             status, reason, detail = "stopped", stop.reason, stop.detail
-            self.evaluate_pending()  # the train message that was to carry it is not sent
+            self.evaluation.evaluate_pending()  # the train message that was to carry it is not sent
             self.recorder.event("run-stopped", reason=reason, detail=detail)
-        summary = self.finish(status, reason, detail, self.final_evaluation())
+        summary = self.finish(status, reason, detail, self.evaluation.final())
         self.recorder.event("run-end", status=status, reason=reason, ledger_head=summary.get("ledger_head"))
         emit(end_line(summary))
         self.recorder.close()
@@ -167,8 +157,7 @@ class ConsortiumRun:
             return 1
         first = self.resume(ckpt)
         self.wait_for_nodes()  # a resumed run, too, starts once min-available-nodes are connected
-        if self.pending_evaluation is not None and not folds_evaluation(self.settings, first - 1):
-            self.evaluate_pending()  # resumed under settings that do not fold: a separate message
+        self.evaluation.settle_resumed(first)
         return first
 
     # ------------------------------------------------------------------- one round
@@ -176,20 +165,14 @@ class ConsortiumRun:
         """One round: configure → send → aggregate, then (when due) evaluate, then record it.
 
         A due evaluation goes into the next round's train message when it can
-        (:mod:`server.folded_evaluation`): this round's record then gets it from there."""
+        (:mod:`server.folded_evaluation`): this round's record then gets it from there
+        (:mod:`server.round_evaluation`)."""
         t0 = time.time()
         messages = self.configure_train(rnd)
         replies, secure = self.send_train(rnd, messages)
-        if self.pending_evaluation is not None and not secure:
-            replies, evaluation = split_exchange(replies)
-            self.attach_evaluation(evaluation, "train")
+        replies = self.evaluation.take_folded(replies, secure)
         record = self.aggregate_train(rnd, replies, secure)
-        if rnd in P.evaluation_rounds(rnd, self.settings.num_server_rounds, self.settings.evaluate_every):
-            if folds_evaluation(self.settings, rnd):
-                self.pending_evaluation = rnd
-                record["evaluation_in"] = f"round {rnd + 1}'s train messages"
-            else:
-                self.evaluate(rnd, record)
+        self.evaluation.after_training(rnd, record)
         self.end_round(rnd, record, time.time() - t0)
         return record
 
@@ -200,8 +183,7 @@ class ConsortiumRun:
         nodes = self.wait_for_nodes(self.settings.min_train_nodes)
         config = train_config(self.settings, self.node_run_id, rnd, self.encoder.to_json(),
                               json.dumps(self.spec.to_dict()), self.ledger_head)
-        if self.pending_evaluation is not None:  # the weights sent are that round's model: evaluate them first
-            config.update(folded_evaluation_config(self.settings))
+        config.update(self.evaluation.train_config())  # a pending round: its model is the weights sent
         config = as_record(config)
         return list(self.strategy.configure_train(rnd, P.to_array_record(self.weights), config,
                                                   snapshot_grid(self.grid, nodes)))
@@ -229,8 +211,8 @@ class ConsortiumRun:
         replies = sort_replies(ex, check, order=self.institution_order)
         refused, rejected, dropped = (by_institution(d, self.name) for d in
                                       (replies.refused, replies.rejected, replies.dropped))
-        self._record_outcomes(replies, rnd, refused=("refusal", None), dropped=("dropout", None),
-                              rejected=("rejected-update", None))
+        self.record_outcomes(replies, rnd, refused=("refusal", None), dropped=("dropout", None),
+                             rejected=("rejected-update", None))
         accepted = list(replies.accepted.values())
         record = {"round": rnd, "sampled": [self.name(n) for n in ex.sent],
                   "participants": [self.name(n) for n in replies.accepted],
@@ -268,77 +250,10 @@ class ConsortiumRun:
             record["secure_aggregation"] = secure.summary(self.name)
         return record
 
-    def evaluate(self, rnd: int, record: dict, weights: dict[str, np.ndarray] | None = None) -> None:
-        """configure → send → aggregate the evaluation of ``weights`` (default: the current global
-        model) on the sampled nodes' holdouts; the outcome goes into ``record``."""
-        if self.settings.fraction_evaluate <= 0:
-            return
-        ex = self.send_evaluate(rnd, weights)
-        if isinstance(ex, str):
-            record["evaluation_failed"] = {"*": ex}
-            return
-        self.aggregate_evaluate(rnd, record, ex)
-
-    def send_evaluate(self, rnd: int, weights: dict[str, np.ndarray] | None = None) -> Exchange | str:
-        """The evaluate messages of round ``rnd`` sent and their replies collected; or why none was sent."""
-        nodes = sorted(self.grid.get_node_ids())
-        if len(nodes) < max(1, self.strategy.min_evaluate_nodes):
-            return f"only {len(nodes)} node(s) connected; evaluation skipped"
-        config = as_record(evaluate_config(self.settings, self.node_run_id, rnd, self.encoder.to_json(),
-                                           json.dumps(self.spec.to_dict()), self.ledger_head))
-        messages = self.strategy.configure_evaluate(
-            rnd, P.to_array_record(self.weights if weights is None else weights), config,
-            snapshot_grid(self.grid, nodes))
-        return self.send(messages)
-
-    def attach_evaluation(self, ex: Exchange | str, carried_by: str) -> None:
-        """The evaluation of the pending round's model — from the next round's train replies, or a
-        separate message (``ex`` a string: why none was sent) — into that round's record, which is
-        already checkpointed and in the ledger: its own ledger entry, a progress event, a log line."""
-        rnd, self.pending_evaluation = self.pending_evaluation, None
-        record = next(r for r in reversed(self.history) if r.get("round") == rnd)
-        record.pop("evaluation_in", None)
-        record["evaluated_with"] = carried_by
-        if isinstance(ex, str):
-            record["evaluation_failed"] = {"*": ex}
-        else:
-            self.aggregate_evaluate(rnd, record, ex)
-        if "_pooled_eval" in record:
-            self.last_pooled = (rnd, record.pop("_pooled_eval"))
-            drop_node_sums([r for r in self.history if r is not record])
-        self.audit.evaluation(record)
-        emit(evaluation_line(record, self.settings.num_server_rounds))
-        self.recorder.event("evaluation-end", round=rnd, carried_by=carried_by,
-                            auc=(record.get("global") or {}).get("auc"))
-
-    def evaluate_pending(self) -> None:
-        """A round's evaluation was to go with the next train message, which will not be sent (the
-        run stopped, or resumed under settings that do not fold): evaluate that round's model — the
-        current global model — with a separate message now."""
-        if self.pending_evaluation is None:
-            return
-        if self.settings.fraction_evaluate <= 0:  # resumed with federated evaluation turned off
-            self.attach_evaluation("fraction-evaluate is 0: no federated evaluation", "evaluate")
-        else:
-            self.attach_evaluation(self.send_evaluate(self.pending_evaluation), "evaluate")
-
-    def aggregate_evaluate(self, rnd: int, record: dict, ex: Exchange) -> None:
-        """Sort the evaluation replies and pool the accepted ones into ``record``."""
-        fairness = fairness_layout(self.schema)
-        replies = sort_replies(ex, lambda msg: check_evaluation(msg, fairness), order=self.institution_order,
-                               withhold=releases_nothing)
-        stage = "final-evaluation" if record.get("final") else "evaluation"
-        self._record_outcomes(replies, rnd, refused=("refusal", stage), rejected=("rejected-reply", stage))
-        record.update(pool_evaluations(replies, self.name, self.schema))
-        record["evaluation_failed"] = by_institution(replies.dropped, self.name)
-        record["evaluation_refused"] = by_institution(replies.refused, self.name)
-        record["evaluation_rejected"] = by_institution(replies.rejected, self.name)
-
     def end_round(self, rnd: int, record: dict, seconds: float) -> None:
         """Keep the round: history, checkpoint, the ledger's round entry, a progress event."""
         record["wall_s"] = seconds
-        if "_pooled_eval" in record:
-            self.last_pooled = (rnd, record.pop("_pooled_eval"))
+        self.evaluation.keep_pooled(rnd, record)
         self.history.append(record)
         if record.get("institutions"):  # per-node histograms: only the latest evaluation's are kept
             drop_node_sums(self.history[:-1])
@@ -362,7 +277,7 @@ class ConsortiumRun:
         # exact counts unless the run is private (then every node noises them: clients.node)
         replies = sort_replies(self.send(messages), lambda msg: check_statistics(msg, layout, exact=not s.dp),
                                order=self.institution_order)
-        self._record_outcomes(replies, None, rejected=("rejected-reply", "statistics"))
+        self.record_outcomes(replies, None, rejected=("rejected-reply", "statistics"))
         refused = {who: f"{r['reason']}: {r['detail']}" for who, r in by_institution(replies.refused, self.name).items()}
         dropped, rejected = by_institution(replies.dropped, self.name), by_institution(replies.rejected, self.name)
         # the ε spent of every contributor, and of a refusing node that reported it (e.g. an exhausted budget)
@@ -409,7 +324,7 @@ class ConsortiumRun:
         """Push ``messages``, collect the replies until the round time-out (:func:`exchange`)."""
         return exchange(self.grid, messages, self.settings.round_timeout, on_reply=self._note_identity)
 
-    def _record_outcomes(self, replies: SortedReplies, rnd: int | None, **events: tuple[str, str | None]) -> None:
+    def record_outcomes(self, replies: SortedReplies, rnd: int | None, **events: tuple[str, str | None]) -> None:
         """One progress event (and so one ledger entry) per refused / dropped / rejected node, for the
         outcomes named in ``events`` (outcome → (event kind, stage or None))."""
         for outcome, (kind, stage) in events.items():
@@ -459,8 +374,7 @@ class ConsortiumRun:
         self.weights = ckpt.weights  # as checkpointed (an older FedAdam run's may be float64)
         self.dtypes = {k: v.dtype for k, v in get_weights(build_model(self.spec)).items()}
         self.history = list(st.get("history", []))
-        if self.history and self.history[-1].get("evaluation_in"):  # checkpointed before its evaluation came
-            self.pending_evaluation = int(self.history[-1]["round"])
+        self.evaluation.resume(self.history)  # checkpointed before its evaluation came: pending again
         self.statistics = st.get("statistics", {})
         if st.get("population_counts"):  # absent in checkpoints written before monitoring existed
             self.population_counts = {k: np.asarray(v, dtype=np.float64) for k, v in st["population_counts"].items()}
@@ -474,26 +388,6 @@ class ConsortiumRun:
         return ckpt.round + 1
 
     # ----------------------------------------------------------------------- end
-    def final_evaluation(self) -> dict | None:
-        """Recalibrate the final model (:mod:`models.calibration`) and evaluate what is exported.
-
-        The Platt fit uses the pooled histograms of the last completed round's evaluation (none:
-        no final evaluation); the calibrated network is then evaluated once more, so the final
-        metrics, fairness figures and histograms describe exactly the model in the package. The
-        nodes reserve budget for this one extra (noised) evaluation in their plan.
-        """
-        completed = [r["round"] for r in self.history if "model_sha256_after" in r]
-        if not (self.last_pooled and completed and self.last_pooled[0] == completed[-1]):
-            return None
-        record = calibration_record(completed[-1], self.last_pooled[1], self.weights, self.spec)
-        cal = record.pop("_platt")
-        self.recorder.event("final-evaluation", round=record["round"], slope=cal.slope, intercept=cal.intercept)
-        try:
-            self.evaluate(record["round"], record, weights=record["weights"])
-        except RunStopped:  # pragma: no cover - nodes vanished at the very end: keep the calibrated model
-            pass
-        return record
-
     def finish(self, status: str, reason: str, detail: str, final_record: dict | None) -> dict:
         """The run's summary (``metrics.json``), the model package and the ledger's run-end entry."""
         summary = run_summary(self, status, reason, detail, final_record)

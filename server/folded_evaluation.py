@@ -35,9 +35,9 @@ A separate ``evaluate`` message remains (:func:`folds_evaluation` is False) for 
 
 If the run stops before round *r+1* sends anything (too few nodes left), or is resumed under
 settings that do not fold, round *r* is evaluated with a separate message then
-(:meth:`server.consortium.ConsortiumRun.evaluate_pending`), under the rule of every evaluation:
-with fewer than min(min-train-nodes, min-available-nodes) nodes connected it is recorded as
-failed, with the reason, in round *r*'s ``evaluation`` entry.
+(:meth:`server.round_evaluation.RoundEvaluation.evaluate_pending`), under the rule of every
+evaluation: with fewer than min(min-train-nodes, min-available-nodes) nodes connected it is
+recorded as failed, with the reason, in round *r*'s ``evaluation`` entry.
 """
 
 from __future__ import annotations

@@ -103,6 +103,15 @@ def by_institution(values: dict[int, T], name: Callable[[int], str]) -> dict[str
     return {name(node): v for node, v in values.items()}
 
 
+class RunStopped(Exception):
+    """The run cannot go on (too few nodes); carries the reason code (:func:`stop_reason`) and detail."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
 def stop_reason(refusal_codes: set[str], failed: dict) -> str:
     """``budget-exhausted`` when every missing node said so (and none failed or was rejected),
     else ``too-few-nodes``."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from configs.errors import ConfigError
+from configs.sim_budgets import parse_sim_budgets
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedavgm", "fedyogi")
 AGGREGATIONS = ("mean", "trimmed-mean", "median", "krum", "multi-krum")
@@ -172,33 +173,6 @@ def parse_run_config(run_config: dict[str, Any] | None) -> RunSettings:
     s = RunSettings(**{k.replace("-", "_"): v for k, v in merged.items()})
     _check(s)
     return s
-
-
-def parse_sim_budgets(text: str) -> dict[str, float]:
-    """Run config ``sim-budgets`` (simulation only): ``"institution=ε,institution=ε"`` →
-    ``{institution: ε}``, each virtual node's lifetime budget where it differs from
-    ``sim-max-epsilon``. ``""`` → ``{}``."""
-    out: dict[str, float] = {}
-    for item in (x.strip() for x in str(text).split(",")):
-        if not item:
-            continue
-        name, sep, value = (part.strip() for part in item.partition("="))
-        try:
-            eps = float(value)
-        except ValueError:
-            eps = float("nan")
-        if not sep or not name or not (0 < eps < float("inf")):
-            raise ConfigError(f"run config: 'sim-budgets' takes institution=ε pairs separated by commas, ε > 0; "
-                              f"got {item!r}")
-        if name in out:
-            raise ConfigError(f"run config: 'sim-budgets' names {name!r} twice")
-        out[name] = eps
-    return out
-
-
-def format_sim_budgets(budgets: dict[str, float]) -> str:
-    """The ``sim-budgets`` text of ``{institution: ε}`` (inverse of :func:`parse_sim_budgets`)."""
-    return ",".join(f"{name}={float(eps)!r}" for name, eps in budgets.items())
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:

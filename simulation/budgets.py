@@ -10,7 +10,7 @@ same budget (``--epsilon``). A budgets file gives some or all institutions their
     online-microlender-1 = 1.0
 
 Institutions not listed get ``--epsilon``. The file becomes the run config's ``sim-budgets``
-(:func:`server.settings.parse_sim_budgets`), which each virtual node reads for its own id.
+(:func:`configs.sim_budgets.parse_sim_budgets`), which each virtual node reads for its own id.
 """
 
 from __future__ import annotations

@@ -68,7 +68,9 @@ def run_in_simulation(run_config: dict[str, Any], num_supernodes: int, *, num_cp
     their privacy events and stored ledger heads by it (a resumed run keeps the id of the run it
     continues for the nodes, :mod:`server.consortium`).
     ``client_app`` replaces the ClientApp for this simulation only — e.g. one with injected
-    faults (:mod:`simulation.faults`) or a malicious node (``bench/poisoning.py``).
+    faults (:mod:`simulation.faults`) or a malicious node (``bench/poisoning.py``). Either way
+    it runs behind :func:`simulation.virtual_nodes.with_virtual_nodes`, which gives each
+    virtual node its table, institution id and budget.
     """
     quiet_flower_environment()
     try:
@@ -85,9 +87,12 @@ def run_in_simulation(run_config: dict[str, Any], num_supernodes: int, *, num_cp
                            "install flwr>=1.42,<2") from exc
 
     from server.server_app import app as server_app
+    from simulation.virtual_nodes import with_virtual_nodes
 
     if client_app is None:
         from clients.client_app import app as client_app
+    # the virtual nodes get their tables and budgets from simulation, through the ClientApp's mod
+    client_app = with_virtual_nodes(client_app)
 
     if run_id is None:
         run_id = secrets.randbelow(2**62) + 1  # a positive int64 with room for the task id run_id + 1

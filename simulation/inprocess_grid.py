@@ -1,10 +1,11 @@
 """A Flower Grid that delivers every message to a ClientApp in this process (no Ray, no network).
 
 Each virtual node has its own :class:`flwr.app.Context` (node config, persistent state), as a
-SuperNode would hold it, and messages run through the ClientApp's mods and handlers exactly
-as in Flower's runtimes (each message serialised and read back, as the network would deliver
-it). Good for fast, deterministic tests of the ServerApp logic, and for research runs that need
-neither Ray nor processes: :func:`run_in_process` runs the consortium's ServerApp driver
+SuperNode would hold it, and its table and budget from :mod:`simulation.virtual_nodes`; messages
+run through the ClientApp's mods and handlers exactly as in Flower's runtimes (each message
+serialised and read back, as the network would deliver it). Good for fast, deterministic tests
+of the ServerApp logic, and for research runs that need neither Ray nor processes:
+:func:`run_in_process` runs the consortium's ServerApp driver
 (:func:`server.consortium.run_consortium`) with the repository's ClientApp, the nodes one after
 another on one CPU (``fedcredit simulate`` uses Flower's simulation runtime; bench/heterogeneity.py
 runs many settings side by side with this).
@@ -21,6 +22,8 @@ from flwr.common import Error
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 
+from simulation.virtual_nodes import with_virtual_nodes
+
 
 class InProcessGrid(Grid):
     def __init__(self, client_app, node_configs: dict[int, dict], run_config: dict, run_id: int = 7,
@@ -28,7 +31,7 @@ class InProcessGrid(Grid):
         from flwr.supercore.task_identity import TaskIdentity
 
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = run_id + 1, run_id, SUPERLINK_NODE_ID
-        self.client_app = client_app
+        self.client_app = with_virtual_nodes(client_app)  # virtual nodes: their tables and budgets, from simulation
         self.contexts = {nid: Context(run_id=run_id, node_id=nid, node_config=dict(cfg), state=RecordDict(),
                                       run_config=dict(run_config))
                          for nid, cfg in node_configs.items()}

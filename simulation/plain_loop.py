@@ -25,6 +25,7 @@ from models.network import ModelSpec
 from models.training import initial_weights
 from server.round_config import evaluate_config, statistics_config, train_config
 from server.settings import parse_run_config
+from simulation.virtual_nodes import virtual_policy
 
 RUN_ID = "plain"
 
@@ -40,8 +41,7 @@ def run_plain(run_config: dict, n_nodes: int, evaluate_every_round: bool = True)
     """Statistics, rounds of train + FedAvg (+ evaluation); returns per-round global metrics."""
     s = parse_run_config(run_config)
     t0 = time.time()
-    policies = [N.policy_from_context({"partition-id": k, "num-partitions": n_nodes}, run_config, "plain")
-                for k in range(n_nodes)]
+    policies = [virtual_policy(k, n_nodes, run_config, RUN_ID) for k in range(n_nodes)]
     # what the ServerApp sends (server.round_config); the statistics query announces the run's
     # shape so that the nodes plan their budget for it
     stats_cfg = statistics_config(s, RUN_ID, None)

@@ -22,7 +22,8 @@ def simulate_plain(o) -> dict:
     ``RUN_DIR/metrics.json`` (history, final metrics, baselines, data) and returns the same
     summary as ``simulate``.
     """
-    from server.settings import parse_run_config, parse_sim_budgets
+    from configs.sim_budgets import parse_sim_budgets
+    from server.settings import parse_run_config
     from simulation.baselines import run_baselines
     from simulation.plain_loop import run_plain
     from simulation.research_mode import assess_research_mode, load_nodes

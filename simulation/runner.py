@@ -24,12 +24,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from clients.node import DATA_SUFFIXES, NodeData, load_node_data, policy_from_context
+from clients.node import DATA_SUFFIXES, NodeData, load_node_data
 from configs.errors import UserError
+from configs.sim_budgets import format_sim_budgets, parse_sim_budgets
 from fedcredit.atomic_write import write_json_atomic
 from models.encoder import FeatureEncoder
 from models.network import ModelSpec
-from server.settings import DEFAULTS, format_sim_budgets, parse_sim_budgets
+from server.settings import DEFAULTS
+from simulation.virtual_nodes import virtual_policy
 
 
 @dataclass
@@ -114,7 +116,7 @@ def load_all_nodes(run_config: dict, n_nodes: int) -> dict[str, NodeData]:
     """Each virtual node's data exactly as its ClientApp will load it (validated, split)."""
     out = {}
     for k in range(n_nodes):
-        policy = policy_from_context({"partition-id": k, "num-partitions": n_nodes}, run_config)
+        policy = virtual_policy(k, n_nodes, run_config)
         out[policy.institution_id] = load_node_data(policy)
     return out
 

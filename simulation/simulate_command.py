@@ -183,7 +183,7 @@ def _budgets(args: argparse.Namespace) -> dict[str, float]:
     """Per-institution budgets: from --budgets FILE, or a run-config sim-budgets text taken onto it."""
     from pathlib import Path
 
-    from server.settings import parse_sim_budgets
+    from configs.sim_budgets import parse_sim_budgets
     from simulation.budgets import load_budgets
 
     if not args.budgets:

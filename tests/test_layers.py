@@ -22,10 +22,9 @@ FORBIDDEN = {
     "clients": {"server", "simulation"},  # a deployed node loads neither the coordinator nor simulation
 }
 
-#: imports against the layering that issue 12/16 are removing (a virtual node's synthetic data and
-#: budget at the node: clients/node_policy.py, clients/node_data.py — split out of clients/node.py);
-#: listed so that no new one can appear unnoticed
-KNOWN = {"clients/node_policy.py": {"server", "simulation"}, "clients/node_data.py": {"simulation"}}
+#: imports against the layering, allowed by name (none left: a virtual node's table and budget come
+#: from simulation through clients.virtual_nodes); listed so that no new one can appear unnoticed
+KNOWN: dict[str, set[str]] = {}
 
 #: the only module that may import the dispatcher (it loads every command module)
 CLI_IMPORTERS = {"fedcredit/__main__.py"}

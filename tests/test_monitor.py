@@ -318,11 +318,12 @@ def test_a_dp_run_exports_its_development_population_and_monitor_reads_it(tmp_pa
 
     from scipy.stats import chi2
 
-    from clients.node import load_node_data, policy_from_context
+    from clients.node import load_node_data
     from models.encoder import feature_statistics
     from models.metrics import SCORE_BINS, score_bin_index
     from models.package import load_package
     from server.checkpoints import load_checkpoint
+    from simulation.virtual_nodes import virtual_policy
 
     run_dir = tmp_path / "run"
     proc = run_fedcredit("simulate", "--institutions", 3, "--rounds", 2, "--scale", 0.3, "--epsilon", 3,
@@ -340,7 +341,7 @@ def test_a_dp_run_exports_its_development_population_and_monitor_reads_it(tmp_pa
     run_config = tomllib.loads((run_dir / "config.resolved.toml").read_text())["run-config"]
     train, holdout = [], []
     for k in range(3):
-        data = load_node_data(policy_from_context({"partition-id": k, "num-partitions": 3}, run_config))
+        data = load_node_data(virtual_policy(k, 3, run_config))
         train.append(data.split.train)
         holdout.append(data.split.holdout)
     train, holdout = pd.concat(train, ignore_index=True), pd.concat(holdout, ignore_index=True)

@@ -257,9 +257,9 @@ def test_a_virtual_nodes_synthetic_table_and_the_same_rows_read_from_csv_or_parq
 
     from clients.dataset import data_fingerprint, holdout_mask, row_hashes
     from simulation.synthetic import write_csv
+    from simulation.virtual_nodes import virtual_policy
 
-    virtual = N.policy_from_context({"partition-id": 1, "num-partitions": 3},
-                                    {"synthetic-scale": 0.1, "synthetic-seed": 7, "state-root": str(tmp_path / "s")})
+    virtual = virtual_policy(1, 3, {"synthetic-scale": 0.1, "synthetic-seed": 7, "state-root": str(tmp_path / "s")})
     generated = N.load_node_data(virtual)
     table = pd.concat([generated.split.train, generated.split.holdout], ignore_index=True)
     assert str(table["credit_limit"].dtype) == "int64"  # what makes a dtype-keyed hash differ

@@ -327,7 +327,7 @@ def test_a_message_the_supernode_gave_up_is_left_unanswered_and_the_next_one_is_
 NOT_IN_TASKS = {
     "clients.node_runtime": "the runtime's own set-up and serve loop, before any task",
     "clients.node_command": "the runtime's own set-up, before any task",
-    "server.settings": "simulated budgets (clients.node_policy) only for virtual nodes",
+    "importlib.metadata": "the simulation's entry point (clients.virtual_nodes) only for virtual nodes",
     "pyarrow.csv": "the table is read once at warm-up (clients.node.load_node_data)",
     "pyarrow.parquet": "the table is read once at warm-up (clients.node.load_node_data)",
     "sklearn.linear_model": "Platt scaling (models.calibration.fit_platt) runs on the server",
@@ -368,3 +368,151 @@ def test_every_module_a_handler_imports_inside_a_function_is_warmed_up():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout == "", f"add these to clients.node_runtime.WARM_MODULES:\n{proc.stdout}"
+
+
+# -------------------------------------------------- a runtime killed while handing over a reply
+def _taken_task(state, api: str, fab: bytes, run_id: int, work: Path):
+    """The SuperNode receives a train message of ``run_id``; a runtime (a node whose private
+    directory is ``work``) takes its task and pulls it. Returns (settings, client, flight, message,
+    context, task id)."""
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+    from flwr.supercore.constant import TaskType
+    from flwr.supernode.runtime.run_clientapp import pull_task_input
+
+    from clients.node_runtime import RuntimeSettings, acquire_client, task_client
+    from clients.task_in_flight import TaskInFlight
+
+    _, got = _supernode_receives(state, run_id, 2, fab, run_stopped=False)
+    assert got == run_id
+    settings = RuntimeSettings(api, {}, None, frozenset(), work_dir=work)
+    res = acquire_client(settings).AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
+    client = task_client(settings, res.token)
+    flight = TaskInFlight.of(settings)
+    flight.taken(res.token, res.task.task_id)
+    message, context, _, _ = pull_task_input(client)
+    flight.received(message)
+    return settings, client, flight, message, context, res.task.task_id
+
+
+def _update_reply(message):
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+
+    arrays = ArrayRecord({"w": Array(np.arange(5000, dtype=np.float32))})
+    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 10.0})}), reply_to=message)
+
+
+class _KilledAfter:
+    """The runtime's client, dead (as the SIGKILLed process) after ``n`` object pushes."""
+
+    def __init__(self, client, n: int):
+        self._client, self._left = client, n
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def PushObject(self, request):  # noqa: N802 - the Runtime API's method name
+        if self._left <= 0:
+            raise KeyboardInterrupt("SIGKILL")  # not an Exception: nothing in Flower's pusher handles it
+        self._left -= 1
+        return self._client.PushObject(request)
+
+
+def _supernode_sending(state):
+    """Flower's SuperNode send step (``_push_messages``) in a thread, against a SuperLink stand-in
+    that asks for every object; returns (thread, what was sent, the objects pushed)."""
+    from flwr.supercore.inflatable.inflatable_object import iterate_object_tree
+    from flwr.supernode.start_client_internal import _push_messages
+
+    sent, pushed = [], {}
+
+    def send(msg, tree, _runtime):
+        sent.append(msg)
+        return {t.object_id for t in iterate_object_tree(tree)}, "session"
+
+    thread = threading.Thread(target=_push_messages, daemon=True, kwargs=dict(
+        state=state, object_store=state.object_store, send=send,
+        push_object=lambda _run, _session, oid, content: pushed.__setitem__(oid, content)))
+    thread.start()
+    return thread, sent, pushed
+
+
+def test_a_reply_cut_off_by_a_killed_runtime_is_completed_by_the_restarted_one(supernode_side, installed_fab,
+                                                                               capsys, tmp_path):
+    """The runtime dies after registering its reply and pushing one of its objects: Flower's SuperNode
+    then waits for the rest with no time limit (it would never take another message). The restarted
+    runtime finds the kept reply and pushes what is missing with the task's token; the SuperNode
+    sends exactly that reply — the one release the node accounted for — and the task is finished
+    with the kept status."""
+    import time
+
+    from flwr.common.constant import Status, SubStatus
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    from clients.task_in_flight import finish_interrupted_task, send_reply
+
+    state, api = supernode_side
+    settings, client, flight, message, context, task_id = _taken_task(state, api, installed_fab, 301, tmp_path)
+    reply = _update_reply(message)
+    with pytest.raises(KeyboardInterrupt):
+        send_reply(_KilledAfter(client, 1), flight, reply, context, SubStatus.COMPLETED, "")
+    thread, sent, pushed = _supernode_sending(state)
+    time.sleep(1.5)
+    assert thread.is_alive() and len(sent) == 1, "Flower's SuperNode waits for the rest of the reply"
+
+    finish_interrupted_task(settings)  # the restarted runtime, before its warm-up
+    thread.join(timeout=20)
+    assert not thread.is_alive(), "the SuperNode still waits for the reply"
+    (reply_sent,) = sent
+    assert reply_sent.metadata.reply_to_message_id == message.metadata.message_id
+    kept = {oid: obj.deflate() for oid, obj in get_all_nested_objects(reply).items()}
+    assert pushed == kept, "the SuperNode sent exactly the reply the worker made"
+    (task,) = state.get_tasks(task_ids=[task_id])
+    assert (task.status.status, task.status.sub_status) == (Status.FINISHED, SubStatus.COMPLETED)
+    assert not state.get_messages_legacy(is_reply=True), "no second reply"
+    assert not flight.directory.exists()
+    assert "is finished: its kept reply was pushed again (the SuperNode held part of it)" in capsys.readouterr().out
+
+
+def test_a_reply_the_supernode_already_sent_is_not_pushed_again(supernode_side, installed_fab, capsys, tmp_path):
+    """Killed after the last object went and before the task's outcome: the SuperNode has sent the
+    reply (and forgotten it). Pushing it again would leave a stale reply that the SuperNode sends in
+    place of the next message's; the restarted runtime only finishes the task."""
+    from flwr.common.constant import Status, SubStatus
+
+    from clients.task_in_flight import finish_interrupted_task, send_reply
+
+    state, api = supernode_side
+    settings, client, flight, message, context, task_id = _taken_task(state, api, installed_fab, 302, tmp_path)
+    send_reply(client, flight, _update_reply(message), context, SubStatus.COMPLETED, "")
+    thread, sent, _ = _supernode_sending(state)
+    thread.join(timeout=20)
+    assert not thread.is_alive() and len(sent) == 1
+
+    finish_interrupted_task(settings)
+    assert not state.get_messages_legacy(is_reply=True), "a stale reply was left for the next message"
+    (task,) = state.get_tasks(task_ids=[task_id])
+    assert (task.status.status, task.status.sub_status) == (Status.FINISHED, SubStatus.COMPLETED)
+    assert "is finished: its reply had been sent by the SuperNode" in capsys.readouterr().out
+
+
+def test_a_task_killed_before_its_reply_is_answered_with_the_fixed_error_at_once(supernode_side, installed_fab,
+                                                                                capsys, tmp_path):
+    """Killed while training (no reply made): the restarted runtime answers with the fixed error reply
+    now instead of the SuperNode doing so when the lease ends (up to a minute later)."""
+    from flwr.common.constant import Status, SubStatus
+
+    from clients.node_runtime import TASK_FAILED_REASON
+    from clients.task_in_flight import finish_interrupted_task
+
+    state, api = supernode_side
+    settings, _, _, message, _, task_id = _taken_task(state, api, installed_fab, 303, tmp_path)
+    finish_interrupted_task(settings)
+    thread, sent, _ = _supernode_sending(state)
+    thread.join(timeout=20)
+    (reply,) = sent
+    assert reply.metadata.reply_to_message_id == message.metadata.message_id
+    assert reply.has_error() and reply.error.reason == TASK_FAILED_REASON
+    (task,) = state.get_tasks(task_ids=[task_id])
+    assert (task.status.status, task.status.sub_status) == (Status.FINISHED, SubStatus.FAILED)
+    assert "no reply had been made: answered with the fixed error reply" in capsys.readouterr().out

@@ -55,10 +55,11 @@ def _summary(proc: subprocess.CompletedProcess) -> dict:
 
 @pytest.mark.slow
 def test_simulate_three_institutions_two_rounds(tmp_path, process_tag):
-    from clients.node import load_node_data, policy_from_context
+    from clients.node import load_node_data
     from models.metrics import auc_score
     from models.package import load_package
     from server.checkpoints import list_checkpoints, load_checkpoint
+    from simulation.virtual_nodes import virtual_policy
 
     before = processes()
     run_dir = tmp_path / "run"
@@ -93,7 +94,7 @@ def test_simulate_three_institutions_two_rounds(tmp_path, process_tag):
     run_config = tomllib.loads((run_dir / "config.resolved.toml").read_text())["run-config"]
     ps, ys = [], []
     for k in range(3):
-        data = load_node_data(policy_from_context({"partition-id": k, "num-partitions": 3}, run_config))
+        data = load_node_data(virtual_policy(k, 3, run_config))
         ps.append(pkg.predict_pd(data.split.holdout))
         ys.append(data.split.holdout["default_next_month"].to_numpy())
         assert metrics["institutions"][data.split.institution_id]["eval"]["auc"] == pytest.approx(
@@ -168,7 +169,7 @@ def test_a_second_run_on_an_exhausted_budget_is_refused_and_the_server_stops_cle
 
 
 def test_sim_budgets_round_trip_and_mistakes_name_the_key():
-    from server.settings import format_sim_budgets, parse_sim_budgets
+    from configs.sim_budgets import format_sim_budgets, parse_sim_budgets
 
     budgets = {"national-bank-1": 8.0, "online-microlender-1": 0.5}
     assert parse_sim_budgets(format_sim_budgets(budgets)) == budgets
@@ -179,13 +180,13 @@ def test_sim_budgets_round_trip_and_mistakes_name_the_key():
 
 
 def test_a_virtual_node_takes_its_own_budget_from_sim_budgets(tmp_path):
-    from clients.node import policy_from_context
+    from simulation.virtual_nodes import virtual_policy
 
     rc = {"sim-max-epsilon": 3.0, "sim-budgets": "regional-bank-1=0.7", "synthetic-scale": 0.3,
           "state-root": str(tmp_path)}
     got = {}
     for k in range(3):
-        p = policy_from_context({"partition-id": k, "num-partitions": 3}, rc)
+        p = virtual_policy(k, 3, rc)
         got[p.institution_id] = p.max_epsilon
     assert got == {"national-bank-1": 3.0, "regional-bank-1": 0.7, "card-issuer-1": 3.0}
 

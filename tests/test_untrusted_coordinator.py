@@ -27,11 +27,13 @@ from hypothesis import strategies as st
 from clients import client_app as CA
 from clients import node as N
 from clients.dataset import holdout_mask
+from clients.virtual_nodes import use_virtual_nodes
 from configs.schema import apply_transform
 from fedcredit import protocol as P
 from models.network import ModelSpec, build_model, get_weights
 from privacy.accountant import read_state
 from server.folded_evaluation import split_reply
+from simulation.virtual_nodes import CONSORTIUM, virtual_policy
 from tests.inprocess_runs import _message
 from tests.node_messages import (BUDGET, assert_same_reply_shape, comparable, context, honest_round,
                                  overflow_weights, send, signature, with_encoder)
@@ -162,6 +164,9 @@ def test_a_small_holdout_gets_coarse_bins_and_planned_evaluation_noise(tables, t
 
 # ---------------------------------------------------------------------------------------- 4. fresh noise
 def simulation_context(data_dir, state_root, **run_config) -> Context:
+    """A virtual node's context. Its handlers, called here directly, get its policy from simulation
+    as they do behind simulation's ClientApp (simulation.virtual_nodes.with_virtual_nodes)."""
+    use_virtual_nodes(CONSORTIUM)
     return Context(run_id=7, node_id=1, node_config={"partition-id": 0, "num-partitions": 1},
                    state=RecordDict(), run_config={"data-dir": str(data_dir), "state-root": str(state_root),
                                                    "sim-max-epsilon": 8.0, **run_config})
@@ -198,7 +203,7 @@ def test_two_runs_with_one_seed_cannot_be_combined_to_cancel_the_noise(tables, t
     assert n1 == n2 and s2 > s1  # one released count for the table version; a second σ
     g_hat = (s2 * u1 - s1 * u2) / (s2 - s1)
     # the exact, noiseless mean of clipped gradients the attacker is after
-    policy = N.policy_from_context({"partition-id": 0, "num-partitions": 1}, {"data-dir": str(data)})
+    policy = virtual_policy(0, 1, {"data-dir": str(data)})
     x, y, _, _ = N.load_node_data(policy).matrices(enc)
     model = build_model(spec)
     exact_rule = DPSGDGradients(0.0, 1.0, 1.0, expected_batch_size=n1)
