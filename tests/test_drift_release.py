@@ -196,7 +196,13 @@ def test_noise_alone_does_not_trigger_the_recommendation(consortium, tmp_path, c
     assert REPLAYS >= 100
 
 
-def test_backtest_cells_hold_for_calibrated_outcomes_and_fail_for_doubled_risk(consortium, tmp_path, capsys):
+def test_backtest_cells_hold_for_calibrated_outcomes_and_fail_for_doubled_risk(consortium, tmp_path, capsys,
+                                                                                 monkeypatch):
+    # The verdicts are tests at level α = 0.01 (models.drift_view.CALIBRATION_ALPHA): with fresh OS
+    # noise a calibrated release reads "fails" in ~1 % of runs (0.7 % of 300 draws measured). The
+    # mechanism's noise is seeded here so the test is reproducible; its freshness is tested above.
+    seeded = np.random.default_rng(20261130)
+    monkeypatch.setattr("privacy.dp_release.release_drift", lambda cells, m, rng: release_drift(cells, m, seeded))
     d, pkg, same = consortium
     ok, bad = tmp_path / "ok.json", tmp_path / "bad.json"
     sigma = 5.0  # a member that releases a backtest with less noise (its choice; it spends more ε)
