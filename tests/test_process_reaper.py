@@ -95,10 +95,11 @@ def test_a_killed_pytest_session_leaves_no_process_behind(tmp_path):
     try:
         _wait_for(lambda: ready.exists() and ready.read_text(), 60, "the inner session did not start its process")
         child = int(ready.read_text())
-        os.kill(child, 0)  # alive
+        assert _alive(child) and session.poll() is None  # both up before the kill
         session.kill()
-        session.wait(timeout=30)
+        assert session.wait(timeout=30) == -signal.SIGKILL
         _wait_for(lambda: not _alive(child), 20, "the killed session's detached process is still alive")
+        assert not _alive(child)
     finally:
         session.kill()
         if child is not None and _alive(child):
