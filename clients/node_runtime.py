@@ -381,10 +381,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _exit_now(*_) -> None:
-    """SIGTERM: exit at once. Nothing here needs cleaning up — a running worker dies with this
+    """SIGTERM: exit at once. Nothing else needs cleaning up — a running worker dies with this
     process (PR_SET_PDEATHSIG), its task expires at the SuperNode, the privacy ledger is only
     written by workers, atomically — and a normal interpreter exit with torch loaded takes
-    seconds (tens of seconds on a loaded machine)."""
+    seconds (tens of seconds on a loaded machine). A runtime without a private directory removes
+    its temporary task directory."""
+    from clients.task_in_flight import remove_process_dir
+
+    remove_process_dir()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

@@ -44,6 +44,7 @@ whose lease ended was finished by the SuperNode itself, which is logged.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import json
 import os
@@ -55,7 +56,8 @@ from pathlib import Path
 from clients.node_runtime import RuntimeSettings, log, task_client
 
 TASK_FILE, REPLY_FILE, REGISTERED_FILE = "task.json", "reply.json", "registered"
-_process_dir: Path | None = None
+_process_dir: Path | None = None  # a runtime without a private directory: the temporary one it made
+_process_dir_owner: int | None = None  # (the pid that made it; a forked worker does not remove it)
 
 
 def _b64(data: bytes) -> str:
@@ -139,6 +141,13 @@ class InterruptedTask:
     registered: bool
 
 
+def remove_process_dir() -> None:
+    """Remove the temporary directory :meth:`TaskInFlight.of` made for a runtime without a private
+    directory (at exit, and on SIGTERM) — only in the process that made it, not in a forked worker."""
+    if _process_dir is not None and os.getpid() == _process_dir_owner:
+        shutil.rmtree(_process_dir, ignore_errors=True)
+
+
 class TaskInFlight:
     """The files of the one task the runtime works on (see the module docstring)."""
 
@@ -148,12 +157,13 @@ class TaskInFlight:
     @classmethod
     def of(cls, s: RuntimeSettings) -> "TaskInFlight":
         """In the runtime's private directory; a runtime without one (tests) gets a temporary
-        directory for this process."""
-        global _process_dir
+        directory for this process, removed when the process exits."""
+        global _process_dir, _process_dir_owner
         if s.work_dir is not None:
             return cls(Path(s.work_dir) / "task-in-flight")
         if _process_dir is None:
-            _process_dir = Path(tempfile.mkdtemp(prefix="fedcredit-runtime-"))
+            _process_dir, _process_dir_owner = Path(tempfile.mkdtemp(prefix="fedcredit-runtime-")), os.getpid()
+            atexit.register(remove_process_dir)
         return cls(_process_dir)
 
     def taken(self, token: str, task_id: int) -> None:

@@ -190,6 +190,36 @@ def test_runtime_module_runs_as_a_program():
     assert proc.returncode == 0 and "--runtime-api" in proc.stdout
 
 
+_TEMPORARY_TASK_DIR = """
+import os, signal, sys
+from clients.node_runtime import RuntimeSettings, _exit_now
+from clients.task_in_flight import TaskInFlight, remove_process_dir
+flight = TaskInFlight.of(RuntimeSettings("127.0.0.1:1", {}))
+flight.taken("token", 7)
+print(flight.directory, flush=True)
+pid = os.fork()
+if pid == 0:  # a forked worker: its removal call and its exit leave the runtime's directory alone
+    remove_process_dir()
+    os._exit(0)
+os.waitpid(pid, 0)
+print(flight.directory.is_dir(), flush=True)
+if sys.argv[1] == "sigterm":
+    signal.signal(signal.SIGTERM, _exit_now)
+    os.kill(os.getpid(), signal.SIGTERM)
+"""
+
+
+@pytest.mark.parametrize("ending", ["exit", "sigterm"])
+def test_a_runtime_without_a_private_directory_removes_its_temporary_task_directory(ending):
+    proc = subprocess.run([sys.executable, "-c", _TEMPORARY_TASK_DIR, ending], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    directory, kept_after_worker = proc.stdout.split()
+    assert Path(directory).name.startswith("fedcredit-runtime-")
+    assert kept_after_worker == "True"
+    assert not Path(directory).exists()
+
+
 # ------------------------------------------------------------- a message the SuperNode gave up
 @pytest.fixture
 def supernode_side():
