@@ -651,9 +651,14 @@ def deploy_latency_notes(r: dict) -> list[str]:
     met = r["ratio"] <= r.get("target_ratio", 10)
     text.append(f"The ratio {r['ratio']} {'meets' if met else 'misses'} the target of ≤ {r.get('target_ratio', 10)}"
                 + ("." if met else ": the simulated round, too, is one message per round now, and what is left of a "
-                   "deployed round is the cost of one message through the SuperLink and a SuperNode (Flower's "
-                   "SuperNode, started by fedcredit with a 0.25 s idle poll instead of Flower's 3 s) against an in-memory message to a Ray actor of the simulation "
-                   "runtime."))
+                   "deployed round is the transport of one message per node through the SuperLink and a SuperNode "
+                   "against an in-memory message to a Ray actor of the simulation runtime. Flower moves a message "
+                   "as one HTTPS request per object (every array and each of its chunks is an object: a train "
+                   "message is ~16 objects, a reply carrying its folded evaluation ~30), so a round with 3 nodes "
+                   "makes ~280 requests to the SuperLink, each costing it several milliseconds of CPU; on 2 shared "
+                   "cores the round is bound by that CPU, not by waiting (fedcredit already shortens the SuperNode's "
+                   "sleeps and Flower's retries of an object still being uploaded: `clients/supernode_launcher.py`, "
+                   "`fedcredit/object_pulls.py`)."))
     load = r.get("load_avg")
     if load:
         text.append(f"The 1-minute load average was {load[0]} at the start and {load[-1]} at the end, on "

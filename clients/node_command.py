@@ -47,7 +47,8 @@ Checks, in order (any failure prints the report and exits 2 without starting any
 
 Then it runs, and supervises, two processes (their lines get a UTC timestamp):
   flower-supernode --isolation process --host 127.0.0.1 --port P ...   (connects, holds tasks;
-      started as 'python -m clients.supernode_launcher': Flower's SuperNode, idle poll 0.25 s)
+      started as 'python -m clients.supernode_launcher': Flower's SuperNode, idle poll 0.25 s,
+      replies checked every 0.02 s)
   python -m clients.node_runtime ...   (runs each task with the installed fedcredit, warm;
                                         restarted if it dies)
 A run whose app (FAB) is not this installed release is refused with 'app-not-allowed'; the
@@ -278,7 +279,7 @@ def check_tls_and_key(root_certificates: str | None, key: str | None, insecure: 
 def supernode_command(args: argparse.Namespace, cfg: dict, secret_file: Path) -> list[str]:
     """``flower-supernode`` in process isolation: it runs no app; tasks wait for the runtime on
     127.0.0.1:PORT, which only a holder of ``secret_file`` may claim them from. Started through
-    :mod:`clients.supernode_launcher` (Flower's own entry point, its idle poll shortened)."""
+    :mod:`clients.supernode_launcher` (Flower's own entry point, its waits shortened)."""
     cmd = [sys.executable, "-m", "clients.supernode_launcher", "--superlink", args.superlink]
     if args.insecure:
         cmd.append("--insecure")

@@ -106,6 +106,18 @@ def warm_up(node_config: dict) -> str:
     return policy.institution_id
 
 
+def retry_task_input_pulls_promptly() -> None:
+    """A task is acquired as soon as the SuperNode has registered its message, usually while the
+    SuperNode is still pulling the message's content from the SuperLink: Flower's pull of the
+    task input (``run_clientapp.pull_task_input``) then retries after milliseconds instead of a
+    second (:mod:`fedcredit.object_pulls`)."""
+    from flwr.supernode.runtime import run_clientapp
+
+    from fedcredit.object_pulls import retry_pulls_promptly
+
+    retry_pulls_promptly(run_clientapp)
+
+
 def _client(api: str, interceptors: list):
     from flwr.supercore.runtime import RuntimeHttpClient
 
@@ -408,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = RuntimeSettings(args.runtime_api, cfg, secret, parse_allowed_hashes(cfg.get("allowed-fab-hashes")),
                                    work_dir=Path(args.superexec_auth_secret_file).parent if secret else None)
         finish_interrupted_task(settings)  # before warm-up: the old task's lease is running out
+        retry_task_input_pulls_promptly()
         t0 = time.perf_counter()
         institution = warm_up(cfg)
     except UserError as exc:

@@ -52,7 +52,8 @@ class _WatchedClient:
     """A task's Runtime API client whose ``PullObject`` notices an abandoned message.
 
     Flower's ``pull_task_input`` pulls the message's objects in a thread pool and retries an
-    object that is not there yet (1 s, doubling, at most 10 s apart); each such answer passes
+    object that is not there yet (after 20 ms in this runtime — :mod:`fedcredit.object_pulls` —
+    doubling, at most 10 s apart); each such answer passes
     through :meth:`PullObject`, which then starts the task's heartbeats (content that is there
     takes milliseconds: no heartbeat needed), asks for a newer task (at most every
     :data:`ABANDON_CHECK_S`) and raises :class:`MessageAbandoned` once there is one. Every other
