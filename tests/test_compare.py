@@ -29,6 +29,7 @@ def test_fast_delong_equals_the_definition_with_ties():
     y = rng.random(n) < 0.25
     a = np.round(rng.normal(size=n) + y, 1)  # rounded: many ties
     b = np.round(0.6 * a + rng.normal(size=n) + 0.7 * y, 1)
+    assert np.isin(a[y], a[~y]).any() and np.isin(b[y], b[~y]).any()  # the case of the test: ties across classes
     aucs, cov = delong_covariance(y, [a, b])
     comps = [_structural_components(y, s) for s in (a, b)]
     m, k = y.sum(), (~y).sum()

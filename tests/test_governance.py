@@ -502,6 +502,7 @@ def test_mlp_fast_path_equals_autograd(trained, monkeypatch):
     model, encoder, schema = trained["mlp"]
     x = encoder.transform(_applicants(500, np.random.default_rng(9)))
     ref = encoder.reference_vector()
+    assert R._silu_stack(model) is not None  # this model takes the fast path
     fast = R.column_attributions(model, ref, x)
     monkeypatch.setattr(R, "_silu_stack", lambda m: None)
     slow = R.column_attributions(model, ref, x)

@@ -373,6 +373,7 @@ def test_uniform_bin_index_is_the_binary_search_it_replaces():
     from models.encoder import uniform_bin_index
 
     rng = np.random.default_rng(0)
+    checked = []
     for f in load_schema().features:
         if f.kind != "numeric":
             continue
@@ -381,6 +382,8 @@ def test_uniform_bin_index_is_the_binary_search_it_replaces():
         t = np.clip(t, e[0], e[-1])
         expected = np.clip(np.searchsorted(e, t, side="right") - 1, 0, len(e) - 2)
         np.testing.assert_array_equal(uniform_bin_index(t, e), expected, err_msg=f.name)
+        checked.append(f.name)
+    assert len(checked) >= 10  # the default schema has 14 numeric features
 
 
 def test_feature_counts_of_the_scoring_pass_are_those_of_feature_statistics(monitored, monkeypatch):
