@@ -20,6 +20,7 @@ from configs.schema import load_schema
 from models.encoder import fit_encoder_from_tables
 from models.metrics import auc_score
 from models.network import ModelSpec, build_model, get_weights, predict_pd, set_weights
+from models.package import load_package
 from models.personalization import (PersonalizationConfigError, fine_tune, information_weight,
                                     local_parameter_names, personal_settings)
 from models.training import LocalTrainConfig, initial_weights, train_local
@@ -195,15 +196,27 @@ def test_a_node_keeps_its_own_intercept_sends_an_information_weight_and_keeps_a_
     model_dir = find_personal_model(p.state_dir, ["run-a"])
     meta = json.loads((model_dir / "model.json").read_text())
     assert meta["personalized_for"] == "lender" and meta["personalization"] == "full" and meta["dp"] is True
-    from models.package import load_package
-
-    pkg = load_package(model_dir)
-    y = data.split.holdout["default_next_month"].to_numpy()
-    assert 0.5 < auc_score(y, pkg.predict_pd(data.split.holdout)) <= 1.0
+    holdout_pd = load_package(model_dir).predict_pd(data.split.holdout)
+    assert np.isfinite(holdout_pd).all() and ((holdout_pd > 0) & (holdout_pd < 1)).all()
     # everything (label count, two rounds, the fine-tune, the statistics reserve unused) within the budget
     (entry,) = read_state(p.state_dir)
     assert entry["epsilon_spent"] <= 2.0 + 1e-9
     assert m2["epsilon-spent"] == pytest.approx(entry["epsilon_spent"])
+
+
+def test_the_personal_model_ranks_the_institutions_holdout_better_than_chance(tmp_path):
+    """Two DP rounds and the fine-tune at ε = 2 on ~9,650 training rows (the ~1,600 of the test above
+    leave the network too little signal: there its holdout AUC is 0.52 ± 0.01, at or under ½ in 1 of
+    30 runs). Here, measured over 30 runs with fresh noise: AUC 0.562 ± 0.010, lowest 0.541 —
+    ½ is six standard deviations away (a logistic regression without DP reaches 0.74)."""
+    p = _policy(synthetic_bank_csv(tmp_path, rows=12_000, seed=5, name="lender.csv"), tmp_path / "state")
+    state: dict = {}
+    w = initial_weights(_config(p, 1, 2)[3])
+    for rnd in (1, 2):
+        w, _ = N.train(p, w, _config(p, rnd, 2)[0], state)
+    holdout = N.load_node_data(p).split.holdout
+    pd_ = load_package(find_personal_model(p.state_dir, ["run-a"])).predict_pd(holdout)
+    assert 0.5 < auc_score(holdout["default_next_month"].to_numpy(), pd_) <= 1.0
 
 
 def test_the_noise_plan_reserves_the_fine_tune_and_the_label_count(lender_file, tmp_path):
@@ -354,8 +367,6 @@ def test_the_eps_of_the_label_count_alone_is_what_the_docs_say():
 def test_a_personal_model_is_a_verified_package_without_pickles(lender_file, tmp_path):
     from safetensors.numpy import load_file
 
-    from models.package import load_package
-
     p = _policy(lender_file, tmp_path / "state")
     cfg, w0, _, _ = _config(p, 1, 1)
     N.train(p, w0, cfg, {})
@@ -414,7 +425,6 @@ def test_simulate_reports_each_members_gain_from_joining(tmp_path):
     """simulate (in process) with personal models: per member local-only, global and personalised AUC,
     the gain from joining, the members worse off, the chosen models pooled; the report and the card
     draw the per-member gains."""
-    from models.package import load_package
     from simulation.member_gain import GAIN_TOLERANCE
     from simulation.runner import SimulationOptions, load_all_nodes, simulate
 
