@@ -32,7 +32,8 @@ import functools
 import numpy as np
 
 from clients.node_data import NodeData, clear_data_cache, load_node_data
-from clients.node_policy import DATA_SUFFIXES, DEPLOYMENT_RELEASE_MODES, NodePolicy, policy_from_context  # noqa: F401
+from clients.node_policy import (DATA_SUFFIXES, DEPLOYMENT_RELEASE_MODES, NodePolicy,  # noqa: F401
+                                  deployment_policy, policy_from_context)
 from clients.node_privacy import (
     inputs_digest,
     noise_seed,
@@ -60,7 +61,7 @@ from models.network import ModelSpec, build_model, get_weights, predict_pd, set_
 from models.training import LocalTrainConfig, train_local
 
 __all__ = ["NodeData", "NodePolicy", "NodeRefusal", "answer_statistics", "clear_data_cache", "evaluate",
-           "load_node_data", "policy_from_context", "received_evaluation", "train"]
+           "deployment_policy", "load_node_data", "policy_from_context", "received_evaluation", "train"]
 
 
 @functools.lru_cache(maxsize=8)

@@ -179,11 +179,7 @@ def check_node(cfg: dict, out=print) -> dict:
     from clients import node as N
     from configs.errors import UserError
 
-    if "data-path" not in cfg:
-        raise UserError("--node-config: 'data-path' is required (the institution's table)")
-    if "state-dir" not in cfg:
-        raise UserError("--node-config: 'state-dir' is required (the node's lifetime privacy state lives there)")
-    policy = N.policy_from_context(cfg, {}, "")
+    policy = N.deployment_policy(cfg)  # 'data-path' and 'state-dir' are required
     if not Path(policy.source).is_file():
         raise UserError(f"--node-config: data-path {policy.source} does not exist or is not a file")
     data = N.load_node_data(policy)  # DataValidationError: the same report as `fedcredit data validate`

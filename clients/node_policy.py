@@ -91,3 +91,17 @@ def policy_from_context(node_config: dict, run_config: dict, run_id: str = "") -
     if "partition-id" not in node_config:
         raise UserError("node config: give 'data-path' (and 'state-dir', 'max-epsilon') for this institution")
     return virtual_nodes().policy(node_config, run_config, run_id)
+
+
+def deployment_policy(node_config: dict) -> NodePolicy:
+    """The policy of an institution's deployed node: always from its own node config.
+
+    A node config without ``data-path`` would make :func:`policy_from_context` take the virtual
+    node's path, where the table, the budget and the state directory come from the run config —
+    the coordinator's. The node runtime (the executor of ``fedcredit node start``) and the node's
+    checks refuse such a config."""
+    if "data-path" not in (node_config or {}):
+        raise UserError("node config: 'data-path' is required — a deployed node reads its own table, budget and "
+                        "state directory from its node config ('partition-id' is a simulation's virtual node, "
+                        "which takes them from the coordinator's run config)")
+    return policy_from_context(node_config, {}, "")

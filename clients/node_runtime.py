@@ -70,6 +70,8 @@ SUPERNODE_GONE_S = 30.0  # the SuperNode's Runtime API unreachable this long: ex
 TASK_FAILED_REASON = ("the fedcredit node could not complete this message; the reason is in the institution's "
                       "node log (a fixed text: an error's wording could depend on borrower data)")
 ACQUIRE_METHOD = "/flwr.proto.Runtime/AcquireTask"
+VIRTUAL_NODE_REFUSED = ("this SuperNode's node config has no 'data-path': the node runs only on the institution's "
+                        "own table, budget and state directory, never a virtual node's, which the run config sets")
 
 
 def log(text: str) -> None:
@@ -101,7 +103,7 @@ def warm_up(node_config: dict) -> str:
             pass
     from clients import node as N
 
-    policy = N.policy_from_context(node_config, {}, "")
+    policy = N.deployment_policy(node_config)
     N.load_node_data(policy)  # cached in this process: every forked worker starts with it
     return policy.institution_id
 
@@ -152,11 +154,12 @@ def verdict_for(s: RuntimeSettings, fab):
     return s.verdicts[key]
 
 
-def refusal_reply(message, institution_id: str, detail: str):
+def refusal_reply(message, institution_id: str, reason: str, detail: str):
+    """A refusal made by the runtime itself, before any of the institution's data is read."""
     from fedcredit import protocol as P
 
     return P.reply(message, institution_id=institution_id, metrics={"num-examples": 0.0},
-                   refused=P.REFUSED_APP, detail=detail[:4000])
+                   refused=reason, detail=detail[:4000])
 
 
 def error_reply(message):
@@ -178,6 +181,7 @@ def run_task(s: RuntimeSettings, institution_id: str, token: str, task_id: int,
 
     from clients.app_release import installed_release
     from clients.task_in_flight import TaskInFlight, send_reply
+    from fedcredit import protocol as P
     from clients.task_input import MessageAbandoned, give_up, pull_task_input
 
     client = task_client(s, token)
@@ -195,9 +199,15 @@ def run_task(s: RuntimeSettings, institution_id: str, token: str, task_id: int,
         if not verdict.allowed:
             detail = verdict.detail(installed_release(), s.allowed_hashes)
             log(f"REFUSED run {run.run_id} {kind}: app-not-allowed — {detail}")
-            send_reply(client, flight, refusal_reply(message, institution_id, detail), context,
+            send_reply(client, flight, refusal_reply(message, institution_id, P.REFUSED_APP, detail), context,
                        SubStatus.COMPLETED, "app-not-allowed")
             push_task_output(client, context, SubStatus.COMPLETED, "app-not-allowed")
+            return None
+        if "data-path" not in context.node_config:  # the virtual-node path: table and budget from the run config
+            log(f"REFUSED run {run.run_id} {kind}: {VIRTUAL_NODE_REFUSED}")
+            send_reply(client, flight, refusal_reply(message, institution_id, P.REFUSED_POLICY, VIRTUAL_NODE_REFUSED),
+                       context, SubStatus.COMPLETED, P.REFUSED_POLICY)
+            push_task_output(client, context, SubStatus.COMPLETED, P.REFUSED_POLICY)
             return None
         t0 = time.perf_counter()
         outcome = run_in_worker(s, token, message, context, client, flight)

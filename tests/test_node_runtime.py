@@ -270,10 +270,11 @@ def _superlink_message(run_id: int, server_round: int):
 
 
 def _supernode_receives(state, run_id: int, server_round: int, fab: bytes,
-                        run_stopped: bool) -> tuple[str, int | None]:
-    """Flower's SuperNode takes one message of ``run_id`` from the SuperLink; with ``run_stopped``
-    the run stops while its content is pulled (its ServerApp was killed mid-round). Returns the
-    message id and what Flower's intake returns (the run id, or None for a message it ignored)."""
+                        run_stopped: bool, node_config: dict | None = None) -> tuple[str, int | None]:
+    """Flower's SuperNode (started with ``node_config``) takes one message of ``run_id`` from the
+    SuperLink; with ``run_stopped`` the run stops while its content is pulled (its ServerApp was
+    killed mid-round). Returns the message id and what Flower's intake returns (the run id, or
+    None for a message it ignored)."""
     from flwr.supercore.fab import Fab
     from flwr.supercore.run import Run, RunNotRunningException
     from flwr.supernode.start_client_internal import _pull_and_store_message
@@ -288,7 +289,7 @@ def _supernode_receives(state, run_id: int, server_round: int, fab: bytes,
             raise RunNotRunningException()
         return contents[object_id]
 
-    got = _pull_and_store_message(state=state, object_store=state.object_store, node_config={},
+    got = _pull_and_store_message(state=state, object_store=state.object_store, node_config=node_config or {},
                                   receive=lambda: (message, tree), get_run=lambda _: run,
                                   get_fab=lambda *_: Fab(digest, fab, {}), pull_object=pull_object,
                                   confirm_message_received=lambda *_: None, trusted_entities=None)
@@ -546,3 +547,50 @@ def test_a_task_killed_before_its_reply_is_answered_with_the_fixed_error_at_once
     (task,) = state.get_tasks(task_ids=[task_id])
     assert (task.status.status, task.status.sub_status) == (Status.FINISHED, SubStatus.FAILED)
     assert "no reply had been made: answered with the fixed error reply" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------- the node config is the institution's
+def test_a_runtime_with_a_virtual_node_config_refuses_to_start():
+    """``partition-id`` without ``data-path`` is a simulation's virtual node, whose table, budget and
+    state directory come from the run config (the coordinator's): the runtime exits 2 before warm-up."""
+    proc = subprocess.run([sys.executable, "-m", "clients.node_runtime", "--runtime-api", "127.0.0.1:1",
+                           "--node-config", "partition-id=0 num-partitions=2"], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "error: node config: 'data-path' is required" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_task_from_a_supernode_without_the_institutions_data_path_is_refused_without_a_worker(
+        supernode_side, installed_fab, capsys, tmp_path):
+    """The SuperNode hands its own node config to every task; one without ``data-path`` (a SuperNode
+    started apart from ``fedcredit node start``, with a virtual node's config) would make the app take
+    the table and budget from the run config. The runtime answers with a ``policy`` refusal naming
+    why, runs no worker, reads no data, and the task is finished."""
+    from flwr.common.constant import Status, SubStatus
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
+
+    from clients.node_runtime import VIRTUAL_NODE_REFUSED, RuntimeSettings, acquire_client, run_task
+    from fedcredit import protocol as P
+
+    state, api = supernode_side
+    message_id, got = _supernode_receives(state, 401, 1, installed_fab, run_stopped=False,
+                                          node_config={"partition-id": 0, "num-partitions": 2})
+    assert got == 401
+    settings = RuntimeSettings(api, {}, None, frozenset(), work_dir=tmp_path)  # the installed release: allowed
+    res = acquire_client(settings).AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
+    assert run_task(settings, "test-bank", res.token, res.task.task_id) is None
+
+    thread, sent, pushed = _supernode_sending(state)
+    thread.join(timeout=20)
+    (reply,) = sent
+    assert reply.metadata.reply_to_message_id == message_id
+    info = P.node_info(inflate_object_from_contents(reply.metadata.message_id, pushed))
+    assert info["refused"] == P.REFUSED_POLICY and info["detail"] == VIRTUAL_NODE_REFUSED
+    assert "'data-path'" in VIRTUAL_NODE_REFUSED
+    (task,) = state.get_tasks(task_ids=[res.task.task_id])
+    assert (task.status.status, task.status.sub_status) == (Status.FINISHED, SubStatus.COMPLETED)
+    log = capsys.readouterr().out
+    assert f"REFUSED run 401 train: {VIRTUAL_NODE_REFUSED}" in log
+    assert f"(task {res.task.task_id})" not in log  # the line a worker's outcome is logged with
