@@ -229,7 +229,8 @@ def deploy(work: Path, names: list[str], runtime: str, run_config: str, timeout:
     rounds = phases["rounds"]
     metrics_file = work / "run-deployed" / "metrics.json"
     final = json.loads(metrics_file.read_text()).get("final") if metrics_file.is_file() else None
-    return {"node_runtime": runtime, "final_auc": (final or {}).get("auc"), "nodes_ready_s": round(nodes_ready_s, 3), "phases_s": phases,
+    return {"node_runtime": runtime, "final_auc": (final or {}).get("auc"),
+            "final_auc_sd": (final or {}).get("auc_sd"), "nodes_ready_s": round(nodes_ready_s, 3), "phases_s": phases,
             "round_s": round(median_after_first(rounds), 3) if rounds else None, "status": status}
 
 
@@ -277,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         "simulated_rounds_s": sim_rounds, "ratio": round(main_rt["round_s"] / sim_round, 2),
         "ratio_all": round(statistics.median(main_rt["phases_s"]["rounds"]) / statistics.median(sim_rounds), 2),
         "target_ratio": 10, "deployed_status": main_rt["status"], "simulated_status": simulated["status"],
-        "deployed_final_auc": main_rt["final_auc"], "simulated_final_auc": (simulated.get("final") or {}).get("auc"),
+        "deployed_final_auc": main_rt["final_auc"], "deployed_final_auc_sd": main_rt["final_auc_sd"],
+        "simulated_final_auc": (simulated.get("final") or {}).get("auc"),
         "fold_evaluation": True, "load_avg": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "bench_s": round(time.time() - t_bench, 1),

@@ -537,8 +537,10 @@ def key_figures(name: str, r: dict) -> list[tuple[str, Any]]:
                     ("before: status; round s, ratio",
                      f"{before.get('status')}; {before.get('round_s')}, {before.get('ratio')}"),
                     ("speed-up of a round (before ÷ after)", r.get("speedup"))]
-        out.append(("final AUC deployed / simulated",
-                    f"{_fmt(r.get('deployed_final_auc'))} / {_fmt(r.get('simulated_final_auc'))}"))
+        sd = r.get("deployed_final_auc_sd")
+        out.append(("final AUC deployed (± its release noise's sd) / simulated (exact release)",
+                    f"{_fmt(r.get('deployed_final_auc'))}{f' ± {_fmt(sd)}' if sd is not None else ''} / "
+                    f"{_fmt(r.get('simulated_final_auc'))}"))
         return out
     if name == "privacy_utility":
         return [("points", r.get("points")), ("ran / skipped / failed",
