@@ -155,7 +155,7 @@ def verdict_for(s: RuntimeSettings, fab):
 
 
 def refusal_reply(message, institution_id: str, reason: str, detail: str):
-    """A refusal made by the runtime itself, before any of the institution's data is read."""
+    """A refusal made by the runtime itself, before the task touches the institution's data (no worker)."""
     from fedcredit import protocol as P
 
     return P.reply(message, institution_id=institution_id, metrics={"num-examples": 0.0},
@@ -181,8 +181,8 @@ def run_task(s: RuntimeSettings, institution_id: str, token: str, task_id: int,
 
     from clients.app_release import installed_release
     from clients.task_in_flight import TaskInFlight, send_reply
-    from fedcredit import protocol as P
     from clients.task_input import MessageAbandoned, give_up, pull_task_input
+    from fedcredit import protocol as P
 
     client = task_client(s, token)
     flight = TaskInFlight.of(s)
