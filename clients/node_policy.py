@@ -65,7 +65,7 @@ def policy_from_context(node_config: dict, run_config: dict, run_id: str = "") -
     """Resolve the node's policy: node config in deployment, run config for virtual nodes."""
     node_config = dict(node_config or {})
     run_config = dict(run_config or {})
-    if "data-path" in node_config:
+    if is_institution_config(node_config):
         path = str(node_config["data-path"])
         state = config_value(node_config, "state-dir")
         if not state:
@@ -93,6 +93,13 @@ def policy_from_context(node_config: dict, run_config: dict, run_id: str = "") -
     return virtual_nodes().policy(node_config, run_config, run_id)
 
 
+def is_institution_config(node_config) -> bool:
+    """Whether a node config is an institution's own: it names the table (``data-path``), and with
+    it the node's budget and state directory. Otherwise it is a simulation's virtual node, whose
+    table, budget and state directory come from the run config."""
+    return "data-path" in (node_config or {})
+
+
 def deployment_policy(node_config: dict) -> NodePolicy:
     """The policy of an institution's deployed node: always from its own node config.
 
@@ -100,7 +107,7 @@ def deployment_policy(node_config: dict) -> NodePolicy:
     node's path, where the table, the budget and the state directory come from the run config —
     the coordinator's. The node runtime (the executor of ``fedcredit node start``) and the node's
     checks refuse such a config."""
-    if "data-path" not in (node_config or {}):
+    if not is_institution_config(node_config):
         raise UserError("node config: 'data-path' is required — a deployed node reads its own table, budget and "
                         "state directory from its node config ('partition-id' is a simulation's virtual node, "
                         "which takes them from the coordinator's run config)")

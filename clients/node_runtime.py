@@ -154,6 +154,22 @@ def verdict_for(s: RuntimeSettings, fab):
     return s.verdicts[key]
 
 
+def runtime_refusal(s: RuntimeSettings, fab, node_config) -> tuple[str, str] | None:
+    """(reason, detail) when the runtime itself refuses a task, before any worker or data: the run's
+    app is not the installed release, or the SuperNode's node config is not the institution's own
+    (a virtual node's, whose table and budget the run config would set); None to run it."""
+    from clients.app_release import installed_release
+    from clients.node_policy import is_institution_config
+    from fedcredit import protocol as P
+
+    verdict = verdict_for(s, fab)
+    if not verdict.allowed:
+        return P.REFUSED_APP, verdict.detail(installed_release(), s.allowed_hashes)
+    if not is_institution_config(node_config):
+        return P.REFUSED_POLICY, VIRTUAL_NODE_REFUSED
+    return None
+
+
 def refusal_reply(message, institution_id: str, reason: str, detail: str):
     """A refusal made by the runtime itself, before the task touches the institution's data (no worker)."""
     from fedcredit import protocol as P
@@ -179,10 +195,8 @@ def run_task(s: RuntimeSettings, institution_id: str, token: str, task_id: int,
     from flwr.common.constant import SubStatus
     from flwr.supernode.runtime.run_clientapp import push_task_output
 
-    from clients.app_release import installed_release
     from clients.task_in_flight import TaskInFlight, send_reply
     from clients.task_input import MessageAbandoned, give_up, pull_task_input
-    from fedcredit import protocol as P
 
     client = task_client(s, token)
     flight = TaskInFlight.of(s)
@@ -195,19 +209,13 @@ def run_task(s: RuntimeSettings, institution_id: str, token: str, task_id: int,
             return gone.next_task
         flight.received(message)
         kind = message.metadata.message_type
-        verdict = verdict_for(s, fab)
-        if not verdict.allowed:
-            detail = verdict.detail(installed_release(), s.allowed_hashes)
-            log(f"REFUSED run {run.run_id} {kind}: app-not-allowed — {detail}")
-            send_reply(client, flight, refusal_reply(message, institution_id, P.REFUSED_APP, detail), context,
-                       SubStatus.COMPLETED, "app-not-allowed")
-            push_task_output(client, context, SubStatus.COMPLETED, "app-not-allowed")
-            return None
-        if "data-path" not in context.node_config:  # the virtual-node path: table and budget from the run config
-            log(f"REFUSED run {run.run_id} {kind}: {VIRTUAL_NODE_REFUSED}")
-            send_reply(client, flight, refusal_reply(message, institution_id, P.REFUSED_POLICY, VIRTUAL_NODE_REFUSED),
-                       context, SubStatus.COMPLETED, P.REFUSED_POLICY)
-            push_task_output(client, context, SubStatus.COMPLETED, P.REFUSED_POLICY)
+        refusal = runtime_refusal(s, fab, context.node_config)
+        if refusal is not None:
+            reason, detail = refusal
+            log(f"REFUSED run {run.run_id} {kind}: {reason} — {detail}")
+            send_reply(client, flight, refusal_reply(message, institution_id, reason, detail), context,
+                       SubStatus.COMPLETED, reason)
+            push_task_output(client, context, SubStatus.COMPLETED, reason)
             return None
         t0 = time.perf_counter()
         outcome = run_in_worker(s, token, message, context, client, flight)

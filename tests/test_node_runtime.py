@@ -592,5 +592,5 @@ def test_a_task_from_a_supernode_without_the_institutions_data_path_is_refused_w
     (task,) = state.get_tasks(task_ids=[res.task.task_id])
     assert (task.status.status, task.status.sub_status) == (Status.FINISHED, SubStatus.COMPLETED)
     log = capsys.readouterr().out
-    assert f"REFUSED run 401 train: {VIRTUAL_NODE_REFUSED}" in log
+    assert f"REFUSED run 401 train: policy — {VIRTUAL_NODE_REFUSED}" in log
     assert f"(task {res.task.task_id})" not in log  # the line a worker's outcome is logged with
